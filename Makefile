@@ -1,0 +1,40 @@
+# TARS Self-Coding developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Built binaries live outside the repository so that a fresh clone reuses them.
+export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
+
+.PHONY: help install tools dev-up dev-down crds test demo
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv with the project and everything its tests need
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
+	@hack/build-tools.sh
+
+dev-up: install tools ## Start etcd, kube-apiserver and kube-controller-manager on loopback; writes .dev/kubeconfig
+	@TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) hack/devcluster.py up --state-dir .dev
+
+dev-down: ## Stop what dev-up started
+	@$(PY) hack/devcluster.py down --state-dir .dev
+
+crds: install ## Regenerate crds/*.yaml from the API models
+	$(PY) -m tars_api.crdgen crds
+
+test: install tools ## Run the whole test suite against a real control plane
+	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install ## Run the self-coding demo locally (no cluster, no Ollama needed)
+	$(VENV)/bin/tarscli demo self-code-demo

@@ -1,0 +1,1 @@
+"""tarscli: the command-line interface to TARS Self-Coding."""

@@ -1,0 +1,1 @@
+"""The TARS operator: kopf handlers that reconcile TarsReplica and SelfCodingRun objects."""

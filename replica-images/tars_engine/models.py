@@ -1,0 +1,170 @@
+"""Wire types shared by the four roles, in-process and over HTTP.
+
+Every request and answer that crosses a role boundary is one of these models, so
+the in-process and HTTP implementations of a role cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(str, enum.Enum):
+    analyzer = "analyzer"
+    generator = "generator"
+    tester = "tester"
+    coordinator = "coordinator"
+
+
+class EngineName(str, enum.Enum):
+    static = "static"
+    ollama = "ollama"
+
+
+class FindingKind(str, enum.Enum):
+    style = "style"
+    complexity = "complexity"
+    performance = "performance"
+    security = "security"
+    reliability = "reliability"
+    maintainability = "maintainability"
+    documentation = "documentation"
+
+
+class Severity(str, enum.Enum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class FindingSource(str, enum.Enum):
+    ruff = "ruff"
+    metrics = "metrics"
+    model = "model"
+
+
+class Location(WireModel):
+    line: int = Field(ge=1)
+    column: int = Field(default=1, ge=1)
+    end_line: int | None = Field(default=None, ge=1)
+    end_column: int | None = Field(default=None, ge=1)
+
+
+class Finding(WireModel):
+    kind: FindingKind
+    severity: Severity
+    source: FindingSource
+    rule: str = Field(description="ruff code (F401), metric name (complexity) or 'model-review'")
+    message: str
+    location: Location
+    fix_available: bool = False
+    fix_safe: bool = False
+
+
+class SourceFile(WireModel):
+    """One file's content, sent by the coordinator, which alone owns the workspace."""
+
+    path: str = Field(description="project-relative POSIX path")
+    content: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+class AnalyzeRequest(WireModel):
+    file: SourceFile
+    engine: EngineName = EngineName.static
+    model: str = "llama3"
+
+
+class AnalysisReport(WireModel):
+    path: str
+    findings: list[Finding]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    priority: float = Field(ge=0)
+    error: str | None = Field(default=None, description="why the file could not be analysed")
+
+
+class LearnedExample(WireModel):
+    """A change that passed its tests before, used as a few-shot example."""
+
+    rule: str
+    kind: FindingKind
+    diff: str
+
+
+class GenerateRequest(WireModel):
+    file: SourceFile
+    findings: list[Finding]
+    targets: list[str] = Field(description="project-relative directories the change must stay inside")
+    engine: EngineName = EngineName.static
+    model: str = "llama3"
+    allow_unsafe_fixes: bool = False
+    examples: list[LearnedExample] = Field(default_factory=list)
+    attempt: int = Field(default=1, ge=1)
+    feedback: str | None = Field(default=None, description="why the previous attempt failed")
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class Candidate(WireModel):
+    id: str
+    path: str
+    base_sha256: str = Field(description="sha256 of the content the diff applies to")
+    diff: str = Field(description="unified diff touching only `path`")
+    rationale: str
+    engine: EngineName
+    model: str | None = None
+    rules: list[str] = Field(default_factory=list)
+    kinds: list[FindingKind] = Field(default_factory=list)
+
+
+class GenerateResult(WireModel):
+    candidate: Candidate | None
+    rejection: str | None = Field(default=None, description="why no candidate was produced")
+    tokens_used: int = 0
+
+
+class SnapshotRef(WireModel):
+    digest: str = Field(description="sha256 of the snapshot archive")
+
+
+class TestRequest(WireModel):
+    __test__ = False  # not a pytest class
+
+    snapshot: SnapshotRef
+    candidates: list[Candidate] = Field(description="applied in order to a fresh copy of the snapshot")
+    test_command: list[str] | None = Field(default=None, description="None: detect (pytest when present)")
+    timeout_seconds: float = Field(default=600, gt=0)
+
+
+class TestResult(WireModel):
+    __test__ = False
+
+    passed: bool
+    command: list[str]
+    tests_run: int = 0
+    failures: int = 0
+    errors: int = 0
+    skipped: int = 0
+    duration_seconds: float = 0
+    timed_out: bool = False
+    output: str = Field(default="", description="trimmed output of the test command")
+    apply_error: str | None = Field(default=None, description="a candidate did not apply to the snapshot")
+
+
+class RoleInfo(WireModel):
+    role: Role
+    engine: EngineName
+    model: str
+    capabilities: list[str]
+    version: str

@@ -1,0 +1,44 @@
+"""The one interface the workflow engine uses to reach the roles.
+
+Two implementations exist: in-process (the role libraries called directly) and
+HTTP (httpx against `tars-replica serve`). Nothing in the workflow knows which.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tars_engine.models import (
+    AnalysisReport,
+    AnalyzeRequest,
+    GenerateRequest,
+    GenerateResult,
+    RoleInfo,
+    SnapshotRef,
+    TestRequest,
+    TestResult,
+)
+
+
+class AnalyzerRole(Protocol):
+    def info(self) -> RoleInfo: ...
+
+    def analyze(self, request: AnalyzeRequest) -> AnalysisReport: ...
+
+
+class GeneratorRole(Protocol):
+    def info(self) -> RoleInfo: ...
+
+    def generate(self, request: GenerateRequest) -> GenerateResult: ...
+
+
+class TesterRole(Protocol):
+    def info(self) -> RoleInfo: ...
+
+    def has_snapshot(self, ref: SnapshotRef) -> bool: ...
+
+    def put_snapshot(self, archive: bytes) -> SnapshotRef:
+        """Store a project archive (tar.gz); idempotent, cached by content hash."""
+        ...
+
+    def run_tests(self, request: TestRequest) -> TestResult: ...
