@@ -1,0 +1,49 @@
+"""The `tarscli` root: command groups and the console-script entry point.
+
+Groups:
+- `self-code`: runs of the self-coding workflow. In a cluster: `setup`, `start`,
+  `status`, `stop` (tarscli.self_code). On this machine: `run`, `improve` and
+  `status --local` (tarscli.local).
+- `replica`: the TarsReplica objects that serve the four roles (tarscli.replica).
+- `demo`: self-contained demonstrations (tarscli.local).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tarscli import replica, self_code
+from tarscli.errors import TarsGroup
+
+app = typer.Typer(
+    name="tarscli",
+    cls=TarsGroup,
+    help=(
+        "TARS Self-Coding: analyzer, generator, tester and coordinator replicas that improve "
+        "a codebase and prove every change with its own tests.\n\n"
+        "Start with `tarscli self-code setup` against a cluster (the current kube-context), "
+        "then `tarscli self-code start -t DIR`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+demo_app = typer.Typer(
+    help="Self-contained demonstrations of the self-coding workflow.",
+    no_args_is_help=True,
+)
+
+app.add_typer(self_code.app, name="self-code")
+app.add_typer(replica.app, name="replica")
+app.add_typer(demo_app, name="demo")
+
+
+def main() -> None:
+    """Console-script entry point (`tarscli`)."""
+    app(prog_name="tarscli")
+
+
+if __name__ == "__main__":
+    main()
