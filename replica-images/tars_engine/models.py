@@ -93,6 +93,10 @@ class AnalysisReport(WireModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     priority: float = Field(ge=0)
     error: str | None = Field(default=None, description="why the file could not be analysed")
+    notes: list[str] = Field(
+        default_factory=list, description="what was partly unavailable, e.g. the model review"
+    )
+    tokens_used: int = Field(default=0, ge=0, description="model tokens spent on the review")
 
 
 class LearnedExample(WireModel):
