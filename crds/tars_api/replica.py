@@ -1,0 +1,219 @@
+"""TarsReplica: one role's long-running replica set, reconciled into a Deployment and a Service."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+from tars_engine.models import EngineName, Role
+
+from tars_api.meta import (
+    AGE_COLUMN,
+    ApiModel,
+    ApiObject,
+    Cel,
+    CelRule,
+    Condition,
+    PreserveUnknownFields,
+    PrinterColumn,
+    ResourceInfo,
+    ScaleSubresource,
+    cel_rules,
+    conditions_field,
+)
+
+TARS_REPLICA_PLURAL = "tarsreplicas"
+MAX_REPLICAS = 100
+
+# Kubernetes' resource.Quantity grammar, so a typo in "500Mi" is refused at admission.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+ENV_VAR_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class ReplicaPhase(enum.StrEnum):
+    pending = "Pending"
+    """Accepted, no pod ready yet."""
+    progressing = "Progressing"
+    """A rollout or a scale change is under way; some pods serve."""
+    ready = "Ready"
+    """Every desired pod is ready."""
+    degraded = "Degraded"
+    """The rollout failed or pods stopped being ready."""
+    suspended = "Suspended"
+    """spec.suspend is true: scaled to zero, children kept."""
+
+
+class ReplicaConditionType(enum.StrEnum):
+    ready = "Ready"
+    progressing = "Progressing"
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_VAR_NAME_PATTERN)
+    value: str = Field(default="", max_length=32768)
+
+
+class ResourceRequirements(ApiModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+
+
+class TolerationOperator(enum.StrEnum):
+    exists = "Exists"
+    equal = "Equal"
+
+
+class TaintEffect(enum.StrEnum):
+    no_schedule = "NoSchedule"
+    prefer_no_schedule = "PreferNoSchedule"
+    no_execute = "NoExecute"
+
+
+class Toleration(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                message="spec.tolerations[].value must be empty when operator is Exists",
+                field_path=".value",
+            )
+        )
+    )
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: TolerationOperator | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: TaintEffect | None = None
+    toleration_seconds: int | None = None
+
+
+class TarsReplicaSpec(ApiModel):
+    role: Annotated[
+        Role,
+        Cel(
+            CelRule(
+                rule="self == oldSelf",
+                message="spec.role is immutable: create another TarsReplica for another role",
+            )
+        ),
+    ] = Field(description="Which role the pods serve")
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="Desired number of pods")
+    suspend: bool = Field(default=False, description="Scale to zero without removing anything")
+    engine: EngineName | None = Field(
+        default=None,
+        description="Generation engine; the operator's configuration gives the default",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Model name for the ollama engine; the operator's configuration gives the default",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Container image; defaults per role",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Container resources; defaults per role"
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables for the container",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    node_selector: dict[str, str] | None = Field(default=None, max_length=64)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    affinity: Annotated[dict[str, Any], PreserveUnknownFields()] | None = Field(
+        default=None, description="A core/v1 Affinity, passed to the pods as written"
+    )
+
+
+class TarsReplicaStatus(ApiModel):
+    phase: ReplicaPhase | None = None
+    replicas: int | None = Field(
+        default=None, ge=0, description="Pods that exist (scale subresource)"
+    )
+    ready_replicas: int | None = Field(default=None, ge=0)
+    selector: str | None = Field(
+        default=None, max_length=4096, description="Label selector of the pods (scale subresource)"
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, description="URL of the role's Service"
+    )
+    capabilities: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=64, description="What the role's pods report they can do"
+    )
+    conditions: list[Condition] = conditions_field()
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class TarsReplica(ApiObject):
+    """One role's long-running replica set."""
+
+    resource = ResourceInfo(
+        kind="TarsReplica",
+        plural=TARS_REPLICA_PLURAL,
+        singular="tarsreplica",
+        short_names=("tr",),
+        printer_columns=(
+            PrinterColumn(
+                name="Role", type="string", json_path=".spec.role", description="Role served"
+            ),
+            PrinterColumn(
+                name="Desired",
+                type="integer",
+                json_path=".spec.replicas",
+                description="Desired pods",
+            ),
+            PrinterColumn(
+                name="Ready",
+                type="integer",
+                json_path=".status.readyReplicas",
+                description="Ready pods",
+            ),
+            PrinterColumn(
+                name="Phase", type="string", json_path=".status.phase", description="Phase"
+            ),
+            PrinterColumn(
+                name="Endpoint",
+                type="string",
+                json_path=".status.endpoint",
+                description="Service URL",
+                priority=1,
+            ),
+            AGE_COLUMN,
+        ),
+        scale=ScaleSubresource(
+            spec_replicas_path=".spec.replicas",
+            status_replicas_path=".status.replicas",
+            label_selector_path=".status.selector",
+        ),
+    )
+
+    kind: Literal["TarsReplica"] = "TarsReplica"
+    spec: TarsReplicaSpec
+    status: TarsReplicaStatus | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        role: Role,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> TarsReplica:
+        """A new replica set: `TarsReplica.build("generator", Role.generator, replicas=3)`."""
+        return cls(
+            metadata={"name": name, "namespace": namespace, "labels": labels or {}},
+            spec=TarsReplicaSpec(role=role, **spec),
+        )

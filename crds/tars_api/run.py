@@ -1,0 +1,436 @@
+"""SelfCodingRun: one run of the self-coding workflow over a project's targets."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from tars_engine.models import EngineName
+
+from tars_api.meta import (
+    AGE_COLUMN,
+    DNS_SUBDOMAIN_PATTERN,
+    ApiModel,
+    ApiObject,
+    Cel,
+    CelRule,
+    Condition,
+    PrinterColumn,
+    ResourceInfo,
+    Time,
+    cel_rules,
+    cel_string,
+    conditions_field,
+)
+
+SELF_CODING_RUN_PLURAL = "selfcodingruns"
+DEFAULT_MODEL = "llama3"
+DEFAULT_UPLOAD_KEY = "project.tar.gz"
+MAX_TARGETS = 64
+MAX_LATEST_RESULTS = 10
+PATH_MAX_LENGTH = 4096
+
+_GIT_WORD_REGEX = r"[^-\s][^\s]*"
+# A `..` path segment anywhere: start, middle or end.
+_PARENT_SEGMENT_REGEX = r"(^|/)\.\.(/|$)"
+
+
+def _immutable(field: str) -> Cel:
+    return Cel(
+        CelRule(
+            rule="self == oldSelf",
+            message=f"spec.{field} is immutable: a run's inputs cannot change once it exists",
+        )
+    )
+
+
+def _check_relative_path(field: str) -> Callable[[str], str]:
+    def check(path: str) -> str:
+        if path.startswith("/"):
+            raise ValueError(_absolute_path_message(field))
+        if ".." in path.split("/"):
+            raise ValueError(_parent_segment_message(field))
+        return path
+
+    return check
+
+
+def _absolute_path_message(field: str) -> str:
+    return f"{field} must be relative to the project root, not absolute"
+
+
+def _parent_segment_message(field: str) -> str:
+    return f"{field} must not contain a '..' segment"
+
+
+def _relative_path_rules(field: str) -> Cel:
+    return Cel(
+        CelRule(rule="!self.startsWith('/')", message=_absolute_path_message(field)),
+        CelRule(
+            rule=f"!self.matches({cel_string(_PARENT_SEGMENT_REGEX)})",
+            message=_parent_segment_message(field),
+        ),
+    )
+
+
+# Project-relative paths, refused by pydantic and by the API server alike.
+TargetPath = Annotated[
+    str,
+    Field(min_length=1, max_length=PATH_MAX_LENGTH),
+    AfterValidator(_check_relative_path("spec.targets")),
+    _relative_path_rules("spec.targets"),
+]
+SubPath = Annotated[
+    str,
+    Field(min_length=1, max_length=PATH_MAX_LENGTH),
+    AfterValidator(_check_relative_path("spec.source.volume.subPath")),
+    _relative_path_rules("spec.source.volume.subPath"),
+]
+
+
+class RunPhase(enum.StrEnum):
+    pending = "Pending"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    stopped = "Stopped"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunPhase.succeeded, RunPhase.failed, RunPhase.stopped)
+
+
+class RunStage(enum.StrEnum):
+    initializing = "Initializing"
+    scanning = "Scanning"
+    analyzing = "Analyzing"
+    generating = "Generating"
+    testing = "Testing"
+    applying = "Applying"
+    learning = "Learning"
+    done = "Done"
+
+
+class RunConditionType(enum.StrEnum):
+    replicas_ready = "ReplicasReady"
+    """The role replicas the run needs are ready (False says which are missing)."""
+    progressing = "Progressing"
+    """The workflow is moving."""
+    complete = "Complete"
+    """The run has ended; the reason says how (Succeeded, Failed, Stopped, ...)."""
+
+
+def _git_word_message(field: str, what: str) -> str:
+    return f"{field} must be {what} without spaces or a leading '-'"
+
+
+def _check_git_word(message: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not re.fullmatch(_GIT_WORD_REGEX, value, re.ASCII):
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def _git_word_rules(message: str) -> Cel:
+    return Cel(CelRule(rule=f"self.matches({cel_string(f'^{_GIT_WORD_REGEX}$')})", message=message))
+
+
+_GIT_URL_MESSAGE = _git_word_message("spec.source.git.url", "a repository URL")
+_GIT_REF_MESSAGE = _git_word_message("spec.source.git.ref", "a branch, tag or commit")
+# Handed to git as arguments: never an option (leading '-'), never split by spaces.
+GitUrl = Annotated[
+    str, AfterValidator(_check_git_word(_GIT_URL_MESSAGE)), _git_word_rules(_GIT_URL_MESSAGE)
+]
+GitRef = Annotated[
+    str, AfterValidator(_check_git_word(_GIT_REF_MESSAGE)), _git_word_rules(_GIT_REF_MESSAGE)
+]
+
+
+class GitSource(ApiModel):
+    url: GitUrl = Field(min_length=1, max_length=2048, description="Repository to clone")
+    ref: GitRef = Field(
+        default="HEAD", min_length=1, max_length=255, description="Branch, tag or commit"
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret with the credentials (username/password or ssh-privatekey)",
+    )
+
+
+class UploadSource(ApiModel):
+    config_map: str = Field(
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ConfigMap holding the project archive, put there by the CLI",
+    )
+    key: str = Field(
+        default=DEFAULT_UPLOAD_KEY,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="binaryData key of the gzipped tar archive",
+    )
+
+
+_VOLUME_ONE_OF_MESSAGE = "spec.source.volume must set exactly one of claimName or hostPath"
+
+
+class VolumeSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="has(self.claimName) != has(self.hostPath)", message=_VOLUME_ONE_OF_MESSAGE
+            )
+        )
+    )
+
+    claim_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="PersistentVolumeClaim",
+    )
+    host_path: (
+        Annotated[
+            str,
+            Cel(
+                CelRule(
+                    rule="self.startsWith('/')",
+                    message="spec.source.volume.hostPath must be an absolute path",
+                ),
+                CelRule(
+                    rule=f"!self.matches({cel_string(_PARENT_SEGMENT_REGEX)})",
+                    message="spec.source.volume.hostPath must not contain a '..' segment",
+                ),
+            ),
+        ]
+        | None
+    ) = Field(default=None, min_length=1, max_length=PATH_MAX_LENGTH, description="Node directory")
+    sub_path: SubPath | None = Field(
+        default=None, description="Project directory inside the volume"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_location(self) -> Self:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise ValueError(_VOLUME_ONE_OF_MESSAGE)
+        return self
+
+
+_SOURCE_NONE_MESSAGE = "spec.source must set one of git, upload or volume"
+_SOURCE_MANY_MESSAGE = "spec.source must set only one of git, upload or volume"
+
+
+class RunSource(ApiModel):
+    """Where the project comes from: exactly one of git, upload, volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="has(self.git) || has(self.upload) || has(self.volume)",
+                message=_SOURCE_NONE_MESSAGE,
+                reason="FieldValueRequired",
+            ),
+            CelRule(
+                rule="(has(self.git) ? 1 : 0) + (has(self.upload) ? 1 : 0) + (has(self.volume) ? 1 : 0) <= 1",
+                message=_SOURCE_MANY_MESSAGE,
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    git: GitSource | None = None
+    upload: UploadSource | None = None
+    volume: VolumeSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Self:
+        chosen = [kind for kind in (self.git, self.upload, self.volume) if kind is not None]
+        if not chosen:
+            raise ValueError(_SOURCE_NONE_MESSAGE)
+        if len(chosen) > 1:
+            raise ValueError(_SOURCE_MANY_MESSAGE)
+        return self
+
+
+class SelfCodingRunSpec(ApiModel):
+    targets: Annotated[list[TargetPath], _immutable("targets")] = Field(
+        min_length=1,
+        max_length=MAX_TARGETS,
+        description="Project-relative directories or files to improve",
+    )
+    source: Annotated[RunSource, _immutable("source")]
+    auto_apply: Annotated[bool, _immutable("autoApply")] = Field(
+        default=False,
+        description="Apply accepted changes (commits) instead of only producing a patch",
+    )
+    engine: Annotated[EngineName, _immutable("engine")] = Field(
+        default=EngineName.static,
+        description="static (ruff fixes, codemods) or ollama (a local model)",
+    )
+    model: Annotated[str, _immutable("model")] = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        max_length=253,
+        description="Model for the ollama engine",
+    )
+    test_command: Annotated[
+        list[Annotated[str, Field(max_length=4096)]], _immutable("testCommand")
+    ] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The project's test command as argv; detected when empty",
+    )
+    max_files: int = Field(default=20, ge=1, le=10000, description="Budget: files to work on")
+    max_attempts_per_file: int = Field(
+        default=2, ge=1, le=10, description="Budget: generation attempts per file"
+    )
+    deadline_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="Budget: wall-clock seconds before the run fails"
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Budget: model tokens (ollama engine)"
+    )
+    stop: Annotated[
+        bool,
+        Cel(
+            CelRule(
+                rule="self || !oldSelf",
+                message="spec.stop cannot be unset: a stopped run stays stopped",
+            )
+        ),
+    ] = Field(default=False, description="Ask the run to stop; accepted work is kept")
+
+
+class RunStatistics(ApiModel):
+    files_total: int = Field(default=0, ge=0)
+    files_processed: int = Field(default=0, ge=0)
+    files_failed: int = Field(default=0, ge=0)
+    improvements_proposed: int = Field(default=0, ge=0)
+    improvements_accepted: int = Field(default=0, ge=0)
+    improvements_applied: int = Field(default=0, ge=0)
+    test_runs: int = Field(default=0, ge=0)
+    tokens_used: int = Field(default=0, ge=0)
+
+
+class FileOutcome(enum.StrEnum):
+    applied = "Applied"
+    """Passed the tests and was applied (a commit, or an in-place edit)."""
+    accepted = "Accepted"
+    """Passed the tests; part of the run's patch."""
+    rejected = "Rejected"
+    """Every candidate failed validation or the tests."""
+    failed = "Failed"
+    """The file could not be processed (analysis or generation error)."""
+    skipped = "Skipped"
+    """Nothing to improve, or the budget ran out."""
+
+
+class FileResult(ApiModel):
+    path: str = Field(max_length=PATH_MAX_LENGTH)
+    outcome: FileOutcome
+    message: str = Field(default="", max_length=1024)
+    attempts: int = Field(default=0, ge=0)
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+
+
+class SelfCodingRunStatus(ApiModel):
+    phase: RunPhase | None = None
+    stage: RunStage | None = None
+    current_file: str | None = Field(default=None, max_length=PATH_MAX_LENGTH)
+    progress: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9]+/[0-9]+$",
+        description="Files done / files selected",
+    )
+    statistics: RunStatistics = Field(default_factory=RunStatistics)
+    start_time: Time | None = None
+    completion_time: Time | None = None
+    latest_results: list[FileResult] = Field(
+        default_factory=list,
+        max_length=MAX_LATEST_RESULTS,
+        description="The most recent file results",
+    )
+    report_config_map: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ConfigMap, owned by the run, with the full report and patch",
+    )
+    coordinator: str | None = Field(
+        default=None, max_length=253, description="TarsReplica whose coordinator runs the workflow"
+    )
+    branch: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Git branch holding applied improvements (git source)",
+    )
+    conditions: list[Condition] = conditions_field()
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class SelfCodingRun(ApiObject):
+    """One run of the self-coding workflow."""
+
+    resource = ResourceInfo(
+        kind="SelfCodingRun",
+        plural=SELF_CODING_RUN_PLURAL,
+        singular="selfcodingrun",
+        short_names=("scr",),
+        printer_columns=(
+            PrinterColumn(
+                name="Phase", type="string", json_path=".status.phase", description="Phase"
+            ),
+            PrinterColumn(
+                name="Stage", type="string", json_path=".status.stage", description="Stage"
+            ),
+            PrinterColumn(
+                name="Progress",
+                type="string",
+                json_path=".status.progress",
+                description="Files done / files selected",
+            ),
+            PrinterColumn(
+                name="Applied",
+                type="integer",
+                json_path=".status.statistics.improvementsApplied",
+                description="Improvements applied",
+            ),
+            PrinterColumn(
+                name="Current",
+                type="string",
+                json_path=".status.currentFile",
+                description="File being worked on",
+                priority=1,
+            ),
+            AGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["SelfCodingRun"] = "SelfCodingRun"
+    spec: SelfCodingRunSpec
+    status: SelfCodingRunStatus | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        targets: list[str],
+        source: RunSource,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> SelfCodingRun:
+        """A new run: `SelfCodingRun.build("r1", ["src"], RunSource(git=GitSource(url=...)))`."""
+        return cls(
+            metadata={"name": name, "namespace": namespace, "labels": labels or {}},
+            spec=SelfCodingRunSpec(targets=targets, source=source, **spec),
+        )
