@@ -6,6 +6,7 @@ HTTP (httpx against `tars-replica serve`). Nothing in the workflow knows which.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from tars_engine.models import (
@@ -42,3 +43,24 @@ class TesterRole(Protocol):
         ...
 
     def run_tests(self, request: TestRequest) -> TestResult: ...
+
+
+class RoleError(RuntimeError):
+    """A role could not do what it was asked; the message says why in one line."""
+
+
+class RoleUnavailableError(RoleError):
+    """A role's endpoint did not answer (connection refused, timeout, server error)."""
+
+
+class SnapshotMissingError(RoleError):
+    """The tester does not hold the snapshot a test request names; put it first."""
+
+
+@dataclass(frozen=True)
+class RoleSet:
+    """One implementation of each worker role, as the workflow receives them."""
+
+    analyzer: AnalyzerRole
+    generator: GeneratorRole
+    tester: TesterRole

@@ -1,0 +1,277 @@
+"""Tester role: apply candidates to a fresh copy of a project snapshot and run its tests.
+
+The user's tree is never touched: every run extracts the cached snapshot into its
+own temporary directory under the scratch dir and removes it afterwards. The
+test command runs in its own process group, and a timeout kills the whole group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+from tars_engine.diffs import PatchError, apply_unified_diff
+from tars_engine.models import (
+    Candidate,
+    Role,
+    RoleInfo,
+    SnapshotRef,
+    TestRequest,
+    TestResult,
+)
+from tars_engine.roles import SnapshotMissingError
+from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.snapshot import archive_digest, extract_snapshot, verify_archive
+
+OUTPUT_HEAD_CHARS = 3000
+OUTPUT_TAIL_CHARS = 9000
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
+_PYTEST_CONFIG_MARKERS = {
+    "pyproject.toml": "[tool.pytest",
+    "setup.cfg": "[tool:pytest]",
+    "tox.ini": "[pytest]",
+}
+
+
+def trim_output(text: str) -> str:
+    """Head and tail of long output: the start says what ran, the end says what failed."""
+    if len(text) <= OUTPUT_HEAD_CHARS + OUTPUT_TAIL_CHARS:
+        return text
+    dropped = len(text) - OUTPUT_HEAD_CHARS - OUTPUT_TAIL_CHARS
+    return f"{text[:OUTPUT_HEAD_CHARS]}\n... [{dropped} characters trimmed] ...\n{text[-OUTPUT_TAIL_CHARS:]}"
+
+
+def _has_test_files(root: Path) -> bool:
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        if any(
+            name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+            for name in names
+        ):
+            return True
+    return False
+
+
+def detect_test_command(root: Path) -> list[str] | None:
+    """pytest (with this interpreter) when the project has pytest config or test files."""
+    uses_pytest = (root / "pytest.ini").is_file() or (root / "conftest.py").is_file()
+    for name, marker in _PYTEST_CONFIG_MARKERS.items():
+        config = root / name
+        if not uses_pytest and config.is_file():
+            uses_pytest = marker in config.read_text(encoding="utf-8", errors="replace")
+    if uses_pytest or _has_test_files(root):
+        return [sys.executable, "-m", "pytest", "-q"]
+    return None
+
+
+def resolve_command(command: list[str]) -> list[str]:
+    """Run `python`/`pytest` with this interpreter: the tester's environment is the one it has."""
+    if len(command) == 1 and " " in command[0]:
+        command = shlex.split(command[0])
+    if not command:
+        return command
+    if command[0] in _PYTHON_NAMES:
+        return [sys.executable, *command[1:]]
+    if command[0] == "pytest":
+        return [sys.executable, "-m", "pytest", *command[1:]]
+    return command
+
+
+def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTEST_", "COV_CORE_")) and key != "PYTHONPATH"
+    }
+    tmp = run_dir / "tmp"
+    tmp.mkdir()
+    home = env.get("HOME", "")
+    paths = [str(project)]
+    if (project / "src").is_dir():
+        paths.append(str(project / "src"))
+    env.update(
+        {
+            # Any pytest the command starts writes its counts here, also under make or tox.
+            "PYTEST_ADDOPTS": f"--junitxml={junit_path} -p no:cacheprovider",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": os.pathsep.join(paths),
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(tmp),
+            "HOME": home if home and os.access(home, os.W_OK) else str(tmp),
+            "CI": "true",
+        }
+    )
+    return env
+
+
+def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
+    """(tests, failures, errors, skipped) summed over the report's test suites."""
+    if not junit_path.is_file():
+        return None
+    try:
+        root = ElementTree.parse(junit_path).getroot()
+    except ElementTree.ParseError:
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    totals = [0, 0, 0, 0]
+    for suite in suites:
+        for index, attribute in enumerate(("tests", "failures", "errors", "skipped")):
+            totals[index] += int(suite.get(attribute, "0") or 0)
+    return totals[0], totals[1], totals[2], totals[3]
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def apply_candidates(project: Path, candidates: list[Candidate]) -> str | None:
+    """Apply each candidate in order; the first one that does not apply says why."""
+    root = project.resolve()
+    for candidate in candidates:
+        target = (root / candidate.path).resolve()
+        if not target.is_relative_to(root) or target == root:
+            return f"{candidate.id}: path {candidate.path!r} is outside the project"
+        if not target.is_file():
+            return f"{candidate.id}: {candidate.path} does not exist in the snapshot"
+        data = target.read_bytes()
+        if hashlib.sha256(data).hexdigest() != candidate.base_sha256:
+            return (
+                f"{candidate.id}: {candidate.path} differs from the content the diff was made for"
+            )
+        try:
+            updated = apply_unified_diff(data.decode("utf-8"), candidate.diff, candidate.path)
+        except (PatchError, UnicodeDecodeError) as exc:
+            return f"{candidate.id}: diff does not apply to {candidate.path}: {exc}"
+        target.write_bytes(updated.encode("utf-8"))
+    return None
+
+
+class Tester:
+    """The tester role in-process; snapshots are cached under the scratch dir by sha256."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, settings: ReplicaSettings | None = None) -> None:
+        self.settings = settings or ReplicaSettings.from_env()
+        self.snapshot_dir = self.settings.scratch_dir / "snapshots"
+        self.runs_dir = self.settings.scratch_dir / "runs"
+
+    def info(self) -> RoleInfo:
+        return RoleInfo(
+            role=Role.tester,
+            engine=self.settings.engine,
+            model=self.settings.model,
+            capabilities=["snapshots", "pytest-detection", "junit-counts", "process-group-timeout"],
+            version=ENGINE_VERSION,
+        )
+
+    def _archive_path(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise SnapshotMissingError(f"not a sha256 digest: {digest!r}")
+        return self.snapshot_dir / f"{digest}.tar.gz"
+
+    def has_snapshot(self, ref: SnapshotRef) -> bool:
+        return self._archive_path(ref.digest).is_file()
+
+    def put_snapshot(self, archive: bytes) -> SnapshotRef:
+        ref = SnapshotRef(digest=archive_digest(archive))
+        path = self._archive_path(ref.digest)
+        if path.is_file():
+            return ref
+        verify_archive(archive)
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        # Written aside and renamed, so a concurrent reader never sees half an archive.
+        handle, partial = tempfile.mkstemp(dir=self.snapshot_dir, suffix=".partial")
+        with os.fdopen(handle, "wb") as out:
+            out.write(archive)
+        os.replace(partial, path)
+        return ref
+
+    def run_tests(self, request: TestRequest) -> TestResult:
+        archive = self._archive_path(request.snapshot.digest)
+        if not archive.is_file():
+            raise SnapshotMissingError(f"snapshot {request.snapshot.digest} is not on this tester")
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.runs_dir))
+        try:
+            project = run_dir / "project"
+            project.mkdir()
+            extract_snapshot(archive, project)
+            apply_error = apply_candidates(project, request.candidates)
+            command = resolve_command(request.test_command or detect_test_command(project) or [])
+            if apply_error is not None:
+                return TestResult(passed=False, command=command, apply_error=apply_error)
+            if not command:
+                return TestResult(
+                    passed=False,
+                    command=[],
+                    output="no test command: the project has no pytest configuration or test "
+                    "files; give the run a testCommand",
+                )
+            return self._run_command(command, project, run_dir, request.timeout_seconds)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _run_command(
+        self, command: list[str], project: Path, run_dir: Path, timeout: float
+    ) -> TestResult:
+        junit_path = run_dir / "junit.xml"
+        log_path = run_dir / "output.log"
+        env = _test_environment(project, run_dir, junit_path)
+        started = time.monotonic()
+        timed_out = False
+        # Output goes to a file, not a pipe: a leftover grandchild cannot hold the reader.
+        with log_path.open("wb") as log:
+            try:
+                process = subprocess.Popen(
+                    command,
+                    cwd=project,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                return TestResult(
+                    passed=False, command=command, output=f"cannot run {command[0]}: {exc}"
+                )
+            try:
+                returncode = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(process)
+                returncode = process.wait()
+            finally:
+                # Background children the tests left behind die with the group.
+                _kill_group(process)
+        duration = time.monotonic() - started
+        output = log_path.read_bytes().decode("utf-8", errors="replace")
+        if timed_out:
+            output += f"\n[timed out after {timeout:g}s; the process group was killed]"
+        counts = _junit_counts(junit_path) or (0, 0, 0, 0)
+        return TestResult(
+            passed=returncode == 0 and not timed_out,
+            command=command,
+            tests_run=counts[0],
+            failures=counts[1],
+            errors=counts[2],
+            skipped=counts[3],
+            duration_seconds=round(duration, 3),
+            timed_out=timed_out,
+            output=trim_output(output),
+        )
