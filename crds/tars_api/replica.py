@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from tars_engine.models import EngineName, Role
 
 from tars_api.meta import (
@@ -74,12 +74,15 @@ class TaintEffect(enum.StrEnum):
     no_execute = "NoExecute"
 
 
+_EXISTS_WITH_VALUE_MESSAGE = "spec.tolerations[].value must be empty when operator is Exists"
+
+
 class Toleration(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             CelRule(
                 rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
-                message="spec.tolerations[].value must be empty when operator is Exists",
+                message=_EXISTS_WITH_VALUE_MESSAGE,
                 field_path=".value",
             )
         )
@@ -90,6 +93,12 @@ class Toleration(ApiModel):
     value: str | None = Field(default=None, max_length=63)
     effect: TaintEffect | None = None
     toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _no_value_with_exists(self) -> Self:
+        if self.operator is TolerationOperator.exists and self.value:
+            raise ValueError(_EXISTS_WITH_VALUE_MESSAGE)
+        return self
 
 
 class TarsReplicaSpec(ApiModel):
@@ -131,9 +140,20 @@ class TarsReplicaSpec(ApiModel):
     )
     node_selector: dict[str, str] | None = Field(default=None, max_length=64)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+
     affinity: Annotated[dict[str, Any], PreserveUnknownFields()] | None = Field(
         default=None, description="A core/v1 Affinity, passed to the pods as written"
     )
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        # The API server refuses duplicates too: env is a list-map keyed by name.
+        names = [variable.name for variable in env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"spec.env has duplicate names: {', '.join(duplicates)}")
+        return env
 
 
 class TarsReplicaStatus(ApiModel):
