@@ -13,11 +13,12 @@ import json
 import re
 from typing import Any, NoReturn
 
-import click
+import pydantic
 import typer
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from typer import _click
 from typer.core import TyperGroup
 
 EXIT_FAILURE = 1
@@ -110,9 +111,17 @@ def describe_failure(error: BaseException) -> str | None:
         return f"cannot reach the Kubernetes API at {_server_url(error.pool)}: {_connection_reason(error.reason)}"
     if isinstance(error, urllib3.exceptions.HTTPError):
         pool = getattr(error, "pool", None)
-        return f"cannot reach the Kubernetes API at {_server_url(pool)}: {_connection_reason(error)}"
+        return (
+            f"cannot reach the Kubernetes API at {_server_url(pool)}: {_connection_reason(error)}"
+        )
     if isinstance(error, ConfigException):
         return f"invalid kubeconfig: {error}"
+    if isinstance(error, pydantic.ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or error.title}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return f"invalid {error.title}: {problems}"
     return None
 
 
@@ -123,14 +132,16 @@ class TarsGroup(TyperGroup):
     app with typer's CliRunner see exactly what a user sees.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: _click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (typer.TyperException, typer.Exit, typer.Abort):
             raise
         except Exception as error:
             message = describe_failure(error)
             if message is None:
                 raise
             report(message)
-            raise click.exceptions.Exit(error.exit_code if isinstance(error, CliError) else EXIT_FAILURE) from None
+            raise typer.Exit(
+                error.exit_code if isinstance(error, CliError) else EXIT_FAILURE
+            ) from None
