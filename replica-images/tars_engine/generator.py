@@ -1,0 +1,145 @@
+"""Generator role: one candidate change per request, from the static or the ollama engine.
+
+Whatever the engine, the result goes through `validation.finish_candidate`, so a
+candidate that escapes its file, edits a test, breaks parsing or changes nothing
+never leaves the generator.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from tars_engine import ruff_tool
+from tars_engine.models import (
+    EngineName,
+    Finding,
+    FindingSource,
+    GenerateRequest,
+    GenerateResult,
+    Role,
+    RoleInfo,
+)
+from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.validation import finish_candidate, path_rejection, syntax_problem
+
+# Fixes may leave imports unused (UP006 turns typing.List into list); removing those
+# is part of the same improvement. Any other new diagnostic means the fix made things worse.
+FOLLOW_UP_RULES = frozenset({"F401"})
+
+
+class ModelGenerator(Protocol):
+    def generate(self, request: GenerateRequest) -> GenerateResult: ...
+
+
+def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str], list[str]]:
+    """(rules ruff may fix in this run, rules whose fixes need unsafe fixes)."""
+    allowed, unsafe_only = set(), set()
+    for finding in findings:
+        if finding.source is not FindingSource.ruff or not finding.fix_available:
+            continue
+        if finding.fix_safe or allow_unsafe:
+            allowed.add(finding.rule)
+        else:
+            unsafe_only.add(finding.rule)
+    return sorted(allowed), sorted(unsafe_only - allowed)
+
+
+def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding]) -> str:
+    first_message: dict[str, str] = {}
+    for finding in findings:
+        first_message.setdefault(finding.rule, finding.message)
+    lines = ["Apply ruff's fixes:"]
+    lines += [
+        f"- {rule} ({count} fixed): {first_message[rule]}" for rule, count in sorted(fixed.items())
+    ]
+    lines += [
+        f"- {rule}: cleanup of what the fixes above left behind" for rule in sorted(follow_ups)
+    ]
+    return "\n".join(lines)
+
+
+def static_generate(request: GenerateRequest) -> GenerateResult:
+    """Ruff's fixes for the request's fixable findings, as a validated candidate."""
+    source = request.file
+    rules, unsafe_only = fixable_rules(request.findings, request.allow_unsafe_fixes)
+    if not rules:
+        reason = "no ruff-fixable findings among those selected"
+        if unsafe_only:
+            reason += (
+                f" ({', '.join(unsafe_only)} need unsafe fixes, which this run does not allow)"
+            )
+        return GenerateResult(candidate=None, rejection=reason)
+    if syntax_problem(source.content):
+        return GenerateResult(candidate=None, rejection="file does not parse; ruff cannot fix it")
+    unsafe = request.allow_unsafe_fixes
+    follow_ups: set[str] = set()
+    try:
+        before = Counter(d.code for d in ruff_tool.check(source.path, source.content))
+        fixed_content = ruff_tool.fix(source.path, source.content, rules, unsafe=unsafe)
+        after = Counter(d.code for d in ruff_tool.check(source.path, fixed_content))
+        introduced = {code for code in after if after[code] > before[code]}
+        if introduced and introduced <= FOLLOW_UP_RULES:
+            follow_ups = introduced
+            fixed_content = ruff_tool.fix(
+                source.path, fixed_content, [*rules, *follow_ups], unsafe=unsafe
+            )
+            after = Counter(d.code for d in ruff_tool.check(source.path, fixed_content))
+            introduced = {code for code in after if after[code] > before[code]}
+    except ruff_tool.RuffError as exc:
+        return GenerateResult(candidate=None, rejection=f"ruff failed: {exc}")
+    if introduced:
+        return GenerateResult(
+            candidate=None,
+            rejection=f"ruff's fixes would introduce {', '.join(sorted(introduced))}",
+        )
+    fixed = Counter(
+        {rule: before[rule] - after[rule] for rule in rules if before[rule] > after[rule]}
+    )
+    if not fixed:
+        return GenerateResult(candidate=None, rejection="ruff's fixes changed nothing")
+    kinds = sorted({f.kind for f in request.findings if f.rule in fixed}, key=lambda k: k.value)
+    return finish_candidate(
+        request,
+        fixed_content,
+        rationale=_rationale(fixed, follow_ups, request.findings),
+        rules=sorted({*fixed, *follow_ups}),
+        kinds=kinds,
+    )
+
+
+class Generator:
+    """The generator role in-process; the request's engine picks static or ollama."""
+
+    def __init__(
+        self, settings: ReplicaSettings | None = None, model_generator: ModelGenerator | None = None
+    ) -> None:
+        self.settings = settings or ReplicaSettings.from_env()
+        self._model_generator = model_generator
+
+    def info(self) -> RoleInfo:
+        capabilities = ["ruff-fixes", "validation"]
+        if self.settings.engine is EngineName.ollama:
+            capabilities += ["ollama", "whole-file-answers", "diff-answers", "few-shot-examples"]
+        return RoleInfo(
+            role=Role.generator,
+            engine=self.settings.engine,
+            model=self.settings.model,
+            capabilities=capabilities,
+            version=ENGINE_VERSION,
+        )
+
+    def _ollama(self) -> ModelGenerator:
+        if self._model_generator is None:
+            from tars_engine.ollama_engine import OllamaEngine
+
+            self._model_generator = OllamaEngine(self.settings)
+        return self._model_generator
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        rejection = path_rejection(request.file.path, request.targets)
+        if rejection:
+            return GenerateResult(candidate=None, rejection=rejection)
+        if request.engine is EngineName.ollama:
+            return self._ollama().generate(request)
+        return static_generate(request)

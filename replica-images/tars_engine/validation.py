@@ -1,0 +1,137 @@
+"""Candidate validation, the same for every engine: nobody sees a candidate that fails it.
+
+A candidate must touch exactly its own file, never a test file, stay inside the
+run's targets, apply to the content it was made for, change something, and leave
+a file that parses.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import posixpath
+
+from tars_engine.diffs import PatchError, apply_unified_diff, diff_paths, make_unified_diff
+from tars_engine.models import (
+    Candidate,
+    EngineName,
+    FindingKind,
+    GenerateRequest,
+    GenerateResult,
+    SourceFile,
+)
+
+TEST_DIR_NAMES = frozenset({"tests", "test"})
+
+
+def normalized_path(path: str) -> str | None:
+    """The clean project-relative POSIX form of `path`, or None when it leaves the project."""
+    if not path or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return None
+    clean = posixpath.normpath(path.replace("\\", "/"))
+    if clean == ".." or clean.startswith("../"):
+        return None
+    return clean
+
+
+def is_test_file(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    name = parts[-1]
+    return (
+        name == "conftest.py"
+        or (name.startswith("test_") and name.endswith(".py"))
+        or name.endswith("_test.py")
+        or any(part in TEST_DIR_NAMES for part in parts[:-1])
+    )
+
+
+def is_inside_targets(path: str, targets: list[str]) -> bool:
+    clean = normalized_path(path)
+    if clean is None:
+        return False
+    for target in targets:
+        clean_target = normalized_path(target)
+        if clean_target is None:
+            continue
+        if clean_target == "." or clean.startswith(f"{clean_target}/"):
+            return True
+    return False
+
+
+def syntax_problem(content: str) -> str | None:
+    try:
+        ast.parse(content)
+    except SyntaxError as exc:
+        return f"line {exc.lineno}: {exc.msg}"
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def path_rejection(path: str, targets: list[str]) -> str | None:
+    """Why a file may not be changed at all in this run, or None."""
+    if normalized_path(path) is None:
+        return f"{path} is not a project-relative path"
+    if is_test_file(path):
+        return f"{path} is a test file; tests are never changed"
+    if not is_inside_targets(path, targets):
+        return f"{path} is outside the targets ({', '.join(targets) or 'none given'})"
+    return None
+
+
+def candidate_rejection(candidate: Candidate, source: SourceFile, targets: list[str]) -> str | None:
+    """Why `candidate` must be dropped, or None when it is acceptable."""
+    if candidate.path != source.path:
+        return f"candidate is for {candidate.path}, not {source.path}"
+    problem = path_rejection(candidate.path, targets)
+    if problem:
+        return problem
+    if candidate.base_sha256 != source.sha256:
+        return "candidate was made for different content than the file has"
+    try:
+        touched = diff_paths(candidate.diff)
+        if touched - {candidate.path}:
+            return f"diff edits another file: {', '.join(sorted(touched - {candidate.path}))}"
+        updated = apply_unified_diff(source.content, candidate.diff, candidate.path)
+    except PatchError as exc:
+        return f"diff is not usable: {exc}"
+    if updated == source.content:
+        return "no-op change"
+    problem = syntax_problem(updated)
+    if problem:
+        return f"changed file does not parse ({problem})"
+    return None
+
+
+def finish_candidate(
+    request: GenerateRequest,
+    new_content: str,
+    *,
+    rationale: str,
+    rules: list[str],
+    kinds: list[FindingKind],
+    model: str | None = None,
+    tokens_used: int = 0,
+) -> GenerateResult:
+    """Turn an engine's new content into a validated candidate, or a rejection saying why."""
+    source = request.file
+    diff = make_unified_diff(source.path, source.content, new_content)
+    if not diff:
+        return GenerateResult(candidate=None, rejection="no-op change", tokens_used=tokens_used)
+    engine = request.engine
+    fingerprint = hashlib.sha256(f"{source.path}\n{diff}".encode()).hexdigest()[:12]
+    candidate = Candidate(
+        id=f"{engine.value}-{fingerprint}",
+        path=source.path,
+        base_sha256=source.sha256,
+        diff=diff,
+        rationale=rationale,
+        engine=engine,
+        model=model if engine is EngineName.ollama else None,
+        rules=rules,
+        kinds=kinds,
+    )
+    rejection = candidate_rejection(candidate, source, request.targets)
+    if rejection:
+        return GenerateResult(candidate=None, rejection=rejection, tokens_used=tokens_used)
+    return GenerateResult(candidate=candidate, tokens_used=tokens_used)

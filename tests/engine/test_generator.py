@@ -1,0 +1,153 @@
+"""The static generator, candidate validation and the diff helpers, in-process."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from engine_projects import CALC
+from tars_engine.analyzer import Analyzer
+from tars_engine.diffs import PatchError, apply_unified_diff, make_unified_diff
+from tars_engine.generator import Generator
+from tars_engine.models import (
+    AnalyzeRequest,
+    Candidate,
+    EngineName,
+    Finding,
+    GenerateRequest,
+    GenerateResult,
+    SourceFile,
+)
+from tars_engine.validation import candidate_rejection, is_inside_targets, is_test_file
+
+
+def findings_for(path: str, content: str) -> list[Finding]:
+    return Analyzer().analyze(AnalyzeRequest(file=SourceFile(path=path, content=content))).findings
+
+
+def generate(path: str, content: str, **kwargs: object) -> GenerateResult:
+    source = SourceFile(path=path, content=content)
+    request = GenerateRequest(
+        file=source,
+        findings=kwargs.pop("findings", None) or findings_for(path, content),
+        targets=kwargs.pop("targets", ["pkg"]),
+        **kwargs,
+    )
+    return Generator().generate(request)
+
+
+def test_safe_fixes_become_a_validated_diff_with_rationale() -> None:
+    result = generate("pkg/calc.py", CALC)
+    candidate = result.candidate
+    assert candidate is not None, result.rejection
+    assert candidate.rules == ["F401", "F541"]
+    assert "F401 (2 fixed)" in candidate.rationale
+    assert candidate.diff.startswith("--- a/pkg/calc.py\n+++ b/pkg/calc.py\n")
+    updated = apply_unified_diff(CALC, candidate.diff, "pkg/calc.py")
+    assert "import os" not in updated and 'return "value"' in updated
+    assert "value == None" in updated  # E711's fix is unsafe and was not allowed
+    assert (
+        candidate_rejection(candidate, SourceFile(path="pkg/calc.py", content=CALC), ["pkg"])
+        is None
+    )
+
+
+def test_unsafe_fixes_only_when_allowed() -> None:
+    content = "def f(x):\n    return x == None\n"
+    refused = generate("pkg/m.py", content)
+    assert refused.candidate is None and "E711 need unsafe fixes" in (refused.rejection or "")
+    allowed = generate("pkg/m.py", content, allow_unsafe_fixes=True)
+    assert allowed.candidate is not None
+    assert "x is None" in apply_unified_diff(content, allowed.candidate.diff, "pkg/m.py")
+
+
+def test_imports_left_unused_by_a_fix_are_removed_too() -> None:
+    content = (
+        "from typing import List\n\n\ndef f(values: List[int]) -> List[int]:\n    return values\n"
+    )
+    findings = [f for f in findings_for("pkg/t.py", content) if f.rule == "UP006"]
+    result = generate("pkg/t.py", content, findings=findings, allow_unsafe_fixes=True)
+    assert result.candidate is not None, result.rejection
+    updated = apply_unified_diff(content, result.candidate.diff, "pkg/t.py")
+    assert "typing" not in updated and "list[int]" in updated
+    assert set(result.candidate.rules) == {"UP006", "F401"}
+
+
+@pytest.mark.parametrize(
+    ("path", "targets", "reason"),
+    [
+        ("pkg/tests/helpers.py", ["pkg"], "test file"),
+        ("pkg/test_calc.py", ["pkg"], "test file"),
+        ("pkg/conftest.py", ["pkg"], "test file"),
+        ("other/calc.py", ["pkg"], "outside the targets"),
+        ("../calc.py", ["."], "not a project-relative path"),
+    ],
+)
+def test_files_the_run_may_not_touch_are_rejected(
+    path: str, targets: list[str], reason: str
+) -> None:
+    result = generate(path, CALC, targets=targets, findings=findings_for("x.py", CALC))
+    assert result.candidate is None and reason in (result.rejection or "")
+
+
+def test_nothing_fixable_is_a_rejection() -> None:
+    content = "def f(x):\n    return x\n"
+    result = generate("pkg/m.py", content)
+    assert result.candidate is None and "no ruff-fixable" in (result.rejection or "")
+
+
+def _candidate(diff: str, path: str = "pkg/calc.py", content: str = CALC) -> Candidate:
+    return Candidate(
+        id="c",
+        path=path,
+        base_sha256=SourceFile(path=path, content=content).sha256,
+        diff=diff,
+        rationale="r",
+        engine=EngineName.ollama,
+    )
+
+
+def test_validation_rejects_bad_candidates() -> None:
+    source = SourceFile(path="pkg/calc.py", content=CALC)
+    other_file = make_unified_diff("pkg/other.py", "a\n", "b\n")
+    assert "another file" in candidate_rejection(_candidate(other_file), source, ["pkg"])
+    breaks = make_unified_diff("pkg/calc.py", CALC, CALC.replace("def add(a, b):", "def add(a, b)"))
+    assert "does not parse" in candidate_rejection(_candidate(breaks), source, ["pkg"])
+    wrong_base = _candidate(make_unified_diff("pkg/calc.py", CALC, CALC + "x = 1\n"), content="y")
+    assert "different content" in candidate_rejection(wrong_base, source, ["pkg"])
+    noop = "--- a/pkg/calc.py\n+++ b/pkg/calc.py\n@@ -1,1 +1,1 @@\n-import os\n+import os\n"
+    assert candidate_rejection(_candidate(noop), source, ["pkg"]) == "no-op change"
+
+
+def test_path_predicates() -> None:
+    assert (
+        is_test_file("a/b_test.py")
+        and is_test_file("test/x.py")
+        and not is_test_file("a/testing.py")
+    )
+    assert is_inside_targets("src/a.py", ["src"]) and not is_inside_targets("srcx/a.py", ["src"])
+    assert is_inside_targets("a.py", ["."]) and not is_inside_targets("../a.py", ["."])
+
+
+def test_diff_round_trip_without_trailing_newline_and_with_form_feed() -> None:
+    old = "a\n\x0cb\nc"
+    new = "a\n\x0cb\nc\nd"
+    diff = make_unified_diff("f.py", old, new)
+    assert "\\ No newline at end of file" in diff
+    assert apply_unified_diff(old, diff, "f.py") == new
+
+
+def test_lenient_apply_reads_sloppy_model_diffs() -> None:
+    old = textwrap.dedent(
+        """\
+        def f(x):
+            y = 1
+
+            return x
+        """
+    )
+    # Wrong counts, wrong line numbers, trimmed blank context line.
+    sloppy = "--- a/m.py\n+++ b/m.py\n@@ -7,9 +7,9 @@\n def f(x):\n-    y = 1\n\n     return x\n"
+    with pytest.raises(PatchError):
+        apply_unified_diff(old, sloppy, "m.py")
+    assert apply_unified_diff(old, sloppy, "m.py", lenient=True) == "def f(x):\n\n    return x\n"
