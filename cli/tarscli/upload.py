@@ -181,14 +181,10 @@ def pack(root: Path, files: list[str] | tuple[str, ...], *, limit: int = ARCHIVE
     return data
 
 
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.2f} MiB"
-
-
 def _too_large(root: Path, size: int, limit: int, *, partial: bool) -> CliError:
-    amount = f"more than {_mib(size)}" if partial else _mib(size)
+    amount = f"more than {size:,} bytes" if partial else f"{size:,} bytes"
     return CliError(
-        f"the project {root} packs to {amount}, above the {_mib(limit)} a ConfigMap upload can hold; "
+        f"the project {root} packs to {amount}, above the {limit:,} bytes a ConfigMap upload can hold; "
         "git-ignore large generated files, or create the SelfCodingRun with a git source"
     )
 

@@ -1,0 +1,80 @@
+"""Rendering helpers and error descriptions: pure functions."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import urllib3
+import yaml
+from kubernetes.client.exceptions import ApiException
+from tars_api.replica import TarsReplica
+from tars_engine.models import Role
+from tarscli import output
+from tarscli.errors import CliError, describe_failure, one_line
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (0, "0s"),
+        (59, "59s"),
+        (60, "1m"),
+        (119 * 60, "119m"),
+        (2 * 3600, "2h"),
+        (47 * 3600, "47h"),
+        (3 * 86400, "3d"),
+    ],
+)
+def test_age_reads_like_kubectl(seconds: int, expected: str) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert output.age(now - timedelta(seconds=seconds), now=now) == expected
+
+
+def test_documents_are_plain_json_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    replicas = [TarsReplica.build(role.value, role) for role in (Role.analyzer, Role.tester)]
+    data = output.document(replicas, TarsReplica)
+    output.print_document(data, output.OutputFormat.json)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["kind"] == "TarsReplicaList"
+    assert [item["spec"]["role"] for item in printed["items"]] == ["analyzer", "tester"]
+    output.print_document(output.document(replicas[0], TarsReplica), output.OutputFormat.yaml)
+    single = yaml.safe_load(capsys.readouterr().out)
+    assert single["kind"] == "TarsReplica" and single["metadata"] == {"name": "analyzer"}
+
+
+def test_api_errors_become_one_line_with_the_servers_words() -> None:
+    status = {
+        "kind": "Status",
+        "message": 'SelfCodingRun.tars.dev "x" is invalid: spec.targets[0]:\n Invalid value: "/abs"',
+        "reason": "Invalid",
+    }
+    error = ApiException(status=422, reason="Unprocessable Entity")
+    error.body = json.dumps(status)
+    message = describe_failure(error)
+    assert message is not None and "\n" not in one_line(message)
+    assert (
+        message.startswith("the API server refused the object: ") and "spec.targets[0]" in message
+    )
+    plain = ApiException(status=404, reason="Not Found")
+    plain.body = "404 page not found"
+    assert describe_failure(plain) == "not found: 404 page not found"
+
+
+def test_connection_failures_name_the_server() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, retries=urllib3.Retry(0))
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as raised:
+        pool.request("GET", "/version")
+    assert describe_failure(raised.value) == (
+        f"cannot reach the Kubernetes API at http://127.0.0.1:{port}: [Errno 111] Connection refused"
+    )
+
+
+def test_bugs_are_not_disguised() -> None:
+    assert describe_failure(KeyError("x")) is None
+    assert describe_failure(CliError("target 'x' does not exist")) == "target 'x' does not exist"
