@@ -20,6 +20,7 @@ from pathlib import Path
 SKIPPED_DIRS = frozenset(
     {
         ".git",
+        ".tars",
         ".hg",
         ".svn",
         ".venv",

@@ -53,7 +53,8 @@ def is_inside_targets(path: str, targets: list[str]) -> bool:
         clean_target = normalized_path(target)
         if clean_target is None:
             continue
-        if clean_target == "." or clean.startswith(f"{clean_target}/"):
+        # A target is a directory or, for a single-file run, the file itself.
+        if clean_target in (".", clean) or clean.startswith(f"{clean_target}/"):
             return True
     return False
 

@@ -1,0 +1,167 @@
+"""Apply: write an accepted improvement to the project, or add it to the run's patch.
+
+The project's bytes change only here, and only for a candidate that passed its
+tests. Before writing, the file must still hold exactly the bytes the candidate
+was made from; the new content replaces it in one rename, keeping its mode. With
+auto-apply every improvement becomes one commit carrying a `Tars-Candidate`
+trailer, which is how a resumed run knows, even after a crash, what it already
+applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from tars_engine.diffs import PatchError, apply_unified_diff
+from tars_engine.models import Candidate, TestResult
+from tars_engine.state import write_atomically
+
+GIT_TIMEOUT_SECONDS = 120
+CANDIDATE_TRAILER = "Tars-Candidate"
+# Commits are made by the engine; when the repository has no identity of its own
+# configured, this one is used rather than failing the whole run.
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "TARS Self-Coding",
+    "GIT_AUTHOR_EMAIL": "tars@localhost",
+    "GIT_COMMITTER_NAME": "TARS Self-Coding",
+    "GIT_COMMITTER_EMAIL": "tars@localhost",
+}
+MAX_SUBJECT_RULES = 4
+
+
+class ApplyError(RuntimeError):
+    """An improvement could not be applied; the file keeps its original bytes."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_source(root: Path, path: str) -> str:
+    """A file's text exactly as stored (no newline translation), so its hash matches its bytes."""
+    return (root / path).read_bytes().decode("utf-8")
+
+
+def improved_content(root: Path, candidate: Candidate) -> tuple[bytes, bytes]:
+    """(current bytes, improved bytes); refuses when the file moved on since the candidate was made."""
+    target = root / candidate.path
+    try:
+        current = target.read_bytes()
+    except OSError as exc:
+        raise ApplyError(f"cannot read {candidate.path}: {exc.strerror}") from exc
+    if sha256_hex(current) != candidate.base_sha256:
+        raise ApplyError(f"{candidate.path} changed since the candidate was made; not applied")
+    try:
+        improved = apply_unified_diff(current.decode("utf-8"), candidate.diff, candidate.path)
+    except (PatchError, UnicodeDecodeError) as exc:
+        raise ApplyError(f"candidate for {candidate.path} does not apply: {exc}") from exc
+    return current, improved.encode("utf-8")
+
+
+def write_improvement(root: Path, candidate: Candidate) -> bytes:
+    """Write the improved file in place; returns the original bytes (for a rollback)."""
+    current, improved = improved_content(root, candidate)
+    target = root / candidate.path
+    write_atomically(target, improved, mode=target.stat().st_mode & 0o7777)
+    return current
+
+
+def _git(root: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
+    completed = subprocess.run(
+        ["git", "-C", str(root), "-c", "commit.gpgsign=false", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT_SECONDS,
+        env=env,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise ApplyError(f"git {arguments[0]} failed: {completed.stderr.strip()[:500]}")
+    return completed.stdout
+
+
+def _commit_environment(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("user.name", "user.email"):
+        configured = subprocess.run(
+            ["git", "-C", str(root), "config", key], capture_output=True, text=True, check=False
+        )
+        if configured.returncode != 0 or not configured.stdout.strip():
+            for name, value in FALLBACK_IDENTITY.items():
+                env.setdefault(name, value)
+            break
+    return env
+
+
+def commit_message(candidate: Candidate, test_result: TestResult | None) -> str:
+    rules = ", ".join(candidate.rules[:MAX_SUBJECT_RULES]) or "improvement"
+    if len(candidate.rules) > MAX_SUBJECT_RULES:
+        rules += f" and {len(candidate.rules) - MAX_SUBJECT_RULES} more"
+    lines = [f"tars: fix {rules} in {candidate.path}", "", candidate.rationale.strip(), ""]
+    lines.append(f"Rules: {', '.join(candidate.rules) or '-'}")
+    lines.append(f"Kinds: {', '.join(kind.value for kind in candidate.kinds) or '-'}")
+    engine = candidate.engine.value + (f" ({candidate.model})" if candidate.model else "")
+    lines.append(f"Engine: {engine}")
+    if test_result is not None:
+        lines.append(
+            f"Tests: passed, {test_result.tests_run} run, {test_result.skipped} skipped "
+            f"({' '.join(test_result.command)})"
+        )
+    lines += ["", f"{CANDIDATE_TRAILER}: {candidate.id}"]
+    return "\n".join(lines) + "\n"
+
+
+def commit_improvement(root: Path, candidate: Candidate, test_result: TestResult | None) -> str:
+    """Write the improvement and commit exactly that file; returns the commit id.
+
+    Hooks are skipped: a hook that rewrites files would commit bytes other than
+    the ones that passed the tests. Any failure restores the original bytes.
+    """
+    original = write_improvement(root, candidate)
+    target = root / candidate.path
+    try:
+        _git(root, "add", "--", candidate.path)
+        _git(
+            root,
+            "commit", "--quiet", "--no-verify", "--only",
+            "-m", commit_message(candidate, test_result),
+            "--", candidate.path,
+            env=_commit_environment(root),
+        )  # fmt: skip
+        return _git(root, "rev-parse", "HEAD").strip()
+    except BaseException:
+        write_atomically(target, original, mode=target.stat().st_mode & 0o7777)
+        subprocess.run(
+            ["git", "-C", str(root), "reset", "--quiet", "--", candidate.path],
+            capture_output=True,
+            check=False,
+        )
+        raise
+
+
+def committed_candidates(root: Path) -> dict[str, str]:
+    """Candidate id -> commit, for improvements already committed to the current branch."""
+    completed = subprocess.run(
+        ["git", "-C", str(root), "log", "--format=%H %(trailers:key=" + CANDIDATE_TRAILER
+         + ",valueonly,separator=%x2C)"],
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT_SECONDS,
+        check=False,
+    )  # fmt: skip
+    found: dict[str, str] = {}
+    for line in completed.stdout.splitlines():
+        commit, _, ids = line.partition(" ")
+        for candidate_id in filter(None, (part.strip() for part in ids.split(","))):
+            found.setdefault(candidate_id, commit)
+    return found
+
+
+def write_patch(path: Path, candidates: Sequence[Candidate]) -> Path:
+    """The run's reviewable patch: every accepted diff, applicable with `git apply`."""
+    write_atomically(path, "".join(candidate.diff for candidate in candidates).encode("utf-8"))
+    return path

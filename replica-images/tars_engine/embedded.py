@@ -1,0 +1,94 @@
+"""The embedded default: the workflow on this machine with the roles in-process.
+
+A local run keeps its state in `<project>/.tars/` (git is told to ignore it
+through .git/info/exclude, so the run never dirties the repository) and its
+learning in the per-user store (see `tars_engine.learning`). Engine choice:
+`ollama` when OLLAMA_HOST is set and answers, else `static`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tars_engine.learning import LearningStore, default_learning_db
+from tars_engine.local_roles import local_roles
+from tars_engine.models import EngineName
+from tars_engine.selection import is_git_repository
+from tars_engine.settings import ReplicaSettings, normalize_ollama_host
+from tars_engine.state import RunOptions, StateStore
+from tars_engine.workflow import EventCallback, WorkerRoles, Workflow
+
+STATE_DIR_NAME = ".tars"
+# Two of each role keep both cores busy: the baseline runs alongside the first batch.
+DEFAULT_INSTANCES = 2
+OLLAMA_PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def state_dir_for(root: Path) -> Path:
+    return root / STATE_DIR_NAME
+
+
+def exclude_state_dir(root: Path) -> None:
+    """Add `.tars/` to .git/info/exclude once, so git never lists the run's own files."""
+    if not is_git_repository(root):
+        return
+    git_dir = root / ".git"
+    if not git_dir.is_dir():
+        return  # a worktree or submodule: .git is a file; the run's files then show as untracked
+    exclude = git_dir / "info" / "exclude"
+    line = f"/{STATE_DIR_NAME}/"
+    existing = exclude.read_text(encoding="utf-8") if exclude.is_file() else ""
+    if line in existing.splitlines():
+        return
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    with exclude.open("a", encoding="utf-8") as handle:
+        if existing and not existing.endswith("\n"):
+            handle.write("\n")
+        handle.write(f"{line}\n")
+
+
+def ollama_reachable(host: str | None = None) -> bool:
+    host = host or os.environ.get("OLLAMA_HOST")
+    if not host:
+        return False
+    try:
+        response = httpx.get(
+            f"{normalize_ollama_host(host)}/api/tags", timeout=OLLAMA_PROBE_TIMEOUT_SECONDS
+        )
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def default_engine() -> EngineName:
+    return EngineName.ollama if ollama_reachable() else EngineName.static
+
+
+def local_workflow(
+    root: Path,
+    options: RunOptions,
+    *,
+    instances: int = DEFAULT_INSTANCES,
+    state_dir: Path | None = None,
+    learning: LearningStore | None = None,
+    on_event: EventCallback | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> Workflow:
+    """A workflow over `root` with `instances` in-process copies of each role."""
+    settings = ReplicaSettings.from_env(engine=options.engine, model=options.model)
+    roles = WorkerRoles.of(local_roles(settings) for _ in range(instances))
+    workflow = Workflow(
+        root,
+        options,
+        roles,
+        store=StateStore(state_dir or state_dir_for(root.resolve())),
+        learning=learning or LearningStore(default_learning_db()),
+        on_event=on_event,
+        stop_requested=stop_requested,
+    )
+    exclude_state_dir(workflow.root)
+    return workflow

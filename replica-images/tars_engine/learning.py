@@ -1,0 +1,215 @@
+"""Learn: every outcome of a candidate, kept in SQLite, feeding priorities and examples.
+
+One row per (candidate, rule): the finding kind, the rule, the engine and model,
+whether the change was accepted or why it was rejected, and the test result.
+Two questions are asked of it:
+
+- how well does a rule's change fare? Rules whose changes pass their tests raise
+  a file's priority; rules whose changes keep failing lower it;
+- which accepted changes show a rule being fixed well? They become the model's
+  few-shot examples.
+
+Local runs keep one store per user (so learning carries across projects):
+`$TARS_LEARNING_DB`, else `$XDG_STATE_HOME/tars/learning.sqlite3`, else
+`~/.local/state/tars/learning.sqlite3`. Runs in a cluster keep it in the run's
+state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tars_engine.models import Candidate, EngineName, Finding, FindingKind, LearnedExample
+
+LEARNING_DB_FILENAME = "learning.sqlite3"
+# A rule's boost per finding is in [-BOOST_SCALE/2, +BOOST_SCALE/2]: the
+# Laplace-smoothed acceptance rate, centred on an unknown rule's 0.5.
+BOOST_SCALE = 2.0
+MAX_EXAMPLE_DIFF_CHARS = 4000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_at REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    candidate_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT,
+    accepted INTEGER NOT NULL,
+    rejection TEXT,
+    tests_passed INTEGER,
+    diff TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_rule ON outcomes (rule, engine);
+"""
+
+
+def default_learning_db() -> Path:
+    explicit = os.environ.get("TARS_LEARNING_DB")
+    if explicit:
+        return Path(explicit)
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "tars" / LEARNING_DB_FILENAME
+
+
+class Outcome(BaseModel):
+    """What happened to one attempt at a file: accepted, or the reason it was not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    path: str
+    rules: list[str]
+    kinds: list[FindingKind]
+    engine: EngineName
+    model: str | None = None
+    candidate_id: str | None = Field(default=None, description="None: no candidate was produced")
+    diff: str = ""
+    accepted: bool
+    rejection: str | None = None
+    tests_passed: bool | None = Field(default=None, description="None: never reached the tests")
+
+    @classmethod
+    def of_candidate(
+        cls,
+        run_id: str,
+        candidate: Candidate,
+        *,
+        accepted: bool,
+        rejection: str | None = None,
+        tests_passed: bool | None = None,
+    ) -> Outcome:
+        return cls(
+            run_id=run_id, path=candidate.path, rules=candidate.rules, kinds=candidate.kinds,
+            engine=candidate.engine, model=candidate.model, candidate_id=candidate.id,
+            diff=candidate.diff, accepted=accepted, rejection=rejection, tests_passed=tests_passed,
+        )  # fmt: skip
+
+
+class RuleRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    accepted: int
+    total: int
+
+    @property
+    def boost(self) -> float:
+        rate = (self.accepted + 1) / (self.total + 2)
+        return (rate - 0.5) * BOOST_SCALE
+
+
+class LearningStore:
+    """Thread-safe access to the outcome store; every call opens its own short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as connection:
+            connection.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = sqlite3.connect(self.path, timeout=30)
+            try:
+                with connection:
+                    yield connection
+            finally:
+                connection.close()
+
+    def record(self, outcome: Outcome) -> None:
+        kinds = outcome.kinds or [FindingKind.maintainability]
+        rules = outcome.rules or ["unspecified"]
+        # Rules and kinds pair up when the generator gives one kind per rule;
+        # otherwise every rule is recorded under the first kind.
+        paired = kinds if len(kinds) == len(rules) else [kinds[0]] * len(rules)
+        rows = [
+            (
+                time.time(),
+                outcome.run_id,
+                outcome.candidate_id or "",
+                outcome.path,
+                rule,
+                kind.value,
+                outcome.engine.value,
+                outcome.model,
+                int(outcome.accepted),
+                outcome.rejection,
+                None if outcome.tests_passed is None else int(outcome.tests_passed),
+                outcome.diff[:MAX_EXAMPLE_DIFF_CHARS],
+            )
+            for rule, kind in zip(rules, paired, strict=True)
+        ]
+        with self._connect() as connection:
+            connection.executemany(
+                "INSERT INTO outcomes (recorded_at, run_id, candidate_id, path, rule, kind, engine,"
+                " model, accepted, rejection, tests_passed, diff)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def rule_records(self, engine: EngineName | None = None) -> dict[str, RuleRecord]:
+        query = "SELECT rule, SUM(accepted), COUNT(*) FROM outcomes"
+        parameters: tuple[str, ...] = ()
+        if engine is not None:
+            query += " WHERE engine = ?"
+            parameters = (engine.value,)
+        with self._connect() as connection:
+            rows = connection.execute(query + " GROUP BY rule", parameters).fetchall()
+        return {
+            rule: RuleRecord(rule=rule, accepted=accepted, total=total)
+            for rule, accepted, total in rows
+        }
+
+    def priority_boost(self, findings: Sequence[Finding], records: dict[str, RuleRecord]) -> float:
+        """How much learning moves a file's priority: its rules' track records, summed once per rule."""
+        return sum(records[rule].boost for rule in {f.rule for f in findings} if rule in records)
+
+    def examples(
+        self, rules: Iterable[str], engine: EngineName | None = None, limit: int = 3
+    ) -> list[LearnedExample]:
+        """Recent accepted changes fixing the same rules: the model's few-shot examples."""
+        wanted = sorted(set(rules))
+        if not wanted:
+            return []
+        placeholders = ",".join("?" for _ in wanted)
+        query = (
+            f"SELECT rule, kind, diff FROM outcomes WHERE accepted = 1 AND rule IN ({placeholders})"
+        )
+        parameters: list[str] = list(wanted)
+        if engine is not None:
+            query += " AND engine = ?"
+            parameters.append(engine.value)
+        query += " ORDER BY recorded_at DESC, id DESC"
+        with self._connect() as connection:
+            rows = connection.execute(query, parameters).fetchall()
+        examples: list[LearnedExample] = []
+        seen_rules: set[str] = set()
+        seen_diffs: set[str] = set()
+        # One example per rule first, so a few rules do not crowd out the rest.
+        for rule, kind, diff in rows:
+            if rule in seen_rules or diff in seen_diffs:
+                continue
+            seen_rules.add(rule)
+            seen_diffs.add(diff)
+            examples.append(LearnedExample(rule=rule, kind=FindingKind(kind), diff=diff))
+            if len(examples) == limit:
+                break
+        return examples
+
+    def count(self) -> int:
+        with self._connect() as connection:
+            return int(connection.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])

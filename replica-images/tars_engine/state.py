@@ -1,0 +1,195 @@
+"""The run's persisted state: workflow-state.json in the run's state directory.
+
+It is rewritten atomically (temporary file, then rename) after every step, so a
+reader never sees half a file and a run killed at any moment resumes from the
+last step it finished. Phases, stages, statistics and file outcomes are the
+SelfCodingRun status types, so mirroring a run into its status is a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+
+from tars_engine.budget import Budget
+from tars_engine.models import Candidate, EngineName, TestResult
+from tars_engine.selection import SkippedFile
+
+STATE_FILENAME = "workflow-state.json"
+STOP_FILENAME = "stop"
+LOCK_FILENAME = "lock"
+PATCH_FILENAME = "improvements.patch"
+STATE_VERSION = 1
+
+
+class StateModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class RunOptions(StateModel):
+    """What a run was asked to do; a resumed run keeps its original options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    targets: list[str] = Field(min_length=1, description="project-relative directories or files")
+    auto_apply: bool = False
+    engine: EngineName = EngineName.static
+    model: str = "llama3"
+    allow_unsafe_fixes: bool = False
+    test_command: list[str] | None = None
+    test_timeout_seconds: float = Field(default=600, gt=0)
+    budget: Budget = Field(default_factory=Budget)
+    batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
+
+
+class FileRecord(StateModel):
+    path: str
+    priority: float = 0
+    outcome: FileOutcome | None = Field(default=None, description="None: still to be worked on")
+    message: str = ""
+    attempts: int = 0
+    rules: list[str] = Field(default_factory=list)
+    candidate_id: str | None = None
+    commit: str | None = None
+
+
+class AppliedChange(StateModel):
+    """An improvement written to the project: never applied twice, even across resumes."""
+
+    candidate_id: str
+    path: str
+    diff_sha256: str
+    commit: str | None = None
+
+
+class WorkflowState(StateModel):
+    version: int = STATE_VERSION
+    run_id: str
+    project_root: str
+    options: RunOptions
+    phase: RunPhase = RunPhase.pending
+    stage: RunStage = RunStage.initializing
+    current_file: str | None = None
+    message: str = ""
+    statistics: RunStatistics = Field(default_factory=RunStatistics)
+    started_at: datetime.datetime
+    updated_at: datetime.datetime
+    completed_at: datetime.datetime | None = None
+    baseline: TestResult | None = None
+    files: list[FileRecord] = Field(default_factory=list, description="selected files, best first")
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    accepted: list[Candidate] = Field(
+        default_factory=list, description="candidates that passed their tests, in acceptance order"
+    )
+    applied: list[AppliedChange] = Field(default_factory=list)
+    patch_path: str | None = None
+
+    @property
+    def progress(self) -> str:
+        done = sum(1 for record in self.files if record.outcome is not None)
+        return f"{done}/{len(self.files)}"
+
+    def file(self, path: str) -> FileRecord:
+        for record in self.files:
+            if record.path == path:
+                return record
+        raise KeyError(path)
+
+    def is_applied(self, candidate_id: str) -> bool:
+        return any(change.candidate_id == candidate_id for change in self.applied)
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be used (unreadable state, a run already in progress)."""
+
+
+class StateStore:
+    """The run's state directory: state file, stop file, lock and patch."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILENAME
+
+    @property
+    def stop_file(self) -> Path:
+        return self.state_dir / STOP_FILENAME
+
+    @property
+    def patch_file(self) -> Path:
+        return self.state_dir / PATCH_FILENAME
+
+    def load(self) -> WorkflowState | None:
+        try:
+            raw = self.state_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {self.state_file}: {exc.strerror}") from exc
+        try:
+            return WorkflowState.model_validate_json(raw)
+        except ValidationError as exc:
+            raise StateError(
+                f"{self.state_file} is not a workflow state this version understands "
+                f"({exc.error_count()} errors); move it away to start afresh"
+            ) from exc
+
+    def save(self, state: WorkflowState) -> None:
+        state.updated_at = now()
+        write_atomically(self.state_file, state.model_dump_json(by_alias=True, indent=2).encode())
+
+    def request_stop(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_file.touch()
+
+    def clear_stop(self) -> None:
+        self.stop_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run lock: one workflow per state directory; released if the process dies."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / LOCK_FILENAME, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise StateError(f"another run is using {self.state_dir}") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace `path` with `data` in one rename: readers see the old or the new bytes, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

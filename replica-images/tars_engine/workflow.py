@@ -1,0 +1,784 @@
+"""The coordinator's workflow: select, analyze, generate, test, apply, learn.
+
+The workflow reaches the roles only through the interfaces in `tars_engine.roles`;
+whether a role runs in this process or behind HTTP is not its concern. Each role
+may have several instances: work is handed to whichever instance is idle, in
+turn, so as many files are in flight as there are instances.
+
+Test gating. The project's own tests must pass untouched first (the baseline),
+or nothing can be proven. Candidates are then tested in batches, all of a
+batch's candidates applied together on top of the candidates already accepted.
+A failing batch is bisected: the first half is tested on its own; when it passes,
+the failure is known to lie in the second half, which is split without testing
+it again. Every accepted candidate has therefore passed the tests together with
+everything accepted before it. With two or more testers the baseline runs
+alongside the first batch; nothing is accepted before the baseline has passed.
+
+State. Every step is persisted (see `tars_engine.state`); a run that was stopped,
+or whose process died, resumes where it left off, and an improvement is never
+applied twice: applied candidates are recorded in the state and, with auto-apply,
+in a trailer of their commit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import enum
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+
+from tars_engine import applying
+from tars_engine.budget import BudgetGuard, StopRequested
+from tars_engine.learning import LearningStore, Outcome
+from tars_engine.models import (
+    AnalysisReport,
+    AnalyzeRequest,
+    Candidate,
+    EngineName,
+    Finding,
+    FindingSource,
+    GenerateRequest,
+    SnapshotRef,
+    SourceFile,
+    TestRequest,
+    TestResult,
+)
+from tars_engine.roles import (
+    AnalyzerRole,
+    GeneratorRole,
+    RoleError,
+    RoleSet,
+    SnapshotMissingError,
+    TesterRole,
+)
+from tars_engine.selection import (
+    SelectionError,
+    SkippedFile,
+    SkipReason,
+    is_git_repository,
+    prioritize,
+    resolve_targets,
+    select_files,
+)
+from tars_engine.snapshot import archive_digest, pack_project
+from tars_engine.state import (
+    AppliedChange,
+    FileRecord,
+    RunOptions,
+    StateStore,
+    WorkflowState,
+    now,
+)
+from tars_engine.validation import candidate_rejection
+
+MAX_MESSAGE_CHARS = 1024
+FEEDBACK_OUTPUT_CHARS = 4000
+EXAMPLES_PER_REQUEST = 3
+
+RoleT = TypeVar("RoleT")
+
+
+class WorkflowError(RuntimeError):
+    """The run cannot start or cannot go on; the message says why in one line."""
+
+
+class BaselineFailedError(WorkflowError):
+    """The project's tests fail before any change: no candidate could be proven safe."""
+
+
+@dataclass(frozen=True)
+class WorkerRoles:
+    """Every instance of each worker role the workflow may use."""
+
+    analyzers: tuple[AnalyzerRole, ...]
+    generators: tuple[GeneratorRole, ...]
+    testers: tuple[TesterRole, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("analyzers", "generators", "testers"):
+            if not getattr(self, name):
+                raise WorkflowError(f"no {name} available")
+
+    @classmethod
+    def of(cls, role_sets: Iterable[RoleSet]) -> WorkerRoles:
+        sets = list(role_sets)
+        return cls(
+            analyzers=tuple(s.analyzer for s in sets),
+            generators=tuple(s.generator for s in sets),
+            testers=tuple(s.tester for s in sets),
+        )
+
+
+class RolePool(Generic[RoleT]):
+    """Lends idle role instances, longest-idle first: round-robin under load, bounded by size."""
+
+    def __init__(self, roles: Sequence[RoleT]) -> None:
+        self.size = len(roles)
+        self._idle: queue.Queue[RoleT] = queue.Queue()
+        for role in roles:
+            self._idle.put(role)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[RoleT]:
+        role = self._idle.get()
+        try:
+            yield role
+        finally:
+            self._idle.put(role)
+
+
+class EventKind(enum.StrEnum):
+    started = "started"
+    stage = "stage"
+    file = "file"
+    tested = "tested"
+    finished = "finished"
+
+
+class WorkflowEvent(BaseModel):
+    """A change observers may show (the CLI) or mirror (a SelfCodingRun's status)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: EventKind
+    phase: RunPhase
+    stage: RunStage
+    current_file: str | None
+    files_done: int
+    files_total: int
+    statistics: RunStatistics
+    path: str | None = None
+    message: str = ""
+
+    @property
+    def progress(self) -> str:
+        return f"{self.files_done}/{self.files_total}"
+
+
+EventCallback = Callable[[WorkflowEvent], None]
+
+
+def actionable_findings(
+    report: AnalysisReport, engine: EngineName, allow_unsafe: bool
+) -> list[Finding]:
+    """What the generator can act on: ruff's fixes for the static engine, everything for a model."""
+    if engine is EngineName.ollama:
+        return list(report.findings)
+    return [
+        finding
+        for finding in report.findings
+        if finding.source is FindingSource.ruff
+        and finding.fix_available
+        and (finding.fix_safe or allow_unsafe)
+    ]
+
+
+def _one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def describe_failure(result: TestResult) -> str:
+    if result.apply_error:
+        return f"did not apply: {result.apply_error}"
+    if result.timed_out:
+        return f"tests timed out after {result.duration_seconds:g}s"
+    if result.tests_run:
+        return f"tests failed: {result.failures} failures, {result.errors} errors of {result.tests_run}"
+    last_lines = [line for line in result.output.strip().splitlines() if line.strip()][-3:]
+    return "tests failed: " + (_one_line(" / ".join(last_lines), 300) or "no output")
+
+
+class Workflow:
+    """One run of the workflow over a project; `run()` drives it to the end or a stop."""
+
+    def __init__(
+        self,
+        project_root: Path,
+        options: RunOptions,
+        roles: WorkerRoles,
+        *,
+        store: StateStore,
+        learning: LearningStore,
+        on_event: EventCallback | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> None:
+        self.root = project_root.resolve()
+        if not self.root.is_dir():
+            raise WorkflowError(f"project {project_root} is not a directory")
+        try:
+            targets = resolve_targets(self.root, options.targets)
+        except SelectionError as exc:
+            raise WorkflowError(str(exc)) from exc
+        self.options = options.model_copy(update={"targets": targets})
+        self.git = is_git_repository(self.root)
+        if self.options.auto_apply and not self.git:
+            raise WorkflowError(
+                f"auto-apply refused: {self.root} is not a git repository, so an applied change "
+                "could not be reviewed or undone; run without auto-apply to get a patch instead"
+            )
+        self.store = store
+        self.learning = learning
+        self._on_event = on_event
+        self._stop_requested = stop_requested
+        self._analyzers = RolePool(roles.analyzers)
+        self._generators = RolePool(roles.generators)
+        self._testers = RolePool(roles.testers)
+        self._lock = threading.RLock()
+        self._event_lock = threading.Lock()
+        self._state: WorkflowState | None = None
+        self._snapshot: SnapshotRef | None = None
+        self._archive = b""
+        self._in_snapshot: set[str] = set()
+        self._baseline: concurrent.futures.Future[TestResult] | None = None
+        self._feedback: dict[str, str] = {}
+        self._failed_diffs: dict[str, set[str]] = {}
+        self._reports: dict[str, AnalysisReport] = {}
+        self._guard: BudgetGuard | None = None
+
+    # -- state and events -------------------------------------------------
+
+    @property
+    def state(self) -> WorkflowState:
+        """A copy of the current state, safe to read from any thread."""
+        with self._lock:
+            if self._state is None:
+                raise WorkflowError("the run has not started")
+            return self._state.model_copy(deep=True)
+
+    @property
+    def _s(self) -> WorkflowState:
+        assert self._state is not None
+        return self._state
+
+    def _refresh_statistics(self) -> None:
+        state = self._s
+        statistics = state.statistics
+        statistics.files_total = len(state.files)
+        statistics.files_processed = sum(1 for r in state.files if r.outcome is not None)
+        statistics.files_failed = sum(
+            1 for r in state.files if r.outcome in (FileOutcome.failed, FileOutcome.rejected)
+        )
+        statistics.improvements_applied = len(state.applied)
+        statistics.improvements_accepted = len(state.accepted)
+        if self._guard is not None:
+            statistics.tokens_used = max(statistics.tokens_used, self._guard.tokens_used)
+
+    def _commit_state(self, kind: EventKind, *, path: str | None = None, message: str = "") -> None:
+        """Persist the state, then tell the observer; every change goes through here."""
+        with self._lock:
+            self._refresh_statistics()
+            self.store.save(self._s)
+            state = self._s
+            event = WorkflowEvent(
+                kind=kind,
+                phase=state.phase,
+                stage=state.stage,
+                current_file=state.current_file,
+                files_done=state.statistics.files_processed,
+                files_total=state.statistics.files_total,
+                statistics=state.statistics.model_copy(),
+                path=path,
+                message=message,
+            )
+        if self._on_event is not None:
+            with self._event_lock:
+                self._on_event(event)
+
+    def _enter(self, stage: RunStage, message: str = "") -> None:
+        with self._lock:
+            if self._s.stage is stage:
+                return
+            self._s.stage = stage
+        self._commit_state(EventKind.stage, message=message)
+
+    def _finish_file(self, record: FileRecord, outcome: FileOutcome, message: str) -> None:
+        with self._lock:
+            record.outcome = outcome
+            record.message = _one_line(message)
+            if self._s.current_file == record.path:
+                self._s.current_file = None
+        self._commit_state(EventKind.file, path=record.path, message=record.message)
+
+    def _set_current(self, path: str) -> None:
+        with self._lock:
+            self._s.current_file = path
+        self._commit_state(EventKind.file, path=path)
+
+    # -- the run ----------------------------------------------------------
+
+    def _load_or_start(self) -> WorkflowState:
+        previous = self.store.load()
+        if (
+            previous is not None
+            and previous.phase is not RunPhase.succeeded
+            and previous.project_root == str(self.root)
+            and previous.options.targets == self.options.targets
+            and previous.options.auto_apply == self.options.auto_apply
+            and (previous.baseline is None or previous.baseline.passed)
+        ):
+            previous.phase = RunPhase.running
+            previous.options = self.options
+            previous.completed_at = None
+            previous.message = "resumed"
+            return previous
+        started = now()
+        return WorkflowState(
+            run_id=f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+            project_root=str(self.root),
+            options=self.options,
+            phase=RunPhase.running,
+            started_at=started,
+            updated_at=started,
+        )
+
+    def run(self) -> WorkflowState:
+        """Run to the end, a stop or a failure; the returned state says which."""
+        with self.store.exclusive():
+            with self._lock:
+                self._state = self._load_or_start()
+            self.store.clear_stop()
+            self._guard = BudgetGuard(
+                self._s.options.budget, self.store.stop_file, self._stop_requested
+            )
+            self._commit_state(EventKind.started, message=self._s.message)
+            executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._testers.size, thread_name_prefix="tars-baseline"
+            )
+            try:
+                self._execute(executor)
+                self._end(RunPhase.succeeded, self._summary())
+            except StopRequested as stop:
+                self._end(RunPhase.failed if stop.failed else RunPhase.stopped, stop.reason)
+            except (WorkflowError, RoleError, applying.ApplyError, OSError) as exc:
+                self._end(RunPhase.failed, str(exc))
+            except BaseException as exc:
+                self._end(RunPhase.failed, f"internal error: {type(exc).__name__}: {exc}")
+                raise
+            finally:
+                executor.shutdown(wait=True, cancel_futures=True)
+            return self.state
+
+    def _end(self, phase: RunPhase, message: str) -> None:
+        with self._lock:
+            state = self._s
+            state.phase = phase
+            state.stage = RunStage.done
+            state.current_file = None
+            state.message = _one_line(message)
+            state.completed_at = now()
+        self._commit_state(EventKind.finished, message=self._s.message)
+
+    def _summary(self) -> str:
+        statistics = self._s.statistics
+        verb = "applied" if self._s.options.auto_apply else "accepted"
+        count = (
+            statistics.improvements_applied
+            if self._s.options.auto_apply
+            else statistics.improvements_accepted
+        )
+        return (
+            f"{count} improvements {verb} in {statistics.files_processed} files, "
+            f"{statistics.test_runs} test runs"
+        )
+
+    def _execute(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        guard = self._guard
+        assert guard is not None
+        resumed = bool(self._s.files)
+        if not resumed:
+            self._enter(RunStage.scanning)
+            selection = select_files(
+                self.root, self._s.options.targets, refuse_dirty=self._s.options.auto_apply
+            )
+            with self._lock:
+                self._s.skipped = list(selection.skipped)
+            self._commit_state(EventKind.stage, message=f"{len(selection.files)} files selected")
+            candidates_paths = selection.files
+        else:
+            self._recover_applied()
+            candidates_paths = [r.path for r in self._s.files if r.outcome is None]
+        guard.check()
+        self._take_snapshot()
+        if self._s.baseline is None:
+            self._baseline = executor.submit(self._run_tests, [])
+        self._enter(RunStage.analyzing)
+        self._reports = self._analyze(candidates_paths)
+        if not resumed:
+            self._choose_files(self._reports)
+        else:
+            for record in self._s.files:
+                if record.outcome is None and not self._actionable(record.path):
+                    self._finish_file(record, FileOutcome.skipped, "nothing left to improve")
+        while True:
+            pending = [r for r in self._s.files if r.outcome is None]
+            if not pending:
+                break
+            guard.check()
+            self._enter(RunStage.generating)
+            candidates = self._generate(pending)
+            guard.check()
+            self._require_baseline()
+            if candidates:
+                self._enter(RunStage.testing)
+                self._test_in_batches(candidates)
+        self._require_baseline()
+        self._enter(RunStage.learning)
+
+    # -- select and snapshot ----------------------------------------------
+
+    def _recover_applied(self) -> None:
+        """After a crash: improvements committed (or accepted) whose state was not saved yet."""
+        committed = applying.committed_candidates(self.root) if self.git else {}
+        for record in self._s.files:
+            if record.candidate_id in committed and not self._s.is_applied(record.candidate_id):
+                with self._lock:
+                    self._s.applied.append(
+                        AppliedChange(
+                            candidate_id=record.candidate_id,
+                            path=record.path,
+                            diff_sha256="",
+                            commit=committed[record.candidate_id],
+                        )
+                    )
+                    record.commit = committed[record.candidate_id]
+                self._finish_file(
+                    record, FileOutcome.applied, "applied (recovered from its commit)"
+                )
+        if self._s.options.auto_apply:
+            for candidate in list(self._s.accepted):
+                if not self._s.is_applied(candidate.id):
+                    self._apply(candidate, None)
+
+    def _take_snapshot(self) -> None:
+        self._archive = pack_project(self.root)
+        self._snapshot = SnapshotRef(digest=archive_digest(self._archive))
+        # What the snapshot already holds need not be layered on top of it again.
+        self._in_snapshot = {change.candidate_id for change in self._s.applied}
+
+    def _test_base(self) -> list[Candidate]:
+        return [c for c in self._s.accepted if c.id not in self._in_snapshot]
+
+    # -- analyze ----------------------------------------------------------
+
+    def _actionable(self, path: str) -> list[Finding]:
+        report = self._reports.get(path)
+        if report is None or report.error is not None:
+            return []
+        options = self._s.options
+        return actionable_findings(report, options.engine, options.allow_unsafe_fixes)
+
+    def _analyze_one(self, path: str) -> AnalysisReport:
+        self._set_current(path)
+        try:
+            content = applying.read_source(self.root, path)
+        except (OSError, UnicodeDecodeError) as exc:
+            return AnalysisReport(path=path, findings=[], priority=0, error=f"unreadable: {exc}")
+        options = self._s.options
+        with self._analyzers.lease() as analyzer:
+            report = analyzer.analyze(
+                AnalyzeRequest(
+                    file=SourceFile(path=path, content=content),
+                    engine=options.engine,
+                    model=options.model,
+                )
+            )
+        assert self._guard is not None
+        self._guard.add_tokens(report.tokens_used)
+        return report
+
+    def _analyze(self, paths: list[str]) -> dict[str, AnalysisReport]:
+        reports: dict[str, AnalysisReport] = {}
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._analyzers.size, thread_name_prefix="tars-analyze"
+        ) as pool:
+            futures = {pool.submit(self._analyze_one, path): path for path in paths}
+            for future in concurrent.futures.as_completed(futures):
+                reports[futures[future]] = future.result()
+        with self._lock:
+            self._s.current_file = None
+        return {path: reports[path] for path in paths}
+
+    def _choose_files(self, reports: dict[str, AnalysisReport]) -> None:
+        options = self._s.options
+        unanalysable = [
+            SkippedFile(path=path, reason=SkipReason.unanalysable, detail=report.error or "")
+            for path, report in reports.items()
+            if report.error is not None
+        ]
+        records = self.learning.rule_records(options.engine)
+        actionable = {path: self._actionable(path) for path in reports}
+        boosts = {
+            path: self.learning.priority_boost(findings, records)
+            for path, findings in actionable.items()
+        }
+        workable = {path: reports[path] for path, findings in actionable.items() if findings}
+        ordered = prioritize(workable, boosts)
+        if options.budget.max_files is not None:
+            ordered = ordered[: options.budget.max_files]
+        with self._lock:
+            self._s.skipped.extend(unanalysable)
+            self._s.files = [
+                FileRecord(
+                    path=path,
+                    priority=round(workable[path].priority + boosts.get(path, 0.0), 3),
+                    rules=sorted({finding.rule for finding in actionable[path]}),
+                )
+                for path in ordered
+            ]
+        self._commit_state(EventKind.stage, message=f"{len(ordered)} files to improve")
+
+    # -- generate ---------------------------------------------------------
+
+    def _generate_one(self, record: FileRecord) -> Candidate | None:
+        options = self._s.options
+        guard = self._guard
+        assert guard is not None
+        self._set_current(record.path)
+        findings = self._actionable(record.path)
+        try:
+            content = applying.read_source(self.root, record.path)
+        except (OSError, UnicodeDecodeError) as exc:
+            self._finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
+            return None
+        examples = (
+            self.learning.examples([f.rule for f in findings], options.engine, EXAMPLES_PER_REQUEST)
+            if options.engine is EngineName.ollama
+            else []
+        )
+        remaining_tokens = (
+            max(options.budget.max_tokens - guard.tokens_used, 1)
+            if options.budget.max_tokens
+            else None
+        )
+        with self._lock:
+            record.attempts += 1
+            attempt = record.attempts
+        request = GenerateRequest(
+            file=SourceFile(path=record.path, content=content),
+            findings=findings,
+            targets=options.targets,
+            engine=options.engine,
+            model=options.model,
+            allow_unsafe_fixes=options.allow_unsafe_fixes,
+            examples=examples,
+            attempt=attempt,
+            feedback=self._feedback.get(record.path),
+            max_tokens=remaining_tokens,
+        )
+        try:
+            with self._generators.lease() as generator:
+                result = generator.generate(request)
+        except RoleError as exc:
+            self._finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
+            return None
+        guard.add_tokens(result.tokens_used)
+        if result.candidate is None:
+            self._no_candidate(record, findings, result.rejection or "no change proposed")
+            return None
+        problem = self._unsafe_candidate(result.candidate, record.path, content)
+        if problem is not None:
+            self._no_candidate(record, findings, problem)
+            return None
+        with self._lock:
+            self._s.statistics.improvements_proposed += 1
+            record.candidate_id = result.candidate.id
+        self._commit_state(EventKind.file, path=record.path, message="candidate proposed")
+        return result.candidate
+
+    def _unsafe_candidate(self, candidate: Candidate, path: str, content: str) -> str | None:
+        """Why a candidate must not go further, re-checked here whatever the generator did."""
+        if candidate.path != path:
+            return f"candidate is for {candidate.path}, not {path}"
+        rejection = candidate_rejection(
+            candidate, SourceFile(path=path, content=content), self._s.options.targets
+        )
+        if rejection is None and candidate.diff in self._failed_diffs.get(path, set()):
+            return "same change as an attempt that already failed its tests"
+        return rejection
+
+    def _no_candidate(self, record: FileRecord, findings: list[Finding], reason: str) -> None:
+        options = self._s.options
+        self.learning.record(
+            Outcome(
+                run_id=self._s.run_id,
+                path=record.path,
+                rules=sorted({f.rule for f in findings}),
+                kinds=sorted({f.kind for f in findings}),
+                engine=options.engine,
+                model=options.model if options.engine is EngineName.ollama else None,
+                accepted=False,
+                rejection=_one_line(reason, 500),
+            )
+        )
+        # A deterministic engine answers the same again; a model may do better with feedback.
+        retry = (
+            options.engine is EngineName.ollama
+            and record.attempts < options.budget.max_attempts_per_file
+        )
+        if retry:
+            self._feedback[record.path] = f"The previous answer was refused: {reason}"
+            return
+        outcome = (
+            FileOutcome.skipped
+            if record.attempts == 1 and not self._feedback.get(record.path)
+            else FileOutcome.rejected
+        )
+        self._finish_file(record, outcome, reason)
+
+    def _generate(self, records: list[FileRecord]) -> list[Candidate]:
+        candidates: dict[str, Candidate] = {}
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._generators.size, thread_name_prefix="tars-generate"
+        ) as pool:
+            futures = {pool.submit(self._generate_one, record): record.path for record in records}
+            for future in concurrent.futures.as_completed(futures):
+                candidate = future.result()
+                if candidate is not None:
+                    candidates[futures[future]] = candidate
+        # Priority order: when a batch is cut, the most valuable changes are tested first.
+        return [candidates[r.path] for r in records if r.path in candidates]
+
+    # -- test -------------------------------------------------------------
+
+    def _run_tests(self, candidates: list[Candidate]) -> TestResult:
+        assert self._snapshot is not None
+        options = self._s.options
+        request = TestRequest(
+            snapshot=self._snapshot,
+            candidates=candidates,
+            test_command=options.test_command,
+            timeout_seconds=options.test_timeout_seconds,
+        )
+        with self._testers.lease() as tester:
+            if not tester.has_snapshot(self._snapshot):
+                tester.put_snapshot(self._archive)
+            try:
+                result = tester.run_tests(request)
+            except SnapshotMissingError:
+                # The tester lost its cache (restarted) between the check and the run.
+                tester.put_snapshot(self._archive)
+                result = tester.run_tests(request)
+        with self._lock:
+            self._s.statistics.test_runs += 1
+        self._commit_state(
+            EventKind.tested, message=("passed" if result.passed else describe_failure(result))
+        )
+        return result
+
+    def _require_baseline(self) -> None:
+        if self._baseline is None:
+            return
+        result = self._baseline.result()
+        self._baseline = None
+        with self._lock:
+            self._s.baseline = result
+        self._commit_state(
+            EventKind.tested, message="baseline " + ("passed" if result.passed else "failed")
+        )
+        if not result.passed:
+            raise BaselineFailedError(
+                "the project's tests fail before any change, so no change can be proven safe "
+                f"({describe_failure(result)}); fix the tests or give a working test command"
+            )
+
+    def _test_in_batches(self, candidates: list[Candidate]) -> None:
+        batch_size = self._s.options.batch_size
+        for start in range(0, len(candidates), batch_size):
+            assert self._guard is not None
+            self._guard.check()
+            self._bisect(candidates[start : start + batch_size], self._test_base())
+
+    def _bisect(
+        self, group: list[Candidate], base: list[Candidate], known: TestResult | None = None
+    ) -> list[Candidate]:
+        """Accept what passes with `base`, reject the culprits; returns the accepted ones."""
+        if known is None:
+            self._enter(RunStage.testing)
+        result = known if known is not None else self._run_tests(base + group)
+        if result.passed:
+            self._require_baseline()
+            for candidate in group:
+                self._accept(candidate, result)
+            return group
+        if len(group) == 1:
+            self._reject(group[0], result)
+            return []
+        half = len(group) // 2
+        first = self._bisect(group[:half], base)
+        if len(first) == half:
+            # base + first passed and base + group failed: the culprit is in the rest.
+            return first + self._bisect(group[half:], base + first, known=result)
+        return first + self._bisect(group[half:], base + first)
+
+    # -- apply and learn --------------------------------------------------
+
+    def _accept(self, candidate: Candidate, result: TestResult) -> None:
+        record = self._s.file(candidate.path)
+        self._enter(RunStage.applying)
+        with self._lock:
+            self._s.accepted.append(candidate)
+        self.learning.record(
+            Outcome.of_candidate(self._s.run_id, candidate, accepted=True, tests_passed=True)
+        )
+        if self._s.options.auto_apply:
+            self._apply(candidate, result)
+            return
+        with self._lock:
+            self._s.patch_path = str(applying.write_patch(self._patch_file(), self._s.accepted))
+        self._finish_file(
+            record, FileOutcome.accepted, f"passed the tests; in {self._s.patch_path}"
+        )
+
+    def _patch_file(self) -> Path:
+        return self.store.state_dir / "patches" / f"{self._s.run_id}.patch"
+
+    def _apply(self, candidate: Candidate, result: TestResult | None) -> None:
+        record = self._s.file(candidate.path)
+        if self._s.is_applied(candidate.id):
+            return
+        try:
+            commit = applying.commit_improvement(self.root, candidate, result)
+        except applying.ApplyError as exc:
+            self._finish_file(record, FileOutcome.failed, str(exc))
+            return
+        with self._lock:
+            self._s.applied.append(
+                AppliedChange(
+                    candidate_id=candidate.id,
+                    path=candidate.path,
+                    diff_sha256=applying.sha256_hex(candidate.diff.encode()),
+                    commit=commit,
+                )
+            )
+            record.commit = commit
+        self._finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
+
+    def _reject(self, candidate: Candidate, result: TestResult) -> None:
+        record = self._s.file(candidate.path)
+        reason = describe_failure(result)
+        self.learning.record(
+            Outcome.of_candidate(
+                self._s.run_id, candidate, accepted=False, rejection=reason, tests_passed=False
+            )
+        )
+        with self._lock:
+            self._failed_diffs.setdefault(candidate.path, set()).add(candidate.diff)
+            self._feedback[candidate.path] = (
+                f"The previous change failed the project's tests ({reason}). Test output:\n"
+                + result.output[-FEEDBACK_OUTPUT_CHARS:]
+            )
+            record.candidate_id = None
+        if record.attempts >= self._s.options.budget.max_attempts_per_file:
+            self._finish_file(record, FileOutcome.rejected, reason)
+        else:
+            self._commit_state(EventKind.file, path=record.path, message=f"{reason}; retrying")
