@@ -1,0 +1,343 @@
+"""kopf handlers: thin adapters between kopf's events and the pure reconcile functions.
+
+- TarsReplica create/update/resume: apply the Deployment and Service (server-side apply).
+- Deployment events (labelled managed-by tars-operator): the owner's status follows the
+  Deployment's; this is the only writer of TarsReplica status after a successful apply.
+- Deployment/Service deletion while the owner lives: the child is applied again.
+- SelfCodingRun create/update/resume, and coordinator TarsReplica events: re-evaluate
+  runs that have not started (the coordinator index says which coordinators are ready).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+from tars_api.meta import GROUP, VERSION, now
+from tars_api.replica import TARS_REPLICA_PLURAL, TarsReplica, TarsReplicaStatus
+from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
+from tars_engine.models import Role
+
+from tars_operator import metrics, replicas, runs
+from tars_operator.config import OperatorConfig
+from tars_operator.kube import (
+    SELF_CODING_RUNS,
+    TARS_REPLICAS,
+    ApiError,
+    KubeClient,
+    connection_info,
+)
+
+HANDLER_RETRIES = 5
+HANDLER_BACKOFF_SECONDS = 3.0
+RETRY = {"retries": HANDLER_RETRIES, "backoff": HANDLER_BACKOFF_SECONDS}
+TR = (GROUP, VERSION, TARS_REPLICA_PLURAL)
+SCR = (GROUP, VERSION, SELF_CODING_RUN_PLURAL)
+MANAGED_CHILDREN = {replicas.LABEL_MANAGED_BY: replicas.MANAGER}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicaStatusCache:
+    """The status last written to each replica.
+
+    The operator is the only writer of TarsReplica status, so what it wrote is the
+    freshest previous status; a cache miss (after a restart) reads the object once.
+    """
+
+    _entries: dict[tuple[str, str], tuple[str, TarsReplicaStatus]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, owner: replicas.OwnerRef) -> TarsReplicaStatus | None:
+        with self._lock:
+            entry = self._entries.get((owner.namespace, owner.name))
+        return entry[1] if entry is not None and entry[0] == owner.uid else None
+
+    def put(self, owner: replicas.OwnerRef, status: TarsReplicaStatus) -> None:
+        with self._lock:
+            self._entries[(owner.namespace, owner.name)] = (owner.uid, status)
+
+    def forget(self, owner: replicas.OwnerRef) -> None:
+        with self._lock:
+            self._entries.pop((owner.namespace, owner.name), None)
+
+
+@dataclass
+class Runtime:
+    """What every handler needs; passed to kopf as the operator's memo."""
+
+    config: OperatorConfig
+    kube: KubeClient
+    replica_statuses: ReplicaStatusCache = field(default_factory=ReplicaStatusCache)
+    _ready_coordinators: dict[str, list[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def coordinators_changed(self, namespace: str, ready: list[str]) -> bool:
+        """Remember the ready coordinators of `namespace`; True when they differ from last time."""
+        with self._lock:
+            changed = self._ready_coordinators.get(namespace) != ready
+            self._ready_coordinators[namespace] = ready
+        return changed
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+def _post(target: Any, transition: replicas.Transition | None) -> None:
+    if transition is not None:
+        kopf.event(
+            target, type=transition.type, reason=transition.reason, message=transition.message
+        )
+
+
+def _retry_or_fail(error: ApiError) -> kopf.PermanentError | kopf.TemporaryError:
+    if error.is_permanent:
+        return kopf.PermanentError(str(error))
+    return kopf.TemporaryError(str(error), delay=HANDLER_BACKOFF_SECONDS)
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf watches with the credentials the operator was started with."""
+    return connection_info(_runtime(memo).kube.configuration)
+
+
+# --- TarsReplica -> children ------------------------------------------------------------
+
+
+def _owner(replica: TarsReplica) -> replicas.OwnerRef:
+    return replicas.OwnerRef(
+        replica.metadata.namespace or "", replica.name, replica.metadata.uid or ""
+    )
+
+
+def _write_replica_status(
+    runtime: Runtime,
+    owner: replicas.OwnerRef,
+    previous: TarsReplicaStatus | None,
+    status: TarsReplicaStatus,
+) -> bool:
+    """Patch the status when it differs from `previous`; post an Event when the phase moved."""
+    if previous is not None and previous.to_dict() == status.to_dict():
+        return False
+    written = runtime.kube.patch_status(
+        TARS_REPLICAS, owner.namespace, owner.name, status.to_dict()
+    )
+    runtime.replica_statuses.put(
+        owner, TarsReplicaStatus.model_validate(written.get("status") or {})
+    )
+    _post(owner.event_target(), replicas.replica_transition(previous, status))
+    return True
+
+
+def _report_failure(runtime: Runtime, replica: TarsReplica, reason: str, message: str) -> None:
+    owner = _owner(replica)
+    previous = replica.status
+    failed = replicas.failed_status(
+        previous, reason, message, replica.metadata.generation or 0, now=now()
+    )
+    try:
+        _write_replica_status(runtime, owner, previous, failed)
+    except ApiError as error:
+        log.warning(
+            "cannot record the failure on TarsReplica %s/%s: %s", owner.namespace, owner.name, error
+        )
+    kopf.warn(owner.event_target(), reason=reason, message=message)
+
+
+def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
+    try:
+        manifests = [
+            replicas.desired_deployment(replica, runtime.config),
+            replicas.desired_service(replica, runtime.config),
+        ]
+    except replicas.InvalidReplica as error:
+        _report_failure(runtime, replica, "InvalidSpec", str(error))
+        raise kopf.PermanentError(str(error)) from error
+    try:
+        for manifest in manifests:
+            runtime.kube.apply(manifest)
+    except ApiError as error:
+        if error.is_permanent:
+            _report_failure(runtime, replica, "ApplyFailed", error.message)
+        raise _retry_or_fail(error) from error
+
+
+@kopf.on.resume(*TR, **RETRY)
+@kopf.on.create(*TR, **RETRY)
+@kopf.on.update(*TR, field="spec", **RETRY)
+def reconcile_replica(body: kopf.Body, memo: kopf.Memo, reason: kopf.Reason, **_: Any) -> None:
+    runtime = _runtime(memo)
+    with metrics.measure("TarsReplica") as meter:
+        replica = TarsReplica.model_validate(dict(body))
+        _apply_children(runtime, replica)
+        meter.changed()
+    if reason is kopf.Reason.CREATE:
+        kopf.info(body, reason="Created", message=f"Deployment and Service {replica.name} applied")
+    elif reason is kopf.Reason.UPDATE:
+        kopf.info(
+            body, reason="Updated", message=f"generation {replica.metadata.generation} applied"
+        )
+
+
+def _restore_child(runtime: Runtime, owner: replicas.OwnerRef, kind: str) -> None:
+    """A child was deleted: apply it again unless its owner is gone or going."""
+    current = runtime.kube.get(TARS_REPLICAS, owner.namespace, owner.name)
+    if current is None or current["metadata"].get("uid") != owner.uid:
+        return
+    if current["metadata"].get("deletionTimestamp"):
+        return
+    replica = TarsReplica.model_validate(current)
+    _apply_children(runtime, replica)
+    kopf.info(
+        owner.event_target(),
+        reason="Restored",
+        message=f"{kind} {owner.name} was deleted; applied again",
+    )
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_CHILDREN)
+def follow_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime = _runtime(memo)
+    deployment = dict(body)
+    owner = replicas.owner_of(deployment)
+    if owner is None:
+        return
+    with metrics.measure("Deployment") as meter:
+        if type == "DELETED":
+            runtime.replica_statuses.forget(owner)
+            _restore_child(runtime, owner, "Deployment")
+            return
+        previous = runtime.replica_statuses.get(owner)
+        if previous is None:
+            current = runtime.kube.get(TARS_REPLICAS, owner.namespace, owner.name)
+            if current is None or current["metadata"].get("uid") != owner.uid:
+                return
+            previous = TarsReplicaStatus.model_validate(current.get("status") or {})
+        status = replicas.replica_status(deployment, previous, runtime.config, now=now())
+        try:
+            meter.changed(_write_replica_status(runtime, owner, previous, status))
+        except ApiError as error:
+            if not error.is_not_found:
+                raise
+
+
+@kopf.on.event("", "v1", "services", labels=MANAGED_CHILDREN)
+def follow_service(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    owner = replicas.owner_of(dict(body))
+    if type == "DELETED" and owner is not None:
+        with metrics.measure("Service"):
+            _restore_child(_runtime(memo), owner, "Service")
+
+
+# --- SelfCodingRun before the workflow ---------------------------------------------------
+
+
+@kopf.index(*TR)
+def coordinator_readiness(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, tuple[str, bool]] | None:
+    """namespace -> (name, ready) of every coordinator TarsReplica."""
+    if spec.get("role") != Role.coordinator.value:
+        return None
+    try:
+        parsed = TarsReplicaStatus.model_validate(dict(status))
+    except ValidationError:
+        return {namespace: (name, False)}
+    return {namespace: (name, replicas.is_ready(parsed))}
+
+
+@kopf.index(*SCR)
+def waiting_runs(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+    """namespace -> name of every run that has not started."""
+    if status.get("phase") not in (None, RunPhase.pending.value):
+        return None
+    return {namespace: name}
+
+
+def _ready_coordinators(index: kopf.Index[str, tuple[str, bool]], namespace: str) -> list[str]:
+    return sorted(name for name, ready in index.get(namespace, []) if ready)
+
+
+def _evaluate_run(runtime: Runtime, body: dict[str, Any], ready_coordinators: list[str]) -> bool:
+    """Write the pre-workflow status of one run; False when it already had it.
+
+    The patch carries the resourceVersion the decision was made on, so it cannot
+    overwrite a status someone else (the workflow) wrote meanwhile.
+    """
+    run = SelfCodingRun.model_validate(body)
+    update = runs.evaluate_run(run, ready_coordinators, now=now())
+    if update is None:
+        return False
+    patch = {
+        "metadata": {"resourceVersion": run.metadata.resource_version},
+        "status": update.status,
+    }
+    runtime.kube.request(
+        "PATCH",
+        SELF_CODING_RUNS.path(run.metadata.namespace or "", run.name, "status"),
+        body=patch,
+        content_type="application/merge-patch+json",
+    )
+    _post(body, update.transition)
+    return True
+
+
+@kopf.on.resume(*SCR, **RETRY)
+@kopf.on.create(*SCR, **RETRY)
+@kopf.on.update(*SCR, field="spec", **RETRY)
+def reconcile_run(
+    body: kopf.Body,
+    namespace: str,
+    memo: kopf.Memo,
+    coordinator_readiness: kopf.Index[str, tuple[str, bool]],
+    **_: Any,
+) -> None:
+    runtime = _runtime(memo)
+    with metrics.measure("SelfCodingRun") as meter:
+        try:
+            meter.changed(
+                _evaluate_run(
+                    runtime, dict(body), _ready_coordinators(coordinator_readiness, namespace)
+                )
+            )
+        except ApiError as error:
+            # 409: the run changed since this event; kopf retries with the fresh object.
+            raise _retry_or_fail(error) from error
+
+
+@kopf.on.event(*TR, when=lambda spec, **_: spec.get("role") == Role.coordinator.value)
+def coordinator_changed(
+    namespace: str,
+    memo: kopf.Memo,
+    coordinator_readiness: kopf.Index[str, tuple[str, bool]],
+    waiting_runs: kopf.Index[str, str],
+    **_: Any,
+) -> None:
+    runtime = _runtime(memo)
+    ready = _ready_coordinators(coordinator_readiness, namespace)
+    if not runtime.coordinators_changed(namespace, ready):
+        return
+    for name in list(waiting_runs.get(namespace, [])):
+        with metrics.measure("SelfCodingRun") as meter:
+            # Read the run itself: the decision must rest on its latest phase and spec.
+            current = runtime.kube.get(SELF_CODING_RUNS, namespace, name)
+            if current is None:
+                continue
+            try:
+                meter.changed(_evaluate_run(runtime, current, ready))
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+                log.info(
+                    "run %s/%s changed while it was evaluated; its own handler takes over",
+                    namespace,
+                    name,
+                )

@@ -1,0 +1,453 @@
+"""TarsReplica -> Deployment + Service, and Deployment -> TarsReplica status. Pure functions.
+
+Everything the status needs is read from the Deployment the operator applied: the
+replica's generation and suspension travel as annotations on it, so the status can be
+computed from one watched object without re-reading the replica.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tars_api.meta import API_VERSION, Condition, ConditionStatus, find_condition, set_condition
+from tars_api.replica import (
+    ReplicaConditionType,
+    ReplicaPhase,
+    TarsReplica,
+    TarsReplicaStatus,
+)
+from tars_engine.models import Role
+
+from tars_operator.config import OperatorConfig
+
+Manifest = dict[str, Any]
+
+APP_NAME = "tars-replica"
+MANAGER = "tars-operator"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+GENERATION_ANNOTATION = "tars.dev/replica-generation"
+SUSPENDED_ANNOTATION = "tars.dev/suspended"
+PORT_NAME = "http"
+SCRATCH_VOLUME = "scratch"
+# A Service name is a DNS-1035 label; the children carry the replica's own name.
+TARS_REPLICA_KIND = TarsReplica.resource.kind
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class InvalidReplica(ValueError):
+    """The replica cannot be turned into children; retrying will not help."""
+
+
+def child_name(replica: TarsReplica) -> str:
+    name = replica.name
+    if not _DNS_1035_LABEL.match(name):
+        raise InvalidReplica(
+            f"TarsReplica name {name!r} cannot name a Service: use at most 63 lowercase letters, "
+            "digits and '-', starting with a letter"
+        )
+    return name
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels the Deployment selects pods by: fixed for the replica's lifetime (selectors are immutable)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
+
+
+def object_labels(name: str, role: Role) -> dict[str, str]:
+    return {**selector_labels(name), LABEL_COMPONENT: role.value, LABEL_MANAGED_BY: MANAGER}
+
+
+def owner_reference(replica: TarsReplica) -> Manifest:
+    if replica.metadata.uid is None:
+        raise ValueError(
+            f"TarsReplica {replica.name} has no uid: it was not read from the API server"
+        )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": TARS_REPLICA_KIND,
+        "name": replica.name,
+        "uid": replica.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def endpoint(name: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{name}.{namespace}.svc:{config.port}"
+
+
+def desired_replicas(replica: TarsReplica) -> int:
+    return 0 if replica.spec.suspend else replica.spec.replicas
+
+
+def _metadata(replica: TarsReplica, annotations: dict[str, str] | None = None) -> Manifest:
+    name = child_name(replica)
+    metadata: Manifest = {
+        "name": name,
+        "namespace": replica.metadata.namespace,
+        "labels": object_labels(name, replica.spec.role),
+        "ownerReferences": [owner_reference(replica)],
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+def _environment(replica: TarsReplica, config: OperatorConfig) -> list[Manifest]:
+    """The container's env: the operator's settings first, the replica's own `env` overriding by name."""
+    spec = replica.spec
+    values: dict[str, str] = {
+        "TARS_ROLE": spec.role.value,
+        "TARS_ENGINE": (spec.engine or config.engine).value,
+        "TARS_MODEL": spec.model or config.model,
+        "TARS_SCRATCH_DIR": config.scratch_dir,
+        # The root filesystem is read-only: tools that write caches or temp files go to scratch.
+        "HOME": config.scratch_dir,
+        "TMPDIR": config.scratch_dir,
+    }
+    if config.ollama_host:
+        values["OLLAMA_HOST"] = config.ollama_host
+    field_refs = {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_IP": "status.podIP",
+    }
+    overrides = {variable.name: variable.value for variable in spec.env}
+    environment: list[Manifest] = []
+    for variable, value in values.items():
+        environment.append({"name": variable, "value": overrides.pop(variable, value)})
+    for variable, path in field_refs.items():
+        if variable in overrides:
+            environment.append({"name": variable, "value": overrides.pop(variable)})
+        else:
+            environment.append({"name": variable, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+    environment.extend({"name": variable, "value": value} for variable, value in overrides.items())
+    return environment
+
+
+def _resources(replica: TarsReplica, config: OperatorConfig) -> Manifest:
+    resources = replica.spec.resources or config.resources_for(replica.spec.role)
+    return {
+        part: {key: str(quantity) for key, quantity in quantities.items()}
+        for part, quantities in (("requests", resources.requests), ("limits", resources.limits))
+        if quantities
+    }
+
+
+def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
+    spec = replica.spec
+    is_coordinator = spec.role is Role.coordinator
+    container: Manifest = {
+        "name": "replica",
+        "image": spec.image or config.image_for(spec.role),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["tars-replica"],
+        "args": [
+            "serve",
+            "--role",
+            spec.role.value,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(config.port),
+        ],
+        "ports": [{"name": PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
+        "env": _environment(replica, config),
+        "readinessProbe": config.readiness_probe.to_k8s(PORT_NAME),
+        "livenessProbe": config.liveness_probe.to_k8s(PORT_NAME),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": config.scratch_dir}],
+    }
+    resources = _resources(replica, config)
+    if resources:
+        container["resources"] = resources
+    pod: Manifest = {
+        # Only the coordinator talks to the API server (it reads TarsReplica status).
+        "automountServiceAccountToken": is_coordinator,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": config.run_as_user,
+            "runAsGroup": config.run_as_group,
+            "fsGroup": config.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": config.scratch_size_limit}}],
+    }
+    if is_coordinator:
+        pod["serviceAccountName"] = config.coordinator_service_account
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [toleration.to_dict() for toleration in spec.tolerations]
+    if spec.affinity:
+        pod["affinity"] = spec.affinity
+    return pod
+
+
+def desired_deployment(replica: TarsReplica, config: OperatorConfig) -> Manifest:
+    name = child_name(replica)
+    annotations = {
+        GENERATION_ANNOTATION: str(replica.metadata.generation or 0),
+        SUSPENDED_ANNOTATION: "true" if replica.spec.suspend else "false",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(replica, annotations),
+        "spec": {
+            "replicas": desired_replicas(replica),
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(name)},
+            "template": {
+                "metadata": {"labels": object_labels(name, replica.spec.role)},
+                "spec": _pod_spec(replica, config),
+            },
+        },
+    }
+
+
+def desired_service(replica: TarsReplica, config: OperatorConfig) -> Manifest:
+    name = child_name(replica)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(replica),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": PORT_NAME, "port": config.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class OwnerRef:
+    """The TarsReplica a child belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def event_target(self) -> Manifest:
+        """Enough of the replica for kopf to post an Event about it."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": TARS_REPLICA_KIND,
+            "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid},
+        }
+
+
+def owner_of(child: Manifest) -> OwnerRef | None:
+    """The controlling TarsReplica of a child, if a TarsReplica controls it."""
+    metadata = child.get("metadata", {})
+    for reference in metadata.get("ownerReferences") or []:
+        if (
+            reference.get("kind") == TARS_REPLICA_KIND
+            and reference.get("controller")
+            and reference.get("apiVersion", "").split("/")[0] == API_VERSION.split("/")[0]
+        ):
+            return OwnerRef(metadata["namespace"], reference["name"], reference["uid"])
+    return None
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What the Deployment says, in the terms the replica's status uses."""
+
+    desired: int
+    replicas: int
+    ready: int
+    updated: int
+    available: int
+    observed: bool
+    suspended: bool
+    failed_message: str | None
+
+    @classmethod
+    def of(cls, deployment: Manifest) -> RolloutState:
+        metadata = deployment.get("metadata", {})
+        annotations = metadata.get("annotations") or {}
+        status = deployment.get("status") or {}
+        failed_message = None
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "Progressing"
+                and condition.get("reason") == "ProgressDeadlineExceeded"
+            ):
+                failed_message = (
+                    condition.get("message") or "the rollout exceeded its progress deadline"
+                )
+        return cls(
+            desired=int((deployment.get("spec") or {}).get("replicas", 1)),
+            replicas=int(status.get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            available=int(status.get("availableReplicas") or 0),
+            observed=int(status.get("observedGeneration") or 0)
+            >= int(metadata.get("generation") or 0),
+            suspended=annotations.get(SUSPENDED_ANNOTATION) == "true",
+            failed_message=failed_message,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every desired pod runs the current template and no old pod is left."""
+        return self.observed and self.updated >= self.desired and self.replicas == self.desired
+
+    @property
+    def all_ready(self) -> bool:
+        return self.complete and self.ready >= self.desired
+
+
+def _pods(count: int) -> str:
+    return f"{count} pod" if count == 1 else f"{count} pods"
+
+
+def replica_status(
+    deployment: Manifest,
+    previous: TarsReplicaStatus | None,
+    config: OperatorConfig,
+    *,
+    now: datetime,
+) -> TarsReplicaStatus:
+    """The replica's status given its Deployment and the status it had before."""
+    metadata = deployment["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    generation = int((metadata.get("annotations") or {}).get(GENERATION_ANNOTATION, "0"))
+    rollout = RolloutState.of(deployment)
+    previous = previous or TarsReplicaStatus()
+    progress = f"{rollout.ready}/{rollout.desired} ready"
+
+    if rollout.suspended:
+        ready = Condition.make(
+            ReplicaConditionType.ready,
+            False,
+            "Suspended",
+            "spec.suspend is true: scaled to zero",
+            at=now,
+        )
+    elif rollout.all_ready:
+        reason = "ScaledToZero" if rollout.desired == 0 else "AllReplicasReady"
+        ready = Condition.make(ReplicaConditionType.ready, True, reason, progress, at=now)
+    else:
+        ready = Condition.make(
+            ReplicaConditionType.ready, False, "ReplicasNotReady", progress, at=now
+        )
+
+    if rollout.failed_message is not None:
+        progressing = Condition.make(
+            ReplicaConditionType.progressing, False, "RolloutFailed", rollout.failed_message, at=now
+        )
+    elif rollout.all_ready or (rollout.suspended and rollout.complete):
+        progressing = Condition.make(
+            ReplicaConditionType.progressing, False, "RolloutComplete", progress, at=now
+        )
+    elif not rollout.complete:
+        message = f"{rollout.updated}/{rollout.desired} updated, {_pods(rollout.replicas)} exist, {progress}"
+        progressing = Condition.make(
+            ReplicaConditionType.progressing, True, "RollingOut", message, at=now
+        )
+    else:
+        progressing = Condition.make(
+            ReplicaConditionType.progressing, True, "WaitingForPods", progress, at=now
+        )
+
+    was_serving = previous.phase in (ReplicaPhase.ready, ReplicaPhase.degraded)
+    same_spec = previous.observed_generation == generation
+    if rollout.suspended:
+        phase = ReplicaPhase.suspended
+    elif rollout.failed_message is not None or (
+        was_serving and same_spec and not rollout.all_ready
+    ):
+        phase = ReplicaPhase.degraded
+    elif rollout.all_ready:
+        phase = ReplicaPhase.ready
+    elif rollout.ready > 0:
+        phase = ReplicaPhase.progressing
+    else:
+        phase = ReplicaPhase.pending
+
+    conditions = list(previous.conditions)
+    for condition in (ready, progressing):
+        conditions = set_condition(
+            conditions, condition.model_copy(update={"observed_generation": generation})
+        )
+    return TarsReplicaStatus(
+        phase=phase,
+        replicas=rollout.replicas,
+        ready_replicas=rollout.ready,
+        selector=selector_string(name),
+        endpoint=endpoint(name, namespace, config),
+        capabilities=previous.capabilities,
+        conditions=conditions,
+        observed_generation=generation,
+    )
+
+
+def failed_status(
+    previous: TarsReplicaStatus | None, reason: str, message: str, generation: int, *, now: datetime
+) -> TarsReplicaStatus:
+    """The status of a replica whose spec cannot be applied; observedGeneration stays behind."""
+    previous = previous or TarsReplicaStatus()
+    conditions = list(previous.conditions)
+    for condition_type in (ReplicaConditionType.ready, ReplicaConditionType.progressing):
+        failed = Condition.make(
+            condition_type, False, reason, message, observed_generation=generation, at=now
+        )
+        conditions = set_condition(conditions, failed)
+    return previous.model_copy(update={"phase": ReplicaPhase.degraded, "conditions": conditions})
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change worth an Event."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def replica_transition(
+    previous: TarsReplicaStatus | None, current: TarsReplicaStatus
+) -> Transition | None:
+    """The Event to post when the phase moved, None when it did not."""
+    if previous is not None and previous.phase == current.phase:
+        return None
+    ready = find_condition(current.conditions, ReplicaConditionType.ready)
+    progressing = find_condition(current.conditions, ReplicaConditionType.progressing)
+    detail = progressing if current.phase is ReplicaPhase.degraded else ready
+    message = f"phase {current.phase}" + (
+        f": {detail.message}" if detail is not None and detail.message else ""
+    )
+    event_type = "Warning" if current.phase is ReplicaPhase.degraded else "Normal"
+    return Transition(event_type, str(current.phase), message)
+
+
+def is_ready(status: TarsReplicaStatus | None) -> bool:
+    if status is None:
+        return False
+    ready = find_condition(status.conditions, ReplicaConditionType.ready)
+    return (
+        ready is not None
+        and ready.status is ConditionStatus.true
+        and (status.ready_replicas or 0) > 0
+    )
