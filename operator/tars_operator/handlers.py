@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -34,7 +35,6 @@ from tars_operator.kube import (
 
 HANDLER_RETRIES = 5
 HANDLER_BACKOFF_SECONDS = 3.0
-RETRY = {"retries": HANDLER_RETRIES, "backoff": HANDLER_BACKOFF_SECONDS}
 TR = (GROUP, VERSION, TARS_REPLICA_PLURAL)
 SCR = (GROUP, VERSION, SELF_CODING_RUN_PLURAL)
 MANAGED_CHILDREN = {replicas.LABEL_MANAGED_BY: replicas.MANAGER}
@@ -90,11 +90,11 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-def _post(target: Any, transition: replicas.Transition | None) -> None:
+def _post(target: Mapping[str, Any], transition: replicas.Transition | None) -> None:
+    """An Event on `target`: a manifest with apiVersion, kind and metadata."""
     if transition is not None:
-        kopf.event(
-            target, type=transition.type, reason=transition.reason, message=transition.message
-        )
+        body = kopf.Body(cast(kopf.RawBody, target))
+        kopf.event(body, type=transition.type, reason=transition.reason, message=transition.message)
 
 
 def _retry_or_fail(error: ApiError) -> kopf.PermanentError | kopf.TemporaryError:
@@ -104,7 +104,7 @@ def _retry_or_fail(error: ApiError) -> kopf.PermanentError | kopf.TemporaryError
 
 
 @kopf.on.login()
-def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf watches with the credentials the operator was started with."""
     return connection_info(_runtime(memo).kube.configuration)
 
@@ -149,7 +149,7 @@ def _report_failure(runtime: Runtime, replica: TarsReplica, reason: str, message
         log.warning(
             "cannot record the failure on TarsReplica %s/%s: %s", owner.namespace, owner.name, error
         )
-    kopf.warn(owner.event_target(), reason=reason, message=message)
+    _post(owner.event_target(), replicas.Transition("Warning", reason, message))
 
 
 def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
@@ -170,21 +170,21 @@ def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
         raise _retry_or_fail(error) from error
 
 
-@kopf.on.resume(*TR, **RETRY)
-@kopf.on.create(*TR, **RETRY)
-@kopf.on.update(*TR, field="spec", **RETRY)
-def reconcile_replica(body: kopf.Body, memo: kopf.Memo, reason: kopf.Reason, **_: Any) -> None:
+@kopf.on.resume(*TR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
+@kopf.on.create(*TR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
+@kopf.on.update(*TR, field="spec", retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
+def reconcile_replica(body: kopf.Body, memo: Any, reason: str, **_: Any) -> None:
     runtime = _runtime(memo)
     with metrics.measure("TarsReplica") as meter:
         replica = TarsReplica.model_validate(dict(body))
         _apply_children(runtime, replica)
         meter.changed()
-    if reason is kopf.Reason.CREATE:
-        kopf.info(body, reason="Created", message=f"Deployment and Service {replica.name} applied")
-    elif reason is kopf.Reason.UPDATE:
-        kopf.info(
-            body, reason="Updated", message=f"generation {replica.metadata.generation} applied"
-        )
+    if reason == kopf.Reason.CREATE:
+        message = f"Deployment and Service {replica.name} applied"
+        _post(body, replicas.Transition("Normal", "Created", message))
+    elif reason == kopf.Reason.UPDATE:
+        message = f"generation {replica.metadata.generation} applied to the Deployment and Service"
+        _post(body, replicas.Transition("Normal", "Updated", message))
 
 
 def _restore_child(runtime: Runtime, owner: replicas.OwnerRef, kind: str) -> None:
@@ -196,15 +196,16 @@ def _restore_child(runtime: Runtime, owner: replicas.OwnerRef, kind: str) -> Non
         return
     replica = TarsReplica.model_validate(current)
     _apply_children(runtime, replica)
-    kopf.info(
+    _post(
         owner.event_target(),
-        reason="Restored",
-        message=f"{kind} {owner.name} was deleted; applied again",
+        replicas.Transition(
+            "Normal", "Restored", f"{kind} {owner.name} was deleted; applied again"
+        ),
     )
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_CHILDREN)
-def follow_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def follow_deployment(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     deployment = dict(body)
     owner = replicas.owner_of(deployment)
@@ -230,7 +231,7 @@ def follow_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: A
 
 
 @kopf.on.event("", "v1", "services", labels=MANAGED_CHILDREN)
-def follow_service(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def follow_service(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     owner = replicas.owner_of(dict(body))
     if type == "DELETED" and owner is not None:
         with metrics.measure("Service"):
@@ -242,10 +243,10 @@ def follow_service(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
 
 @kopf.index(*TR)
 def coordinator_readiness(
-    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, tuple[str, bool]] | None:
     """namespace -> (name, ready) of every coordinator TarsReplica."""
-    if spec.get("role") != Role.coordinator.value:
+    if namespace is None or spec.get("role") != Role.coordinator.value:
         return None
     try:
         parsed = TarsReplicaStatus.model_validate(dict(status))
@@ -255,9 +256,11 @@ def coordinator_readiness(
 
 
 @kopf.index(*SCR)
-def waiting_runs(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+def waiting_runs(
+    namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> dict[str, str] | None:
     """namespace -> name of every run that has not started."""
-    if status.get("phase") not in (None, RunPhase.pending.value):
+    if namespace is None or status.get("phase") not in (None, RunPhase.pending.value):
         return None
     return {namespace: name}
 
@@ -290,9 +293,10 @@ def _evaluate_run(runtime: Runtime, body: dict[str, Any], ready_coordinators: li
     return True
 
 
-@kopf.on.resume(*SCR, **RETRY)
-@kopf.on.create(*SCR, **RETRY)
-@kopf.on.update(*SCR, field="spec", **RETRY)
+@kopf.on.resume(*SCR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
+@kopf.on.create(*SCR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
+# kopf passes its indices as extra keyword arguments, which its callback protocols don't declare.
+@kopf.on.update(*SCR, field="spec", retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)  # type: ignore[arg-type]
 def reconcile_run(
     body: kopf.Body,
     namespace: str,
@@ -313,7 +317,7 @@ def reconcile_run(
             raise _retry_or_fail(error) from error
 
 
-@kopf.on.event(*TR, when=lambda spec, **_: spec.get("role") == Role.coordinator.value)
+@kopf.on.event(*TR, when=lambda spec, **_: spec.get("role") == Role.coordinator.value)  # type: ignore[arg-type]
 def coordinator_changed(
     namespace: str,
     memo: kopf.Memo,
