@@ -71,7 +71,7 @@ def _git_files(root: Path) -> list[str] | None:
 
 
 def _walked_files(root: Path) -> list[str]:
-    files = []
+    files: list[str] = []
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = [
             name for name in subdirs if name not in SKIPPED_DIRS and not name.endswith(".egg-info")

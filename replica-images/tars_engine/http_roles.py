@@ -1,0 +1,169 @@
+"""The worker roles over HTTP: httpx clients of `tars-replica serve`, same interface as in-process.
+
+Transport failures and server errors become `RoleUnavailableError`; a request the
+role refused (4xx) becomes `RoleError` with the server's reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from tars_engine.models import (
+    AnalysisReport,
+    AnalyzeRequest,
+    GenerateRequest,
+    GenerateResult,
+    RoleInfo,
+    SnapshotRef,
+    TestRequest,
+    TestResult,
+)
+from tars_engine.roles import RoleError, RoleUnavailableError, SnapshotMissingError
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Slack over a test run's own timeout for extraction, applying and the round trip.
+TEST_TIMEOUT_MARGIN_SECONDS = 120.0
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    return str(detail) if detail else (response.text.strip()[:300] or response.reason_phrase)
+
+
+class HttpRole:
+    """Shared transport: one httpx client per role endpoint, safe to use from many threads."""
+
+    role_name = "role"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        where = f"{self.role_name} at {self.base_url}"
+        try:
+            response = self._client.request(
+                method,
+                path,
+                json=json,
+                content=content,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS)
+                if timeout
+                else self._client.timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise RoleUnavailableError(f"{where} timed out on {method} {path}: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise RoleUnavailableError(f"{where} is unreachable: {exc}") from exc
+        if response.status_code >= 500:
+            raise RoleUnavailableError(
+                f"{where} failed {method} {path}: {response.status_code} {_reason(response)}"
+            )
+        return response
+
+    def _call(self, path: str, payload: BaseModel, answer: type[ModelT]) -> ModelT:
+        response = self._send("POST", path, json=payload.model_dump(mode="json"))
+        self._raise_for_refusal(response, f"POST {path}")
+        return answer.model_validate(response.json())
+
+    def _raise_for_refusal(self, response: httpx.Response, operation: str) -> None:
+        if response.status_code >= 400:
+            raise RoleError(
+                f"{self.role_name} at {self.base_url} refused {operation}: "
+                f"{response.status_code} {_reason(response)}"
+            )
+
+    def info(self) -> RoleInfo:
+        response = self._send("GET", "/info")
+        self._raise_for_refusal(response, "GET /info")
+        return RoleInfo.model_validate(response.json())
+
+
+class HttpAnalyzer(HttpRole):
+    role_name = "analyzer"
+
+    def analyze(self, request: AnalyzeRequest) -> AnalysisReport:
+        return self._call("/v1/analyze", request, AnalysisReport)
+
+
+class HttpGenerator(HttpRole):
+    role_name = "generator"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = 900.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, timeout_seconds=timeout_seconds, transport=transport)
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        return self._call("/v1/generate", request, GenerateResult)
+
+
+class HttpTester(HttpRole):
+    role_name = "tester"
+
+    def has_snapshot(self, ref: SnapshotRef) -> bool:
+        response = self._send("HEAD", f"/v1/snapshots/{ref.digest}")
+        if response.status_code == 404:
+            return False
+        self._raise_for_refusal(response, "HEAD /v1/snapshots")
+        return True
+
+    def put_snapshot(self, archive: bytes) -> SnapshotRef:
+        digest = hashlib.sha256(archive).hexdigest()
+        response = self._send(
+            "PUT",
+            f"/v1/snapshots/{digest}",
+            content=archive,
+            headers={"Content-Type": "application/gzip"},
+        )
+        self._raise_for_refusal(response, "PUT /v1/snapshots")
+        return SnapshotRef.model_validate(response.json())
+
+    def run_tests(self, request: TestRequest) -> TestResult:
+        response = self._send(
+            "POST",
+            "/v1/test",
+            json=request.model_dump(mode="json"),
+            timeout=request.timeout_seconds + TEST_TIMEOUT_MARGIN_SECONDS,
+        )
+        if response.status_code == 404:
+            raise SnapshotMissingError(_reason(response))
+        self._raise_for_refusal(response, "POST /v1/test")
+        return TestResult.model_validate(response.json())

@@ -1,0 +1,288 @@
+"""The replica server: one FastAPI app per role, started by `tars-replica serve --role ROLE`.
+
+Every role serves GET /healthz, GET /info and GET /metrics; a role's own endpoints
+come from its `RoleService`. Built-in services cover the worker roles; a role
+whose service lives elsewhere (the coordinator) is found by module name and must
+define `service(settings: ReplicaSettings) -> RoleService`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+import uvicorn
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.concurrency import run_in_threadpool
+
+from tars_engine.analyzer import Analyzer
+from tars_engine.generator import Generator
+from tars_engine.models import (
+    AnalysisReport,
+    AnalyzeRequest,
+    EngineName,
+    GenerateRequest,
+    GenerateResult,
+    Role,
+    RoleInfo,
+    SnapshotRef,
+    TestRequest,
+    TestResult,
+)
+from tars_engine.roles import SnapshotMissingError
+from tars_engine.settings import ReplicaSettings, normalize_ollama_host
+from tars_engine.snapshot import SnapshotError
+from tars_engine.tester import Tester
+
+DEFAULT_PORT = 8080
+STARTUP_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class RoleService:
+    """A role's own endpoints and what its /info reports."""
+
+    router: APIRouter
+    info: Callable[[], RoleInfo]
+
+
+def analyzer_service(settings: ReplicaSettings) -> RoleService:
+    analyzer = Analyzer(settings)
+    router = APIRouter(prefix="/v1", tags=["analyzer"])
+
+    @router.post("/analyze", name="analyze")
+    def analyze(request: AnalyzeRequest) -> AnalysisReport:
+        return analyzer.analyze(request)
+
+    return RoleService(router=router, info=analyzer.info)
+
+
+def generator_service(settings: ReplicaSettings) -> RoleService:
+    generator = Generator(settings)
+    router = APIRouter(prefix="/v1", tags=["generator"])
+
+    @router.post("/generate", name="generate")
+    def generate(request: GenerateRequest) -> GenerateResult:
+        return generator.generate(request)
+
+    return RoleService(router=router, info=generator.info)
+
+
+def tester_service(settings: ReplicaSettings) -> RoleService:
+    tester = Tester(settings)
+    router = APIRouter(prefix="/v1", tags=["tester"])
+
+    def ref_for(digest: str) -> SnapshotRef:
+        ref = SnapshotRef(digest=digest)
+        try:
+            tester.has_snapshot(ref)
+        except SnapshotMissingError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return ref
+
+    @router.head("/snapshots/{digest}", name="has_snapshot")
+    def has_snapshot(digest: str) -> Response:
+        return Response(status_code=200 if tester.has_snapshot(ref_for(digest)) else 404)
+
+    @router.put("/snapshots/{digest}", name="put_snapshot")
+    async def put_snapshot(digest: str, request: Request) -> SnapshotRef:
+        ref_for(digest)
+        archive = await request.body()
+        actual = hashlib.sha256(archive).hexdigest()
+        if actual != digest:
+            raise HTTPException(status_code=400, detail=f"body has sha256 {actual}, not {digest}")
+        try:
+            # Extraction checks read the whole archive: keep them off the event loop.
+            return await run_in_threadpool(tester.put_snapshot, archive)
+        except SnapshotError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+    @router.post("/test", name="run_tests")
+    def run_tests(request: TestRequest) -> TestResult:
+        try:
+            return tester.run_tests(request)
+        except SnapshotMissingError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+    return RoleService(router=router, info=tester.info)
+
+
+BUILT_IN_SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
+    Role.analyzer: analyzer_service,
+    Role.generator: generator_service,
+    Role.tester: tester_service,
+}
+# Roles served by another module, imported only when that role is asked for.
+SERVICE_MODULES: dict[Role, str] = {Role.coordinator: "tars_engine.coordinator_service"}
+
+
+class RoleUnavailable(RuntimeError):
+    """This build cannot serve the requested role."""
+
+
+def role_service(role: Role, settings: ReplicaSettings) -> RoleService:
+    if role in BUILT_IN_SERVICES:
+        return BUILT_IN_SERVICES[role](settings)
+    module_name = SERVICE_MODULES.get(role)
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        module = None
+    if module is None:
+        raise RoleUnavailable(f"role {role.value} cannot be served by this build")
+    service: RoleService = module.service(settings)
+    return service
+
+
+def create_app(role: Role, settings: ReplicaSettings | None = None) -> FastAPI:
+    """The HTTP API of one role: its service plus /healthz, /info and /metrics."""
+    settings = (settings or ReplicaSettings.from_env()).model_copy(update={"role": role})
+    service = role_service(role, settings)
+    app = FastAPI(title=f"TARS {role.value} replica", version=service.info().version)
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "tars_replica_requests_total",
+        "Requests served, by operation and status code",
+        ["role", "operation", "status"],
+        registry=registry,
+    )
+    durations = Histogram(
+        "tars_replica_request_duration_seconds",
+        "Request durations, by operation",
+        ["role", "operation"],
+        registry=registry,
+        buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    )
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        operation = getattr(route, "name", None) or "unmatched"
+        requests_total.labels(role.value, operation, str(response.status_code)).inc()
+        durations.labels(role.value, operation).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", name="healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "role": role.value}
+
+    @app.get("/info", name="info")
+    def info() -> RoleInfo:
+        return service.info()
+
+    @app.get("/metrics", name="metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(service.router)
+    app.state.settings = settings
+    return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` with uvicorn on a background thread; yields the base URL (port 0: a free one)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError(f"uvicorn did not start on {host}:{sock.getsockname()[1]}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT_SECONDS)
+        sock.close()
+
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="A TARS role replica.")
+
+
+@cli.callback()
+def _root() -> None:
+    """A TARS role replica (analyzer, generator, tester or coordinator)."""
+
+
+@cli.command()
+def serve(
+    role: Annotated[
+        Role | None, typer.Option(envvar="TARS_ROLE", help="Role to serve", show_default=False)
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="TARS_HOST", help="Address to listen on")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(envvar="TARS_PORT", help="Port to listen on")] = DEFAULT_PORT,
+    engine: Annotated[
+        EngineName | None,
+        typer.Option(envvar="TARS_ENGINE", help="Default engine", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(envvar="TARS_MODEL", help="Default model", show_default=False)
+    ] = None,
+    ollama_host: Annotated[
+        str | None, typer.Option(envvar="OLLAMA_HOST", help="Ollama URL", show_default=False)
+    ] = None,
+    scratch_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TARS_SCRATCH_DIR", help="Writable cache and work dir", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Serve one role over HTTP until interrupted."""
+    try:
+        settings = ReplicaSettings.from_env(
+            role=role,
+            engine=engine,
+            model=model,
+            ollama_host=normalize_ollama_host(ollama_host) if ollama_host else None,
+            scratch_dir=scratch_dir,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if settings.role is None:
+        typer.echo("error: no role given; use --role or set TARS_ROLE", err=True)
+        raise typer.Exit(2)
+    try:
+        app = create_app(settings.role, settings)
+    except RoleUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
