@@ -1,0 +1,56 @@
+"""Helpers for driving `tarscli` against the real control plane and reading the real objects."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubernetes import client
+from tars_api.meta import GROUP, VERSION
+from tarscli.app import app
+from typer.testing import CliRunner, Result
+
+
+class Cli(Protocol):
+    def __call__(self, *args: str, kubeconfig: Path | None = None) -> Result: ...
+
+
+def invoke(*args: str) -> Result:
+    """Run the real app in-process, as a user would from a shell (exceptions are not caught)."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def git(root: Path, *arguments: str) -> None:
+    subprocess.run(["git", "-C", str(root), *arguments], check=True, capture_output=True)
+
+
+def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def get_object(
+    api_client: client.ApiClient, namespace: str, plural: str, name: str
+) -> dict[str, Any]:
+    return custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+
+def patch_status(
+    api_client: client.ApiClient, namespace: str, plural: str, name: str, status: dict[str, Any]
+) -> None:
+    """Write an object's status as its controller would (the status subresource)."""
+    custom(api_client).patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        {"status": status},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def config_map_archive(api_client: client.ApiClient, namespace: str, name: str, key: str) -> bytes:
+    config_map = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+    return base64.b64decode(config_map.binary_data[key])

@@ -1,0 +1,85 @@
+"""Fixtures for driving `tarscli` against the real control plane."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_support import Cli, git, invoke
+from kubernetes import client
+from typer.testing import Result
+
+
+@pytest.fixture
+def cli(kubeconfig: Path, namespace: str) -> Cli:
+    """`tarscli ARGS --kubeconfig K -n NS` in the test's namespace (another kubeconfig on request)."""
+
+    def run(*args: str, kubeconfig: Path | None = kubeconfig) -> Result:
+        return invoke(*args, "--kubeconfig", str(kubeconfig), "-n", namespace)
+
+    return run
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small git project with sources and tests; the current directory during the test."""
+    root = tmp_path / "demo-project"
+    (root / "src" / "calc").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "src" / "calc" / "__init__.py").write_text("")
+    (root / "src" / "calc" / "ops.py").write_text("def add(a, b):\n    return a + b\n")
+    (root / "tests" / "test_ops.py").write_text(
+        "from calc.ops import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+    )
+    (root / "README.md").write_text("calc\n")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "init")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def service_account_kubeconfig(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> Callable[[str], Path]:
+    """A kubeconfig for a new ServiceAccount of the namespace, with a real token and no rights."""
+    core = client.CoreV1Api(api_client)
+    admin = yaml.safe_load(kubeconfig.read_text())
+
+    def make(name: str) -> Path:
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+        )
+        token = core.create_namespaced_service_account_token(
+            name,
+            namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+            ),
+        ).status.token
+        cluster = admin["clusters"][0]["cluster"]
+        path = tmp_path / f"{name}.kubeconfig"
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": cluster}],
+                    "users": [{"name": name, "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "c",
+                            "context": {"cluster": "c", "user": name, "namespace": namespace},
+                        }
+                    ],
+                    "current-context": "c",
+                }
+            )
+        )
+        return path
+
+    return make
