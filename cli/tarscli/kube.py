@@ -199,14 +199,13 @@ class Resources(Generic[ObjectT]):
         if error.status != 404:
             return error
         status = api_status(error)
-        if (
-            name is not None
-            and status.get("reason") == "NotFound"
-            and status.get("details", {}).get("name")
-        ):
+        if not status:
+            # Not even a Status: no API serves this path, so the kind is not installed.
+            return CliError(crds_missing_message([self._info.crd_name]))
+        details = status.get("details") or {}
+        if name is not None and details.get("name") == name and details.get("kind") == self._info.plural:
             return CliError(f"{self._where(name)} not found")
-        # A 404 that is not about the object itself: the API does not serve the kind.
-        return CliError(crds_missing_message([self._info.crd_name]))
+        return error
 
     def _call(self, operation: str, name: str | None, **arguments: Any) -> Any:
         method = getattr(self.cluster.custom, operation)
