@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from tarscli import replica, self_code
+from tarscli import local, replica, self_code
 from tarscli.errors import TarsGroup
 
 app = typer.Typer(
@@ -34,6 +34,10 @@ demo_app = typer.Typer(
     help="Self-contained demonstrations of the self-coding workflow.",
     no_args_is_help=True,
 )
+
+self_code.app.command("run")(local.run)
+self_code.app.command("improve")(local.improve)
+demo_app.command("self-code-demo")(local.demo)
 
 app.add_typer(self_code.app, name="self-code")
 app.add_typer(replica.app, name="replica")

@@ -37,6 +37,7 @@ from tars_api.run import (
 )
 from tars_engine.models import EngineName, Role
 
+from tarscli import local as local_runs
 from tarscli import output
 from tarscli.errors import CliError, report
 from tarscli.kube import (
@@ -576,11 +577,20 @@ def status(
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="Show the run made on this machine (`self-code run`) in this project."
+        ),
+    ] = False,
 ) -> None:
     """Show a run: phase, stage, current file, times, statistics, conditions, latest results.
 
     Conditions say why a run is waiting (e.g. no coordinator replica is ready).
     """
+    if local:
+        local_runs.status_local(output_format)
+        return
     cluster = connect(kubeconfig, context, namespace)
     run = _resolve_run(cluster, run_name)
     if follow:

@@ -410,7 +410,7 @@ class Workflow:
         guard.check()
         self._take_snapshot()
         if self._s.baseline is None:
-            self._baseline = executor.submit(self._run_tests, [])
+            self._baseline = executor.submit(self._run_tests, [], "baseline, no change")
         self._enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
@@ -650,7 +650,7 @@ class Workflow:
 
     # -- test -------------------------------------------------------------
 
-    def _run_tests(self, candidates: list[Candidate]) -> TestResult:
+    def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:
         assert self._snapshot is not None
         options = self._s.options
         request = TestRequest(
@@ -670,9 +670,8 @@ class Workflow:
                 result = tester.run_tests(request)
         with self._lock:
             self._s.statistics.test_runs += 1
-        self._commit_state(
-            EventKind.tested, message=("passed" if result.passed else describe_failure(result))
-        )
+        verdict = "passed" if result.passed else describe_failure(result)
+        self._commit_state(EventKind.tested, message=f"{label}: {verdict}")
         return result
 
     def _require_baseline(self) -> None:
@@ -682,9 +681,7 @@ class Workflow:
         self._baseline = None
         with self._lock:
             self._s.baseline = result
-        self._commit_state(
-            EventKind.tested, message="baseline " + ("passed" if result.passed else "failed")
-        )
+        self._commit_state(EventKind.tested)
         if not result.passed:
             raise BaselineFailedError(
                 "the project's tests fail before any change, so no change can be proven safe "
@@ -704,7 +701,11 @@ class Workflow:
         """Accept what passes with `base`, reject the culprits; returns the accepted ones."""
         if known is None:
             self._enter(RunStage.testing)
-        result = known if known is not None else self._run_tests(base + group)
+        result = (
+            known
+            if known is not None
+            else self._run_tests(base + group, f"{len(group)} candidates on {len(base)} accepted")
+        )
         if result.passed:
             self._require_baseline()
             for candidate in group:
