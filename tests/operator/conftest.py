@@ -1,0 +1,21 @@
+"""The `operator` fixture: a `tars-operator` subprocess watching the test's namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from operator_helpers import OperatorProcess
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, tars_crds: list[str], tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig, namespace, tmp_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
