@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 from tars_api.meta import API_VERSION, ApiObject
 
 # Wide enough that tables are not squeezed when the output is a pipe or a file.
@@ -99,3 +100,13 @@ def table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         grid.add_column(column, overflow="fold")
     return grid
+
+
+def sections(*parts: RenderableType) -> Group:
+    """Renderables one after another, a blank line between them."""
+    spaced: list[RenderableType] = []
+    for part in parts:
+        if spaced:
+            spaced.append(Text(""))
+        spaced.append(part)
+    return Group(*spaced)

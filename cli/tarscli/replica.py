@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 from kubernetes.client.exceptions import ApiException
-from rich.console import Group
+from rich.console import RenderableType
 from rich.table import Table
 from tars_api.meta import Condition
 from tars_api.replica import MAX_REPLICAS, TarsReplica
@@ -69,7 +69,7 @@ def replicas_table(replicas: list[TarsReplica]) -> Table:
     return grid
 
 
-def replica_details(replica: TarsReplica) -> Group:
+def replica_details(replica: TarsReplica) -> RenderableType:
     spec, status = replica.spec, replica.status
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
@@ -95,7 +95,7 @@ def replica_details(replica: TarsReplica) -> Group:
     parts: list[Table] = [summary]
     if status and status.conditions:
         parts.append(conditions_table(status.conditions))
-    return Group(*parts)
+    return output.sections(*parts)
 
 
 @app.command("list")
