@@ -203,7 +203,11 @@ class Resources(Generic[ObjectT]):
             # Not even a Status: no API serves this path, so the kind is not installed.
             return CliError(crds_missing_message([self._info.crd_name]))
         details = status.get("details") or {}
-        if name is not None and details.get("name") == name and details.get("kind") == self._info.plural:
+        if (
+            name is not None
+            and details.get("name") == name
+            and details.get("kind") == self._info.plural
+        ):
             return CliError(f"{self._where(name)} not found")
         return error
 

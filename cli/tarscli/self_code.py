@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
-from rich.console import Console, Group
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -138,9 +138,13 @@ def _replica_state(replica: TarsReplica | None) -> str:
     return f"{replica.status.phase.value}{detail}"
 
 
-def wait_for_replicas(cluster: Cluster, replicas: list[TarsReplica], timeout: int) -> None:
-    """Follow the replicas (a watch, not polling) until all are Ready or `timeout` passes."""
-    deadline = time.monotonic() + timeout
+def wait_for_replicas(
+    cluster: Cluster, replicas: list[TarsReplica], timeout: int, deadline: float
+) -> None:
+    """Follow the replicas (a watch, not polling) until all are Ready or `deadline` passes.
+
+    `timeout` is the user's --timeout, which `deadline` was computed from.
+    """
     latest: dict[str, TarsReplica | None] = {replica.name: replica for replica in replicas}
     progress = Progress(
         SpinnerColumn(),
@@ -233,8 +237,7 @@ def setup(
             typer.echo(f"tarsreplica/{role.value} already exists (left unchanged{note})")
     if no_wait:
         return
-    remaining = max(1, round(deadline - time.monotonic()))
-    wait_for_replicas(cluster, replicas, remaining)
+    wait_for_replicas(cluster, replicas, timeout, deadline)
     typer.echo(f'All {len(replicas)} role replicas are Ready in namespace "{cluster.namespace}".')
 
 
@@ -415,7 +418,7 @@ def _phase(run: SelfCodingRun) -> str:
     return run.status.phase.value
 
 
-def run_details(run: SelfCodingRun) -> Group:
+def run_details(run: SelfCodingRun) -> RenderableType:
     spec, status = run.spec, run.status
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
@@ -494,7 +497,7 @@ def run_details(run: SelfCodingRun) -> Group:
                     output.text(result.message),
                 )
             parts.append(results)
-    return Group(*parts)
+    return output.sections(*parts)
 
 
 def _is_terminal(run: SelfCodingRun) -> bool:
