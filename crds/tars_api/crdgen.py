@@ -36,24 +36,25 @@ def _field_model(kind: type[ApiObject], field: str) -> type[BaseModel]:
 
 def openapi_schema(kind: type[ApiObject]) -> JsonSchema:
     """The whole object's schema; metadata is left to the API server, as it must be."""
-    spec_schema = structural_schema(_field_model(kind, "spec"))
-    spec_schema["description"] = f"Desired state of the {kind.resource.kind}"
-    status_schema = structural_schema(_field_model(kind, "status"))
-    status_schema["description"] = (
-        f"Observed state of the {kind.resource.kind}, written by the operator"
-    )
+    name = kind.resource.kind
+    spec = structural_schema(_field_model(kind, "spec"))
+    status = structural_schema(_field_model(kind, "status"))
     return {
-        "description": " ".join((kind.__doc__ or kind.resource.kind).split()),
-        "type": "object",
-        "required": ["spec"],
+        "description": " ".join((kind.__doc__ or name).split()),
         "properties": {
-            "apiVersion": {"type": "string", "description": "Versioned schema of this object"},
-            "kind": {"type": "string", "description": "REST resource this object represents"},
+            "apiVersion": {"description": "Versioned schema of this object", "type": "string"},
+            "kind": {"description": "REST resource this object represents", "type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            "spec": _described(spec, f"Desired state of the {name}"),
+            "status": _described(status, f"Observed state of the {name}, written by the operator"),
         },
+        "required": ["spec"],
+        "type": "object",
     }
+
+
+def _described(schema: JsonSchema, description: str) -> JsonSchema:
+    return dict(sorted({**schema, "description": description}.items()))
 
 
 def crd_manifest(kind: type[ApiObject]) -> dict[str, Any]:

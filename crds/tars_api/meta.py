@@ -52,7 +52,6 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="ignore",
-        use_enum_values=False,
         validate_default=True,
     )
 

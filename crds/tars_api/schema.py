@@ -146,4 +146,6 @@ def _clean(node: JsonSchema, path: str) -> JsonSchema:
         del cleaned["required"]
     if "description" in cleaned:
         cleaned["description"] = " ".join(cleaned["description"].split())
-    return cleaned
+    # Keywords in alphabetical order (properties keep the models' field order) for a stable,
+    # readable file whatever order pydantic and the annotations produced them in.
+    return dict(sorted(cleaned.items()))
