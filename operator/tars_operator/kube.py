@@ -130,12 +130,13 @@ class KubeClient:
         query: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Manifest:
         url_path = f"{path}?{urlencode(query)}" if query else path
         _, url, headers, _, _ = self._api.param_serialize(
             method=method,
             resource_path=url_path,
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": accept, "Content-Type": content_type},
             auth_settings=["BearerToken"],
         )
         response = self._api.call_api(
@@ -151,13 +152,17 @@ class KubeClient:
             )
         return payload
 
-    def get(self, resource: Resource, namespace: str, name: str) -> Manifest | None:
+    def get_path(self, path: str) -> Manifest | None:
+        """The object at `path`, or None when it does not exist."""
         try:
-            return self.request("GET", resource.path(namespace, name))
+            return self.request("GET", path)
         except ApiError as error:
             if error.is_not_found:
                 return None
             raise
+
+    def get(self, resource: Resource, namespace: str, name: str) -> Manifest | None:
+        return self.get_path(resource.path(namespace, name))
 
     def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply, forced: the operator owns every field it sets on its children."""
