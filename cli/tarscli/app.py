@@ -21,10 +21,14 @@ app = typer.Typer(
     help=(
         "TARS Self-Coding: analyzer, generator, tester and coordinator replicas that improve "
         "a codebase and prove every change with its own tests.\n\n"
-        "Start with `tarscli self-code setup` against a cluster (the current kube-context), "
-        "then `tarscli self-code start -t DIR`."
+        "On this machine, no cluster needed: `tarscli demo self-code-demo`, or "
+        "`tarscli self-code run -t DIR` on your own project.\n\n"
+        "In a cluster (the current kube-context): `tarscli self-code setup`, then "
+        "`tarscli self-code start -t DIR` and `tarscli self-code status --watch`."
     ),
     no_args_is_help=True,
+    # Markdown joins the lines of a docstring paragraph, so help reflows to the terminal.
+    rich_markup_mode="markdown",
     add_completion=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -24,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NameArgument = Annotated[str, typer.Argument(help="Name of the TarsReplica.", show_default=False)]
+NameArgument = Annotated[
+    str, typer.Argument(metavar="NAME", help="Name of the TarsReplica.", show_default=False)
+]
 MANAGED_BY_LABELS = {"app.kubernetes.io/part-of": "tars", "app.kubernetes.io/managed-by": "tarscli"}
 
 

@@ -54,11 +54,11 @@ from tarscli.upload import build_archive, project_root, resolve_targets
 
 app = typer.Typer(
     help=(
-        "Improve a codebase with the self-coding workflow. In a cluster: set up the role "
-        "replicas, then start, follow and stop SelfCodingRuns."
+        "Improve a codebase with the self-coding workflow. On this machine: `run` and `improve`. "
+        "In a cluster: `setup` the role replicas, then `start`, follow (`status --watch`) and "
+        "`stop` SelfCodingRuns."
     ),
     no_args_is_help=True,
-    rich_markup_mode="markdown",
 )
 
 DEFAULT_SETUP_TIMEOUT_SECONDS = 300
@@ -71,7 +71,9 @@ _NAME_PREFIX_LENGTH = 40
 RunArgument = Annotated[
     str | None,
     typer.Argument(
-        help="Name of the SelfCodingRun (default: the latest in the namespace).", show_default=False
+        metavar="RUN",
+        help="Name of the SelfCodingRun (default: the latest in the namespace).",
+        show_default=False,
     ),
 ]
 
