@@ -109,7 +109,6 @@ def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[st
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": str(tmp),
             "HOME": home if home and os.access(home, os.W_OK) else str(tmp),
-            "CI": "true",
         }
     )
     return env
