@@ -31,10 +31,11 @@ from tars_engine.models import (
 )
 from tars_engine.roles import SnapshotMissingError
 from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
-from tars_engine.snapshot import archive_digest, extract_snapshot, verify_archive
+from tars_engine.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
 
 OUTPUT_HEAD_CHARS = 3000
 OUTPUT_TAIL_CHARS = 9000
+IMPORT_ROOT_DEPTH = 3
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 _PYTEST_CONFIG_MARKERS = {
@@ -88,6 +89,26 @@ def resolve_command(command: list[str]) -> list[str]:
     return command
 
 
+def import_roots(project: Path, max_depth: int = IMPORT_ROOT_DEPTH) -> list[Path]:
+    """The project root plus every directory holding a top-level package (src/, lib/, ...).
+
+    They go first on PYTHONPATH so the tests import the copy, never an editable
+    install of the same project, which would point back at the user's tree.
+    """
+    package_parents: set[Path] = set()
+    pending = [(project, 0)]
+    while pending:
+        directory, depth = pending.pop()
+        for child in directory.iterdir():
+            if not child.is_dir() or child.name.startswith(".") or child.name in SKIPPED_DIRS:
+                continue
+            if (child / "__init__.py").is_file():
+                package_parents.add(directory)
+            elif depth + 1 < max_depth:
+                pending.append((child, depth + 1))
+    return [project, *sorted(package_parents - {project})]
+
+
 def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[str, str]:
     env = {
         key: value
@@ -97,9 +118,7 @@ def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[st
     tmp = run_dir / "tmp"
     tmp.mkdir()
     home = env.get("HOME", "")
-    paths = [str(project)]
-    if (project / "src").is_dir():
-        paths.append(str(project / "src"))
+    paths = [str(root) for root in import_roots(project)]
     env.update(
         {
             # Any pytest the command starts writes its counts here, also under make or tox.

@@ -17,7 +17,7 @@ from tars_engine.models import Candidate, EngineName, SnapshotRef, TestRequest
 from tars_engine.roles import SnapshotMissingError
 from tars_engine.settings import ReplicaSettings
 from tars_engine.snapshot import SnapshotError, extract_snapshot, pack_project, project_files
-from tars_engine.tester import Tester, detect_test_command, trim_output
+from tars_engine.tester import Tester, detect_test_command, import_roots, trim_output
 
 
 @pytest.fixture
@@ -107,6 +107,22 @@ def test_hanging_test_is_killed_with_its_whole_process_group(
         assert psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         pass
+
+
+def test_tests_import_the_copy_not_an_editable_install(tester: Tester, tmp_path: Path) -> None:
+    # tars_api is installed editable from this repository's crds/ directory; a project
+    # with the same layout must still import its own copy.
+    project = write_tree(
+        tmp_path / "p",
+        {
+            "crds/tars_api/__init__.py": 'ORIGIN = "copy"\n',
+            "tests/test_origin.py": "from tars_api import ORIGIN\n\n\n"
+            "def test_origin():\n    assert ORIGIN == 'copy'\n",
+        },
+    )
+    assert import_roots(project) == [project, project / "crds"]
+    result = run(tester, project, [])
+    assert result.passed and result.tests_run == 1, result.output
 
 
 def test_given_command_runs_and_its_exit_code_decides(tester: Tester, tmp_path: Path) -> None:
