@@ -33,6 +33,8 @@ LEARNING_DB_FILENAME = "learning.sqlite3"
 # A rule's boost per finding is in [-BOOST_SCALE/2, +BOOST_SCALE/2]: the
 # Laplace-smoothed acceptance rate, centred on an unknown rule's 0.5.
 BOOST_SCALE = 2.0
+# A file's own history says more about it than how a rule fares elsewhere.
+FILE_BOOST_WEIGHT = 2.0
 MAX_EXAMPLE_DIFF_CHARS = 4000
 
 _SCHEMA = """
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_at REAL NOT NULL,
     run_id TEXT NOT NULL,
+    project TEXT NOT NULL,
     candidate_id TEXT NOT NULL,
     path TEXT NOT NULL,
     rule TEXT NOT NULL,
@@ -52,6 +55,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     diff TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outcomes_rule ON outcomes (rule, engine);
+CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes (project, path);
 """
 
 
@@ -69,6 +73,7 @@ class Outcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run_id: str
+    project: str = Field(description="the project's root, so a file's own history can be found")
     path: str
     rules: list[str]
     kinds: list[FindingKind]
@@ -84,6 +89,7 @@ class Outcome(BaseModel):
     def of_candidate(
         cls,
         run_id: str,
+        project: str,
         candidate: Candidate,
         *,
         accepted: bool,
@@ -91,16 +97,18 @@ class Outcome(BaseModel):
         tests_passed: bool | None = None,
     ) -> Outcome:
         return cls(
-            run_id=run_id, path=candidate.path, rules=candidate.rules, kinds=candidate.kinds,
+            run_id=run_id, project=project, path=candidate.path, rules=candidate.rules, kinds=candidate.kinds,
             engine=candidate.engine, model=candidate.model, candidate_id=candidate.id,
             diff=candidate.diff, accepted=accepted, rejection=rejection, tests_passed=tests_passed,
         )  # fmt: skip
 
 
-class RuleRecord(BaseModel):
+class TrackRecord(BaseModel):
+    """How often changes for one rule (or to one file) passed their tests."""
+
     model_config = ConfigDict(frozen=True)
 
-    rule: str
+    key: str
     accepted: int
     total: int
 
@@ -140,6 +148,7 @@ class LearningStore:
             (
                 time.time(),
                 outcome.run_id,
+                outcome.project,
                 outcome.candidate_id or "",
                 outcome.path,
                 rule,
@@ -155,13 +164,13 @@ class LearningStore:
         ]
         with self._connect() as connection:
             connection.executemany(
-                "INSERT INTO outcomes (recorded_at, run_id, candidate_id, path, rule, kind, engine,"
-                " model, accepted, rejection, tests_passed, diff)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outcomes (recorded_at, run_id, project, candidate_id, path, rule, kind,"
+                " engine, model, accepted, rejection, tests_passed, diff)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
-    def rule_records(self, engine: EngineName | None = None) -> dict[str, RuleRecord]:
+    def rule_records(self, engine: EngineName | None = None) -> dict[str, TrackRecord]:
         query = "SELECT rule, SUM(accepted), COUNT(*) FROM outcomes"
         parameters: tuple[str, ...] = ()
         if engine is not None:
@@ -170,13 +179,37 @@ class LearningStore:
         with self._connect() as connection:
             rows = connection.execute(query + " GROUP BY rule", parameters).fetchall()
         return {
-            rule: RuleRecord(rule=rule, accepted=accepted, total=total)
+            rule: TrackRecord(key=rule, accepted=accepted, total=total)
             for rule, accepted, total in rows
         }
 
-    def priority_boost(self, findings: Sequence[Finding], records: dict[str, RuleRecord]) -> float:
-        """How much learning moves a file's priority: its rules' track records, summed once per rule."""
-        return sum(records[rule].boost for rule in {f.rule for f in findings} if rule in records)
+    def file_records(self, project: str) -> dict[str, TrackRecord]:
+        """Per file of `project`: how many attempts (not rules) were made and accepted."""
+        # One attempt writes one row per rule, all with the same timestamp.
+        query = (
+            "SELECT path, COUNT(DISTINCT CASE WHEN accepted = 1 THEN recorded_at END),"
+            " COUNT(DISTINCT recorded_at) FROM outcomes WHERE project = ? GROUP BY path"
+        )
+        with self._connect() as connection:
+            rows = connection.execute(query, (project,)).fetchall()
+        return {
+            path: TrackRecord(key=path, accepted=accepted, total=total)
+            for path, accepted, total in rows
+        }
+
+    @staticmethod
+    def priority_boost(
+        findings: Sequence[Finding],
+        rule_records: dict[str, TrackRecord],
+        file_record: TrackRecord | None = None,
+    ) -> float:
+        """How much learning moves a file's priority: its rules' track records (once per rule)
+        and, weighted more, the file's own history in this project."""
+        rules = sum(
+            rule_records[rule].boost for rule in {f.rule for f in findings} if rule in rule_records
+        )
+        own = file_record.boost * FILE_BOOST_WEIGHT if file_record is not None else 0.0
+        return rules + own
 
     def examples(
         self, rules: Iterable[str], engine: EngineName | None = None, limit: int = 3

@@ -241,7 +241,8 @@ class Workflow:
         self._in_snapshot: set[str] = set()
         self._baseline: concurrent.futures.Future[TestResult] | None = None
         self._feedback: dict[str, str] = {}
-        self._failed_diffs: dict[str, set[str]] = {}
+        # Per file: diffs that failed their tests, and why.
+        self._failed_diffs: dict[str, dict[str, str]] = {}
         self._reports: dict[str, AnalysisReport] = {}
         self._guard: BudgetGuard | None = None
 
@@ -516,9 +517,10 @@ class Workflow:
             if report.error is not None
         ]
         records = self.learning.rule_records(options.engine)
+        own_history = self.learning.file_records(str(self.root))
         actionable = {path: self._actionable(path) for path in reports}
         boosts = {
-            path: self.learning.priority_boost(findings, records)
+            path: self.learning.priority_boost(findings, records, own_history.get(path))
             for path, findings in actionable.items()
         }
         workable = {path: reports[path] for path, findings in actionable.items() if findings}
@@ -602,8 +604,9 @@ class Workflow:
         rejection = candidate_rejection(
             candidate, SourceFile(path=path, content=content), self._s.options.targets
         )
-        if rejection is None and candidate.diff in self._failed_diffs.get(path, set()):
-            return "same change as an attempt that already failed its tests"
+        earlier_failure = self._failed_diffs.get(path, {}).get(candidate.diff)
+        if rejection is None and earlier_failure is not None:
+            return f"{earlier_failure} (the retry proposed the same change)"
         return rejection
 
     def _no_candidate(self, record: FileRecord, findings: list[Finding], reason: str) -> None:
@@ -611,6 +614,7 @@ class Workflow:
         self.learning.record(
             Outcome(
                 run_id=self._s.run_id,
+                project=str(self.root),
                 path=record.path,
                 rules=sorted({f.rule for f in findings}),
                 kinds=sorted({f.kind for f in findings}),
@@ -729,7 +733,9 @@ class Workflow:
         with self._lock:
             self._s.accepted.append(candidate)
         self.learning.record(
-            Outcome.of_candidate(self._s.run_id, candidate, accepted=True, tests_passed=True)
+            Outcome.of_candidate(
+                self._s.run_id, str(self.root), candidate, accepted=True, tests_passed=True
+            )
         )
         if self._s.options.auto_apply:
             self._apply(candidate, result)
@@ -769,11 +775,16 @@ class Workflow:
         reason = describe_failure(result)
         self.learning.record(
             Outcome.of_candidate(
-                self._s.run_id, candidate, accepted=False, rejection=reason, tests_passed=False
+                self._s.run_id,
+                str(self.root),
+                candidate,
+                accepted=False,
+                rejection=reason,
+                tests_passed=False,
             )
         )
         with self._lock:
-            self._failed_diffs.setdefault(candidate.path, set()).add(candidate.diff)
+            self._failed_diffs.setdefault(candidate.path, {})[candidate.diff] = reason
             self._feedback[candidate.path] = (
                 f"The previous change failed the project's tests ({reason}). Test output:\n"
                 + result.output[-FEEDBACK_OUTPUT_CHARS:]
