@@ -75,7 +75,9 @@ def test_every_copy_source_is_in_the_build_context(parsed: list[Stage]) -> None:
                 continue
             for source in sources:
                 path = REPOSITORY / source
-                assert path.exists(), f"line {instruction.line}: COPY source {source} does not exist"
+                assert path.exists(), (
+                    f"line {instruction.line}: COPY source {source} does not exist"
+                )
                 files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
                 kept = [
                     file
@@ -119,7 +121,9 @@ def test_entrypoint_is_a_console_script_of_the_distribution(
     parsed: list[Stage], target: str, script: str
 ) -> None:
     entrypoint = effective(parsed, target, "ENTRYPOINT")
-    assert isinstance(entrypoint, list) and entrypoint, f"stage {target} has no exec-form ENTRYPOINT"
+    assert isinstance(entrypoint, list) and entrypoint, (
+        f"stage {target} has no exec-form ENTRYPOINT"
+    )
     assert entrypoint == [script]
     assert script in CONSOLE_SCRIPTS, f"{script} is not in [project.scripts] of pyproject.toml"
     installed = Path(sys.executable).parent / script
@@ -147,7 +151,9 @@ def test_runtime_user_is_the_fixed_non_root_uid(parsed: list[Stage], target: str
     user = effective(parsed, target, "USER")
     assert isinstance(user, str)
     uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) != 0, f"USER {user}: a numeric non-root uid lets runAsNonRoot verify it"
+    assert uid.isdigit() and int(uid) != 0, (
+        f"USER {user}: a numeric non-root uid lets runAsNonRoot verify it"
+    )
     assert int(uid) == NON_ROOT_ID == OperatorConfig().run_as_user
     assert gid.isdigit() and int(gid) == OperatorConfig().run_as_group
 
@@ -184,9 +190,13 @@ def test_runtime_stages_do_not_inherit_the_build_tools(parsed: list[Stage]) -> N
 
 
 def test_replica_image_has_git_and_ruff(parsed: list[Stage]) -> None:
-    installs = " ".join(instruction.arguments for instruction in stage(parsed, "replica").all("RUN"))
+    installs = " ".join(
+        instruction.arguments for instruction in stage(parsed, "replica").all("RUN")
+    )
     assert re.search(r"apt-get install .*\bgit\b", installs), "the replica image needs git"
-    dependencies = [re.split(r"[<>=~! \[]", item)[0] for item in PYPROJECT["project"]["dependencies"]]
+    dependencies = [
+        re.split(r"[<>=~! \[]", item)[0] for item in PYPROJECT["project"]["dependencies"]
+    ]
     assert "ruff" in dependencies, "ruff must come with the distribution the image installs"
     build = " ".join(instruction.arguments for instruction in stage(parsed, "build").all("RUN"))
     assert "ruff --version" in build

@@ -1,0 +1,69 @@
+"""Fixtures for the chart's tests: the pinned helm binary and the chart rendered with values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import devcluster
+import pytest
+from chart_support import CHART, Helm, Manifest, Render, documents
+
+HELM_TIMEOUT_SECONDS = 120
+
+
+@pytest.fixture(scope="session")
+def helm(control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The helm built by `make tools`, with its own config/cache/data dirs and the control plane's kubeconfig."""
+    home = tmp_path_factory.mktemp("helm-home")
+    environment = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "KUBECONFIG": str(control_plane.kubeconfig),
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(control_plane.tools_dir / "helm"), *args]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=HELM_TIMEOUT_SECONDS,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def render(helm: Helm) -> Render:
+    """`helm template` of the chart with `--set` settings, parsed (CRDs not included)."""
+
+    def run(*settings: str, namespace: str = "tars", release: str = "tars") -> list[Manifest]:
+        arguments = [argument for setting in settings for argument in ("--set", setting)]
+        result = helm("template", release, str(CHART), "--namespace", namespace, *arguments)
+        return documents(result.stdout)
+
+    return run
+
+
+@pytest.fixture
+def other_namespace(namespace: str, kubectl: Callable[..., Any]) -> Iterator[str]:
+    """A second fresh namespace, for what must stay out of reach."""
+    name = f"{namespace[:50]}-other"
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)

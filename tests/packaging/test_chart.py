@@ -1,0 +1,328 @@
+"""charts/tars: lint, CRDs from the one source, the values schema, and the rendered objects.
+
+Rendered objects are checked against what the operator's own code expects (its argument
+parser, its config loader, the pods it builds) and accepted by the real API server as a
+server-side dry run.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chart_support import CHART, REPOSITORY, Helm, Manifest, Render, documents, find, one
+from tars_api.replica import TarsReplica
+from tars_engine.models import Role
+from tars_operator import replicas
+from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
+from tars_operator.main import build_parser
+
+CRD_FILES = sorted((REPOSITORY / "crds").glob("*.yaml"))
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+PROFILES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "cluster-wide": ("rbac.clusterWide=true",),
+    "replicas-and-ollama": ("replicas.enabled=true", "ollama.enabled=true"),
+}
+
+
+def operator_config(manifests: list[Manifest], tmp_path: Path) -> OperatorConfig:
+    """The operator's config as the operator itself loads it from the chart's ConfigMap."""
+    config_map = one(manifests, "ConfigMap", "tars-operator")
+    path = tmp_path / "operator.yaml"
+    path.write_text(config_map["data"]["operator.yaml"], encoding="utf-8")
+    return load_config(path, environ={})
+
+
+def operator_container(manifests: list[Manifest]) -> Manifest:
+    deployment = one(manifests, "Deployment", "tars-operator")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# --- lint and packaging -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_helm_lint_strict_is_clean(helm: Helm, profile: str) -> None:
+    settings = [argument for setting in PROFILES[profile] for argument in ("--set", setting)]
+    result = helm("lint", "--strict", str(CHART), *settings)
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_chart_crds_are_the_repository_crds(helm: Helm) -> None:
+    """One source: the chart's crds/ is the repository's crds/, byte for byte."""
+    assert (CHART / "crds").resolve() == (REPOSITORY / "crds").resolve()
+    shown = documents(helm("show", "crds", str(CHART)).stdout)
+    expected = [document for path in CRD_FILES for document in documents(path.read_text())]
+    assert sorted(shown, key=lambda crd: crd["metadata"]["name"]) == sorted(
+        expected, key=lambda crd: crd["metadata"]["name"]
+    )
+    assert len(shown) == 2
+    rendered = documents(
+        helm("template", "tars", str(CHART), "--include-crds", "--namespace", "tars").stdout
+    )
+    crds = find(rendered, "CustomResourceDefinition")
+    assert sorted(crd["metadata"]["name"] for crd in crds) == [
+        "selfcodingruns.tars.dev",
+        "tarsreplicas.tars.dev",
+    ]
+
+
+def test_packaged_chart_holds_exactly_the_two_crds(helm: Helm, tmp_path: Path) -> None:
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("tars-*.tgz")
+    with tarfile.open(archive) as bundle:
+        names = bundle.getnames()
+        crd_members = sorted(name for name in names if name.startswith("tars/crds/"))
+        assert crd_members == [f"tars/crds/{path.name}" for path in CRD_FILES]
+        for path in CRD_FILES:
+            member = bundle.extractfile(f"tars/crds/{path.name}")
+            assert member is not None and member.read() == path.read_bytes()
+    assert not [name for name in names if "tars_api" in name or "__pycache__" in name], names
+    assert "tars/values.schema.json" in names and "tars/README.md" in names
+
+
+# --- values.schema.json -------------------------------------------------------------------
+
+BAD_VALUES = {
+    "unknown engine": (("engine=gpt",), "engine"),
+    "negative replica count": (("replicas.tester=-1",), "tester"),
+    "unknown pull policy": (("image.pullPolicy=Sometimes",), "pullPolicy"),
+    "misspelt key": (("replica.enabled=true",), "replica"),
+    "string for a boolean": (("--set-string", "rbac.clusterWide=yes"), "clusterWide"),
+    "invalid namespace": (("operator.watchNamespaces={Bad_Namespace}",), "watchNamespaces"),
+    "port out of range": (("operator.metricsPort=70000",), "metricsPort"),
+    "ollama host without a scheme": (("ollama.host=ollama:11434",), "host"),
+    "workers below one": (("operator.workers=0",), "workers"),
+    "unknown role": (("roles.reviewer.image=x",), "reviewer"),
+    "bad quantity": (("scratchSizeLimit=lots",), "scratchSizeLimit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_schema_rejects_bad_values(helm: Helm, case: str) -> None:
+    settings, field = BAD_VALUES[case]
+    arguments = list(settings) if settings[0].startswith("--") else ["--set", settings[0]]
+    result = helm("template", "tars", str(CHART), *arguments, check=False)
+    assert result.returncode != 0, f"{case}: accepted\n{result.stdout[:500]}"
+    assert "schema" in result.stderr and field in result.stderr, result.stderr
+
+
+def test_schema_accepts_the_documented_settings(render: Render) -> None:
+    manifests = render(
+        "rbac.clusterWide=true",
+        "operator.watchNamespaces={team-a,team-b}",
+        "rbac.gitCredentialSecrets={git-credentials}",
+        "replicas.enabled=true",
+        "replicas.generator=3",
+        "replicas.image=registry.example/tars-replica:dev",
+        "ollama.host=http://ollama.ai.svc:11434",
+        "engine=ollama",
+        "model=qwen2.5-coder:7b",
+        "roles.tester.image=registry.example/tester:1",
+    )
+    assert one(manifests, "TarsReplica", "generator")["spec"]["replicas"] == 3
+
+
+# --- the rendered objects, as the operator's code sees them -------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_operator_deployment(render: Render, profile: str) -> None:
+    manifests = render(*PROFILES[profile], namespace="tars-system")
+    deployment = one(manifests, "Deployment", "tars-operator")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one(manifests, "ServiceAccount", "tars")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == NON_ROOT_ID
+    container = operator_container(manifests)
+    assert container["command"] == ["tars-operator"]
+    assert container["image"] == f"tars-operator:{APP_VERSION}"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    arguments = build_parser().parse_args(container["args"])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert arguments.liveness_port == ports["health"] == VALUES["operator"]["livenessPort"]
+    assert arguments.metrics_port == ports["metrics"] == VALUES["operator"]["metricsPort"]
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe == {"path": "/healthz", "port": "health"}
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert arguments.config is not None and str(arguments.config.parent) in mounts
+
+    role_namespaces = sorted(
+        role["metadata"]["namespace"] for role in find(manifests, "Role", "tars-operator")
+    )
+    if "rbac.clusterWide=true" in PROFILES[profile]:
+        assert arguments.all_namespaces and not arguments.namespaces
+        assert role_namespaces == []
+        binding = one(manifests, "ClusterRoleBinding", "tars-operator")
+        assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    else:
+        # The operator watches exactly the namespaces its Roles grant.
+        assert not arguments.all_namespaces
+        assert sorted(arguments.namespaces) == role_namespaces == ["tars-system"]
+        assert not find(manifests, "ClusterRoleBinding", "tars-operator")
+
+
+def test_watch_namespaces_get_roles_accounts_and_policies(render: Render) -> None:
+    manifests = render("operator.watchNamespaces={team-a,tars}", namespace="tars")
+    arguments = build_parser().parse_args(operator_container(manifests)["args"])
+    assert arguments.namespaces == ["tars", "team-a"]
+    for kind, name in (
+        ("Role", "tars-operator"),
+        ("RoleBinding", "tars-operator"),
+        ("Role", "tars-coordinator"),
+        ("ServiceAccount", "tars-coordinator"),
+        ("NetworkPolicy", "tars-tester-deny-egress"),
+    ):
+        namespaces = sorted(item["metadata"]["namespace"] for item in find(manifests, kind, name))
+        assert namespaces == ["tars", "team-a"], f"{kind} {name}: {namespaces}"
+
+
+def test_operator_config_is_valid_for_the_operator(render: Render, tmp_path: Path) -> None:
+    config = operator_config(render(namespace="tars"), tmp_path)
+    assert config.image == f"{VALUES['replicaImage']['repository']}:{APP_VERSION}"
+    assert config.engine.value == VALUES["engine"] and config.model == VALUES["model"]
+    assert config.port == VALUES["replicaPort"]
+    assert config.ollama_host is None
+    assert config.coordinator_service_account == VALUES["coordinator"]["serviceAccountName"]
+    assert config.run_as_user == NON_ROOT_ID
+    for role in Role:
+        expected = VALUES["roles"][role.value]["resources"]
+        resources = config.resources_for(role)
+        assert {key: str(value) for key, value in resources.requests.items()} == expected[
+            "requests"
+        ]
+        assert {key: str(value) for key, value in resources.limits.items()} == expected["limits"]
+
+
+def test_config_change_restarts_the_operator(render: Render) -> None:
+    def checksum(*settings: str) -> str:
+        deployment = one(render(*settings), "Deployment", "tars-operator")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("model=codellama")
+
+
+def chart_replicas(manifests: list[Manifest], namespace: str) -> dict[Role, TarsReplica]:
+    parsed: dict[Role, TarsReplica] = {}
+    for index, manifest in enumerate(find(manifests, "TarsReplica")):
+        stored = {**manifest, "metadata": {**manifest["metadata"], "uid": f"uid-{index}"}}
+        replica = TarsReplica.model_validate(stored)
+        assert replica.metadata.namespace == namespace
+        parsed[replica.spec.role] = replica
+    return parsed
+
+
+def test_default_replicas_are_the_four_roles(render: Render) -> None:
+    assert not find(render(), "TarsReplica")
+    parsed = chart_replicas(render("replicas.enabled=true", namespace="work"), "work")
+    assert set(parsed) == set(Role)
+    for role, replica in parsed.items():
+        # Named like `tarscli self-code setup` names them, which then leaves them be.
+        assert replica.name == role.value
+        assert replica.spec.replicas == VALUES["replicas"][role.value]
+        assert replica.spec.image is None
+
+
+def test_tester_network_policy_selects_exactly_the_tester_pods(
+    render: Render, tmp_path: Path
+) -> None:
+    """The policy's selector, matched against the pods the operator builds from the chart's replicas."""
+    manifests = render("replicas.enabled=true", namespace="work")
+    policy = one(manifests, "NetworkPolicy", "tars-tester-deny-egress")
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert "egress" not in policy["spec"], "any egress rule would open a way out"
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    config = operator_config(manifests, tmp_path)
+    for role, replica in chart_replicas(manifests, "work").items():
+        deployment = replicas.desired_deployment(replica, config)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selected = all(labels.get(key) == value for key, value in selector.items())
+        assert selected == (role is Role.tester), f"{role.value}: selected={selected}"
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] == (role is Role.coordinator)
+        if role is Role.coordinator:
+            accounts = find(manifests, "ServiceAccount", pod["serviceAccountName"])
+            assert [account["metadata"]["namespace"] for account in accounts] == ["work"]
+        assert pod["securityContext"]["runAsUser"] == NON_ROOT_ID
+    assert not find(render("sandbox.denyTesterEgress=false"), "NetworkPolicy")
+
+
+def test_ollama_serves_the_replicas_and_pulls_the_model(render: Render, tmp_path: Path) -> None:
+    assert not find(render(), "PersistentVolumeClaim")
+    manifests = render("ollama.enabled=true", namespace="ai")
+    service = one(manifests, "Service", "tars-ollama")
+    port = service["spec"]["ports"][0]["port"]
+    config = operator_config(manifests, tmp_path)
+    assert config.ollama_host == f"http://tars-ollama.ai.svc:{port}"
+
+    deployment = one(manifests, "Deployment", "tars-ollama")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    claim = one(manifests, "PersistentVolumeClaim")
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert (
+        claim["spec"]["resources"]["requests"]["storage"] == VALUES["ollama"]["persistence"]["size"]
+    )
+
+    job = one(manifests, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["ollama", "pull", VALUES["model"]]
+    environment = {item["name"]: item["value"] for item in container["env"]}
+    assert environment["OLLAMA_HOST"] == f"http://tars-ollama:{port}"
+
+    renamed = one(render("ollama.enabled=true", "ollama.model=codellama:7b"), "Job")
+    assert renamed["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "codellama:7b"
+    assert renamed["metadata"]["name"] != job["metadata"]["name"], "a new model needs a new Job"
+
+    external = operator_config(render("ollama.host=http://gpu-box:11434"), tmp_path)
+    assert external.ollama_host == "http://gpu-box:11434"
+
+
+# --- the real API server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_rendered_chart_passes_a_server_side_dry_run(
+    render: Render,
+    namespace: str,
+    tars_crds: list[str],
+    kubectl: Callable[..., Any],
+    profile: str,
+) -> None:
+    text = yaml.safe_dump_all(render(*PROFILES[profile], namespace=namespace))
+    result = kubectl("apply", "--dry-run=server", "-f", "-", input=text)
+    created = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(created) == len(documents(text)), result.stdout
+
+
+def test_multi_namespace_chart_passes_a_server_side_dry_run(
+    render: Render,
+    namespace: str,
+    other_namespace: str,
+    tars_crds: list[str],
+    kubectl: Callable[..., Any],
+) -> None:
+    manifests = render(
+        f"operator.watchNamespaces={{{other_namespace}}}",
+        "rbac.gitCredentialSecrets={git-credentials}",
+        "replicas.enabled=true",
+        namespace=namespace,
+    )
+    text = yaml.safe_dump_all(manifests)
+    result = kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=text)
+    assert result.stdout.count("(server dry run)") == len(manifests), result.stdout
