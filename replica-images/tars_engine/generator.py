@@ -76,15 +76,15 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     follow_ups: set[str] = set()
     try:
         before = Counter(d.code for d in ruff_tool.check(source.path, source.content))
-        fixed_content = ruff_tool.fix(source.path, source.content, rules, unsafe=unsafe)
-        after = Counter(d.code for d in ruff_tool.check(source.path, fixed_content))
+        fixed_content, remaining = ruff_tool.fix(source.path, source.content, rules, unsafe=unsafe)
+        after = Counter(d.code for d in remaining)
         introduced = {code for code in after if after[code] > before[code]}
         if introduced and introduced <= FOLLOW_UP_RULES:
             follow_ups = introduced
-            fixed_content = ruff_tool.fix(
+            fixed_content, remaining = ruff_tool.fix(
                 source.path, fixed_content, [*rules, *follow_ups], unsafe=unsafe
             )
-            after = Counter(d.code for d in ruff_tool.check(source.path, fixed_content))
+            after = Counter(d.code for d in remaining)
             introduced = {code for code in after if after[code] > before[code]}
     except ruff_tool.RuffError as exc:
         return GenerateResult(candidate=None, rejection=f"ruff failed: {exc}")

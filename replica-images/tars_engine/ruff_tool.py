@@ -8,10 +8,13 @@ that a fix never needs a newer Python than the project may support.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -97,22 +100,16 @@ def _run_ruff(arguments: list[str], content: str) -> subprocess.CompletedProcess
             raise RuffError(f"ruff failed to run: {exc}") from exc
 
 
-def check(path: str, content: str) -> list[RuffDiagnostic]:
-    """Diagnostics of the curated rule set for one file's content."""
-    completed = _run_ruff(
-        [
-            "--output-format", "json",
-            "--select", ",".join(SELECTED_RULES),
-            "--ignore", ",".join(IGNORED_RULES),
-            "--stdin-filename", path,
-            "-",
-        ],
-        content,
-    )  # fmt: skip
-    if completed.returncode not in (0, 1):
-        raise RuffError(f"ruff exited {completed.returncode}: {completed.stderr.strip()[:500]}")
+_CURATED_RULES = ("--select", ",".join(SELECTED_RULES), "--ignore", ",".join(IGNORED_RULES))
+# The generator checks the content the analyzer just checked; in-process they share this.
+_CHECK_CACHE_SIZE = 512
+_check_cache: OrderedDict[tuple[str, str], tuple[RuffDiagnostic, ...]] = OrderedDict()
+_check_cache_lock = threading.Lock()
+
+
+def _diagnostics(json_text: str) -> list[RuffDiagnostic]:
     try:
-        raw = json.loads(completed.stdout or "[]")
+        raw = json.loads(json_text or "[]")
     except json.JSONDecodeError as exc:
         raise RuffError(f"ruff printed unreadable JSON: {exc}") from exc
     diagnostics = []
@@ -135,14 +132,57 @@ def check(path: str, content: str) -> list[RuffDiagnostic]:
     return diagnostics
 
 
-def fix(path: str, content: str, rules: list[str], *, unsafe: bool) -> str:
-    """The content with ruff's fixes for `rules` applied (unsafe fixes only when asked)."""
-    arguments = ["--fix-only", "--select", ",".join(sorted(set(rules))), "--stdin-filename", path]
+def _remember(path: str, content: str, diagnostics: list[RuffDiagnostic]) -> None:
+    key = (path, hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest())
+    with _check_cache_lock:
+        _check_cache[key] = tuple(diagnostics)
+        _check_cache.move_to_end(key)
+        while len(_check_cache) > _CHECK_CACHE_SIZE:
+            _check_cache.popitem(last=False)
+
+
+def _remembered(path: str, content: str) -> list[RuffDiagnostic] | None:
+    key = (path, hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest())
+    with _check_cache_lock:
+        cached = _check_cache.get(key)
+    return None if cached is None else list(cached)
+
+
+def check(path: str, content: str) -> list[RuffDiagnostic]:
+    """Diagnostics of the curated rule set for one file's content."""
+    cached = _remembered(path, content)
+    if cached is not None:
+        return cached
+    completed = _run_ruff(
+        ["--output-format", "json", *_CURATED_RULES, "--stdin-filename", path, "-"], content
+    )
+    if completed.returncode not in (0, 1):
+        raise RuffError(f"ruff exited {completed.returncode}: {completed.stderr.strip()[:500]}")
+    diagnostics = _diagnostics(completed.stdout)
+    _remember(path, content, diagnostics)
+    return diagnostics
+
+
+def fix(
+    path: str, content: str, rules: list[str], *, unsafe: bool
+) -> tuple[str, list[RuffDiagnostic]]:
+    """The content with ruff's fixes for `rules` applied (unsafe ones only when asked),
+    and the curated diagnostics that remain in it."""
+    arguments = [
+        "--fix",
+        "--fixable", ",".join(sorted(set(rules))),
+        *_CURATED_RULES,
+        "--output-format", "json",
+        "--stdin-filename", path,
+    ]  # fmt: skip
     if unsafe:
         arguments.append("--unsafe-fixes")
     completed = _run_ruff([*arguments, "-"], content)
-    if completed.returncode != 0:
+    if completed.returncode not in (0, 1):
         raise RuffError(
             f"ruff --fix exited {completed.returncode}: {completed.stderr.strip()[:500]}"
         )
-    return completed.stdout
+    # With stdin, ruff prints the fixed source on stdout and the remaining diagnostics on stderr.
+    remaining = _diagnostics(completed.stderr)
+    _remember(path, completed.stdout, remaining)
+    return completed.stdout, remaining
