@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tars-operator",
         description=(
-            "Reconcile TarsReplica objects into Deployments and Services, and keep "
-            "SelfCodingRun status truthful. Watches the given namespaces, or the "
-            "current context's namespace when none is given."
+            "Reconcile TarsReplica objects into Deployments and Services, and keep\n"
+            "SelfCodingRun status truthful. Watches the namespaces given with -n, all\n"
+            "of them with -A, or else the current context's namespace."
         ),
         epilog=(
             "Examples:\n"
@@ -137,7 +137,8 @@ def _check_api(kube: KubeClient, server: str) -> None:
     try:
         served = kube.served_resources(API_VERSION)
     except urllib3.exceptions.HTTPError as error:
-        raise StartupError(f"cannot reach the API server at {server}: {error}") from error
+        cause = getattr(error, "reason", None) or error
+        raise StartupError(f"cannot reach the API server at {server}: {cause}") from error
     except ApiError as error:
         raise StartupError(f"the API server at {server} refused discovery: {error}") from error
     missing = sorted({TARS_REPLICA_PLURAL, SELF_CODING_RUN_PLURAL} - (served or set()))
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.workers < 1:
         parser.error("--workers must be at least 1")
     kopf.configure(verbose=arguments.verbose, log_format=kopf.LogFormat.FULL)
+    # A connection retry is not news; the request's final error is reported where it matters.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         config = load_config(arguments.config)
         run(arguments, config)

@@ -277,7 +277,6 @@ class RolloutState:
     replicas: int
     ready: int
     updated: int
-    available: int
     observed: bool
     suspended: bool
     failed_message: str | None
@@ -301,7 +300,6 @@ class RolloutState:
             replicas=int(status.get("replicas") or 0),
             ready=int(status.get("readyReplicas") or 0),
             updated=int(status.get("updatedReplicas") or 0),
-            available=int(status.get("availableReplicas") or 0),
             observed=int(status.get("observedGeneration") or 0)
             >= int(metadata.get("generation") or 0),
             suspended=annotations.get(SUSPENDED_ANNOTATION) == "true",
