@@ -12,6 +12,7 @@ from tars_engine.analyzer import (
     function_metrics,
 )
 from tars_engine.models import (
+    AnalysisReport,
     AnalyzeRequest,
     EngineName,
     FindingKind,
@@ -35,7 +36,7 @@ MESSY = textwrap.dedent(
 )
 
 
-def analyze(path: str, content: str) -> object:
+def analyze(path: str, content: str) -> AnalysisReport:
     return Analyzer().analyze(AnalyzeRequest(file=SourceFile(path=path, content=content)))
 
 
