@@ -10,6 +10,7 @@ applied.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -84,16 +85,24 @@ def _git(root: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
     return completed.stdout
 
 
+@functools.cache
+def _has_identity(root: Path) -> bool:
+    """Whether git knows who commits in `root` (asked once per repository and process)."""
+    configured = subprocess.run(
+        ["git", "-C", str(root), "config", "--get-regexp", r"^user\.(name|email)$"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    keys = {line.split(" ", 1)[0] for line in configured.stdout.splitlines()}
+    return {"user.name", "user.email"} <= keys
+
+
 def _commit_environment(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("user.name", "user.email"):
-        configured = subprocess.run(
-            ["git", "-C", str(root), "config", key], capture_output=True, text=True, check=False
-        )
-        if configured.returncode != 0 or not configured.stdout.strip():
-            for name, value in FALLBACK_IDENTITY.items():
-                env.setdefault(name, value)
-            break
+    if not _has_identity(root):
+        for name, value in FALLBACK_IDENTITY.items():
+            env.setdefault(name, value)
     return env
 
 

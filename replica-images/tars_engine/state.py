@@ -49,6 +49,11 @@ class RunOptions(StateModel):
     test_timeout_seconds: float = Field(default=600, gt=0)
     budget: Budget = Field(default_factory=Budget)
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
+    baseline_first: bool = Field(
+        default=False,
+        description="test the untouched project before accepting anything; "
+        "otherwise only when a batch fails (a passing batch proves its candidates)",
+    )
 
 
 class FileRecord(StateModel):
@@ -182,10 +187,10 @@ def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> Non
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
     try:
+        # No fsync: the rename is atomic against a process dying at any moment, which is
+        # what resuming relies on; paying a disk flush per step would slow every run.
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)

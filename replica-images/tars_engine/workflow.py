@@ -5,14 +5,17 @@ whether a role runs in this process or behind HTTP is not its concern. Each role
 may have several instances: work is handed to whichever instance is idle, in
 turn, so as many files are in flight as there are instances.
 
-Test gating. The project's own tests must pass untouched first (the baseline),
-or nothing can be proven. Candidates are then tested in batches, all of a
-batch's candidates applied together on top of the candidates already accepted.
+Test gating. Candidates are tested in batches, all of a batch's candidates
+applied together on top of the candidates already accepted. A batch that passes
+proves its candidates. When a batch fails, the untouched project is tested first
+(the baseline): if its own tests fail too, nothing can be proven and the run
+stops saying so; otherwise the batch is bisected.
 A failing batch is bisected: the first half is tested on its own; when it passes,
 the failure is known to lie in the second half, which is split without testing
 it again. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. With two or more testers the baseline runs
-alongside the first batch; nothing is accepted before the baseline has passed.
+everything accepted before it. With `baseline_first` the baseline is verified
+before anything is accepted, running alongside the first batch when there are
+two or more testers; that costs a test run, which the default saves.
 
 State. Every step is persisted (see `tars_engine.state`); a run that was stopped,
 or whose process died, resumes where it left off, and an improvement is never
@@ -83,6 +86,7 @@ from tars_engine.validation import candidate_rejection
 MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
+BASELINE_LABEL = "baseline, no change"
 
 RoleT = TypeVar("RoleT")
 
@@ -410,8 +414,8 @@ class Workflow:
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
         self._take_snapshot()
-        if self._s.baseline is None:
-            self._baseline = executor.submit(self._run_tests, [], "baseline, no change")
+        if self._s.baseline is None and self._s.options.baseline_first:
+            self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
         self._enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
@@ -428,7 +432,6 @@ class Workflow:
             self._enter(RunStage.generating)
             candidates = self._generate(pending)
             guard.check()
-            self._require_baseline()
             if candidates:
                 self._enter(RunStage.testing)
                 self._test_in_batches(candidates)
@@ -678,11 +681,15 @@ class Workflow:
         self._commit_state(EventKind.tested, message=f"{label}: {verdict}")
         return result
 
-    def _require_baseline(self) -> None:
-        if self._baseline is None:
+    def _require_baseline(self, *, run_if_missing: bool = False) -> None:
+        """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""
+        if self._baseline is not None:
+            result = self._baseline.result()
+            self._baseline = None
+        elif run_if_missing and self._s.baseline is None:
+            result = self._run_tests([], BASELINE_LABEL)
+        else:
             return
-        result = self._baseline.result()
-        self._baseline = None
         with self._lock:
             self._s.baseline = result
         self._commit_state(EventKind.tested)
@@ -710,8 +717,10 @@ class Workflow:
             if known is not None
             else self._run_tests(base + group, f"{len(group)} candidates on {len(base)} accepted")
         )
+        # Nothing is decided before a baseline started alongside has passed; and a failure
+        # means something only when the untouched project passes its tests.
+        self._require_baseline(run_if_missing=not result.passed)
         if result.passed:
-            self._require_baseline()
             for candidate in group:
                 self._accept(candidate, result)
             return group

@@ -54,7 +54,6 @@ def test_auto_apply_on_the_sample_commits_each_improvement(
     )
 
     assert state.phase is RunPhase.succeeded, state.message
-    assert state.baseline is not None and state.baseline.passed
     applied = [record for record in state.files if record.outcome is FileOutcome.applied]
     assert len(applied) >= 5
     # One commit per improvement, each naming its candidate; nothing else committed.
@@ -68,8 +67,8 @@ def test_auto_apply_on_the_sample_commits_each_improvement(
     # The run's own files never show up in git.
     assert git(root, "status", "--porcelain") == ""
     assert project_tests_pass(root)
-    # Batching: one baseline and one batch for the whole sample.
-    assert state.statistics.test_runs == 2
+    # Batching: one test run for the whole sample (the batch passed: no baseline needed).
+    assert state.statistics.test_runs == 1 and state.baseline is None
     assert state.statistics.improvements_applied == len(applied)
     stages = [event.stage.value for event in events if event.kind is EventKind.stage]
     assert stages[:5] == ["Scanning", "Scanning", "Analyzing", "Analyzing", "Generating"]
@@ -112,8 +111,9 @@ def test_a_candidate_that_breaks_the_tests_is_bisected_out(
     assert records["UP032"].accepted >= 3
 
 
+@pytest.mark.parametrize("baseline_first", [False, True])
 def test_failing_baseline_stops_the_run_and_touches_nothing(
-    tmp_path: Path, learning: LearningStore
+    tmp_path: Path, learning: LearningStore, baseline_first: bool
 ) -> None:
     root = shop_project(tmp_path / "shop")
     write_files(root, {"tests/test_broken.py": "def test_broken():\n    assert 1 == 2\n"})
@@ -122,9 +122,12 @@ def test_failing_baseline_stops_the_run_and_touches_nothing(
     before = tree_hashes(root)
     head = git(root, "rev-parse", "HEAD")
 
-    state = run_workflow(root, learning, targets=["shop"], auto_apply=True)
+    state = run_workflow(
+        root, learning, targets=["shop"], auto_apply=True, baseline_first=baseline_first
+    )
 
     assert state.phase is RunPhase.failed
+    assert state.baseline is not None and not state.baseline.passed
     assert "tests fail before any change" in state.message and "1 failures" in state.message
     assert state.statistics.improvements_accepted == 0
     assert tree_hashes(root) == before and git(root, "rev-parse", "HEAD") == head
