@@ -44,6 +44,8 @@ MAX_PROMPT_FINDINGS = 40
 MAX_EXAMPLES = 3
 MAX_EXAMPLE_CHARS = 2000
 MAX_RATIONALE_CHARS = 600
+# A whole-file answer this much shorter than the file is a snippet, not the file.
+FRAGMENT_RATIO = 0.5
 
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -197,6 +199,8 @@ def new_content_from_answer(answer: str, source: SourceFile) -> tuple[str, str]:
     dropped = _top_level_names(source.content) - kept
     if dropped:
         raise AnswerError(f"model's answer drops definitions: {', '.join(sorted(dropped))}")
+    if len(content.strip()) < FRAGMENT_RATIO * len(source.content.strip()):
+        raise AnswerError("model's file is much shorter than the original (a fragment?)")
     return content, explanation
 
 

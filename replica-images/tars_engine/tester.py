@@ -71,7 +71,8 @@ def detect_test_command(root: Path) -> list[str] | None:
         config = root / name
         if not uses_pytest and config.is_file():
             uses_pytest = marker in config.read_text(encoding="utf-8", errors="replace")
-    if uses_pytest or _has_test_files(root):
+    has_test_dir = (root / "tests").is_dir() or (root / "test").is_dir()
+    if uses_pytest or has_test_dir or _has_test_files(root):
         return [sys.executable, "-m", "pytest", "-q"]
     return None
 

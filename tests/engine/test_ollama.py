@@ -29,6 +29,7 @@ from tars_engine.server import create_app, serve_in_thread
 from tars_engine.settings import ReplicaSettings
 
 IMPROVED = CALC.replace("import os\nimport sys\n\n\n", "").replace("value == None", "value is None")
+FRAGMENT = "def add(a, b):\n    return a + b\n\n\ndef describe(value):\n    ...\n"
 EXAMPLE = LearnedExample(
     rule="E711",
     kind="style",
@@ -138,11 +139,12 @@ def test_diff_answer_naming_the_file_relatively_is_accepted(
             "```diff\n" + make_unified_diff("../../etc/passwd", "a\n", "b\n") + "```",
             "edits another",
         ),
-        ("```python\ndef add(a, b):\n    return a + b\n```", "drops definitions: describe"),
+        (f"```python\n{CALC.split('def describe')[0]}```", "drops definitions: describe"),
         ("```python\ndef add(a, b:\n```", "does not parse"),
+        (f"```python\n{FRAGMENT}```", "shorter than the original"),
         (f"```python\n{CALC}```", "no-op change"),
     ],
-    ids=["empty", "prose", "other-file", "outside", "drops-code", "syntax", "no-op"],
+    ids=["empty", "prose", "other-file", "outside", "drops-code", "syntax", "fragment", "no-op"],
 )
 def test_unusable_answers_are_rejected_with_a_reason(
     fake: FakeOllama, tmp_path: Path, answer: str, reason: str
