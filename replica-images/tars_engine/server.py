@@ -131,7 +131,7 @@ BUILT_IN_SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
 SERVICE_MODULES: dict[Role, str] = {Role.coordinator: "tars_engine.coordinator_service"}
 
 
-class RoleUnavailable(RuntimeError):
+class RoleNotServed(RuntimeError):
     """This build cannot serve the requested role."""
 
 
@@ -146,7 +146,7 @@ def role_service(role: Role, settings: ReplicaSettings) -> RoleService:
             raise
         module = None
     if module is None:
-        raise RoleUnavailable(f"role {role.value} cannot be served by this build")
+        raise RoleNotServed(f"role {role.value} cannot be served by this build")
     service: RoleService = module.service(settings)
     return service
 
@@ -274,7 +274,7 @@ def serve(
         raise typer.Exit(2)
     try:
         app = create_app(settings.role, settings)
-    except RoleUnavailable as exc:
+    except RoleNotServed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
