@@ -32,6 +32,7 @@ FALLBACK_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "tars@localhost",
 }
 MAX_SUBJECT_RULES = 4
+UNTRACKED_PATHSPEC = "did not match any file(s) known to git"
 
 
 class ApplyError(RuntimeError):
@@ -132,15 +133,20 @@ def commit_improvement(root: Path, candidate: Candidate, test_result: TestResult
     """
     original = write_improvement(root, candidate)
     target = root / candidate.path
+    commit = (
+        "commit", "--quiet", "--no-verify", "--only",
+        "-m", commit_message(candidate, test_result),
+        "--", candidate.path,
+    )  # fmt: skip
     try:
-        _git(root, "add", "--", candidate.path)
-        _git(
-            root,
-            "commit", "--quiet", "--no-verify", "--only",
-            "-m", commit_message(candidate, test_result),
-            "--", candidate.path,
-            env=_commit_environment(root),
-        )  # fmt: skip
+        try:
+            _git(root, *commit, env=_commit_environment(root))
+        except ApplyError as exc:
+            # A file git does not track yet must be added first; tracked ones need no add.
+            if UNTRACKED_PATHSPEC not in str(exc):
+                raise
+            _git(root, "add", "--", candidate.path)
+            _git(root, *commit, env=_commit_environment(root))
         return _git(root, "rev-parse", "HEAD").strip()
     except BaseException:
         write_atomically(target, original, mode=target.stat().st_mode & 0o7777)
