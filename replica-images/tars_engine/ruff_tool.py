@@ -12,7 +12,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -77,27 +76,28 @@ def ruff_binary() -> str:
 
 
 def _run_ruff(arguments: list[str], content: str) -> subprocess.CompletedProcess[str]:
-    # A neutral working directory: nothing around it can leak configuration in.
-    with tempfile.TemporaryDirectory(prefix="tars-ruff-") as neutral_dir:
-        try:
-            return subprocess.run(
-                [
-                    ruff_binary(),
-                    "check",
-                    "--isolated",
-                    "--target-version",
-                    TARGET_VERSION,
-                    *arguments,
-                ],
-                input=content,
-                capture_output=True,
-                text=True,
-                timeout=RUFF_TIMEOUT_SECONDS,
-                cwd=neutral_dir,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RuffError(f"ruff failed to run: {exc}") from exc
+    # `/` as working directory and no cache: nothing is written, so a read-only root
+    # filesystem is fine, and --isolated keeps any configuration found there out.
+    try:
+        return subprocess.run(
+            [
+                ruff_binary(),
+                "check",
+                "--isolated",
+                "--no-cache",
+                "--target-version",
+                TARGET_VERSION,
+                *arguments,
+            ],
+            input=content,
+            capture_output=True,
+            text=True,
+            timeout=RUFF_TIMEOUT_SECONDS,
+            cwd="/",
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuffError(f"ruff failed to run: {exc}") from exc
 
 
 _CURATED_RULES = ("--select", ",".join(SELECTED_RULES), "--ignore", ",".join(IGNORED_RULES))
