@@ -26,6 +26,9 @@ from tars_engine.validation import finish_candidate, path_rejection, syntax_prob
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
 # is part of the same improvement. Any other new diagnostic means the fix made things worse.
 FOLLOW_UP_RULES = frozenset({"F401"})
+# Fixes that delete code: an import another module re-exports, a redefinition, an
+# assignment with side effects. When a change failed its tests, these go first.
+CODE_REMOVING_RULES = frozenset({"F401", "F811", "F841"})
 
 
 class ModelGenerator(Protocol):
@@ -43,6 +46,28 @@ def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str
         else:
             unsafe_only.add(finding.rule)
     return sorted(allowed), sorted(unsafe_only - allowed)
+
+
+def rule_stages(findings: list[Finding], rules: list[str], allow_unsafe: bool) -> list[list[str]]:
+    """Ever narrower rule sets for successive attempts at the same file.
+
+    A deterministic engine proposes the same change again unless it changes what it
+    fixes: after a failure it drops code-removing and unsafe fixes, then keeps only
+    the rule with the most findings.
+    """
+    stages = [rules]
+    unsafe_rules = {f.rule for f in findings if f.fix_available and not f.fix_safe}
+    conservative = [
+        rule
+        for rule in rules
+        if rule not in CODE_REMOVING_RULES and not (allow_unsafe and rule in unsafe_rules)
+    ]
+    if conservative and conservative != stages[-1]:
+        stages.append(conservative)
+    if len(stages[-1]) > 1:
+        counts = Counter(f.rule for f in findings if f.rule in stages[-1])
+        stages.append([max(sorted(stages[-1]), key=lambda rule: counts[rule])])
+    return stages
 
 
 def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding]) -> str:
@@ -72,7 +97,15 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
         return GenerateResult(candidate=None, rejection=reason)
     if syntax_problem(source.content):
         return GenerateResult(candidate=None, rejection="file does not parse; ruff cannot fix it")
-    unsafe = request.allow_unsafe_fixes
+    stages = rule_stages(request.findings, rules, request.allow_unsafe_fixes)
+    if request.attempt > len(stages):
+        return GenerateResult(
+            candidate=None,
+            rejection=f"no narrower static change left after {len(stages)} attempts",
+        )
+    rules = stages[request.attempt - 1]
+    # Unsafe fixes only on the first attempt: later stages are the conservative ones.
+    unsafe = request.allow_unsafe_fixes and request.attempt == 1
     follow_ups: set[str] = set()
     try:
         before = Counter(d.code for d in ruff_tool.check(source.path, source.content))

@@ -90,6 +90,17 @@ def test_files_the_run_may_not_touch_are_rejected(
     assert result.candidate is None and reason in (result.rejection or "")
 
 
+def test_retries_narrow_the_change() -> None:
+    content = CALC + "\n\ndef shout(word):\n    return f'{word}!' if word != None else f'silence'\n"
+    attempts = [
+        generate("pkg/calc.py", content, attempt=n, allow_unsafe_fixes=True) for n in (1, 2, 3, 4)
+    ]
+    rules = [result.candidate.rules if result.candidate else None for result in attempts]
+    assert rules == [["E711", "F401", "F541"], ["F541"], None, None]
+    assert "no narrower static change" in (attempts[2].rejection or "")
+    assert len({result.candidate.diff for result in attempts[:2] if result.candidate}) == 2
+
+
 def test_nothing_fixable_is_a_rejection() -> None:
     content = "def f(x):\n    return x\n"
     result = generate("pkg/m.py", content)
