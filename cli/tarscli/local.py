@@ -448,13 +448,19 @@ def status_local(output_format: output.OutputFormat, project: Path | None = None
 
 
 def sample_project() -> Path:
-    """The bundled sample project: $TARS_SAMPLE_PROJECT, else examples/ of this source tree."""
+    """The bundled sample project: $TARS_SAMPLE_PROJECT when set, else examples/ of this source tree."""
     explicit = os.environ.get(SAMPLE_PROJECT_ENV)
-    candidates = [Path(explicit)] if explicit else []
-    candidates.append(Path(__file__).resolve().parents[2] / "examples" / "sample-project")
-    for candidate in candidates:
-        if (candidate / "pyproject.toml").is_file():
-            return candidate
+    candidate = (
+        Path(explicit)
+        if explicit
+        else Path(__file__).resolve().parents[2] / "examples" / "sample-project"
+    )
+    if (candidate / "pyproject.toml").is_file():
+        return candidate
+    if explicit:
+        raise CliError(
+            f"{SAMPLE_PROJECT_ENV}={explicit} is not the sample project (no pyproject.toml)"
+        )
     raise CliError(
         "the sample project is not found (this installation has no examples/ directory); "
         f"set {SAMPLE_PROJECT_ENV} to a copy of examples/sample-project"

@@ -1,0 +1,187 @@
+"""`tarscli self-code run|improve|status --local` as a user runs them: a real process per command.
+
+Every bad input must end with one `error: ...` line on stderr, a non-zero exit, and
+the project's bytes untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workflow_helpers import (
+    git,
+    project_tests_pass,
+    sample_project,
+    shop_project,
+    tree_hashes,
+    write_files,
+)
+
+TARSCLI = Path(sys.executable).parent / "tarscli"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    variables = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
+    variables.update(
+        TARS_SCRATCH_DIR=str(tmp_path / "scratch"),
+        TARS_LEARNING_DB=str(tmp_path / "learning.sqlite3"),
+        COLUMNS="200",
+    )
+    return variables
+
+
+def tarscli(cwd: Path, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TARSCLI), *arguments],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_run_with_auto_apply_then_status(tmp_path: Path, env: dict[str, str]) -> None:
+    root = sample_project(tmp_path / "ledgerly")
+    start = git(root, "rev-parse", "HEAD").strip()
+
+    result = tarscli(root, env, "self-code", "run", "-t", "ledgerly", "--auto-apply")
+
+    assert result.returncode == 0, result.stderr
+    assert "Applied" in result.stdout and "commits in" in result.stdout
+    for stage in ("Scanning", "Analyzing", "Generating", "Testing", "Applying"):
+        assert f"▸ {stage}" in result.stdout
+    commits = int(git(root, "rev-list", "--count", f"{start}..HEAD"))
+    assert commits >= 5
+    assert git(root, "status", "--porcelain") == ""
+    assert project_tests_pass(root)
+
+    shown = tarscli(root / "ledgerly", env, "self-code", "status", "--local")
+    assert shown.returncode == 0, shown.stderr
+    assert "Succeeded" in shown.stdout and "ledgerly/money.py" in shown.stdout
+    document = json.loads(tarscli(root, env, "self-code", "status", "--local", "-o", "json").stdout)
+    assert document["phase"] == "Succeeded"
+    assert document["statistics"]["improvementsApplied"] == commits
+
+
+def test_run_without_auto_apply_writes_a_patch(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+
+    # Run from outside the project: the target's repository is the project.
+    result = tarscli(tmp_path, env, "self-code", "run", "-t", str(root / "shop"))
+
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(root) == before
+    patch = next(root.glob(".tars/patches/*.patch"))
+    assert str(patch) in result.stdout.replace("\n", "")
+    git(root, "apply", "--check", str(patch))
+
+
+def test_improve_one_file(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    result = tarscli(root / "shop", env, "self-code", "improve", "names.py", "-a")
+    assert result.returncode == 0, result.stderr
+    assert git(root, "diff", "--name-only", "HEAD~1", "HEAD").split() == ["shop/names.py"]
+    assert "Item: {}" not in (root / "shop" / "names.py").read_text()
+
+
+def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    plain = shop_project(tmp_path / "plain", repository=False)
+    before, plain_before = tree_hashes(root), tree_hashes(plain)
+    closed_port = socket.socket()
+    closed_port.bind(("127.0.0.1", 0))
+    ollama_down = {**env, "OLLAMA_HOST": f"127.0.0.1:{closed_port.getsockname()[1]}"}
+
+    cases = [
+        (root, env, ["run", "-t", "shop/names.py"], ["is not a directory"]),
+        (root, env, ["run", "-t", "nowhere"], ["does not exist"]),
+        (root, env, ["run", "-t", str(tmp_path)], ["outside the project"]),
+        (plain, env, ["run", "-t", "shop", "-a"], ["auto-apply refused", "not a git repository"]),
+        (
+            root,
+            ollama_down,
+            ["run", "-t", "shop", "--engine", "ollama"],
+            ["no Ollama server answers"],
+        ),
+        (
+            root,
+            env,
+            ["run", "-t", "shop", "--test-command", "pytest 'unclosed"],
+            ["not a valid command line"],
+        ),
+        (root, env, ["improve", "tests/test_shop.py"], ["is a test file"]),
+        (root, env, ["improve", "pyproject.toml"], ["is not a Python file"]),
+        (root, env, ["improve", "shop/missing.py"], ["is not a file"]),
+    ]
+    for cwd, variables, arguments, fragments in cases:
+        assert_one_line_error(tarscli(cwd, variables, "self-code", *arguments), *fragments)
+    closed_port.close()
+    assert tree_hashes(root) == before and tree_hashes(plain) == plain_before
+
+
+def test_bad_files_are_reported_and_left_alone(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    (root / "shop" / "blob.py").write_bytes(b"\x00\x01\x02binary")
+    write_files(
+        root,
+        {
+            "shop/broken.py": "import os\ndef broken(:\n",
+            "shop/huge.py": "import os\n" + "x = 1\n" * 60000,
+        },
+    )
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-qm", "bad files")
+    before = tree_hashes(root)
+
+    for name, fragment in (
+        ("blob.py", "binary"),
+        ("broken.py", "syntax error at line 2"),
+        ("huge.py", "too-large"),
+    ):
+        result = tarscli(root, env, "self-code", "improve", f"shop/{name}", "-a")
+        assert_one_line_error(result, f"shop/{name} was not improved", fragment)
+    assert tree_hashes(root) == before
+
+
+def test_failing_and_hanging_tests_stop_the_run(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    head = git(root, "rev-parse", "HEAD")
+    before = tree_hashes(root)
+
+    hanging = tarscli(
+        root, env, "self-code", "run", "-t", "shop", "-a",
+        "--test-command", f"{sys.executable} -c 'import time; time.sleep(3600)'",
+        "--test-timeout", "2",
+    )  # fmt: skip
+    assert_one_line_error(hanging, "tests fail before any change", "timed out")
+
+    write_files(root, {"tests/test_broken.py": "def test_broken():\n    assert False\n"})
+    failing = tarscli(root, env, "self-code", "run", "-t", "shop", "-a")
+    assert_one_line_error(failing, "tests fail before any change")
+
+    (root / "tests" / "test_broken.py").unlink()
+    assert tree_hashes(root) == before and git(root, "rev-parse", "HEAD") == head
+
+
+def test_status_without_a_local_run(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    assert_one_line_error(tarscli(root, env, "self-code", "status", "--local"), "no local run")
