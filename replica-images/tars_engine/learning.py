@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_at REAL NOT NULL,
+    attempt_id TEXT NOT NULL,
     run_id TEXT NOT NULL,
     project TEXT NOT NULL,
     candidate_id TEXT NOT NULL,
@@ -144,9 +146,11 @@ class LearningStore:
         # Rules and kinds pair up when the generator gives one kind per rule;
         # otherwise every rule is recorded under the first kind.
         paired = kinds if len(kinds) == len(rules) else [kinds[0]] * len(rules)
+        recorded_at, attempt_id = time.time(), uuid.uuid4().hex
         rows = [
             (
-                time.time(),
+                recorded_at,
+                attempt_id,
                 outcome.run_id,
                 outcome.project,
                 outcome.candidate_id or "",
@@ -164,9 +168,9 @@ class LearningStore:
         ]
         with self._connect() as connection:
             connection.executemany(
-                "INSERT INTO outcomes (recorded_at, run_id, project, candidate_id, path, rule, kind,"
-                " engine, model, accepted, rejection, tests_passed, diff)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outcomes (recorded_at, attempt_id, run_id, project, candidate_id, path,"
+                " rule, kind, engine, model, accepted, rejection, tests_passed, diff)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -185,10 +189,10 @@ class LearningStore:
 
     def file_records(self, project: str) -> dict[str, TrackRecord]:
         """Per file of `project`: how many attempts (not rules) were made and accepted."""
-        # One attempt writes one row per rule, all with the same timestamp.
+        # One attempt writes one row per rule, all with the same attempt id.
         query = (
-            "SELECT path, COUNT(DISTINCT CASE WHEN accepted = 1 THEN recorded_at END),"
-            " COUNT(DISTINCT recorded_at) FROM outcomes WHERE project = ? GROUP BY path"
+            "SELECT path, COUNT(DISTINCT CASE WHEN accepted = 1 THEN attempt_id END),"
+            " COUNT(DISTINCT attempt_id) FROM outcomes WHERE project = ? GROUP BY path"
         )
         with self._connect() as connection:
             rows = connection.execute(query, (project,)).fetchall()

@@ -555,8 +555,9 @@ class Workflow:
         except (OSError, UnicodeDecodeError) as exc:
             self._finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
             return None
+        # Any engine's accepted change shows the model what passes this project's bar.
         examples = (
-            self.learning.examples([f.rule for f in findings], options.engine, EXAMPLES_PER_REQUEST)
+            self.learning.examples([f.rule for f in findings], limit=EXAMPLES_PER_REQUEST)
             if options.engine is EngineName.ollama
             else []
         )

@@ -1,0 +1,127 @@
+"""The learning store: outcomes in, priorities and few-shot examples out; and its effect on runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fake_ollama import fake_ollama
+from tars_api.run import FileOutcome, RunPhase
+from tars_engine.learning import LearningStore, Outcome
+from tars_engine.models import (
+    EngineName,
+    Finding,
+    FindingKind,
+    FindingSource,
+    Location,
+    Severity,
+)
+from tars_engine.ollama_engine import GENERATE_SYSTEM_PROMPT
+from workflow_helpers import isolated_roles, learning, run_workflow, shop_project, tree_hashes
+
+__all__ = ["isolated_roles", "learning"]
+
+
+def outcome(
+    path: str, rules: list[str], accepted: bool, diff: str = "", project: str = "/p"
+) -> Outcome:
+    return Outcome(
+        run_id="r1",
+        project=project,
+        path=path,
+        rules=rules,
+        kinds=[FindingKind.style] * len(rules),
+        engine=EngineName.static,
+        candidate_id=f"c-{path}-{len(diff)}",
+        diff=diff,
+        accepted=accepted,
+        rejection=None if accepted else "tests failed: 1 failures, 0 errors of 3",
+        tests_passed=accepted,
+    )
+
+
+def finding(rule: str) -> Finding:
+    return Finding(
+        kind=FindingKind.style,
+        severity=Severity.low,
+        source=FindingSource.ruff,
+        rule=rule,
+        message=rule,
+        location=Location(line=1),
+        fix_available=True,
+        fix_safe=True,
+    )
+
+
+def test_track_records_and_boosts(learning: LearningStore) -> None:
+    learning.record(outcome("a.py", ["F401", "UP032"], accepted=True, diff="-a\n+b\n"))
+    learning.record(outcome("b.py", ["F401"], accepted=False, diff="-c\n+d\n"))
+    learning.record(outcome("b.py", ["F401"], accepted=False, diff="-e\n+f\n"))
+
+    rules = learning.rule_records()
+    assert (rules["F401"].accepted, rules["F401"].total) == (1, 3)
+    assert (rules["UP032"].accepted, rules["UP032"].total) == (1, 1)
+    assert rules["F401"].boost < 0 < rules["UP032"].boost
+    files = learning.file_records("/p")
+    # Attempts, not rules: a.py had one attempt fixing two rules.
+    assert (files["a.py"].accepted, files["a.py"].total) == (1, 1)
+    assert (files["b.py"].accepted, files["b.py"].total) == (0, 2)
+    assert learning.file_records("/elsewhere") == {}
+    assert learning.priority_boost([finding("UP032")], rules, files["a.py"]) > 0
+    assert learning.priority_boost([finding("F401")], rules, files["b.py"]) < 0
+    assert learning.priority_boost([finding("E999")], rules) == 0
+    assert learning.rule_records(EngineName.ollama) == {}
+
+
+def test_examples_are_recent_accepted_changes_one_per_rule(learning: LearningStore) -> None:
+    learning.record(outcome("a.py", ["UP032"], accepted=True, diff="old diff\n"))
+    learning.record(outcome("b.py", ["UP032"], accepted=True, diff="new diff\n"))
+    learning.record(outcome("c.py", ["F401"], accepted=False, diff="failed diff\n"))
+    learning.record(outcome("d.py", ["UP004"], accepted=True, diff="class diff\n"))
+
+    examples = learning.examples(["UP032", "F401", "UP004"], limit=5)
+    assert [(e.rule, e.diff) for e in examples] == [
+        ("UP004", "class diff\n"),
+        ("UP032", "new diff\n"),
+    ]
+    assert learning.examples(["F401"]) == []
+    assert learning.examples([]) == []
+    assert len(learning.examples(["UP032", "UP004"], limit=1)) == 1
+    # The store is on disk: a new handle (the next run) sees the same history.
+    again = LearningStore(learning.path)
+    assert again.count() == 4
+
+
+def test_learned_examples_reach_the_model_and_bad_answers_change_nothing(
+    tmp_path: Path, learning: LearningStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    first = run_workflow(root, learning, targets=["shop"])
+    assert first.phase is RunPhase.succeeded
+    learned = learning.examples(["UP032"])[0].diff
+    before = tree_hashes(root)
+
+    with fake_ollama() as fake:
+        # Every answer edits a test file instead of the file asked about.
+        bad_answer = (
+            "Here is the fix.\n```diff\n--- a/tests/test_shop.py\n+++ b/tests/test_shop.py\n"
+            "@@ -1,1 +1,1 @@\n-from shop.cart import describe, total\n+from shop.cart import total\n```\n"
+        )
+        for _ in range(40):
+            fake.reply(bad_answer)
+        monkeypatch.setenv("OLLAMA_HOST", fake.url)
+        second = run_workflow(root, learning, targets=["shop"], engine="ollama", model="llama3")
+
+    assert second.phase is RunPhase.succeeded, second.message
+    assert second.files and all(r.outcome is FileOutcome.rejected for r in second.files)
+    assert all(r.attempts == 2 for r in second.files)
+    assert all("edits another file: tests/test_shop.py" in r.message for r in second.files)
+    assert tree_hashes(root) == before
+    prompts = [
+        "\n".join(message["content"] for message in chat["messages"])
+        for chat in fake.chats
+        if chat["messages"][0]["content"] == GENERATE_SYSTEM_PROMPT
+    ]
+    assert prompts and any(learned.strip().splitlines()[-1] in prompt for prompt in prompts)
+    # The retry carried the refusal back to the model as feedback.
+    assert any("previous answer was refused" in prompt for prompt in prompts)
