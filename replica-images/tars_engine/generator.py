@@ -98,14 +98,17 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     if syntax_problem(source.content):
         return GenerateResult(candidate=None, rejection="file does not parse; ruff cannot fix it")
     stages = rule_stages(request.findings, rules, request.allow_unsafe_fixes)
-    if request.attempt > len(stages):
-        return GenerateResult(
-            candidate=None,
-            rejection=f"no narrower static change left after {len(stages)} attempts",
-        )
-    rules = stages[request.attempt - 1]
-    # Unsafe fixes only on the first attempt: later stages are the conservative ones.
-    unsafe = request.allow_unsafe_fixes and request.attempt == 1
+    # Only a retry that says why the previous change failed narrows the change; an
+    # attempt resumed without feedback (say after a stop) tries the full change again.
+    stage = request.attempt - 1 if request.feedback else 0
+    if stage >= len(stages):
+        reason = "no narrower static change left to try"
+        if request.feedback:
+            reason += f"; before: {request.feedback.splitlines()[0]}"
+        return GenerateResult(candidate=None, rejection=reason)
+    rules = stages[stage]
+    # Unsafe fixes only in the first stage: later stages are the conservative ones.
+    unsafe = request.allow_unsafe_fixes and stage == 0
     follow_ups: set[str] = set()
     try:
         before = Counter(d.code for d in ruff_tool.check(source.path, source.content))

@@ -92,13 +92,20 @@ def test_files_the_run_may_not_touch_are_rejected(
 
 def test_retries_narrow_the_change() -> None:
     content = CALC + "\n\ndef shout(word):\n    return f'{word}!' if word != None else f'silence'\n"
+    failed = "The previous change failed the project's tests (1 failed)."
     attempts = [
-        generate("pkg/calc.py", content, attempt=n, allow_unsafe_fixes=True) for n in (1, 2, 3, 4)
+        generate("pkg/calc.py", content, attempt=n, allow_unsafe_fixes=True, feedback=failed)
+        for n in (1, 2, 3)
     ]
     rules = [result.candidate.rules if result.candidate else None for result in attempts]
-    assert rules == [["E711", "F401", "F541"], ["F541"], None, None]
+    assert rules == [["E711", "F401", "F541"], ["F541"], None]
     assert "no narrower static change" in (attempts[2].rejection or "")
-    assert len({result.candidate.diff for result in attempts[:2] if result.candidate}) == 2
+    assert failed in (attempts[2].rejection or "")
+    # Resumed without feedback (nothing failed): the full change again.
+    resumed = generate("pkg/calc.py", content, attempt=2, allow_unsafe_fixes=True)
+    first = attempts[0].candidate
+    assert resumed.candidate is not None and first is not None
+    assert resumed.candidate.diff == first.diff
 
 
 def test_nothing_fixable_is_a_rejection() -> None:
@@ -121,11 +128,11 @@ def _candidate(diff: str, path: str = "pkg/calc.py", content: str = CALC) -> Can
 def test_validation_rejects_bad_candidates() -> None:
     source = SourceFile(path="pkg/calc.py", content=CALC)
     other_file = make_unified_diff("pkg/other.py", "a\n", "b\n")
-    assert "another file" in candidate_rejection(_candidate(other_file), source, ["pkg"])
+    assert "another file" in (candidate_rejection(_candidate(other_file), source, ["pkg"]) or "")
     breaks = make_unified_diff("pkg/calc.py", CALC, CALC.replace("def add(a, b):", "def add(a, b)"))
-    assert "does not parse" in candidate_rejection(_candidate(breaks), source, ["pkg"])
+    assert "does not parse" in (candidate_rejection(_candidate(breaks), source, ["pkg"]) or "")
     wrong_base = _candidate(make_unified_diff("pkg/calc.py", CALC, CALC + "x = 1\n"), content="y")
-    assert "different content" in candidate_rejection(wrong_base, source, ["pkg"])
+    assert "different content" in (candidate_rejection(wrong_base, source, ["pkg"]) or "")
     noop = "--- a/pkg/calc.py\n+++ b/pkg/calc.py\n@@ -1,1 +1,1 @@\n-import os\n+import os\n"
     assert candidate_rejection(_candidate(noop), source, ["pkg"]) == "no-op change"
 
