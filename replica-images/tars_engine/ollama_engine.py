@@ -39,6 +39,7 @@ CONTEXT_STEP = 1024
 MIN_CONTEXT = 2048
 PROMPT_OVERHEAD_TOKENS = 256
 REVIEW_OUTPUT_TOKENS = 1024
+MIN_OUTPUT_TOKENS = 256
 MAX_REVIEW_FINDINGS = 20
 MAX_PROMPT_FINDINGS = 40
 MAX_EXAMPLES = 3
@@ -282,12 +283,25 @@ class OllamaEngine:
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         source = request.file
+        prompt = generation_prompt(request)
+        # Room for the whole file again, with slack for the explanation and edits.
         file_tokens = estimate_tokens(source.content)
-        output_tokens = request.max_tokens or file_tokens + file_tokens // 2 + 512
+        output_tokens = file_tokens + file_tokens // 2 + 512
+        if request.max_tokens is not None:
+            # max_tokens is what the run may still spend: prompt and answer together.
+            prompt_tokens = estimate_tokens(GENERATE_SYSTEM_PROMPT) + estimate_tokens(prompt)
+            available = request.max_tokens - prompt_tokens
+            if available < MIN_OUTPUT_TOKENS:
+                return GenerateResult(
+                    candidate=None,
+                    rejection=f"token budget too small: {request.max_tokens} left, the prompt "
+                    f"alone needs about {prompt_tokens}",
+                )
+            output_tokens = min(output_tokens, available)
         tokens = 0
         try:
             answer, tokens = self._chat(
-                request.model, GENERATE_SYSTEM_PROMPT, generation_prompt(request), output_tokens
+                request.model, GENERATE_SYSTEM_PROMPT, prompt, output_tokens
             )
             content, explanation = new_content_from_answer(answer, source)
         except AnswerError as exc:

@@ -116,6 +116,19 @@ def test_num_ctx_grows_with_the_file_and_is_capped(fake: FakeOllama, tmp_path: P
     assert len(fake.chats) == 1
 
 
+def test_token_budget_bounds_the_answer(fake: FakeOllama, tmp_path: Path) -> None:
+    fake.reply(f"```python\n{IMPROVED}```")
+    budgeted = generate(fake, tmp_path, request_for(max_tokens=3000))
+    assert budgeted.candidate is not None, budgeted.rejection
+    (chat,) = fake.chats
+    prompt_tokens = sum(estimate_tokens(message["content"]) for message in chat["messages"])
+    assert chat["options"]["num_predict"] <= 3000 - prompt_tokens
+
+    exhausted = generate(fake, tmp_path, request_for(max_tokens=100))
+    assert exhausted.candidate is None and "token budget too small" in (exhausted.rejection or "")
+    assert len(fake.chats) == 1
+
+
 def test_diff_answer_naming_the_file_relatively_is_accepted(
     fake: FakeOllama, tmp_path: Path
 ) -> None:
