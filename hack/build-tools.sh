@@ -73,10 +73,10 @@ started=$SECONDS
 # go build spreads each build over every core, so the three builds run one after the
 # other; the Kubernetes binaries share one invocation to compile their common packages once.
 build() {
-    local builder="$1" ldflags="$2"
-    shift 2
+    local builder="$1" ldflags="$2" output="$3"
+    shift 3
     log "building $* (hack/tools/$builder)"
-    (cd "$tools_src/$builder" && go build -trimpath -ldflags "-s -w $ldflags" -o "$staging/" "$@")
+    (cd "$tools_src/$builder" && go build -trimpath -ldflags "-s -w $ldflags" -o "$output" "$@")
 }
 
 minor="${kubernetes_version#v*.}"
@@ -93,15 +93,14 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     # "archive" is Kubernetes' own tree state for builds from a source archive.
     kubernetes_ldflags+=" -X $package.gitTreeState=archive -X $package.buildDate=$build_date"
 done
-build kubernetes "$kubernetes_ldflags" \
+build kubernetes "$kubernetes_ldflags" "$staging/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl
 
 etcd_commit="$(module_commit etcd go.etcd.io/etcd/server/v3)"
 build etcd "${etcd_commit:+-X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_commit:0:8}}" \
-    go.etcd.io/etcd/server/v3
-mv "$staging/v3" "$staging/etcd"
+    "$staging/etcd" go.etcd.io/etcd/server/v3
 
 helm_client_go="$(cd "$tools_src/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)"
 helm_k8s_minor="${helm_client_go#v0.}"
@@ -112,7 +111,7 @@ helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for package in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
     helm_ldflags+=" -X $package.k8sVersionMajor=1 -X $package.k8sVersionMinor=$helm_k8s_minor"
 done
-build helm "$helm_ldflags" helm.sh/helm/v3/cmd/helm
+build helm "$helm_ldflags" "$staging/" helm.sh/helm/v3/cmd/helm
 
 rm -rf "$bin_dir"
 mkdir -p "$tools_dir"

@@ -1,0 +1,167 @@
+"""Fixtures for tests against a real control plane (etcd, kube-apiserver, kube-controller-manager).
+
+The control plane is started once per session, and only when a test asks for one of
+its fixtures; tests that don't need it never start it. The binaries come from
+`make tools` through TARS_TOOLS_DIR (`make test` sets it). Without them these tests
+skip, except under CI=true where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import devcluster
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+CONTROL_PLANE_FIXTURES = {"control_plane", "kubeconfig", "api_client", "kubectl", "namespace"}
+# A bound on waits for the cluster to act, so that a broken cluster fails instead of hanging.
+SETTLE_SECONDS = 120
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test that uses the control plane, so `-m "not controlplane"` skips them."""
+    for item in items:
+        if CONTROL_PLANE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.controlplane)
+
+
+def _tools_dir_or_skip() -> Path:
+    value = os.environ.get("TARS_TOOLS_DIR", "")
+    if not value:
+        problem = "TARS_TOOLS_DIR is not set; run the tests with `make test` (it builds the tools)"
+    else:
+        missing = devcluster.missing_binaries(Path(value))
+        problem = f"{value} lacks {', '.join(missing)}; run `make tools`" if missing else ""
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the control plane is required under CI=true: {problem}")
+        pytest.skip(problem)
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.ControlPlane]:
+    """A running control plane: `.kubeconfig` (admin), `.server`, `.tools_dir`, `.state_dir`."""
+    tools_dir = _tools_dir_or_skip()
+    state_dir = tmp_path_factory.mktemp("controlplane")
+    plane = devcluster.up(state_dir, tools_dir)
+    try:
+        yield plane
+    finally:
+        devcluster.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: devcluster.ControlPlane) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    """A `kubernetes` client with cluster-admin rights (group system:masters)."""
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call; unlike its base class its message includes kubectl's output."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+class Kubectl(Protocol):
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, as_user: str | None = None
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture(scope="session")
+def kubectl(
+    control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Kubectl:
+    """Runs the built kubectl against the control plane as admin, or `as_user` (--as)."""
+    cache_dir = tmp_path_factory.mktemp("kubectl-cache")
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True, as_user: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        command = [
+            str(control_plane.tools_dir / "kubectl"),
+            f"--kubeconfig={control_plane.kubeconfig}",
+            f"--cache-dir={cache_dir}",
+            *([f"--as={as_user}"] if as_user else []),
+            *args,
+        ]
+        result = subprocess.run(
+            command,
+            check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=SETTLE_SECONDS,
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, ready for pods; deleted (not awaited) afterwards."""
+    core = client.CoreV1Api(api_client)
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug or 'test'}-{secrets.token_hex(3)}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # The ServiceAccount admission plugin refuses pods until the controller-manager has
+    # created the namespace's `default` ServiceAccount.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+@pytest.fixture(scope="session")
+def tars_crds(kubectl: Kubectl) -> list[str]:
+    """Applies every crds/*.yaml (server-side) and waits until each CRD is Established.
+
+    Returns the CRD names, e.g. `tarsreplicas.tars.dev`.
+    """
+    files = sorted((REPOSITORY / "crds").glob("*.yaml"))
+    if not files:
+        pytest.fail(f"{REPOSITORY / 'crds'} holds no CRD YAML; generate it with `make crds`")
+    file_arguments = [argument for file in files for argument in ("-f", str(file))]
+    applied = kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=tars-tests",
+        "-o", "name", *file_arguments,
+    )  # fmt: skip
+    kubectl("wait", "--for=condition=Established", f"--timeout={SETTLE_SECONDS}s", *file_arguments)
+    return [line.split("/", 1)[1] for line in applied.stdout.split()]
