@@ -47,47 +47,53 @@ def _immutable(field: str) -> Cel:
     )
 
 
-def _check_relative_path(field: str) -> Callable[[str], str]:
+def _path_messages(field: str, *, absolute: bool) -> tuple[str, str]:
+    anchoring = "an absolute path" if absolute else "relative to the project root, not absolute"
+    return f"{field} must be {anchoring}", f"{field} must not contain a '..' segment"
+
+
+def _check_path(field: str, *, absolute: bool) -> Callable[[str], str]:
+    anchoring_message, parent_message = _path_messages(field, absolute=absolute)
+
     def check(path: str) -> str:
-        if path.startswith("/"):
-            raise ValueError(_absolute_path_message(field))
+        if path.startswith("/") != absolute:
+            raise ValueError(anchoring_message)
         if ".." in path.split("/"):
-            raise ValueError(_parent_segment_message(field))
+            raise ValueError(parent_message)
         return path
 
     return check
 
 
-def _absolute_path_message(field: str) -> str:
-    return f"{field} must be relative to the project root, not absolute"
-
-
-def _parent_segment_message(field: str) -> str:
-    return f"{field} must not contain a '..' segment"
-
-
-def _relative_path_rules(field: str) -> Cel:
+def _path_rules(field: str, *, absolute: bool) -> Cel:
+    anchoring_message, parent_message = _path_messages(field, absolute=absolute)
     return Cel(
-        CelRule(rule="!self.startsWith('/')", message=_absolute_path_message(field)),
         CelRule(
-            rule=f"!self.matches({cel_string(_PARENT_SEGMENT_REGEX)})",
-            message=_parent_segment_message(field),
+            rule="self.startsWith('/')" if absolute else "!self.startsWith('/')",
+            message=anchoring_message,
         ),
+        CelRule(rule=f"!self.matches({cel_string(_PARENT_SEGMENT_REGEX)})", message=parent_message),
     )
 
 
-# Project-relative paths, refused by pydantic and by the API server alike.
+# Paths refused by pydantic and by the API server alike: no escaping with `..`.
 TargetPath = Annotated[
     str,
     Field(min_length=1, max_length=PATH_MAX_LENGTH),
-    AfterValidator(_check_relative_path("spec.targets")),
-    _relative_path_rules("spec.targets"),
+    AfterValidator(_check_path("spec.targets", absolute=False)),
+    _path_rules("spec.targets", absolute=False),
 ]
 SubPath = Annotated[
     str,
     Field(min_length=1, max_length=PATH_MAX_LENGTH),
-    AfterValidator(_check_relative_path("spec.source.volume.subPath")),
-    _relative_path_rules("spec.source.volume.subPath"),
+    AfterValidator(_check_path("spec.source.volume.subPath", absolute=False)),
+    _path_rules("spec.source.volume.subPath", absolute=False),
+]
+HostPath = Annotated[
+    str,
+    Field(min_length=1, max_length=PATH_MAX_LENGTH),
+    AfterValidator(_check_path("spec.source.volume.hostPath", absolute=True)),
+    _path_rules("spec.source.volume.hostPath", absolute=True),
 ]
 
 
@@ -196,22 +202,7 @@ class VolumeSource(ApiModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="PersistentVolumeClaim",
     )
-    host_path: (
-        Annotated[
-            str,
-            Cel(
-                CelRule(
-                    rule="self.startsWith('/')",
-                    message="spec.source.volume.hostPath must be an absolute path",
-                ),
-                CelRule(
-                    rule=f"!self.matches({cel_string(_PARENT_SEGMENT_REGEX)})",
-                    message="spec.source.volume.hostPath must not contain a '..' segment",
-                ),
-            ),
-        ]
-        | None
-    ) = Field(default=None, min_length=1, max_length=PATH_MAX_LENGTH, description="Node directory")
+    host_path: HostPath | None = Field(default=None, description="Directory on the node")
     sub_path: SubPath | None = Field(
         default=None, description="Project directory inside the volume"
     )
