@@ -18,7 +18,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+from tars_api.run import (
+    MAX_LATEST_RESULTS,
+    FileOutcome,
+    FileResult,
+    RunPhase,
+    RunStage,
+    RunStatistics,
+    SelfCodingRunStatus,
+)
 
 from tars_engine.budget import Budget
 from tars_engine.models import Candidate, EngineName, TestResult
@@ -65,6 +73,7 @@ class FileRecord(StateModel):
     rules: list[str] = Field(default_factory=list)
     candidate_id: str | None = None
     commit: str | None = None
+    finished_at: datetime.datetime | None = None
 
 
 class AppliedChange(StateModel):
@@ -111,6 +120,33 @@ class WorkflowState(StateModel):
 
     def is_applied(self, candidate_id: str) -> bool:
         return any(change.candidate_id == candidate_id for change in self.applied)
+
+    def run_status(self) -> SelfCodingRunStatus:
+        """The SelfCodingRun status fields this state determines (conditions are the operator's)."""
+        finished = sorted(
+            (record for record in self.files if record.outcome is not None and record.finished_at),
+            key=lambda record: record.finished_at or self.started_at,
+        )
+        return SelfCodingRunStatus(
+            phase=self.phase,
+            stage=self.stage,
+            current_file=self.current_file,
+            progress=self.progress,
+            statistics=self.statistics.model_copy(),
+            start_time=self.started_at.replace(microsecond=0),
+            completion_time=self.completed_at.replace(microsecond=0) if self.completed_at else None,
+            latest_results=[
+                FileResult(
+                    path=record.path,
+                    outcome=record.outcome,
+                    message=record.message[:1024],
+                    attempts=record.attempts,
+                    commit=record.commit,
+                )
+                for record in finished[-MAX_LATEST_RESULTS:]
+                if record.outcome is not None
+            ],
+        )
 
 
 def now() -> datetime.datetime:

@@ -310,6 +310,7 @@ class Workflow:
         with self._lock:
             record.outcome = outcome
             record.message = _one_line(message)
+            record.finished_at = now()
             if self._s.current_file == record.path:
                 self._s.current_file = None
         self._commit_state(EventKind.file, path=record.path, message=record.message)

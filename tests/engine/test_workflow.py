@@ -77,6 +77,13 @@ def test_auto_apply_on_the_sample_commits_each_improvement(
         and events[-1].progress == f"{len(state.files)}/{len(state.files)}"
     )
     assert load_state(root).model_dump() == state.model_dump()
+    status = state.run_status()
+    assert (
+        status.phase is RunPhase.succeeded and status.progress == f"{len(applied)}/{len(applied)}"
+    )
+    assert status.statistics.improvements_applied == len(applied)
+    assert len(status.latest_results) == min(len(applied), 10)
+    assert all(result.commit for result in status.latest_results)
 
 
 def test_a_candidate_that_breaks_the_tests_is_bisected_out(
@@ -182,7 +189,9 @@ def test_stop_then_resume_finishes_without_reapplying(
 
     assert second.phase is RunPhase.succeeded, second.message
     assert second.run_id == first.run_id
-    assert all(record.outcome is FileOutcome.applied for record in second.files)
+    assert all(record.outcome is FileOutcome.applied for record in second.files), [
+        (record.path, record.outcome, record.message) for record in second.files
+    ]
     ids = [change.candidate_id for change in second.applied]
     assert len(ids) == len(set(ids)) == len(second.files)
     assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == len(second.files)
