@@ -191,8 +191,6 @@ class Resources(Generic[ObjectT]):
         self.kind = kind
         self._info = kind.resource
 
-    def _where(self, name: str) -> str:
-        return f'{self._info.kind} "{name}" in namespace "{self.cluster.namespace}"'
 
     def _translate(self, error: ApiException, name: str | None) -> Exception:
         """A CliError for the 404s a user can fix; other errors pass through unchanged."""
@@ -208,7 +206,9 @@ class Resources(Generic[ObjectT]):
             and details.get("name") == name
             and details.get("kind") == self._info.plural
         ):
-            return CliError(f"{self._where(name)} not found")
+            return CliError(
+                f'{self._info.kind} "{name}" not found in namespace "{self.cluster.namespace}"'
+            )
         return error
 
     def _call(self, operation: str, name: str | None, **arguments: Any) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import Cli, get_object, patch_status
+from cli_support import Cli, get_object, invoke, patch_status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import Condition
@@ -148,3 +149,16 @@ def test_rbac_refusal_is_one_line(
     assert created.exit_code == 1 and created.stderr.startswith("error: forbidden: ")
     with pytest.raises(ApiException):
         get_object(api_client, namespace, PLURAL, "gen")
+
+
+def test_namespace_defaults_to_the_contexts(
+    kubeconfig: Path, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    with_namespace = json.loads(kubeconfig.read_text())
+    with_namespace["contexts"][0]["context"]["namespace"] = namespace
+    path = tmp_path / "namespaced.kubeconfig"
+    path.write_text(json.dumps(with_namespace))
+    created = invoke("replica", "create", "an", "--role", "analyzer", "--kubeconfig", str(path))
+    assert created.exit_code == 0, created.output
+    assert get_object(api_client, namespace, PLURAL, "an")["spec"]["role"] == "analyzer"
+    assert "an" in invoke("replica", "list", "--kubeconfig", str(path)).stdout
