@@ -54,13 +54,21 @@ class ReplicaConditionType(enum.StrEnum):
 
 
 class EnvVar(ApiModel):
+    """An environment variable of the role's container."""
+
     name: str = Field(min_length=1, max_length=256, pattern=ENV_VAR_NAME_PATTERN)
     value: str = Field(default="", max_length=32768)
 
 
 class ResourceRequirements(ApiModel):
-    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
-    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    """Compute resources of the role's container, as in a core/v1 container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Guaranteed amounts (cpu: 250m)"
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Hard caps (memory: 1Gi)"
+    )
 
 
 class TolerationOperator(enum.StrEnum):
@@ -78,6 +86,8 @@ _EXISTS_WITH_VALUE_MESSAGE = "spec.tolerations[].value must be empty when operat
 
 
 class Toleration(ApiModel):
+    """A core/v1 Toleration: lets the pods run on nodes with a matching taint."""
+
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             CelRule(
@@ -138,8 +148,12 @@ class TarsReplicaSpec(ApiModel):
         description="Extra environment variables for the container",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    node_selector: dict[str, str] | None = Field(default=None, max_length=64)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    node_selector: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Node labels the pods must run on"
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Taints the pods tolerate"
+    )
 
     affinity: Annotated[dict[str, Any], PreserveUnknownFields()] | None = Field(
         default=None, description="A core/v1 Affinity, passed to the pods as written"
@@ -157,11 +171,11 @@ class TarsReplicaSpec(ApiModel):
 
 
 class TarsReplicaStatus(ApiModel):
-    phase: ReplicaPhase | None = None
+    phase: ReplicaPhase | None = Field(default=None, description="Summary of the conditions")
     replicas: int | None = Field(
         default=None, ge=0, description="Pods that exist (scale subresource)"
     )
-    ready_replicas: int | None = Field(default=None, ge=0)
+    ready_replicas: int | None = Field(default=None, ge=0, description="Pods ready to serve")
     selector: str | None = Field(
         default=None, max_length=4096, description="Label selector of the pods (scale subresource)"
     )
@@ -172,7 +186,9 @@ class TarsReplicaStatus(ApiModel):
         default_factory=list, max_length=64, description="What the role's pods report they can do"
     )
     conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status describes"
+    )
 
 
 class TarsReplica(ApiObject):

@@ -158,6 +158,8 @@ GitRef = Annotated[
 
 
 class GitSource(ApiModel):
+    """A repository cloned at a ref."""
+
     url: GitUrl = Field(min_length=1, max_length=2048, description="Repository to clone")
     ref: GitRef = Field(
         default="HEAD", min_length=1, max_length=255, description="Branch, tag or commit"
@@ -171,6 +173,8 @@ class GitSource(ApiModel):
 
 
 class UploadSource(ApiModel):
+    """A project archive the CLI uploaded from a local checkout."""
+
     config_map: str = Field(
         max_length=253,
         pattern=DNS_SUBDOMAIN_PATTERN,
@@ -188,6 +192,8 @@ _VOLUME_ONE_OF_MESSAGE = "spec.source.volume must set exactly one of claimName o
 
 
 class VolumeSource(ApiModel):
+    """A project on a PersistentVolumeClaim or a node directory; edited in place."""
+
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             CelRule(
@@ -236,9 +242,9 @@ class RunSource(ApiModel):
         )
     )
 
-    git: GitSource | None = None
-    upload: UploadSource | None = None
-    volume: VolumeSource | None = None
+    git: GitSource | None = Field(default=None, description="Clone a git repository")
+    upload: UploadSource | None = Field(default=None, description="Unpack an uploaded archive")
+    volume: VolumeSource | None = Field(default=None, description="Work on a mounted volume")
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Self:
@@ -300,6 +306,8 @@ class SelfCodingRunSpec(ApiModel):
 
 
 class RunStatistics(ApiModel):
+    """Counters of the run so far."""
+
     files_total: int = Field(default=0, ge=0)
     files_processed: int = Field(default=0, ge=0)
     files_failed: int = Field(default=0, ge=0)
@@ -324,17 +332,25 @@ class FileOutcome(enum.StrEnum):
 
 
 class FileResult(ApiModel):
-    path: str = Field(max_length=PATH_MAX_LENGTH)
+    """How one file fared."""
+
+    path: str = Field(max_length=PATH_MAX_LENGTH, description="Project-relative path")
     outcome: FileOutcome
-    message: str = Field(default="", max_length=1024)
-    attempts: int = Field(default=0, ge=0)
-    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+    message: str = Field(default="", max_length=1024, description="Why, in one line")
+    attempts: int = Field(default=0, ge=0, description="Candidates generated for the file")
+    commit: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{7,64}$", description="Commit that applied the change"
+    )
 
 
 class SelfCodingRunStatus(ApiModel):
-    phase: RunPhase | None = None
-    stage: RunStage | None = None
-    current_file: str | None = Field(default=None, max_length=PATH_MAX_LENGTH)
+    phase: RunPhase | None = Field(default=None, description="Where the run is in its life")
+    stage: RunStage | None = Field(default=None, description="Workflow step under way")
+    current_file: str | None = Field(
+        default=None,
+        max_length=PATH_MAX_LENGTH,
+        description="Project-relative file being worked on",
+    )
     progress: str | None = Field(
         default=None,
         max_length=32,
@@ -342,8 +358,8 @@ class SelfCodingRunStatus(ApiModel):
         description="Files done / files selected",
     )
     statistics: RunStatistics = Field(default_factory=RunStatistics)
-    start_time: Time | None = None
-    completion_time: Time | None = None
+    start_time: Time | None = Field(default=None, description="When the workflow started")
+    completion_time: Time | None = Field(default=None, description="When the run ended")
     latest_results: list[FileResult] = Field(
         default_factory=list,
         max_length=MAX_LATEST_RESULTS,
@@ -364,7 +380,9 @@ class SelfCodingRunStatus(ApiModel):
         description="Git branch holding applied improvements (git source)",
     )
     conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = Field(default=None, ge=0)
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status describes"
+    )
 
 
 class SelfCodingRun(ApiObject):
