@@ -40,6 +40,7 @@ API_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CLUSTER_NAME = "tars-dev"
 ADMIN_USER = "tars-admin"
+FRONT_PROXY_USER = "front-proxy-client"
 # Stopped in this order: clients of the API server first, etcd last.
 COMPONENTS = ("kube-controller-manager", "kube-apiserver", "etcd")
 STATE_FILE = "cluster.json"
@@ -120,8 +121,9 @@ def _issue_certificate(
     organizations: Iterable[str] = (),
     server_names: Iterable[str] = (),
     server_ips: Iterable[str] = (),
+    issuer: str = "ca",
 ) -> None:
-    """Writes NAME.key and NAME.crt signed by the cluster CA (a server cert when names are given)."""
+    """Writes NAME.key and NAME.crt signed by ISSUER (a server cert when names are given)."""
     _new_ec_key(pki, name)
     subject = "".join(f"/O={org}" for org in organizations) + f"/CN={common_name}"
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
@@ -135,7 +137,7 @@ def _issue_certificate(
         extensions.append("subjectAltName=" + ",".join(alt_names))
     (pki / f"{name}.ext").write_text("\n".join(extensions) + "\n")
     _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.crt", "-CAkey", f"{issuer}.key",
         "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", f"{name}.ext",
         "-out", f"{name}.crt",
         cwd=pki,
@@ -144,16 +146,24 @@ def _issue_certificate(
     (pki / f"{name}.ext").unlink()
 
 
-def _create_pki(pki: Path) -> None:
-    pki.mkdir(parents=True)
-    _new_ec_key(pki, "ca")
+def _create_certificate_authority(pki: Path, name: str) -> None:
+    _new_ec_key(pki, name)
     _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", f"/CN={CLUSTER_NAME}-ca",
-        "-days", "3650", "-sha256", "-out", "ca.crt",
+        "req", "-x509", "-new", "-key", f"{name}.key", "-subj", f"/CN={CLUSTER_NAME}-{name}",
+        "-days", "3650", "-sha256", "-out", f"{name}.crt",
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         cwd=pki,
     )  # fmt: skip
+
+
+def _create_pki(pki: Path) -> None:
+    pki.mkdir(parents=True)
+    _create_certificate_authority(pki, "ca")
+    # The aggregation layer authenticates the API server to extension API servers with
+    # its own CA; components that serve HTTPS expect it to be published.
+    _create_certificate_authority(pki, "front-proxy-ca")
+    _issue_certificate(pki, "front-proxy-client", FRONT_PROXY_USER, issuer="front-proxy-ca")
     _issue_certificate(
         pki,
         "kube-apiserver",
@@ -426,6 +436,13 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
                 f"--tls-private-key-file={pki / 'kube-apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_USER}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'service-account.pub'}",
