@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import devcluster
+import podrunner
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -119,6 +120,19 @@ def kubectl(
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def pod_runner(
+    control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[podrunner.PodRunner]:
+    """Plays the kubelet for node `tars-local` (hack/podrunner.py): binds pods and runs their
+    containers as local processes on their own addresses; stopped (processes killed) at the end.
+    """
+    with podrunner.PodRunner(
+        control_plane.kubeconfig, tmp_path_factory.mktemp("podrunner")
+    ) as runner:
+        yield runner
 
 
 @pytest.fixture
