@@ -106,15 +106,16 @@ def install_rbac(
 
 @pytest.fixture
 def namespaced(
-    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str
+    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str, tars_crds: list[str]
 ) -> Iterator[Installed]:
+    # kubectl resolves tarsreplicas.tars.dev through discovery: the CRDs must be served.
     with install_rbac(render, kubectl, namespace, other_namespace) as installed:
         yield installed
 
 
 @pytest.fixture
 def cluster_wide(
-    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str
+    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str, tars_crds: list[str]
 ) -> Iterator[Installed]:
     with install_rbac(
         render, kubectl, namespace, other_namespace, "rbac.clusterWide=true"
@@ -124,7 +125,7 @@ def cluster_wide(
 
 @pytest.fixture
 def with_git_credentials(
-    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str
+    render: Render, kubectl: Kubectl, namespace: str, other_namespace: str, tars_crds: list[str]
 ) -> Iterator[Installed]:
     with install_rbac(
         render, kubectl, namespace, other_namespace, f"rbac.gitCredentialSecrets={{{GIT_SECRET}}}"
