@@ -299,6 +299,11 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "target with ..": (run_manifest(targets=["src/../../etc"]), "spec.targets[0]", "'..' segment"),
     "target that is ..": (run_manifest(targets=[".."]), "spec.targets[0]", "'..' segment"),
+    "duplicate targets": (
+        run_manifest(targets=["src", "src"]),
+        "spec.targets[1]",
+        "Duplicate value",
+    ),
     "negative maxFiles": (run_manifest(maxFiles=-1), "spec.maxFiles", "greater than or equal to 1"),
     "zero attempts": (
         run_manifest(maxAttemptsPerFile=0),

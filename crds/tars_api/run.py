@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 from tars_engine.models import EngineName
 
 from tars_api.meta import (
@@ -261,6 +261,7 @@ class SelfCodingRunSpec(ApiModel):
         min_length=1,
         max_length=MAX_TARGETS,
         description="Project-relative directories or files to improve",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     source: Annotated[RunSource, _immutable("source")]
     auto_apply: Annotated[bool, _immutable("autoApply")] = Field(
@@ -303,6 +304,15 @@ class SelfCodingRunSpec(ApiModel):
             )
         ),
     ] = Field(default=False, description="Ask the run to stop; accepted work is kept")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[str]) -> list[str]:
+        # The API server refuses duplicates too: targets is a list-set.
+        duplicates = sorted({target for target in targets if targets.count(target) > 1})
+        if duplicates:
+            raise ValueError(f"spec.targets has duplicate entries: {', '.join(duplicates)}")
+        return targets
 
 
 class RunStatistics(ApiModel):
