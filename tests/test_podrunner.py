@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
-from conftest import SETTLE_SECONDS
+from conftest import SETTLE_SECONDS, Kubectl
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from podrunner import POD_NETWORK, PodRunner, expand
@@ -221,7 +221,7 @@ def test_deployment_pods_serve_on_their_own_addresses_and_scale(
 
 
 def test_deleting_a_pod_kills_its_process_group_and_removes_it(
-    pod_runner: PodRunner, api_client: client.ApiClient, namespace: str
+    pod_runner: PodRunner, api_client: client.ApiClient, kubectl: Kubectl, namespace: str
 ) -> None:
     core = client.CoreV1Api(api_client)
     # The child ignores SIGTERM, so only the SIGKILL after the grace period ends it.
@@ -242,6 +242,8 @@ def test_deleting_a_pod_kills_its_process_group_and_removes_it(
     child = int(eventually(lambda: log.read_text().strip(), "the child's pid is printed"))
     assert process_alive(leader) and process_alive(child)
     assert os.getpgid(child) == leader
+    # The API server proxies `kubectl logs` to the runner's log endpoint.
+    assert kubectl("logs", "-n", namespace, "sleeper", "--tail=1").stdout.strip() == str(child)
 
     core.delete_namespaced_pod("sleeper", namespace)
 
