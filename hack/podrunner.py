@@ -832,6 +832,7 @@ class LaunchSpec:
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    mounts: MountMap
 
 
 def launch_spec(
@@ -868,7 +869,7 @@ def launch_spec(
     if container.working_dir:
         mapped = mounts.host_path(container.working_dir)
         cwd = Path(mapped) if mapped else cwd
-    return LaunchSpec(argv=argv, env=full_env, cwd=cwd)
+    return LaunchSpec(argv=argv, env=full_env, cwd=cwd, mounts=mounts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -944,7 +945,7 @@ def run_probe(
             with socket.create_connection((probe.tcp_socket.host or pod_ip, port), timeout=timeout):
                 return True
         if probe.var_exec is not None:
-            command = list(probe.var_exec.command or [])
+            command = [launch.mounts.rewrite(word) for word in probe.var_exec.command or []]
             command[0] = resolve_executable(command[0], search_path(launch.env))
             result = subprocess.run(
                 command,

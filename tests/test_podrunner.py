@@ -534,3 +534,127 @@ def test_stopping_the_runner_leaves_no_process_behind(
     for name in ("one", "two"):
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
     core.delete_node(node)
+
+
+TOGGLED_HEALTH = """
+    import http.server, os
+    healthy = False
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if healthy else 503)
+            self.end_headers()
+        def do_POST(self):
+            global healthy
+            healthy = self.path == "/healthy"
+            self.send_response(204)
+            self.end_headers()
+    http.server.HTTPServer((os.environ["POD_IP"], 8080), Handler).serve_forever()
+"""
+
+
+def test_readiness_follows_the_probe(
+    pod_runner: PodRunner, api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    container = python_container(
+        TOGGLED_HEALTH,
+        env=[
+            client.V1EnvVar(
+                name="POD_IP",
+                value_from=client.V1EnvVarSource(
+                    field_ref=client.V1ObjectFieldSelector(field_path="status.podIP")
+                ),
+            )
+        ],
+        readiness_probe=client.V1Probe(
+            http_get=client.V1HTTPGetAction(path="/", port=8080),
+            period_seconds=1,
+            failure_threshold=1,
+        ),
+    )
+    core.create_namespaced_pod(namespace, pod_manifest("toggled", container))
+    pod = running_pod(core, namespace, "toggled")
+    url = f"http://{pod.status.pod_ip}:8080"
+
+    def ready_is(expected: str) -> Callable[[], bool]:
+        def check() -> bool:
+            pod: Any = core.read_namespaced_pod("toggled", namespace)
+            conditions = pod.status.conditions or []
+            return any(c.type == "Ready" and c.status == expected for c in conditions)
+
+        return check
+
+    assert ready_is("False")()
+
+    def post(path: str) -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, method="POST")):
+                return True
+        except OSError:
+            return False  # not listening yet
+
+    eventually(partial(post, "/healthy"), "the pod accepts requests")
+    eventually(ready_is("True"), "the pod turns Ready once its probe passes")
+    post("/sick")
+    eventually(ready_is("False"), "the pod turns unready once its probe fails")
+
+
+def test_what_cannot_run_here_is_reported_on_the_pod(
+    pod_runner: PodRunner, api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_pod(
+        namespace,
+        pod_manifest("no-command", client.V1Container(name="main", image="python:3.11")),
+    )
+    claim = client.V1Volume(
+        name="data",
+        persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name="data"),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod_manifest(
+            "claim",
+            python_container(
+                "pass", volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")]
+            ),
+            volumes=[claim],
+        ),
+    )
+    missing_key = client.V1EnvVar(
+        name="MODE",
+        value_from=client.V1EnvVarSource(
+            config_map_key_ref=client.V1ConfigMapKeySelector(name="later", key="MODE")
+        ),
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod_manifest(
+            "later",
+            python_container("import os; print(os.environ['MODE'])", env=[missing_key]),
+            restart_policy="Never",
+        ),
+    )
+
+    def waiting(name: str) -> Callable[[], Any]:
+        def check() -> Any:
+            pod: Any = core.read_namespaced_pod(name, namespace)
+            statuses = pod.status.container_statuses or []
+            return statuses and statuses[0].state.waiting and statuses[0].state.waiting.message
+
+        return check
+
+    for name, reason in (
+        ("no-command", "container has no command"),
+        ("claim", "volume 'data': this volume type is not supported"),
+        ("later", 'configmap "later" not found'),
+    ):
+        state = eventually(waiting(name), f"{name} reports why it waits")
+        assert reason in state
+
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="later"), data={"MODE": "ok"}),
+    )
+    assert finished_pod(core, namespace, "later").status.phase == "Succeeded"
+    assert pod_runner.log_path(namespace, "later", "main").read_text() == "ok\n"
