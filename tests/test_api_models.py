@@ -84,6 +84,17 @@ def test_replica_manifest_is_camel_case_without_status_or_empty_metadata() -> No
     assert TarsReplica.model_validate(manifest) == replica
 
 
+def test_building_refuses_a_misspelt_field_that_parsing_would_ignore() -> None:
+    with pytest.raises(TypeError, match="TarsReplicaSpec has no field replica"):
+        TarsReplica.build("x", Role.tester, replica=3)
+    with pytest.raises(TypeError, match="SelfCodingRunSpec has no field auto_aply"):
+        SelfCodingRun.build(
+            "r", ["src"], RunSource(upload=UploadSource(config_map="c")), auto_aply=True
+        )
+    parsed = TarsReplicaSpec.model_validate({"role": "tester", "fieldFromANewerCrd": 1})
+    assert parsed == TarsReplicaSpec(role=Role.tester)
+
+
 def test_snake_case_names_are_accepted_too() -> None:
     spec = TarsReplicaSpec.model_validate({"role": "analyzer", "node_selector": {"a": "b"}})
     assert spec.node_selector == {"a": "b"}

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import yaml
 from conftest import Kubectl
-from pydantic import ValidationError
-from tars_api import API_VERSION, SelfCodingRun, TarsReplica
+from pydantic import Field, ValidationError
+from tars_api import API_VERSION, ApiModel, SelfCodingRun, TarsReplica
 from tars_api.crdgen import crd_manifests, render, write_crds
+from tars_api.schema import SchemaError, structural_schema
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 CRD_DIRECTORY = REPOSITORY / "crds"
@@ -121,6 +122,62 @@ def test_crd_metadata() -> None:
         "x-kubernetes-preserve-unknown-fields": True,
         "description": "A core/v1 Affinity, passed to the pods as written",
     }
+
+
+class Inner(ApiModel):
+    """An inner object."""
+
+    size: Annotated[int, Field(gt=0)] = 1
+
+
+class Outer(ApiModel):
+    inner: Inner | None = Field(default=None, description="The inner one")
+    quantity: int | str = 0
+
+
+def test_conversion_inlines_optional_models_and_marks_int_or_string() -> None:
+    schema = structural_schema(Outer)
+    assert schema == {
+        "properties": {
+            "inner": {
+                "description": "The inner one",
+                "properties": {
+                    "size": {
+                        "default": 1,
+                        "exclusiveMinimum": True,
+                        "minimum": 0,
+                        "type": "integer",
+                    }
+                },
+                "type": "object",
+            },
+            "quantity": {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "default": 0,
+                "x-kubernetes-int-or-string": True,
+            },
+        },
+        "type": "object",
+    }
+
+
+class FreeForm(ApiModel):
+    anything: dict[str, Any]
+
+
+class Ambiguous(ApiModel):
+    flag: bool | str
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [(FreeForm, "PreserveUnknownFields"), (Ambiguous, "not structural")],
+)
+def test_conversion_refuses_what_a_structural_schema_cannot_say(
+    model: type[ApiModel], problem: str
+) -> None:
+    with pytest.raises(SchemaError, match=problem):
+        structural_schema(model)
 
 
 # --- against the real API server ---------------------------------------------------------

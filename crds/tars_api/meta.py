@@ -55,6 +55,15 @@ class ApiModel(BaseModel):
         validate_default=True,
     )
 
+    @classmethod
+    def build_strict(cls, **values: Any) -> Self:
+        """A new object from Python code: unlike parsing, a misspelt field is an error."""
+        known = set(cls.model_fields) | {field.alias for field in cls.model_fields.values()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        return cls(**values)
+
     def to_dict(self, *, exclude_none: bool = True) -> dict[str, Any]:
         """The wire form: camelCase keys, JSON-compatible values."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=exclude_none)

@@ -251,5 +251,5 @@ class TarsReplica(ApiObject):
         """A new replica set: `TarsReplica.build("generator", Role.generator, replicas=3)`."""
         return cls(
             metadata={"name": name, "namespace": namespace, "labels": labels or {}},
-            spec=TarsReplicaSpec(role=role, **spec),
+            spec=TarsReplicaSpec.build_strict(role=role, **spec),
         )

@@ -451,5 +451,5 @@ class SelfCodingRun(ApiObject):
         """A new run: `SelfCodingRun.build("r1", ["src"], RunSource(git=GitSource(url=...)))`."""
         return cls(
             metadata={"name": name, "namespace": namespace, "labels": labels or {}},
-            spec=SelfCodingRunSpec(targets=targets, source=source, **spec),
+            spec=SelfCodingRunSpec.build_strict(targets=targets, source=source, **spec),
         )
