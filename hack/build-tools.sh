@@ -70,8 +70,6 @@ staging="$(mktemp -d "$tools_dir.build.XXXXXX")"
 trap 'rm -rf "$staging"' EXIT
 started=$SECONDS
 
-# go build spreads each build over every core, so the three builds run one after the
-# other; the Kubernetes binaries share one invocation to compile their common packages once.
 build() {
     local builder="$1" ldflags="$2" output="$3"
     shift 3
@@ -93,14 +91,9 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     # "archive" is Kubernetes' own tree state for builds from a source archive.
     kubernetes_ldflags+=" -X $package.gitTreeState=archive -X $package.buildDate=$build_date"
 done
-build kubernetes "$kubernetes_ldflags" "$staging/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl
 
 etcd_commit="$(module_commit etcd go.etcd.io/etcd/server/v3)"
-build etcd "${etcd_commit:+-X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_commit:0:8}}" \
-    "$staging/etcd" go.etcd.io/etcd/server/v3
+etcd_ldflags="${etcd_commit:+-X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_commit:0:8}}"
 
 helm_client_go="$(cd "$tools_src/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)"
 helm_k8s_minor="${helm_client_go#v0.}"
@@ -111,7 +104,20 @@ helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for package in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
     helm_ldflags+=" -X $package.k8sVersionMajor=1 -X $package.k8sVersionMinor=$helm_k8s_minor"
 done
+
+# go build already spreads one build over both cores, but the Kubernetes build ends in
+# long single-threaded links; etcd and helm build alongside it to use that idle time.
+# The three Kubernetes binaries share one invocation so their common packages compile once.
+build kubernetes "$kubernetes_ldflags" "$staging/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl &
+kubernetes_build=$!
+# On failure, let a running build finish before its output directory goes away.
+trap 'wait; rm -rf "$staging"' EXIT
+build etcd "$etcd_ldflags" "$staging/etcd" go.etcd.io/etcd/server/v3
 build helm "$helm_ldflags" "$staging/" helm.sh/helm/v3/cmd/helm
+wait "$kubernetes_build"
 
 rm -rf "$bin_dir"
 mkdir -p "$tools_dir"
