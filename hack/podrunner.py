@@ -106,13 +106,16 @@ RESTART_BACKOFF_MAX = 60.0
 RESTART_BACKOFF_RESET_AFTER = 600.0
 IDLE_WAKEUP_SECONDS = 10.0
 STOP_GRACE_SECONDS = 5.0
-TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_REFRESH_FRACTION = 0.8
 DEFAULT_TOKEN_SECONDS = 3607
 
 
 class ContainerConfigError(Exception):
     """The container cannot be configured yet (missing ConfigMap key, unsupported volume...)."""
+
+
+# What keeps a container from starting this time but may pass on a later attempt.
+RETRYABLE_ERRORS = (ContainerConfigError, OSError, ApiException, urllib3.exceptions.HTTPError)
 
 
 def now_rfc3339() -> str:
@@ -1222,7 +1225,7 @@ class PodWorker:
         with self._lock:
             self._context.pod = self._pod
         if self._token is not None and now >= self._token.refresh_at:
-            with contextlib.suppress(ContainerConfigError):
+            with contextlib.suppress(*RETRYABLE_ERRORS):
                 self._token.refresh()
         if not self._prepared:
             if now < self._prepare_retry_at:
@@ -1230,7 +1233,7 @@ class PodWorker:
             try:
                 self._token_volumes, self._token = prepare_volumes(self._context, self._access)
                 self._prepared = True
-            except (ContainerConfigError, OSError) as error:
+            except RETRYABLE_ERRORS as error:
                 self._prepare_failures += 1
                 self._prepare_retry_at = now + backoff_delay(self._prepare_failures)
                 for runtime in self.containers:
@@ -1300,30 +1303,30 @@ class PodWorker:
 
     def _launch(self, runtime: ContainerRuntime, now: float) -> None:
         try:
-            runtime.launch = launch_spec(
-                self._context, runtime.spec, self._token_volumes, self._token
-            )
-        except (ContainerConfigError, OSError) as error:
+            launch = launch_spec(self._context, runtime.spec, self._token_volumes, self._token)
+        except RETRYABLE_ERRORS as error:
             reason = (
                 "RunContainerError"
                 if isinstance(error, FileNotFoundError)
                 else "CreateContainerConfigError"
             )
-            runtime.waiting_reason, runtime.waiting_message = reason, str(error)
-            runtime.restarts_in_a_row += 1
-            runtime.next_start = now + backoff_delay(runtime.restarts_in_a_row)
+            self._retry_later(runtime, now, reason, str(error))
             return
-        launch = runtime.launch
-        with runtime.log_path.open("ab") as log_file:
-            runtime.process = subprocess.Popen(
-                launch.argv,
-                env=launch.env,
-                cwd=launch.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        try:
+            with runtime.log_path.open("ab") as log_file:
+                runtime.process = subprocess.Popen(
+                    launch.argv,
+                    env=launch.env,
+                    cwd=launch.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as error:
+            self._retry_later(runtime, now, "RunContainerError", str(error))
+            return
+        runtime.launch = launch
         runtime.started_at = now_rfc3339()
         runtime.started_monotonic = now
         runtime.waiting_reason, runtime.waiting_message = "", ""
@@ -1333,6 +1336,12 @@ class PodWorker:
         log.info(
             "pod %s: started %s (pid %d) on %s", self.uid, runtime.name, process.pid, self.pod_ip
         )
+
+    @staticmethod
+    def _retry_later(runtime: ContainerRuntime, now: float, reason: str, message: str) -> None:
+        runtime.waiting_reason, runtime.waiting_message = reason, message
+        runtime.restarts_in_a_row += 1
+        runtime.next_start = now + backoff_delay(runtime.restarts_in_a_row)
 
     def _wake_on_exit(self, process: subprocess.Popen[bytes]) -> None:
         process.wait()
