@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
 import yaml
-from conftest import Kubectl
 from pydantic import Field, ValidationError
 from tars_api import API_VERSION, ApiModel, SelfCodingRun, TarsReplica
 from tars_api.crdgen import crd_manifests, render, write_crds
 from tars_api.schema import SchemaError, structural_schema
 
+# The `kubectl` fixture of tests/conftest.py (not imported: several conftest modules exist).
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 REPOSITORY = Path(__file__).resolve().parent.parent
 CRD_DIRECTORY = REPOSITORY / "crds"
 EXAMPLES = REPOSITORY / "examples"
