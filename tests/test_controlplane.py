@@ -201,3 +201,17 @@ def test_up_without_binaries_says_so_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
     assert "lacks etcd, kube-apiserver, kube-controller-manager, kubectl" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_tars_crds_are_established_and_served(tars_crds: list[str], kubectl: Kubectl) -> None:
+    assert {"tarsreplicas.tars.dev", "selfcodingruns.tars.dev"} <= set(tars_crds)
+    for crd in tars_crds:
+        established = kubectl(
+            "get",
+            "crd",
+            crd,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+        )
+        assert established.stdout == "True"
+    assert kubectl("get", "tr,scr", "-A").returncode == 0
