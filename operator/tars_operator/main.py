@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=arguments.verbose, log_format=kopf.LogFormat.FULL)
     # A connection retry is not news; the request's final error is reported where it matters.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if not arguments.verbose:
+        # kopf logs every handler's success; transitions are posted as Events instead.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         config = load_config(arguments.config)
         run(arguments, config)

@@ -279,22 +279,25 @@ class RolloutState:
     updated: int
     observed: bool
     suspended: bool
-    failed_message: str | None
+    rollout_failure: str | None
+    """Set when the rollout exceeded its progress deadline."""
+    pod_failure: str | None
+    """Set when pods cannot be created (quota, admission, a missing service account)."""
 
     @classmethod
     def of(cls, deployment: Manifest) -> RolloutState:
         metadata = deployment.get("metadata", {})
         annotations = metadata.get("annotations") or {}
         status = deployment.get("status") or {}
-        failed_message = None
-        for condition in status.get("conditions") or []:
-            if (
-                condition.get("type") == "Progressing"
-                and condition.get("reason") == "ProgressDeadlineExceeded"
-            ):
-                failed_message = (
-                    condition.get("message") or "the rollout exceeded its progress deadline"
-                )
+        conditions = {entry.get("type"): entry for entry in status.get("conditions") or []}
+        progressing = conditions.get("Progressing") or {}
+        replica_failure = conditions.get("ReplicaFailure") or {}
+        rollout_failure = None
+        if progressing.get("reason") == "ProgressDeadlineExceeded":
+            rollout_failure = progressing.get("message") or "the rollout exceeded its deadline"
+        pod_failure = None
+        if replica_failure.get("status") == "True":
+            pod_failure = replica_failure.get("message") or "pods cannot be created"
         return cls(
             desired=int((deployment.get("spec") or {}).get("replicas", 1)),
             replicas=int(status.get("replicas") or 0),
@@ -303,7 +306,8 @@ class RolloutState:
             observed=int(status.get("observedGeneration") or 0)
             >= int(metadata.get("generation") or 0),
             suspended=annotations.get(SUSPENDED_ANNOTATION) == "true",
-            failed_message=failed_message,
+            rollout_failure=rollout_failure,
+            pod_failure=pod_failure,
         )
 
     @property
@@ -346,14 +350,22 @@ def replica_status(
     elif rollout.all_ready:
         reason = "ScaledToZero" if rollout.desired == 0 else "AllReplicasReady"
         ready = Condition.make(ReplicaConditionType.ready, True, reason, progress, at=now)
+    elif rollout.pod_failure is not None:
+        ready = Condition.make(
+            ReplicaConditionType.ready, False, "PodsNotCreated", rollout.pod_failure, at=now
+        )
     else:
         ready = Condition.make(
             ReplicaConditionType.ready, False, "ReplicasNotReady", progress, at=now
         )
 
-    if rollout.failed_message is not None:
+    if rollout.rollout_failure is not None:
         progressing = Condition.make(
-            ReplicaConditionType.progressing, False, "RolloutFailed", rollout.failed_message, at=now
+            ReplicaConditionType.progressing,
+            False,
+            "RolloutFailed",
+            rollout.rollout_failure,
+            at=now,
         )
     elif rollout.all_ready or (rollout.suspended and rollout.complete):
         progressing = Condition.make(
@@ -373,8 +385,10 @@ def replica_status(
     same_spec = previous.observed_generation == generation
     if rollout.suspended:
         phase = ReplicaPhase.suspended
-    elif rollout.failed_message is not None or (
-        was_serving and same_spec and not rollout.all_ready
+    elif (
+        rollout.rollout_failure is not None
+        or rollout.pod_failure is not None
+        or (was_serving and same_spec and not rollout.all_ready)
     ):
         phase = ReplicaPhase.degraded
     elif rollout.all_ready:
@@ -432,7 +446,8 @@ def replica_transition(
         return None
     ready = find_condition(current.conditions, ReplicaConditionType.ready)
     progressing = find_condition(current.conditions, ReplicaConditionType.progressing)
-    detail = progressing if current.phase is ReplicaPhase.degraded else ready
+    failed_rollout = progressing is not None and progressing.reason == "RolloutFailed"
+    detail = progressing if failed_rollout else ready
     message = f"phase {current.phase}" + (
         f": {detail.message}" if detail is not None and detail.message else ""
     )

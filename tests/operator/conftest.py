@@ -19,3 +19,5 @@ def operator(
         yield process
     finally:
         process.stop()
+        # pytest shows this only for a failing test: the operator's side of the story.
+        print(f"--- {process.log_path}\n{process.log()}")

@@ -125,8 +125,16 @@ class OperatorProcess:
 def wait_until(fetch: Callable[[], T | None], predicate: Callable[[T], bool], what: str) -> T:
     """Poll `fetch` until it returns an object satisfying `predicate`; return that object."""
 
+    seen: list[T | None] = [None]
+
     def probe() -> T | None:
-        current = fetch()
+        seen[0] = current = fetch()
         return current if current is not None and predicate(current) else None
 
-    return wait_for(probe, what)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what} (last seen: {seen[0]!r})")

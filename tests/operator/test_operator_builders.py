@@ -302,3 +302,24 @@ def test_failed_status_keeps_the_observed_generation_behind() -> None:
         "forbidden",
         5,
     )
+
+
+def test_pods_that_cannot_be_created_make_the_replica_degraded_with_the_reason() -> None:
+    message = 'pods "coordinator-7" is forbidden: serviceaccount "tars-coordinator" not found'
+    failing = applied(
+        observedGeneration=1,
+        conditions=[
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": message,
+            }
+        ],
+    )
+    status = replicas.replica_status(failing, None, CONFIG, now=T0)
+    assert status.phase is ReplicaPhase.degraded
+    ready = find_condition(status.conditions, "Ready")
+    assert ready is not None and (ready.reason, ready.message) == ("PodsNotCreated", message)
+    transition = replicas.replica_transition(None, status)
+    assert transition is not None and transition.type == "Warning" and message in transition.message

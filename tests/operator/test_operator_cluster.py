@@ -179,20 +179,6 @@ def test_edit_scale_suspend_and_delete(
     )
     wait_for(lambda: deployment(kubectl, namespace, "tester"), "the Deployment")
 
-    patch(
-        kubectl,
-        namespace,
-        "tarsreplica/tester",
-        {"spec": {"model": "qwen2.5-coder", "replicas": 2}},
-    )
-    edited = desired_pods(kubectl, namespace, "tester", 2)
-    env = {
-        item["name"]: item.get("value")
-        for item in edited["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert (env["TARS_MODEL"], env["EXTRA"]) == ("qwen2.5-coder", "1")
-    wait_for(lambda: "Updated" in reasons(kubectl, namespace, "tester"), "the Updated event")
-
     kubectl("scale", "-n", namespace, "tarsreplica/tester", "--replicas=3")
     desired_pods(kubectl, namespace, "tester", 3)
     scale = wait_until(
@@ -206,6 +192,29 @@ def test_edit_scale_suspend_and_delete(
         == "app.kubernetes.io/instance=tester,app.kubernetes.io/name=tars-replica"
     )
 
+    # A template change rolls out; with pods that never get ready the old ones stay, as they should.
+    patch(
+        kubectl,
+        namespace,
+        "tarsreplica/tester",
+        {"spec": {"model": "qwen2.5-coder", "replicas": 2}},
+    )
+    edited = desired_pods(kubectl, namespace, "tester", 2)
+    env = {
+        item["name"]: item.get("value")
+        for item in edited["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["TARS_MODEL"], env["EXTRA"]) == ("qwen2.5-coder", "1")
+    wait_for(lambda: "Updated" in reasons(kubectl, namespace, "tester"), "the Updated event")
+    wait_until(
+        lambda: replica(kubectl, namespace, "tester"),
+        lambda current: (
+            (current.get("status") or {}).get("observedGeneration")
+            == current["metadata"]["generation"]
+        ),
+        "the status to observe the edit",
+    )
+
     patch(kubectl, namespace, "tarsreplica/tester", {"spec": {"suspend": True}})
     desired_pods(kubectl, namespace, "tester", 0)
     suspended = wait_until(
@@ -213,10 +222,10 @@ def test_edit_scale_suspend_and_delete(
         lambda current: phase(current) == "Suspended",
         "phase Suspended",
     )
-    assert suspended["spec"]["replicas"] == 3, "suspend keeps the desired count"
+    assert suspended["spec"]["replicas"] == 2, "suspend keeps the desired count"
     assert condition(suspended, "Ready")["reason"] == "Suspended"
     patch(kubectl, namespace, "tarsreplica/tester", {"spec": {"suspend": False}})
-    desired_pods(kubectl, namespace, "tester", 3)
+    desired_pods(kubectl, namespace, "tester", 2)
 
     kubectl("delete", "-n", namespace, "tarsreplica/tester", "--wait=true")
     wait_for(
@@ -288,6 +297,8 @@ def test_run_waits_for_a_ready_coordinator_then_stops(
     )
 
     # A coordinator appears and its pod becomes ready: the run notices, untouched.
+    # The coordinator's pods use their own service account (the chart creates it).
+    kubectl("create", "serviceaccount", "-n", namespace, "tars-coordinator")
     apply(kubectl, namespace, replica_manifest("coordinator", "coordinator"))
     wait_for(lambda: mark_pods_ready(kubectl, namespace, "coordinator") == 1, "the coordinator pod")
     acknowledged = wait_until(
