@@ -19,8 +19,10 @@ from tars_api import (
     Role,
     RunPhase,
     RunSource,
+    RunStatistics,
     SelfCodingRun,
     SelfCodingRunSpec,
+    SelfCodingRunStatus,
     TarsReplica,
     TarsReplicaSpec,
     UploadSource,
@@ -226,6 +228,27 @@ def test_run_status_wire_form() -> None:
             "commit": "abc1234",
         }
     ]
+
+
+def test_progress_text_comes_from_the_statistics() -> None:
+    statistics = RunStatistics(files_total=10, files_processed=3)
+    status = SelfCodingRunStatus(statistics=statistics, progress=statistics.progress)
+    assert status.to_dict()["progress"] == "3/10"
+
+
+def test_owner_reference_needs_an_object_read_from_the_server() -> None:
+    replica = TarsReplica.build("gen", Role.generator)
+    with pytest.raises(ValueError, match="TarsReplica gen has no uid"):
+        replica.owner_reference()
+    replica.metadata.uid = "0b7c"
+    assert replica.owner_reference().to_dict() == {
+        "apiVersion": "tars.dev/v1alpha1",
+        "kind": "TarsReplica",
+        "name": "gen",
+        "uid": "0b7c",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def test_run_status_refuses_malformed_progress_and_too_many_results() -> None:

@@ -341,6 +341,21 @@ class ApiObject(ApiModel):
             raise ValueError(f"this {self.resource.kind} has no metadata.name yet")
         return self.metadata.name
 
+    def owner_reference(self, *, controller: bool = True) -> OwnerReference:
+        """A reference making a child object owned by this one (garbage-collected with it)."""
+        if self.metadata.uid is None:
+            raise ValueError(
+                f"{self.resource.kind} {self.name} has no uid: it was not read from the API server"
+            )
+        return OwnerReference(
+            api_version=self.api_version,
+            kind=self.resource.kind,
+            name=self.name,
+            uid=self.metadata.uid,
+            controller=controller,
+            block_owner_deletion=controller,
+        )
+
     def to_k8s(self, *, include_status: bool = False) -> dict[str, Any]:
         """The manifest to create or apply; status only on request (it has its own subresource)."""
         wire = self.to_dict()

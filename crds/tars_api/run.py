@@ -327,6 +327,11 @@ class RunStatistics(ApiModel):
     test_runs: int = Field(default=0, ge=0)
     tokens_used: int = Field(default=0, ge=0)
 
+    @property
+    def progress(self) -> str:
+        """The status.progress text: files processed / files selected."""
+        return f"{self.files_processed}/{self.files_total}"
+
 
 class FileOutcome(enum.StrEnum):
     applied = "Applied"
