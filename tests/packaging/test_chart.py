@@ -326,3 +326,41 @@ def test_multi_namespace_chart_passes_a_server_side_dry_run(
     text = yaml.safe_dump_all(manifests)
     result = kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=text)
     assert result.stdout.count("(server dry run)") == len(manifests), result.stdout
+
+
+def test_helm_install_upgrade_and_uninstall(
+    helm: Helm, namespace: str, tars_crds: list[str], kubectl: Callable[..., Any]
+) -> None:
+    """The README's install, for real: objects created, an upgrade that changes the model, uninstall."""
+    release = f"it-{namespace[-6:]}"
+    common = (
+        "--namespace",
+        namespace,
+        "--set",
+        "replicas.enabled=true",
+        "--set",
+        "ollama.enabled=true",
+    )
+    helm("install", release, str(CHART), *common)
+    names = kubectl("get", "tarsreplicas", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(names) == sorted(f"tarsreplica.tars.dev/{role.value}" for role in Role)
+    kubectl("get", f"deployment/{release}-tars-operator", "-n", namespace)
+    first_job = kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
+    assert len(first_job) == 1
+
+    helm("upgrade", release, str(CHART), *common, "--set", "ollama.model=codellama:7b")
+    jobs = kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
+    assert len(jobs) == 1 and jobs != first_job, "the upgrade replaces the pull Job"
+    config = kubectl(
+        "get", f"configmap/{release}-tars-operator", "-n", namespace,
+        "-o", "jsonpath={.data.operator\\.yaml}",
+    ).stdout  # fmt: skip
+    assert "ollama_host" in config
+
+    helm("uninstall", release, "--namespace", namespace)
+    assert not kubectl("get", "tarsreplicas", "-n", namespace, "-o", "name").stdout.split()
+    remaining = kubectl("get", "clusterroles", "-o", "name").stdout
+    assert f"{release}-tars-operator-discovery" not in remaining
+    # Pulled models outlive the release (helm.sh/resource-policy: keep).
+    claims = kubectl("get", "pvc", "-n", namespace, "-o", "name").stdout.split()
+    assert claims == [f"persistentvolumeclaim/{release}-tars-ollama-models"]
