@@ -444,6 +444,20 @@ def status_local(output_format: output.OutputFormat, project: Path | None = None
         output.print_document(json.loads(state.model_dump_json(by_alias=True)), output_format)
 
 
+def stop_local(project: Path | None = None) -> None:
+    """Ask the local run of this project to stop after its current step (a stop file)."""
+    root = project_root(project or Path.cwd())
+    store = StateStore(state_dir_for(root))
+    try:
+        state = store.load()
+    except StateError as exc:
+        raise CliError(str(exc)) from exc
+    if state is None or state.phase not in (RunPhase.pending, RunPhase.running):
+        raise CliError(f"no local run is going on in {root}")
+    store.request_stop()
+    typer.echo(f"run {state.run_id}: stop requested ({store.stop_file}); accepted work is kept")
+
+
 # --- demo --------------------------------------------------------------------------------
 
 

@@ -626,8 +626,15 @@ def stop(
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Stop the run going on on this machine in this project."),
+    ] = False,
 ) -> None:
     """Ask a run to stop (spec.stop=true); improvements already accepted are kept."""
+    if local:
+        local_runs.stop_local()
+        return
     cluster = connect(kubeconfig, context, namespace)
     run = _resolve_run(cluster, run_name)
     if run.spec.stop:

@@ -483,6 +483,8 @@ class Workflow:
         return actionable_findings(report, options.engine, options.allow_unsafe_fixes)
 
     def _analyze_one(self, path: str) -> AnalysisReport:
+        assert self._guard is not None
+        self._guard.check()
         self._set_current(path)
         try:
             content = applying.read_source(self.root, path)
@@ -549,6 +551,7 @@ class Workflow:
         options = self._s.options
         guard = self._guard
         assert guard is not None
+        guard.check()
         self._set_current(record.path)
         findings = self._actionable(record.path)
         try:

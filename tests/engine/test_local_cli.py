@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tars_api.run import RunPhase
+from tars_engine.state import StateStore
 from workflow_helpers import (
     git,
     project_tests_pass,
@@ -182,6 +184,24 @@ def test_failing_and_hanging_tests_stop_the_run(tmp_path: Path, env: dict[str, s
     assert tree_hashes(root) == before and git(root, "rev-parse", "HEAD") == head
 
 
-def test_status_without_a_local_run(tmp_path: Path, env: dict[str, str]) -> None:
+def test_status_and_stop_without_a_local_run(tmp_path: Path, env: dict[str, str]) -> None:
     root = shop_project(tmp_path / "shop")
     assert_one_line_error(tarscli(root, env, "self-code", "status", "--local"), "no local run")
+    assert_one_line_error(tarscli(root, env, "self-code", "stop", "--local"), "no local run")
+
+
+def test_stop_local_asks_a_running_run_to_stop(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    assert tarscli(root, env, "self-code", "run", "-t", "shop").returncode == 0
+    store = StateStore(root / ".tars")
+    assert_one_line_error(
+        tarscli(root, env, "self-code", "stop", "--local"), "no local run is going on"
+    )
+    # A run in progress (here: one whose process died) is asked to stop through its stop file.
+    state = store.load()
+    assert state is not None
+    state.phase = RunPhase.running
+    store.save(state)
+    stopped = tarscli(root / "shop", env, "self-code", "stop", "--local")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stop requested" in stopped.stdout and store.stop_file.exists()

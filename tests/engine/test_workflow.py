@@ -160,8 +160,9 @@ def test_a_hanging_test_command_is_killed_and_nothing_changes(
     assert tree_hashes(root) == before
 
 
+@pytest.mark.parametrize("stop_by", ["callable", "stop-file"])
 def test_stop_then_resume_finishes_without_reapplying(
-    tmp_path: Path, learning: LearningStore
+    tmp_path: Path, learning: LearningStore, stop_by: str
 ) -> None:
     root = sample_project(tmp_path / "ledgerly")
     start = git(root, "rev-parse", "HEAD").strip()
@@ -170,17 +171,20 @@ def test_stop_then_resume_finishes_without_reapplying(
     def note(event: WorkflowEvent) -> None:
         if event.kind is EventKind.file and event.message.startswith("committed"):
             applied_events.append(event.path or "")
+            if stop_by == "stop-file":
+                StateStore(root / ".tars").request_stop()
 
     first = run_workflow(
         root,
         learning,
         on_event=note,
-        stop_requested=lambda: len(applied_events) >= 1,
+        stop_requested=(lambda: len(applied_events) >= 1) if stop_by == "callable" else None,
         targets=["ledgerly"],
         auto_apply=True,
         batch_size=3,
     )
     assert first.phase is RunPhase.stopped, first.message
+    assert "stop requested" in first.message
     assert 1 <= len(first.applied) < len(first.files)
     pending = [record.path for record in first.files if record.outcome is None]
     assert pending
