@@ -46,10 +46,17 @@ COMPONENTS = ("kube-controller-manager", "kube-apiserver", "etcd")
 STATE_FILE = "cluster.json"
 # Everything `up` writes in the state directory; a fresh `up` removes only these.
 OWNED_ENTRIES = ("pki", "etcd-data", "logs", "run", "kubeconfig", STATE_FILE)
+# What one launch attempt writes; a retry on fresh ports starts from none of it.
+LAUNCH_ENTRIES = ("etcd-data", "logs", "run", "kubeconfig")
+PORT_ATTEMPTS = 3
 
 
 class DevClusterError(RuntimeError):
     """The control plane could not be started or stopped; the message says why."""
+
+
+class PortTakenError(DevClusterError):
+    """A component could not listen: another process took its free port first."""
 
 
 class ControlPlane(BaseModel):
@@ -326,9 +333,11 @@ def _wait_until(
         for component, (pid, binary) in watched.items():
             if not _is_running(pid, binary):
                 log = state_dir / "logs" / f"{component}.log"
-                raise DevClusterError(
+                tail = _log_tail(log)
+                error = PortTakenError if "address already in use" in tail else DevClusterError
+                raise error(
                     f"{component} exited while waiting for {description}; "
-                    f"last lines of {log}:\n{_log_tail(log)}"
+                    f"last lines of {log}:\n{tail}"
                 )
         if time.monotonic() > deadline:
             raise DevClusterError(f"timed out waiting for {description} (logs in {state_dir}/logs)")
@@ -367,17 +376,37 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
         raise DevClusterError(f"{tools_dir} lacks {', '.join(missing)}; run `make tools`")
     down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    for entry in OWNED_ENTRIES:
+    _remove_entries(state_dir, OWNED_ENTRIES)
+    _create_pki(state_dir / "pki")
+    deadline = time.monotonic() + timeout_seconds
+    # A free port can be taken by someone else before the component binds it; then the
+    # whole launch is repeated on fresh ports.
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        _remove_entries(state_dir, LAUNCH_ENTRIES)
+        for directory in ("logs", "run"):
+            (state_dir / directory).mkdir()
+        try:
+            plane = _launch(state_dir, tools_dir, deadline)
+            break
+        except PortTakenError:
+            if attempt == PORT_ATTEMPTS:
+                raise
+    _write_private(state_dir / STATE_FILE, plane.model_dump_json(indent=2) + "\n")
+    return plane
+
+
+def _remove_entries(state_dir: Path, entries: Iterable[str]) -> None:
+    for entry in entries:
         path = state_dir / entry
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    for directory in ("logs", "run"):
-        (state_dir / directory).mkdir()
-    pki = state_dir / "pki"
-    _create_pki(pki)
 
+
+def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
+    """Starts the components on fresh free ports; stops whatever started if one fails."""
+    pki = state_dir / "pki"
     etcd_url = f"http://127.0.0.1:{free_port()}"
     peer_url = f"http://127.0.0.1:{free_port()}"
     api_port = free_port()
@@ -394,7 +423,6 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
         "kube-controller-manager",
     )
 
-    deadline = time.monotonic() + timeout_seconds
     context = _https_context(pki)
     watched: dict[str, tuple[int, Path]] = {}
     pids: dict[str, int] = {}
@@ -503,8 +531,7 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
     except BaseException:
         _stop_recorded(state_dir)
         raise
-
-    plane = ControlPlane(
+    return ControlPlane(
         state_dir=state_dir,
         tools_dir=tools_dir,
         server=server,
@@ -513,8 +540,6 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
         controller_manager_url=controller_manager_url,
         pids=pids,
     )
-    _write_private(state_dir / STATE_FILE, plane.model_dump_json(indent=2) + "\n")
-    return plane
 
 
 def _stop_recorded(state_dir: Path, grace_seconds: float = 10) -> bool:
