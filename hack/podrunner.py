@@ -106,6 +106,7 @@ RESTART_BACKOFF_MAX = 60.0
 RESTART_BACKOFF_RESET_AFTER = 600.0
 IDLE_WAKEUP_SECONDS = 10.0
 STOP_GRACE_SECONDS = 5.0
+KILL_WAIT_SECONDS = 10.0
 TOKEN_REFRESH_FRACTION = 0.8
 DEFAULT_TOKEN_SECONDS = 3607
 
@@ -1093,7 +1094,8 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float) -> No
     for process in processes:
         # The group may outlive its leader (children of the container command).
         signal_group(process, signal.SIGKILL)
-        process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(KILL_WAIT_SECONDS)  # only a process stuck in the kernel outlasts this
 
 
 class PodWorker:
@@ -1208,17 +1210,27 @@ class PodWorker:
             grace = pod.spec.termination_grace_period_seconds or 30
         stop_processes(self._processes(), float(grace))
         log.info("pod %s/%s stopped, finalizing", pod.namespace, pod.name)
-        try:
-            self._access.core.delete_namespaced_pod(
-                pod.name,
-                pod.namespace,
-                body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
-                ),
-                _request_timeout=API_TIMEOUT_SECONDS,
-            )
-        except ApiException as error:
-            ignore_status(error, 404, 409)
+        attempt = 0
+        while not self._runner_stopping:
+            try:
+                self._access.core.delete_namespaced_pod(
+                    pod.name,
+                    pod.namespace,
+                    body=client.V1DeleteOptions(
+                        grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
+                    ),
+                    _request_timeout=API_TIMEOUT_SECONDS,
+                )
+                return
+            except ApiException as error:
+                if error.status in (404, 409):
+                    return  # gone already, or a new pod of that name
+                log.warning("finalizing %s/%s failed: %s", pod.namespace, pod.name, error.reason)
+            except urllib3.exceptions.HTTPError as error:
+                log.warning("finalizing %s/%s failed: %s", pod.namespace, pod.name, error)
+            attempt += 1
+            self._wake.wait(min(MAX_API_BACKOFF_SECONDS, backoff_delay(attempt)))
+            self._wake.clear()
 
     def _step(self) -> None:
         now = time.monotonic()
