@@ -325,6 +325,16 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.resources.limits.memory",
         "should match",
     ),
+    "negative quantity": (
+        replica_manifest(resources={"requests": {"cpu": "-1"}}),
+        "spec.resources.requests.cpu",
+        "should match",
+    ),
+    "negative integer quantity": (
+        replica_manifest(resources={"requests": {"cpu": -1}}),
+        "spec.resources.requests.cpu",
+        "greater than or equal to 0",
+    ),
     "duplicate env names": (
         replica_manifest(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
         "spec.env[1]",
@@ -380,6 +390,11 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
         "greater than or equal to 1",
     ),
     "unknown engine": (run_manifest(engine="gpt"), "spec.engine", "Unsupported value"),
+    "empty test command word": (
+        run_manifest(testCommand=["", "-q"]),
+        "spec.testCommand[0]",
+        "at least 1 chars long",
+    ),
     "volume with claim and host path": (
         run_manifest(source={"volume": {"claimName": "c", "hostPath": "/srv/p"}}),
         "spec.source.volume",

@@ -26,12 +26,15 @@ from tars_api.meta import (
 TARS_REPLICA_PLURAL = "tarsreplicas"
 MAX_REPLICAS = 100
 
-# Kubernetes' resource.Quantity grammar, so a typo in "500Mi" is refused at admission.
+# Kubernetes' resource.Quantity grammar without a sign (a container's resources are never
+# negative), so a typo in "500Mi" is refused at admission rather than by the Deployment.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+Quantity = (
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+)
 ENV_VAR_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 

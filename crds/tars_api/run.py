@@ -279,7 +279,7 @@ class SelfCodingRunSpec(ApiModel):
         description="Model for the ollama engine",
     )
     test_command: Annotated[
-        list[Annotated[str, Field(max_length=4096)]], _immutable("testCommand")
+        list[Annotated[str, Field(min_length=1, max_length=4096)]], _immutable("testCommand")
     ] = Field(
         default_factory=list,
         max_length=64,

@@ -89,7 +89,7 @@ def _int_or_string(
     siblings = {key: value for key, value in node.items() if key != "anyOf"}
     result: JsonSchema = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
     for member in resolved:
-        for key in ("pattern", "maxLength", "minLength"):
+        for key in ("pattern", "maxLength", "minLength", "minimum", "maximum"):
             if key in member:
                 result[key] = member[key]
     result["x-kubernetes-int-or-string"] = True
