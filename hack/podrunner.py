@@ -31,7 +31,9 @@ What a container gets:
 Limits (a process sees the host filesystem, not the container's):
 - volumes become host directories: `emptyDir` a per-pod directory; `configMap`,
   `secret` and `projected` (token, configMap, secret, downwardAPI items) files written
-  once at pod start; `hostPath` the host path itself. Any other volume type, when
+  once at pod start; `hostPath` the host path itself; a `persistentVolumeClaim` the path
+  of the hostPath or local PersistentVolume it is bound to (kube-controller-manager binds
+  claims to matching volumes; nothing provisions them). Any other volume type, when
   mounted, keeps the container waiting with CreateContainerConfigError. A process only
   finds a mount where an env value, a command/args word or `workingDir` names a path
   under a `mountPath` (also after `--flag=` / `NAME=`): those are rewritten to the host
@@ -547,6 +549,26 @@ class PodContext:
             for key, value in (found.data or {}).items()
         }
 
+    def claimed_directory(self, claim_name: str) -> Path:
+        """The host directory of the hostPath or local PersistentVolume bound to the claim."""
+        try:
+            claim = self.core.read_namespaced_persistent_volume_claim(
+                claim_name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS
+            )
+        except ApiException as error:
+            ignore_status(error, 404)
+            raise ContainerConfigError(f'persistentvolumeclaim "{claim_name}" not found') from error
+        volume_name = claim.spec.volume_name if claim.spec else None
+        if not volume_name or claim.status is None or claim.status.phase != "Bound":
+            raise ContainerConfigError(f'persistentvolumeclaim "{claim_name}" is not bound')
+        volume = self.core.read_persistent_volume(volume_name, _request_timeout=API_TIMEOUT_SECONDS)
+        source = volume.spec.host_path or volume.spec.local if volume.spec else None
+        if source is None:
+            raise ContainerConfigError(
+                f"persistentvolume {volume_name}: only hostPath and local volumes are supported"
+            )
+        return Path(source.path)
+
     def field(self, path: str) -> str:
         meta = self.pod.meta
         simple = {
@@ -756,6 +778,8 @@ def prepare_volumes(
             directory = Path(volume.host_path.path)
             if volume.host_path.type in ("DirectoryOrCreate", None, ""):
                 directory.mkdir(parents=True, exist_ok=True)
+        elif volume.persistent_volume_claim is not None:
+            directory = context.claimed_directory(volume.persistent_volume_claim.claim_name)
         elif volume.config_map is not None:
             source = volume.config_map
             data = context.config_map(source.name, source.optional) or {}

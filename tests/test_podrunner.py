@@ -607,18 +607,17 @@ def test_what_cannot_run_here_is_reported_on_the_pod(
         namespace,
         pod_manifest("no-command", client.V1Container(name="main", image="python:3.11")),
     )
-    claim = client.V1Volume(
-        name="data",
-        persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name="data"),
+    nfs = client.V1Volume(
+        name="data", nfs=client.V1NFSVolumeSource(server="nfs.example", path="/export")
     )
     core.create_namespaced_pod(
         namespace,
         pod_manifest(
-            "claim",
+            "nfs",
             python_container(
                 "pass", volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")]
             ),
-            volumes=[claim],
+            volumes=[nfs],
         ),
     )
     missing_key = client.V1EnvVar(
@@ -646,7 +645,7 @@ def test_what_cannot_run_here_is_reported_on_the_pod(
 
     for name, reason in (
         ("no-command", "container has no command"),
-        ("claim", "volume 'data': this volume type is not supported"),
+        ("nfs", "volume 'data': this volume type is not supported"),
         ("later", 'configmap "later" not found'),
     ):
         state = eventually(waiting(name), f"{name} reports why it waits")
@@ -658,3 +657,50 @@ def test_what_cannot_run_here_is_reported_on_the_pod(
     )
     assert finished_pod(core, namespace, "later").status.phase == "Succeeded"
     assert pod_runner.log_path(namespace, "later", "main").read_text() == "ok\n"
+
+
+def test_a_claim_bound_to_a_host_path_volume_is_that_directory(
+    pod_runner: PodRunner, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api_client)
+    volume_name = f"data-{namespace}"
+    core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=volume_name),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadWriteOnce"],
+                host_path=client.V1HostPathVolumeSource(path=str(tmp_path)),
+                claim_ref=client.V1ObjectReference(namespace=namespace, name="data"),
+            ),
+        )
+    )
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="data"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteOnce"],
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                    storage_class_name="",
+                    volume_name=volume_name,
+                ),
+            ),
+        )
+        writer = python_container(
+            "import pathlib, sys; pathlib.Path(sys.argv[1], 'note').write_text('kept')",
+            args=["/data"],
+            volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")],
+        )
+        claim = client.V1Volume(
+            name="data",
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name="data"),
+        )
+        core.create_namespaced_pod(
+            namespace, pod_manifest("writer", writer, restart_policy="Never", volumes=[claim])
+        )
+        assert finished_pod(core, namespace, "writer").status.phase == "Succeeded"
+        assert (tmp_path / "note").read_text() == "kept"
+    finally:
+        core.delete_persistent_volume(volume_name)
