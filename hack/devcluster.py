@@ -74,9 +74,6 @@ class ControlPlane(BaseModel):
     def ca_file(self) -> Path:
         return self.state_dir / "pki" / "ca.crt"
 
-    def log_file(self, component: str) -> Path:
-        return self.state_dir / "logs" / f"{component}.log"
-
 
 def tools_dir_from_env() -> Path:
     """The directory holding the built binaries, from TARS_TOOLS_DIR."""
@@ -244,9 +241,13 @@ def _pid_file(state_dir: Path, component: str) -> Path:
     return state_dir / "run" / f"{component}.pid"
 
 
+def log_file(state_dir: Path, component: str) -> Path:
+    return state_dir / "logs" / f"{component}.log"
+
+
 def _start(state_dir: Path, component: str, argv: list[str]) -> int:
     """Starts ARGV detached from this process (it outlives `up`) and records its pid."""
-    log = state_dir / "logs" / f"{component}.log"
+    log = log_file(state_dir, component)
     # The shell starts the command in the background and exits, so the component is not a
     # child of this process: nothing here has to reap it, and `down` works from any process.
     launcher = subprocess.run(
@@ -332,7 +333,7 @@ def _wait_until(
             return
         for component, (pid, binary) in watched.items():
             if not _is_running(pid, binary):
-                log = state_dir / "logs" / f"{component}.log"
+                log = log_file(state_dir, component)
                 tail = _log_tail(log)
                 error = PortTakenError if "address already in use" in tail else DevClusterError
                 raise error(
