@@ -50,6 +50,7 @@ EXIT_STOPPED = 130
 DEFAULT_TEST_TIMEOUT_SECONDS = 600
 SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
 DEMO_TEST_TIMEOUT_SECONDS = 300
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", "tox.ini", "pytest.ini")
 _OUTCOME_STYLE = {
     FileOutcome.applied: "green",
     FileOutcome.accepted: "green",
@@ -103,17 +104,32 @@ UnsafeOption = Annotated[
 # --- running -----------------------------------------------------------------------------
 
 
+def _marked_project(start: Path) -> Path | None:
+    """The nearest directory at or above `start` that holds a Python project's configuration."""
+    for directory in (start, *start.parents):
+        if any((directory / marker).is_file() for marker in PROJECT_MARKERS):
+            return directory
+    return None
+
+
 def local_project_root(cwd: Path, targets: list[str]) -> Path:
-    """The git top level around the working directory; else around the first target; else cwd."""
+    """The project a local run works on.
+
+    The git top level around the working directory; else the git top level around
+    the first target; else, outside git, the nearest directory above the first
+    target with a pyproject.toml (or setup.py, setup.cfg, tox.ini, pytest.ini); else cwd.
+    """
     root = project_root(cwd)
     if is_git_repository(root) or not targets:
         return root
     first = Path(targets[0]) if Path(targets[0]).is_absolute() else cwd / targets[0]
-    if first.exists():
-        around_target = project_root(first if first.is_dir() else first.parent)
-        if is_git_repository(around_target):
-            return around_target
-    return root
+    if not first.exists():
+        return root
+    start = (first if first.is_dir() else first.parent).resolve()
+    around_target = project_root(start)
+    if is_git_repository(around_target):
+        return around_target
+    return _marked_project(start) or root
 
 
 def choose_engine(requested: EngineName | None) -> EngineName:

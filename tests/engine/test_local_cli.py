@@ -103,6 +103,13 @@ def test_improve_one_file(tmp_path: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
     assert git(root, "diff", "--name-only", "HEAD~1", "HEAD").split() == ["shop/names.py"]
     assert "Item: {}" not in (root / "shop" / "names.py").read_text()
+    # Outside git the project is the nearest directory with a pyproject.toml: tests are found.
+    plain = shop_project(tmp_path / "plain", repository=False)
+    before = tree_hashes(plain)
+    patch_only = tarscli(plain / "shop", env, "self-code", "improve", "names.py")
+    assert patch_only.returncode == 0, patch_only.stderr
+    assert tree_hashes(plain) == before
+    assert "shop/names.py" in next(plain.glob(".tars/patches/*.patch")).read_text()
 
 
 def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
