@@ -100,7 +100,10 @@ def test_controllers_run_deployments_and_collect_garbage(
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
                     spec=client.V1PodSpec(
-                        containers=[client.V1Container(name="web", image="registry.invalid/web")]
+                        # No scheduler serves this name (nor does a pod runner another test
+                        # may have started), so the pods stay exactly as the controllers made them.
+                        scheduler_name="tars-tests-unscheduled",
+                        containers=[client.V1Container(name="web", image="registry.invalid/web")],
                     ),
                 ),
             ),
@@ -124,7 +127,7 @@ def test_controllers_run_deployments_and_collect_garbage(
         namespace=namespace,
         label_selector="app=web",
     )
-    # No scheduler and no kubelet: the pods exist but nothing runs them.
+    # Nothing binds or runs the pods: they exist, Pending.
     pods: list[Any] = core.list_namespaced_pod(namespace, label_selector="app=web").items
     assert [(pod.status.phase, pod.spec.node_name) for pod in pods] == [("Pending", None)] * 2
 
