@@ -32,7 +32,6 @@ FALLBACK_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "tars@localhost",
 }
 MAX_SUBJECT_RULES = 4
-UNTRACKED_PATHSPEC = "did not match any file(s) known to git"
 
 
 class ApplyError(RuntimeError):
@@ -139,14 +138,8 @@ def commit_improvement(root: Path, candidate: Candidate, test_result: TestResult
         "--", candidate.path,
     )  # fmt: skip
     try:
-        try:
-            _git(root, *commit, env=_commit_environment(root))
-        except ApplyError as exc:
-            # A file git does not track yet must be added first; tracked ones need no add.
-            if UNTRACKED_PATHSPEC not in str(exc):
-                raise
-            _git(root, "add", "--", candidate.path)
-            _git(root, *commit, env=_commit_environment(root))
+        # Only committed, unmodified files are selected for auto-apply: no `git add` needed.
+        _git(root, *commit, env=_commit_environment(root))
         return _git(root, "rev-parse", "HEAD").strip()
     except BaseException:
         write_atomically(target, original, mode=target.stat().st_mode & 0o7777)

@@ -137,9 +137,9 @@ def _walked_files(root: Path, targets: list[str]) -> list[str]:
 
 
 def _dirty_files(root: Path) -> set[str]:
-    """Files whose worktree or index differs from HEAD: auto-apply must not commit over them."""
+    """Files that differ from HEAD, untracked ones included: auto-apply must not commit them."""
     completed = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=no"],
+        ["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
         capture_output=True,
         timeout=GIT_TIMEOUT_SECONDS,
         check=True,

@@ -74,6 +74,7 @@ def test_binary_huge_and_dirty_files(tmp_path: Path) -> None:
     (root / "latin.py").write_bytes("x = 'caf\u00e9'\n".encode("latin-1"))
     (root / "big.py").write_text("x = 1\n" * 100)
     (root / "b.py").write_text("x = 2\n")  # an uncommitted edit
+    (root / "new.py").write_text("z = 3\n")  # untracked: the user's, not committed yet
     git(root, "mv", "c.py", "d.py")  # a staged rename
 
     refusing = select_files(root, ["."], max_file_bytes=200, refuse_dirty=True)
@@ -84,8 +85,9 @@ def test_binary_huge_and_dirty_files(tmp_path: Path) -> None:
         "big.py": "too-large",
         "b.py": "uncommitted-changes",
         "d.py": "uncommitted-changes",
+        "new.py": "uncommitted-changes",
     }
-    assert select_files(root, ["."], max_file_bytes=200).files == ["a.py", "b.py", "d.py"]
+    assert select_files(root, ["."], max_file_bytes=200).files == ["a.py", "b.py", "d.py", "new.py"]
 
 
 def test_resolve_targets(tmp_path: Path) -> None:
