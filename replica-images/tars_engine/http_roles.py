@@ -7,6 +7,7 @@ role refused (4xx) becomes `RoleError` with the server's reason.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
@@ -25,6 +26,8 @@ from tars_engine.models import (
 from tars_engine.roles import RoleError, RoleUnavailableError, SnapshotMissingError
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+# Told of every request sent: (role name, base URL, operation), e.g. for per-endpoint metrics.
+RequestObserver = Callable[[str, str, str], None]
 # Slack over a test run's own timeout for extraction, applying and the round trip.
 TEST_TIMEOUT_MARGIN_SECONDS = 120.0
 
@@ -50,9 +53,11 @@ class HttpRole:
         *,
         timeout_seconds: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
+        self._observer = observer
         self._client = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
@@ -73,6 +78,8 @@ class HttpRole:
         timeout: float | None = None,
     ) -> httpx.Response:
         where = f"{self.role_name} at {self.base_url}"
+        if self._observer is not None:
+            self._observer(self.role_name, self.base_url, f"{method} {path}")
         try:
             response = self._client.request(
                 method,
@@ -128,8 +135,11 @@ class HttpGenerator(HttpRole):
         *,
         timeout_seconds: float = 900.0,
         transport: httpx.BaseTransport | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
-        super().__init__(base_url, timeout_seconds=timeout_seconds, transport=transport)
+        super().__init__(
+            base_url, timeout_seconds=timeout_seconds, transport=transport, observer=observer
+        )
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         return self._call("/v1/generate", request, GenerateResult)
@@ -167,3 +177,7 @@ class HttpTester(HttpRole):
             raise SnapshotMissingError(_reason(response))
         self._raise_for_refusal(response, "POST /v1/test")
         return TestResult.model_validate(response.json())
+
+    def cancel_tests(self, request_id: str) -> None:
+        response = self._send("DELETE", f"/v1/test/{request_id}")
+        self._raise_for_refusal(response, "DELETE /v1/test")

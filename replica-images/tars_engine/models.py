@@ -110,7 +110,9 @@ class LearnedExample(WireModel):
 class GenerateRequest(WireModel):
     file: SourceFile
     findings: list[Finding]
-    targets: list[str] = Field(description="project-relative directories the change must stay inside")
+    targets: list[str] = Field(
+        description="project-relative directories the change must stay inside"
+    )
     engine: EngineName = EngineName.static
     model: str = "llama3"
     allow_unsafe_fixes: bool = False
@@ -146,9 +148,18 @@ class TestRequest(WireModel):
     __test__ = False  # not a pytest class
 
     snapshot: SnapshotRef
-    candidates: list[Candidate] = Field(description="applied in order to a fresh copy of the snapshot")
-    test_command: list[str] | None = Field(default=None, description="None: detect (pytest when present)")
+    candidates: list[Candidate] = Field(
+        description="applied in order to a fresh copy of the snapshot"
+    )
+    test_command: list[str] | None = Field(
+        default=None, description="None: detect (pytest when present)"
+    )
     timeout_seconds: float = Field(default=600, gt=0)
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-zA-Z-]{1,64}$",
+        description="names the test run, so the coordinator can cancel it",
+    )
 
 
 class TestResult(WireModel):
@@ -163,7 +174,9 @@ class TestResult(WireModel):
     duration_seconds: float = 0
     timed_out: bool = False
     output: str = Field(default="", description="trimmed output of the test command")
-    apply_error: str | None = Field(default=None, description="a candidate did not apply to the snapshot")
+    apply_error: str | None = Field(
+        default=None, description="a candidate did not apply to the snapshot"
+    )
 
 
 class RoleInfo(WireModel):

@@ -44,6 +44,10 @@ class TesterRole(Protocol):
 
     def run_tests(self, request: TestRequest) -> TestResult: ...
 
+    def cancel_tests(self, request_id: str) -> None:
+        """Kill the test run named `request_id` (its process group); nothing if it is not running."""
+        ...
+
 
 class RoleError(RuntimeError):
     """A role could not do what it was asked; the message says why in one line."""

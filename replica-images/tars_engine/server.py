@@ -28,6 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from tars_engine.analyzer import Analyzer
@@ -59,6 +60,8 @@ class RoleService:
 
     router: APIRouter
     info: Callable[[], RoleInfo]
+    metrics: tuple[Collector, ...] = ()
+    """The role's own metrics, served on /metrics next to the request counters."""
 
 
 def analyzer_service(settings: ReplicaSettings) -> RoleService:
@@ -119,6 +122,11 @@ def tester_service(settings: ReplicaSettings) -> RoleService:
         except SnapshotMissingError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
 
+    @router.delete("/test/{request_id}", name="cancel_tests", status_code=204)
+    def cancel_tests(request_id: str) -> Response:
+        tester.cancel_tests(request_id)
+        return Response(status_code=204)
+
     return RoleService(router=router, info=tester.info)
 
 
@@ -170,6 +178,9 @@ def create_app(role: Role, settings: ReplicaSettings | None = None) -> FastAPI:
         registry=registry,
         buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
     )
+
+    for collector in service.metrics:
+        registry.register(collector)
 
     @app.middleware("http")
     async def measure(

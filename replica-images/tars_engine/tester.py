@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from xml.etree import ElementTree
@@ -188,6 +189,10 @@ class Tester:
         self.settings = settings or ReplicaSettings.from_env()
         self.snapshot_dir = self.settings.scratch_dir / "snapshots"
         self.runs_dir = self.settings.scratch_dir / "runs"
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        # Cancelled before their command started (the cancel overtook the request).
+        self._cancelled: set[str] = set()
 
     def info(self) -> RoleInfo:
         return RoleInfo(
@@ -241,12 +246,27 @@ class Tester:
                     output="no test command: the project has no pytest configuration or test "
                     "files; give the run a testCommand",
                 )
-            return self._run_command(command, project, run_dir, request.timeout_seconds)
+            return self._run_command(
+                command, project, run_dir, request.timeout_seconds, request.request_id
+            )
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
 
+    def cancel_tests(self, request_id: str) -> None:
+        with self._lock:
+            process = self._running.get(request_id)
+            if process is None:
+                self._cancelled.add(request_id)
+                return
+        _kill_group(process)
+
     def _run_command(
-        self, command: list[str], project: Path, run_dir: Path, timeout: float
+        self,
+        command: list[str],
+        project: Path,
+        run_dir: Path,
+        timeout: float,
+        request_id: str | None = None,
     ) -> TestResult:
         junit_path = run_dir / "junit.xml"
         log_path = run_dir / "output.log"
@@ -269,6 +289,13 @@ class Tester:
                 return TestResult(
                     passed=False, command=command, output=f"cannot run {command[0]}: {exc}"
                 )
+            if request_id is not None:
+                with self._lock:
+                    self._running[request_id] = process
+                    cancelled = request_id in self._cancelled
+                    self._cancelled.discard(request_id)
+                if cancelled:
+                    _kill_group(process)
             try:
                 returncode = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -278,6 +305,9 @@ class Tester:
             finally:
                 # Background children the tests left behind die with the group.
                 _kill_group(process)
+                if request_id is not None:
+                    with self._lock:
+                        self._running.pop(request_id, None)
         duration = time.monotonic() - started
         output = log_path.read_bytes().decode("utf-8", errors="replace")
         if timed_out:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import enum
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -87,6 +86,9 @@ MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
 BASELINE_LABEL = "baseline, no change"
+LEASE_POLL_SECONDS = 0.5
+# How often a running test is checked for a stop; a stop cancels it on the tester.
+STOP_POLL_SECONDS = 0.25
 
 RoleT = TypeVar("RoleT")
 
@@ -99,45 +101,76 @@ class BaselineFailedError(WorkflowError):
     """The project's tests fail before any change: no candidate could be proven safe."""
 
 
+RoleSupply = Callable[[], Sequence[RoleT]]
+"""The instances of a role ready now; asked at every lease, so scaled replicas are used at once."""
+
+
 @dataclass(frozen=True)
 class WorkerRoles:
-    """Every instance of each worker role the workflow may use."""
+    """Where the workflow finds each worker role's instances.
 
-    analyzers: tuple[AnalyzerRole, ...]
-    generators: tuple[GeneratorRole, ...]
-    testers: tuple[TesterRole, ...]
+    `max_parallel` is None for a fixed set of instances, all used at once; a set that
+    grows and shrinks mid-run (discovered replicas) runs each stage with up to
+    `max_parallel` workers, each waiting for an idle instance.
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("analyzers", "generators", "testers"):
-            if not getattr(self, name):
-                raise WorkflowError(f"no {name} available")
+    analyzers: RoleSupply[AnalyzerRole]
+    generators: RoleSupply[GeneratorRole]
+    testers: RoleSupply[TesterRole]
+    max_parallel: int | None = None
 
     @classmethod
     def of(cls, role_sets: Iterable[RoleSet]) -> WorkerRoles:
         sets = list(role_sets)
+        if not sets:
+            raise WorkflowError("no role instances available")
+        analyzers = tuple(s.analyzer for s in sets)
+        generators = tuple(s.generator for s in sets)
+        testers = tuple(s.tester for s in sets)
         return cls(
-            analyzers=tuple(s.analyzer for s in sets),
-            generators=tuple(s.generator for s in sets),
-            testers=tuple(s.tester for s in sets),
+            analyzers=lambda: analyzers, generators=lambda: generators, testers=lambda: testers
         )
 
 
 class RolePool(Generic[RoleT]):
-    """Lends idle role instances, longest-idle first: round-robin under load, bounded by size."""
+    """Lends idle role instances, longest-idle first: round-robin under load.
 
-    def __init__(self, roles: Sequence[RoleT]) -> None:
-        self.size = len(roles)
-        self._idle: queue.Queue[RoleT] = queue.Queue()
-        for role in roles:
-            self._idle.put(role)
+    Waiting for an instance (all busy, or none ready) calls `check` between polls, so
+    a stop or a deadline ends the wait.
+    """
+
+    def __init__(self, supply: RoleSupply[RoleT], max_parallel: int | None) -> None:
+        self._supply = supply
+        self._max_parallel = max_parallel
+        self._condition = threading.Condition()
+        self._busy: set[int] = set()
+        self._last_lease: dict[int, int] = {}
+        self._leases = 0
+
+    @property
+    def parallelism(self) -> int:
+        """Workers a stage runs with: every instance of a fixed set, else the ceiling."""
+        return self._max_parallel or max(len(self._supply()), 1)
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[RoleT]:
-        role = self._idle.get()
+    def lease(self, check: Callable[[], None]) -> Iterator[RoleT]:
+        with self._condition:
+            while True:
+                idle = [role for role in self._supply() if id(role) not in self._busy]
+                if idle:
+                    role = min(idle, key=lambda r: self._last_lease.get(id(r), -1))
+                    break
+                check()
+                self._condition.wait(timeout=LEASE_POLL_SECONDS)
+            self._leases += 1
+            self._busy.add(id(role))
+            self._last_lease[id(role)] = self._leases
         try:
             yield role
         finally:
-            self._idle.put(role)
+            with self._condition:
+                self._busy.discard(id(role))
+                self._condition.notify()
 
 
 class EventKind(enum.StrEnum):
@@ -234,9 +267,9 @@ class Workflow:
         self.learning = learning
         self._on_event = on_event
         self._stop_requested = stop_requested
-        self._analyzers = RolePool(roles.analyzers)
-        self._generators = RolePool(roles.generators)
-        self._testers = RolePool(roles.testers)
+        self._analyzers = RolePool(roles.analyzers, roles.max_parallel)
+        self._generators = RolePool(roles.generators, roles.max_parallel)
+        self._testers = RolePool(roles.testers, roles.max_parallel)
         self._lock = threading.RLock()
         self._event_lock = threading.Lock()
         self._state: WorkflowState | None = None
@@ -320,6 +353,10 @@ class Workflow:
             self._s.current_file = path
         self._commit_state(EventKind.file, path=path)
 
+    def _check(self) -> None:
+        assert self._guard is not None
+        self._guard.check()
+
     # -- the run ----------------------------------------------------------
 
     def _load_or_start(self) -> WorkflowState:
@@ -358,7 +395,7 @@ class Workflow:
             )
             self._commit_state(EventKind.started, message=self._s.message)
             executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._testers.size, thread_name_prefix="tars-baseline"
+                max_workers=self._testers.parallelism, thread_name_prefix="tars-baseline"
             )
             try:
                 self._execute(executor)
@@ -491,7 +528,7 @@ class Workflow:
         except (OSError, UnicodeDecodeError) as exc:
             return AnalysisReport(path=path, findings=[], priority=0, error=f"unreadable: {exc}")
         options = self._s.options
-        with self._analyzers.lease() as analyzer:
+        with self._analyzers.lease(self._check) as analyzer:
             report = analyzer.analyze(
                 AnalyzeRequest(
                     file=SourceFile(path=path, content=content),
@@ -506,7 +543,7 @@ class Workflow:
     def _analyze(self, paths: list[str]) -> dict[str, AnalysisReport]:
         reports: dict[str, AnalysisReport] = {}
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._analyzers.size, thread_name_prefix="tars-analyze"
+            max_workers=self._analyzers.parallelism, thread_name_prefix="tars-analyze"
         ) as pool:
             futures = {pool.submit(self._analyze_one, path): path for path in paths}
             for future in concurrent.futures.as_completed(futures):
@@ -586,7 +623,7 @@ class Workflow:
             max_tokens=remaining_tokens,
         )
         try:
-            with self._generators.lease() as generator:
+            with self._generators.lease(self._check) as generator:
                 result = generator.generate(request)
         except RoleError as exc:
             self._finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
@@ -650,7 +687,7 @@ class Workflow:
     def _generate(self, records: list[FileRecord]) -> list[Candidate]:
         candidates: dict[str, Candidate] = {}
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._generators.size, thread_name_prefix="tars-generate"
+            max_workers=self._generators.parallelism, thread_name_prefix="tars-generate"
         ) as pool:
             futures = {pool.submit(self._generate_one, record): record.path for record in records}
             for future in concurrent.futures.as_completed(futures):
@@ -671,20 +708,39 @@ class Workflow:
             test_command=options.test_command,
             timeout_seconds=options.test_timeout_seconds,
         )
-        with self._testers.lease() as tester:
+        with self._testers.lease(self._check) as tester:
             if not tester.has_snapshot(self._snapshot):
                 tester.put_snapshot(self._archive)
             try:
-                result = tester.run_tests(request)
+                result = self._tests_until_stop(tester, request)
             except SnapshotMissingError:
                 # The tester lost its cache (restarted) between the check and the run.
                 tester.put_snapshot(self._archive)
-                result = tester.run_tests(request)
+                result = self._tests_until_stop(tester, request)
         with self._lock:
             self._s.statistics.test_runs += 1
         verdict = "passed" if result.passed else describe_failure(result)
         self._commit_state(EventKind.tested, message=f"{label}: {verdict}")
         return result
+
+    def _tests_until_stop(self, tester: TesterRole, request: TestRequest) -> TestResult:
+        """The tester's answer; a stop (or the deadline) meanwhile cancels the test run and raises."""
+        request = request.model_copy(update={"request_id": uuid.uuid4().hex})
+        assert request.request_id is not None and self._guard is not None
+        waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tars-test")
+        try:
+            future = waiter.submit(tester.run_tests, request)
+            while True:
+                try:
+                    return future.result(timeout=STOP_POLL_SECONDS)
+                except concurrent.futures.TimeoutError:
+                    stop = self._guard.stop_reason()
+                    if stop is not None:
+                        with contextlib.suppress(RoleError):
+                            tester.cancel_tests(request.request_id)
+                        raise stop from None
+        finally:
+            waiter.shutdown(wait=False)
 
     def _require_baseline(self, *, run_if_missing: bool = False) -> None:
         """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""

@@ -1,0 +1,446 @@
+"""The coordinator role over HTTP: runs handed over by the operator, one thread each.
+
+The routes and bodies are in `tars_engine.run_api`. Each run gets a directory under the
+scratch dir (`runs/<uid>/`: the source's working copy and the workflow's state). The
+worker roles come from `tars_engine.discovery`: TARS_ENDPOINTS_<ROLE> when set, else the
+TarsReplicas and EndpointSlices of the run's namespace, watched, so replicas scaled mid-run
+are used at once.
+
+Resuming. A run assigned with a checkpoint (its coordinator died) continues from it. A
+working copy made anew (upload and git sources) first gets the improvements the
+checkpoint says were applied, as commits again; the project the run works for is never
+changed twice, and the state's record of applied candidates keeps the workflow from
+applying them again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Response
+from kubernetes import client
+from kubernetes.config.config_exception import ConfigException
+from prometheus_client import Counter
+from tars_api.run import RunPhase, RunStage, SelfCodingRunSpec, SelfCodingRunStatus
+
+from tars_engine import applying
+from tars_engine.budget import Budget
+from tars_engine.discovery import (
+    ClusterDiscovery,
+    RoleDirectory,
+    cluster_api_client,
+    static_endpoints,
+)
+from tars_engine.learning import LearningStore
+from tars_engine.models import Role, RoleInfo
+from tars_engine.run_api import (
+    PATCH_MEDIA_TYPE,
+    RUNS_PATH,
+    RunAssignment,
+    RunReport,
+    RunResults,
+    TestRunsPerChange,
+)
+from tars_engine.server import RoleService
+from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.sources import (
+    SourceError,
+    Workspace,
+    materialise,
+    mounted_volumes,
+    push_branch,
+)
+from tars_engine.state import RunOptions, StateError, StateStore, WorkflowState, now
+from tars_engine.workflow import WorkerRoles, Workflow, WorkflowError
+
+# Workers per stage when replicas come and go; each waits for an idle replica.
+MAX_PARALLEL_PER_ROLE = 8
+ROLES_POLL_SECONDS = 1.0
+RUNS_DIR = "runs"
+
+
+def run_options(spec: SelfCodingRunSpec) -> RunOptions:
+    return RunOptions(
+        targets=spec.targets,
+        auto_apply=spec.auto_apply,
+        engine=spec.engine,
+        model=spec.model,
+        test_command=spec.test_command or None,
+        budget=Budget(
+            max_files=spec.max_files,
+            max_attempts_per_file=spec.max_attempts_per_file,
+            deadline_seconds=spec.deadline_seconds,
+            max_tokens=spec.max_tokens,
+        ),
+    )
+
+
+def patch_text(state: WorkflowState) -> str:
+    """The improvements in effect: all accepted ones, or with auto-apply those applied."""
+    applied = {change.candidate_id for change in state.applied}
+    return "".join(
+        candidate.diff
+        for candidate in state.accepted
+        if not state.options.auto_apply or candidate.id in applied
+    )
+
+
+def replay_applied(root: Path, checkpoint: WorkflowState) -> WorkflowState:
+    """Commit again, in a working copy made anew, what the checkpoint says was applied."""
+    state = checkpoint.model_copy(deep=True)
+    accepted = {candidate.id: candidate for candidate in state.accepted}
+    for change in state.applied:
+        candidate = accepted.get(change.candidate_id)
+        if candidate is None:
+            raise WorkflowError(
+                f"checkpoint lists {change.candidate_id} as applied but not accepted"
+            )
+        try:
+            change.commit = applying.commit_improvement(root, candidate, None)
+        except applying.ApplyError as exc:
+            raise WorkflowError(f"cannot restore the applied improvements: {exc}") from exc
+        for record in state.files:
+            if record.candidate_id == candidate.id or record.path == candidate.path:
+                record.commit = change.commit
+    return state
+
+
+@dataclass
+class RunHandle:
+    """One assigned run and what is known of it outside the workflow."""
+
+    assignment: RunAssignment
+    work_dir: Path
+    started: datetime.datetime = field(default_factory=now)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    phase: RunPhase = RunPhase.pending
+    message: str = "assigned"
+    finished: bool = False
+    completed: datetime.datetime | None = None
+    workflow: Workflow | None = None
+    branch: str | None = None
+    pushed: bool | None = None
+
+    @property
+    def store(self) -> StateStore:
+        return StateStore(self.work_dir / "state")
+
+    def checkpoint(self) -> WorkflowState | None:
+        workflow = self.workflow
+        if workflow is not None:
+            return workflow.state
+        try:
+            return self.store.load() or self.assignment.checkpoint
+        except StateError:
+            return self.assignment.checkpoint
+
+    def end(self, phase: RunPhase, message: str) -> None:
+        with self.lock:
+            self.phase = phase
+            self.message = message
+            self.completed = now()
+            self.finished = True
+
+    def report(self) -> RunReport:
+        state = self.checkpoint()
+        with self.lock:
+            if state is not None and self.workflow is not None:
+                status = state.run_status()
+                message = state.message
+                if self.finished:
+                    message = self.message
+            else:
+                status = (
+                    state.run_status()
+                    if state is not None and self.finished and state.phase.is_terminal
+                    else SelfCodingRunStatus(
+                        phase=self.phase,
+                        stage=RunStage.done if self.finished else RunStage.initializing,
+                        start_time=self.started.replace(microsecond=0),
+                        completion_time=self.completed.replace(microsecond=0)
+                        if self.completed
+                        else None,
+                    )
+                )
+                message = self.message
+            if self.finished:
+                status.phase = self.phase
+            status.branch = self.branch
+            return RunReport(
+                uid=self.assignment.uid,
+                status=status,
+                message=message,
+                finished=self.finished,
+                checkpoint=state,
+            )
+
+
+class Coordinator:
+    """Runs assigned over HTTP, each on its own thread, sharing the worker replicas."""
+
+    def __init__(
+        self,
+        settings: ReplicaSettings,
+        *,
+        endpoints: dict[Role, list[str]] | None = None,
+        api: client.ApiClient | None = None,
+        volumes: dict[str, Path] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runs_dir = settings.scratch_dir / RUNS_DIR
+        self.requests_total = Counter(
+            "tars_coordinator_requests_total",
+            "Requests the coordinator sent to worker replicas, by role, endpoint and operation",
+            ["role", "endpoint", "operation"],
+            registry=None,
+        )
+        self._static = endpoints if endpoints is not None else static_endpoints()
+        self._api = api
+        self._volumes = volumes
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunHandle] = {}
+        self._directories: dict[str, RoleDirectory] = {}
+        self._discoveries: list[ClusterDiscovery] = []
+        self.learning = LearningStore(settings.scratch_dir / "learning.sqlite3")
+
+    def _observe(self, role: str, endpoint: str, operation: str) -> None:
+        self.requests_total.labels(role, endpoint, operation).inc()
+
+    def info(self) -> RoleInfo:
+        return RoleInfo(
+            role=Role.coordinator,
+            engine=self.settings.engine,
+            model=self.settings.model,
+            capabilities=["runs", "sources:git,upload,volume", "discovery", "resume", "stop"],
+            version=ENGINE_VERSION,
+        )
+
+    def api(self) -> client.ApiClient:
+        with self._lock:
+            if self._api is None:
+                try:
+                    self._api = cluster_api_client()
+                except ConfigException as exc:
+                    raise SourceError(f"no Kubernetes API credentials in this pod: {exc}") from exc
+            return self._api
+
+    def directory(self, namespace: str) -> RoleDirectory:
+        """The worker roles a run in `namespace` uses: the static list, else discovered ones."""
+        key = "" if self._static else namespace
+        with self._lock:
+            found = self._directories.get(key)
+        if found is not None:
+            return found
+        if self._static:
+            directory = RoleDirectory.static(self._static, self._observe)
+        else:
+            discovery = ClusterDiscovery(self.api(), namespace, self._observe).start()
+            self._discoveries.append(discovery)
+            directory = discovery.directory
+        with self._lock:
+            return self._directories.setdefault(key, directory)
+
+    def close(self) -> None:
+        for handle in list(self._runs.values()):
+            handle.stop.set()
+        for discovery in self._discoveries:
+            discovery.close()
+
+    # -- the API --------------------------------------------------------
+
+    def assign(self, assignment: RunAssignment) -> RunReport:
+        with self._lock:
+            handle = self._runs.get(assignment.uid)
+            if handle is None:
+                handle = RunHandle(assignment, self.runs_dir / assignment.uid)
+                self._runs[assignment.uid] = handle
+                threading.Thread(
+                    target=self._run,
+                    args=(handle,),
+                    name=f"tars-run-{assignment.name}",
+                    daemon=True,
+                ).start()
+        return handle.report()
+
+    def handle(self, uid: str) -> RunHandle:
+        with self._lock:
+            handle = self._runs.get(uid)
+        if handle is None:
+            raise KeyError(uid)
+        return handle
+
+    def stop(self, uid: str) -> RunReport:
+        handle = self.handle(uid)
+        handle.stop.set()
+        return handle.report()
+
+    def patch(self, uid: str) -> str:
+        state = self.handle(uid).checkpoint()
+        return patch_text(state) if state is not None else ""
+
+    def results(self, uid: str) -> RunResults:
+        handle = self.handle(uid)
+        report = handle.report()
+        state = report.checkpoint
+        statistics = report.status.statistics
+        return RunResults(
+            uid=uid,
+            name=handle.assignment.name,
+            phase=report.status.phase,
+            message=report.message,
+            branch=handle.branch,
+            pushed=handle.pushed,
+            statistics=statistics,
+            files=state.files if state else [],
+            skipped=state.skipped if state else [],
+            test_runs_per_change=TestRunsPerChange(
+                test_runs=statistics.test_runs,
+                accepted_changes=len(state.accepted) if state else 0,
+            ),
+        )
+
+    # -- one run --------------------------------------------------------
+
+    def _run(self, handle: RunHandle) -> None:
+        assignment = handle.assignment
+        checkpoint = assignment.checkpoint
+        if checkpoint is not None and checkpoint.phase.is_terminal:
+            handle.end(checkpoint.phase, checkpoint.message)
+            return
+        with handle.lock:
+            handle.phase = RunPhase.running
+            handle.message = "preparing the source"
+        try:
+            workspace = self._workspace(handle)
+            directory = self._wait_for_roles(handle)
+            if directory is None:
+                handle.end(RunPhase.stopped, "stop requested before the run started")
+                return
+            workflow = self._workflow(handle, workspace, directory)
+        except (SourceError, WorkflowError, StateError, OSError) as exc:
+            handle.end(RunPhase.failed, str(exc))
+            return
+        with handle.lock:
+            handle.workflow = workflow
+        try:
+            state = workflow.run()
+        except Exception as exc:  # noqa: BLE001 - the workflow recorded it; the run must end
+            handle.end(RunPhase.failed, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        message = state.message
+        if workspace.branch is not None and state.applied:
+            problem = push_branch(workspace)
+            handle.pushed = problem is None
+            message += (
+                f"; pushed {workspace.branch}"
+                if problem is None
+                else f"; {workspace.branch} not pushed: {problem}"
+            )
+        handle.end(state.phase, message)
+
+    def _workspace(self, handle: RunHandle) -> Workspace:
+        assignment = handle.assignment
+        source = assignment.spec.source
+        needs_api = source.volume is None
+        workspace = materialise(
+            source,
+            namespace=assignment.namespace,
+            run_name=assignment.name,
+            auto_apply=assignment.spec.auto_apply,
+            work_dir=handle.work_dir,
+            api=self.api() if needs_api else None,
+            volumes=self._volumes if self._volumes is not None else mounted_volumes(),
+        )
+        with handle.lock:
+            handle.branch = workspace.branch
+        return workspace
+
+    def _wait_for_roles(self, handle: RunHandle) -> RoleDirectory | None:
+        """The namespace's worker roles once each has a ready endpoint; None when stopped first."""
+        directory = self.directory(handle.assignment.namespace)
+        deadline = handle.started + datetime.timedelta(
+            seconds=handle.assignment.spec.deadline_seconds
+        )
+        while missing := directory.wait_for_roles(ROLES_POLL_SECONDS):
+            if handle.stop.is_set():
+                return None
+            names = ", ".join(role.value for role in missing)
+            if now() >= deadline:
+                raise WorkflowError(f"no ready {names} replicas before the deadline")
+            with handle.lock:
+                handle.message = f"waiting for ready {names} replicas"
+        return directory
+
+    def _workflow(
+        self, handle: RunHandle, workspace: Workspace, directory: RoleDirectory
+    ) -> Workflow:
+        store = handle.store
+        checkpoint = handle.assignment.checkpoint
+        on_disk = store.load()
+        if checkpoint is not None and (
+            on_disk is None or on_disk.updated_at < checkpoint.updated_at
+        ):
+            moved = checkpoint.model_copy(update={"project_root": str(workspace.root.resolve())})
+            store.save(replay_applied(workspace.root, moved) if workspace.fresh else moved)
+        roles = WorkerRoles(
+            analyzers=directory.analyzers.ready,
+            generators=directory.generators.ready,
+            testers=directory.testers.ready,
+            max_parallel=MAX_PARALLEL_PER_ROLE,
+        )
+        return Workflow(
+            workspace.root,
+            run_options(handle.assignment.spec),
+            roles,
+            store=store,
+            learning=self.learning,
+            stop_requested=handle.stop.is_set,
+        )
+
+
+def router_for(coordinator: Coordinator) -> APIRouter:
+    router = APIRouter(tags=["coordinator"])
+
+    def known(uid: str) -> RunHandle:
+        try:
+            return coordinator.handle(uid)
+        except KeyError as exc:
+            raise HTTPException(
+                status_code=404, detail=f"no run {uid} on this coordinator"
+            ) from exc
+
+    @router.post(RUNS_PATH, name="assign_run", status_code=202)
+    def assign_run(assignment: RunAssignment) -> RunReport:
+        return coordinator.assign(assignment)
+
+    @router.get(RUNS_PATH + "/{uid}", name="run_report")
+    def run_report(uid: str) -> RunReport:
+        return known(uid).report()
+
+    @router.post(RUNS_PATH + "/{uid}/stop", name="stop_run")
+    def stop_run(uid: str) -> RunReport:
+        known(uid)
+        return coordinator.stop(uid)
+
+    @router.get(RUNS_PATH + "/{uid}/patch", name="run_patch")
+    def run_patch(uid: str) -> Response:
+        known(uid)
+        return Response(coordinator.patch(uid), media_type=PATCH_MEDIA_TYPE)
+
+    @router.get(RUNS_PATH + "/{uid}/report", name="run_results")
+    def run_results(uid: str) -> RunResults:
+        known(uid)
+        return coordinator.results(uid)
+
+    return router
+
+
+def service(settings: ReplicaSettings, coordinator: Coordinator | None = None) -> RoleService:
+    coordinator = coordinator or Coordinator(settings)
+    return RoleService(
+        router=router_for(coordinator), info=coordinator.info, metrics=(coordinator.requests_total,)
+    )

@@ -1,0 +1,303 @@
+"""Where the worker replicas are: TarsReplicas in a namespace and their Services' ready endpoints.
+
+A TarsReplica's Service is named after it; its ready pod addresses are in the
+EndpointSlices labelled `kubernetes.io/service-name`. Both are watched (bounded
+watch timeouts, relisted after an error), so replicas scaled mid-run are used as soon
+as their pods are ready. Without a cluster, endpoints are given directly: as
+constructor arguments or TARS_ENDPOINTS_ANALYZER / _GENERATOR / _TESTER (comma-separated
+URLs).
+
+Each endpoint keeps one client object for its lifetime, which is what the workflow's
+role pools recognise instances by.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from tars_engine.http_roles import (
+    HttpAnalyzer,
+    HttpGenerator,
+    HttpRole,
+    HttpTester,
+    RequestObserver,
+)
+from tars_engine.models import Role
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS_ENV_PREFIX = "TARS_ENDPOINTS_"
+WORKER_ROLES = (Role.analyzer, Role.generator, Role.tester)
+TARS_GROUP = "tars.dev"
+TARS_VERSION = "v1alpha1"
+TARS_REPLICA_PLURAL = "tarsreplicas"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+PORT_NAME = "http"
+WATCH_TIMEOUT_SECONDS = 30
+# The client gives up a little after the server should have closed the watch.
+REQUEST_TIMEOUT_SECONDS = WATCH_TIMEOUT_SECONDS + 10
+RETRY_SECONDS = 2.0
+
+HttpRoleT = TypeVar("HttpRoleT", bound=HttpRole)
+
+
+def cluster_api_client() -> client.ApiClient:
+    """The pod's credentials: KUBECONFIG when set, else the in-cluster service account."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def static_endpoints(env: Mapping[str, str] | None = None) -> dict[Role, list[str]]:
+    """TARS_ENDPOINTS_<ROLE> for every worker role that has it."""
+    source = env if env is not None else os.environ
+    found: dict[Role, list[str]] = {}
+    for role in WORKER_ROLES:
+        value = source.get(ENDPOINTS_ENV_PREFIX + role.value.upper(), "")
+        urls = [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        if urls:
+            found[role] = urls
+    return found
+
+
+class RoleClients(Generic[HttpRoleT]):
+    """The clients of one role's current endpoints, one per URL for as long as it is listed."""
+
+    def __init__(self, factory: Callable[[str], HttpRoleT]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._clients: dict[str, HttpRoleT] = {}
+
+    def update(self, urls: Sequence[str]) -> None:
+        with self._lock:
+            kept = {url: self._clients.get(url) or self._factory(url) for url in urls}
+            gone = [c for url, c in self._clients.items() if url not in kept]
+            self._clients = kept
+        for stale in gone:
+            stale.close()
+
+    def ready(self) -> list[HttpRoleT]:
+        with self._lock:
+            return list(self._clients.values())
+
+    def urls(self) -> list[str]:
+        with self._lock:
+            return sorted(self._clients)
+
+    def close(self) -> None:
+        self.update([])
+
+
+class RoleDirectory:
+    """The worker roles' endpoints in one namespace (or a static list), kept current."""
+
+    def __init__(self, observer: RequestObserver | None = None) -> None:
+        self.analyzers = RoleClients(lambda url: HttpAnalyzer(url, observer=observer))
+        self.generators = RoleClients(lambda url: HttpGenerator(url, observer=observer))
+        self.testers = RoleClients(lambda url: HttpTester(url, observer=observer))
+        self._by_role: dict[Role, RoleClients[Any]] = {
+            Role.analyzer: self.analyzers,
+            Role.generator: self.generators,
+            Role.tester: self.testers,
+        }
+        self._changed = threading.Condition()
+
+    def set_endpoints(self, role: Role, urls: Sequence[str]) -> None:
+        self._by_role[role].update(sorted(set(urls)))
+        with self._changed:
+            self._changed.notify_all()
+
+    def endpoints(self, role: Role) -> list[str]:
+        return self._by_role[role].urls()
+
+    def missing_roles(self) -> list[Role]:
+        return [role for role in WORKER_ROLES if not self._by_role[role].ready()]
+
+    def wait_for_roles(self, timeout_seconds: float) -> list[Role]:
+        """Wait until every worker role has an endpoint; returns those still missing."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self.missing_roles(), timeout=timeout_seconds)
+        return self.missing_roles()
+
+    def close(self) -> None:
+        for clients in self._by_role.values():
+            clients.close()
+
+    @classmethod
+    def static(
+        cls, endpoints: Mapping[Role, Sequence[str]], observer: RequestObserver | None = None
+    ) -> RoleDirectory:
+        directory = cls(observer)
+        for role, urls in endpoints.items():
+            directory.set_endpoints(role, urls)
+        return directory
+
+
+def slice_ready_urls(endpoint_slice: Any) -> list[str]:
+    """http://address:port for each ready endpoint of a discovery.k8s.io/v1 EndpointSlice."""
+    ports = [
+        port.port
+        for port in endpoint_slice.ports or []
+        if port.port is not None and port.name in (PORT_NAME, None, "")
+    ]
+    if not ports:
+        return []
+    urls = []
+    for endpoint in endpoint_slice.endpoints or []:
+        conditions = endpoint.conditions
+        if conditions is not None and conditions.ready is False:
+            continue
+        for address in endpoint.addresses or []:
+            host = f"[{address}]" if ":" in address else address
+            urls.append(f"http://{host}:{ports[0]}")
+    return urls
+
+
+class ClusterDiscovery:
+    """Watches TarsReplicas and EndpointSlices in a namespace and keeps a RoleDirectory current."""
+
+    def __init__(
+        self, api: client.ApiClient, namespace: str, observer: RequestObserver | None = None
+    ) -> None:
+        self.namespace = namespace
+        self.directory = RoleDirectory(observer)
+        self._api = api
+        self._lock = threading.RLock()
+        self._replica_roles: dict[str, Role] = {}  # TarsReplica (= Service) name -> role
+        self._slices: dict[str, tuple[str, list[str]]] = {}  # slice name -> (service, urls)
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._follow,
+                args=(self._list_replicas, self._replica_event),
+                name=f"tars-discovery-replicas-{namespace}",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._follow,
+                args=(self._list_slices, self._slice_event),
+                name=f"tars-discovery-slices-{namespace}",
+                daemon=True,
+            ),
+        ]
+
+    def start(self) -> ClusterDiscovery:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
+        self.directory.close()
+
+    # -- listing and watching ------------------------------------------
+
+    def _list_replicas(self, **kwargs: Any) -> Any:
+        return client.CustomObjectsApi(self._api).list_namespaced_custom_object(
+            TARS_GROUP, TARS_VERSION, self.namespace, TARS_REPLICA_PLURAL, **kwargs
+        )
+
+    def _list_slices(self, **kwargs: Any) -> Any:
+        return client.DiscoveryV1Api(self._api).list_namespaced_endpoint_slice(
+            self.namespace, label_selector=SERVICE_NAME_LABEL, **kwargs
+        )
+
+    def _follow(
+        self, lister: Callable[..., Any], on_event: Callable[[str, Any, bool], None]
+    ) -> None:
+        """List, then watch from that list's version; relist after any error, forever."""
+        while not self._stopping.is_set():
+            try:
+                listed = lister(_request_timeout=REQUEST_TIMEOUT_SECONDS)
+                items, version = _items_and_version(listed)
+                on_event("SYNC", items, True)
+                while not self._stopping.is_set():
+                    stream = watch.Watch()
+                    for event in stream.stream(
+                        lister,
+                        resource_version=version,
+                        timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                        _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                    ):
+                        if self._stopping.is_set():
+                            stream.stop()
+                            break
+                        if event["type"] == "ERROR":
+                            raise ApiException(status=event["raw_object"].get("code", 500))
+                        on_event(event["type"], event["object"], False)
+                    version = stream.resource_version or version
+            # A watch must outlive any failure of the API server or the connection: it relists.
+            except (
+                ApiException,
+                urllib3.exceptions.HTTPError,
+                OSError,
+                ValueError,
+                KeyError,
+            ) as exc:
+                if not self._stopping.is_set():
+                    log.warning("discovery in %s: %s; relisting", self.namespace, exc)
+                    self._stopping.wait(RETRY_SECONDS)
+
+    def _replica_event(self, kind: str, payload: Any, full: bool) -> None:
+        with self._lock:
+            if full:
+                self._replica_roles = {}
+            for replica in payload if full else [payload]:
+                name = replica["metadata"]["name"]
+                role = _worker_role(replica.get("spec", {}).get("role"))
+                if kind == "DELETED" or role is None:
+                    self._replica_roles.pop(name, None)
+                else:
+                    self._replica_roles[name] = role
+        self._publish()
+
+    def _slice_event(self, kind: str, payload: Any, full: bool) -> None:
+        with self._lock:
+            if full:
+                self._slices = {}
+            for endpoint_slice in payload if full else [payload]:
+                name = endpoint_slice.metadata.name
+                if kind == "DELETED":
+                    self._slices.pop(name, None)
+                    continue
+                service = (endpoint_slice.metadata.labels or {}).get(SERVICE_NAME_LABEL, "")
+                self._slices[name] = (service, slice_ready_urls(endpoint_slice))
+        self._publish()
+
+    def _publish(self) -> None:
+        # Under the lock throughout: two watchers publishing at once cannot leave a stale view.
+        with self._lock:
+            by_role: dict[Role, list[str]] = {role: [] for role in WORKER_ROLES}
+            for service, urls in self._slices.values():
+                role = self._replica_roles.get(service)
+                if role is not None:
+                    by_role[role].extend(urls)
+            for role, urls in by_role.items():
+                self.directory.set_endpoints(role, urls)
+
+
+def _worker_role(value: object) -> Role | None:
+    try:
+        role = Role(value)
+    except ValueError:
+        return None
+    return role if role in WORKER_ROLES else None
+
+
+def _items_and_version(listed: Any) -> tuple[list[Any], str]:
+    if isinstance(listed, dict):
+        return list(listed.get("items", [])), listed["metadata"]["resourceVersion"]
+    return list(listed.items or []), listed.metadata.resource_version
