@@ -1684,9 +1684,13 @@ class PodRunner:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._logs.start()
-        self._node.register()
-        self._watcher.start()
+        try:
+            self._logs.start()
+            self._node.register()
+            self._watcher.start()
+        except BaseException:
+            self.stop()
+            raise
         log.info("node %s registered; running pods under %s", self.node_name, self.state_dir)
 
     def stop(self) -> None:
@@ -1702,7 +1706,8 @@ class PodRunner:
             worker.join(STOP_GRACE_SECONDS + 5)
         for worker in workers:
             worker.kill_remaining()  # a worker still inside a long deletion grace period
-        self._watcher.join(5)
+        if self._watcher.is_alive():
+            self._watcher.join(5)
         self._node.join(5)
         self._logs.stop()
 
@@ -1872,8 +1877,23 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with PodRunner(arguments.kubeconfig, arguments.state_dir.resolve(), arguments.node_name):
+    try:
+        runner = PodRunner(arguments.kubeconfig, arguments.state_dir.resolve(), arguments.node_name)
+        runner.start()
+    except (
+        config.ConfigException,
+        yaml.YAMLError,
+        ApiException,
+        urllib3.exceptions.HTTPError,
+        OSError,
+        subprocess.SubprocessError,
+    ) as error:
+        print(f"podrunner: cannot start: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    try:
         stop.wait()
+    finally:
+        runner.stop()
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
-from conftest import SETTLE_SECONDS, Kubectl
+from conftest import REPOSITORY, SETTLE_SECONDS, Kubectl
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from podrunner import POD_NETWORK, PodRunner, expand
@@ -704,3 +706,57 @@ def test_a_claim_bound_to_a_host_path_volume_is_that_directory(
         assert (tmp_path / "note").read_text() == "kept"
     finally:
         core.delete_persistent_volume(volume_name)
+
+
+PODRUNNER_CLI = [sys.executable, str(REPOSITORY / "hack" / "podrunner.py")]
+
+
+def test_cli_refuses_a_broken_kubeconfig_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("clusters: [")
+    result = subprocess.run(
+        [*PODRUNNER_CLI, "--kubeconfig", str(broken), "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=SETTLE_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("podrunner: cannot start: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_runs_pods_until_terminated(
+    control_plane: Any, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api_client)
+    node = "tars-cli-test"
+    cli = subprocess.Popen(
+        [
+            *PODRUNNER_CLI,
+            f"--kubeconfig={control_plane.kubeconfig}",
+            f"--node-name={node}",
+            f"--state-dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        core.create_namespaced_pod(
+            namespace,
+            pod_manifest(
+                "sleeper",
+                python_container("import time; time.sleep(3600)"),
+                node_selector={"kubernetes.io/hostname": node},
+            ),
+        )
+        pid = container_pid(running_pod(core, namespace, "sleeper"))
+        assert process_alive(pid)
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(SETTLE_SECONDS) == 0
+        assert not process_alive(pid)
+    finally:
+        cli.kill()
+        cli.wait()
+        core.delete_namespaced_pod("sleeper", namespace, grace_period_seconds=0)
+        core.delete_node(node)
