@@ -18,14 +18,31 @@ class Helm(Protocol):
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
 
 
+class Template(Protocol):
+    def __call__(self, *settings: str, namespace: str = "tars", release: str = "tars") -> str: ...
+
+
 class Render(Protocol):
     def __call__(
         self, *settings: str, namespace: str = "tars", release: str = "tars"
     ) -> list[Manifest]: ...
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice (parsers disagree on which one wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated keys {repeated}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
 def documents(text: str) -> list[Manifest]:
-    return [document for document in yaml.safe_load_all(text) if document]
+    return [document for document in yaml.load_all(text, Loader=UniqueKeyLoader) if document]
 
 
 def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:

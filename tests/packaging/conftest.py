@@ -9,7 +9,7 @@ from typing import Any
 
 import devcluster
 import pytest
-from chart_support import CHART, Helm, Manifest, Render, documents
+from chart_support import CHART, Helm, Manifest, Render, Template, documents
 
 HELM_TIMEOUT_SECONDS = 120
 
@@ -47,13 +47,22 @@ def helm(control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
-def render(helm: Helm) -> Render:
-    """`helm template` of the chart with `--set` settings, parsed (CRDs not included)."""
+def template(helm: Helm) -> Template:
+    """`helm template` of the chart with `--set` settings: the YAML text (CRDs not included)."""
+
+    def run(*settings: str, namespace: str = "tars", release: str = "tars") -> str:
+        arguments = [argument for setting in settings for argument in ("--set", setting)]
+        return helm("template", release, str(CHART), "--namespace", namespace, *arguments).stdout
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def render(template: Template) -> Render:
+    """`helm template`, parsed; a key repeated in a mapping fails the test."""
 
     def run(*settings: str, namespace: str = "tars", release: str = "tars") -> list[Manifest]:
-        arguments = [argument for setting in settings for argument in ("--set", setting)]
-        result = helm("template", release, str(CHART), "--namespace", namespace, *arguments)
-        return documents(result.stdout)
+        return documents(template(*settings, namespace=namespace, release=release))
 
     return run
 

@@ -14,7 +14,17 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_support import CHART, REPOSITORY, Helm, Manifest, Render, documents, find, one
+from chart_support import (
+    CHART,
+    REPOSITORY,
+    Helm,
+    Manifest,
+    Render,
+    Template,
+    documents,
+    find,
+    one,
+)
 from tars_api.replica import TarsReplica
 from tars_engine.models import Role
 from tars_operator import replicas
@@ -298,34 +308,33 @@ def test_ollama_serves_the_replicas_and_pulls_the_model(render: Render, tmp_path
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_rendered_chart_passes_a_server_side_dry_run(
-    render: Render,
+    template: Template,
     namespace: str,
     tars_crds: list[str],
     kubectl: Callable[..., Any],
     profile: str,
 ) -> None:
-    text = yaml.safe_dump_all(render(*PROFILES[profile], namespace=namespace))
+    text = template(*PROFILES[profile], namespace=namespace)
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=text)
     created = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
     assert len(created) == len(documents(text)), result.stdout
 
 
 def test_multi_namespace_chart_passes_a_server_side_dry_run(
-    render: Render,
+    template: Template,
     namespace: str,
     other_namespace: str,
     tars_crds: list[str],
     kubectl: Callable[..., Any],
 ) -> None:
-    manifests = render(
+    text = template(
         f"operator.watchNamespaces={{{other_namespace}}}",
         "rbac.gitCredentialSecrets={git-credentials}",
         "replicas.enabled=true",
         namespace=namespace,
     )
-    text = yaml.safe_dump_all(manifests)
     result = kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=text)
-    assert result.stdout.count("(server dry run)") == len(manifests), result.stdout
+    assert result.stdout.count("(server dry run)") == len(documents(text)), result.stdout
 
 
 def test_helm_install_upgrade_and_uninstall(

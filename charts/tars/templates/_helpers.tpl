@@ -30,6 +30,12 @@ app.kubernetes.io/name: {{ include "tars.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{- define "tars.operator.labels" -}}
+{{ include "tars.labels" . }}
+app.kubernetes.io/name: {{ include "tars.name" . }}-operator
+app.kubernetes.io/component: operator
+{{- end }}
+
 {{- define "tars.operator.serviceAccountName" -}}
 {{- default (include "tars.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
@@ -58,6 +64,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tars.ollama.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "tars.name" . }}-ollama
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tars.ollama.labels" -}}
+{{ include "tars.labels" . }}
+app.kubernetes.io/name: {{ include "tars.name" . }}-ollama
+app.kubernetes.io/component: ollama
 {{- end }}
 
 {{/* OLLAMA_HOST for every replica: the chart's Ollama, else ollama.host, else none. */}}
