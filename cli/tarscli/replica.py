@@ -27,6 +27,7 @@ app = typer.Typer(
 NameArgument = Annotated[
     str, typer.Argument(metavar="NAME", help="Name of the TarsReplica.", show_default=False)
 ]
+OPERATOR_DEFAULT = "(the operator's default)"
 MANAGED_BY_LABELS = {"app.kubernetes.io/part-of": "tars", "app.kubernetes.io/managed-by": "tarscli"}
 
 
@@ -87,8 +88,9 @@ def replica_details(replica: TarsReplica) -> RenderableType:
             output.text(status.phase) if status else "- (no status yet: is the operator running?)",
         ),
         ("Endpoint", output.text(status.endpoint if status else None)),
-        ("Engine", f"{output.text(spec.engine)} (model {output.text(spec.model)})"),
-        ("Image", output.text(spec.image)),
+        ("Engine", output.text(spec.engine) if spec.engine else OPERATOR_DEFAULT),
+        ("Model", spec.model or OPERATOR_DEFAULT),
+        ("Image", spec.image or OPERATOR_DEFAULT),
         ("Capabilities", ", ".join(status.capabilities) if status and status.capabilities else "-"),
         ("Age", output.age(replica.metadata.creation_timestamp)),
     ]

@@ -414,6 +414,12 @@ def _resolve_run(cluster: Cluster, name: str | None) -> SelfCodingRun:
     return cluster.runs.get(name) if name is not None else latest_run(cluster)
 
 
+def _brief_phase(run: SelfCodingRun) -> str:
+    if run.status is None or run.status.phase is None:
+        return "the operator has not picked it up yet"
+    return f"phase {run.status.phase.value}"
+
+
 def _phase(run: SelfCodingRun) -> str:
     if run.status is None or run.status.phase is None:
         return "- (no status yet: is the operator running?)"
@@ -637,8 +643,13 @@ def stop(
         return
     cluster = connect(kubeconfig, context, namespace)
     run = _resolve_run(cluster, run_name)
+    if _is_terminal(run):
+        typer.echo(
+            f"selfcodingrun/{run.name} has already ended ({_brief_phase(run)}); nothing to stop"
+        )
+        return
     if run.spec.stop:
-        typer.echo(f"selfcodingrun/{run.name}: stop was already requested (phase {_phase(run)})")
+        typer.echo(f"selfcodingrun/{run.name}: stop was already requested ({_brief_phase(run)})")
         return
     stopped = cluster.runs.merge_patch(run.name, {"spec": {"stop": True}})
-    typer.echo(f"selfcodingrun/{stopped.name}: stop requested (phase {_phase(stopped)})")
+    typer.echo(f"selfcodingrun/{stopped.name}: stop requested ({_brief_phase(stopped)})")

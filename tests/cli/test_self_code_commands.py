@@ -190,14 +190,19 @@ def test_start_uploads_the_project_and_creates_a_run(
         ]  # fmt: skip
 
     # Deleting the run removes its upload (the garbage collector follows the owner reference).
+    core = client.CoreV1Api(api_client)
+    selector = f"metadata.name={upload['configMap']}"
+    before = core.list_namespaced_config_map(
+        namespace, field_selector=selector
+    ).metadata.resource_version
     client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
         "tars.dev", "v1alpha1", namespace, RUNS, name
     )
-    core = client.CoreV1Api(api_client)
     for event in watch.Watch().stream(
         core.list_namespaced_config_map,
         namespace,
-        field_selector=f"metadata.name={upload['configMap']}",
+        field_selector=selector,
+        resource_version=before,
         timeout_seconds=60,
     ):
         if event["type"] == "DELETED":
@@ -409,11 +414,24 @@ def test_stop_sets_spec_stop(
     name = start_run(cli, "-t", "src")
     stopped = cli("self-code", "stop")
     assert stopped.exit_code == 0, stopped.output
-    assert stopped.stdout.startswith(f"selfcodingrun/{name}: stop requested")
+    assert (
+        stopped.stdout
+        == f"selfcodingrun/{name}: stop requested (the operator has not picked it up yet)\n"
+    )
     assert get_object(api_client, namespace, RUNS, name)["spec"]["stop"] is True
     again = cli("self-code", "stop", name)
     assert again.exit_code == 0 and "stop was already requested" in again.stdout
     assert "(stop requested)" in cli("self-code", "status", name).stdout
+
+    ended = start_run(cli, "-t", "src")
+    patch_status(api_client, namespace, RUNS, ended, {"phase": "Succeeded", "stage": "Done"})
+    late = cli("self-code", "stop", ended)
+    assert late.exit_code == 0
+    assert (
+        late.stdout
+        == f"selfcodingrun/{ended} has already ended (phase Succeeded); nothing to stop\n"
+    )
+    assert get_object(api_client, namespace, RUNS, ended)["spec"]["stop"] is False
 
 
 @pytest.mark.parametrize("command", ["status", "stop"])
