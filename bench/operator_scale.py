@@ -52,6 +52,7 @@ from tars_operator.kube import (
 OPERATOR = Path(sys.executable).parent / "tars-operator"
 ROLES = [Role.analyzer, Role.generator, Role.tester, Role.coordinator]
 SETTLE_SECONDS = 600
+POLL_SECONDS = 0.25
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
@@ -138,17 +139,22 @@ def names(kube: KubeClient, path: str) -> set[str]:
     return {item["metadata"]["name"] for item in listed.get("items", [])}
 
 
-def reconciled(kube: KubeClient, namespace: str) -> int:
-    """How many TarsReplicas have status.observedGeneration and both children."""
+def reconciled(kube: KubeClient, namespace: str, count: int) -> int:
+    """How many TarsReplicas have status.observedGeneration and both children.
+
+    The children are listed only once every status is there: the check itself is API
+    server load the baseline does not have.
+    """
     listed = kube.request("GET", TARS_REPLICAS.path(namespace))
     observed = {
         item["metadata"]["name"]
         for item in listed.get("items", [])
         if (item.get("status") or {}).get("observedGeneration") is not None
     }
-    return len(
-        observed & names(kube, DEPLOYMENTS.path(namespace)) & names(kube, SERVICES.path(namespace))
-    )
+    if len(observed) < count:
+        return len(observed)
+    deployments = names(kube, DEPLOYMENTS.path(namespace))
+    return len(observed & deployments & names(kube, SERVICES.path(namespace)))
 
 
 def with_operator(
@@ -178,10 +184,10 @@ def with_operator(
             concurrency,
             [partial(kube.request, "POST", path, body=manifest) for manifest in manifests],
         )
-        while (done := reconciled(kube, namespace)) < count:
+        while (done := reconciled(kube, namespace, count)) < count:
             if operator.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"only {done}/{count} reconciled; operator log: {log}")
-            time.sleep(0.1)
+            time.sleep(POLL_SECONDS)
         elapsed = time.perf_counter() - started
     finally:
         operator.terminate()

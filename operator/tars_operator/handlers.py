@@ -58,6 +58,11 @@ class ReplicaStatusCache:
             entry = self._entries.get((owner.namespace, owner.name))
         return entry[1] if entry is not None and entry[0] == owner.uid else None
 
+    def seed(self, owner: replicas.OwnerRef, status: TarsReplicaStatus) -> None:
+        """Remember `status` (read with the object) unless a written one is known already."""
+        with self._lock:
+            self._entries.setdefault((owner.namespace, owner.name), (owner.uid, status))
+
     def put(self, owner: replicas.OwnerRef, status: TarsReplicaStatus) -> None:
         with self._lock:
             self._entries[(owner.namespace, owner.name)] = (owner.uid, status)
@@ -177,6 +182,8 @@ def reconcile_replica(body: kopf.Body, memo: Any, reason: str, **_: Any) -> None
     runtime = _runtime(memo)
     with metrics.measure("TarsReplica") as meter:
         replica = TarsReplica.model_validate(dict(body))
+        # The Deployment's first event then needs no read of the replica.
+        runtime.replica_statuses.seed(_owner(replica), replica.status or TarsReplicaStatus())
         _apply_children(runtime, replica)
         meter.changed()
     if reason == kopf.Reason.CREATE:

@@ -441,8 +441,11 @@ class Transition:
 def replica_transition(
     previous: TarsReplicaStatus | None, current: TarsReplicaStatus
 ) -> Transition | None:
-    """The Event to post when the phase moved, None when it did not."""
-    if previous is not None and previous.phase == current.phase:
+    """The Event to post when the phase moved, None when it did not.
+
+    A replica's first phase is no news: its creation has its own Event.
+    """
+    if previous is None or previous.phase is None or previous.phase == current.phase:
         return None
     ready = find_condition(current.conditions, ReplicaConditionType.ready)
     progressing = find_condition(current.conditions, ReplicaConditionType.progressing)

@@ -321,5 +321,7 @@ def test_pods_that_cannot_be_created_make_the_replica_degraded_with_the_reason()
     assert status.phase is ReplicaPhase.degraded
     ready = find_condition(status.conditions, "Ready")
     assert ready is not None and (ready.reason, ready.message) == ("PodsNotCreated", message)
-    transition = replicas.replica_transition(None, status)
+    assert replicas.replica_transition(None, status) is None, "the first phase is no transition"
+    pending = replicas.replica_status(applied(), None, CONFIG, now=T0)
+    transition = replicas.replica_transition(pending, status)
     assert transition is not None and transition.type == "Warning" and message in transition.message
