@@ -32,6 +32,7 @@ WATCH_CLIENT_TIMEOUT_SECONDS = 660
 WATCH_CONNECT_TIMEOUT_SECONDS = 60
 REQUEST_TIMEOUT_SECONDS = 60
 REQUEST_CONNECT_TIMEOUT_SECONDS = 10
+CONSISTENCY_TIMEOUT_SECONDS = 30
 
 log = logging.getLogger("tars_operator")
 
@@ -160,6 +161,10 @@ def build_settings(workers: int) -> kopf.OperatorSettings:
     # Handler log lines stay in the log; Events are posted explicitly, on transitions only.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = workers
+    # kopf waits this long for the watch to deliver its own annotation patch before it
+    # treats an older event as current; on a busy API server 5 s (the default) is too
+    # short and a created replica would be seen as new once more.
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_SECONDS
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
