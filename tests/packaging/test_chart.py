@@ -8,11 +8,13 @@ server-side dry run.
 from __future__ import annotations
 
 import tarfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tars_operator
 import yaml
 from chart_support import (
     CHART,
@@ -56,6 +58,13 @@ def operator_container(manifests: list[Manifest]) -> Manifest:
 
 
 # --- lint and packaging -------------------------------------------------------------------
+
+
+def test_app_version_is_the_distributions_version() -> None:
+    """Image tags default to appVersion: the version the images' wheel is built with."""
+    pyproject = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))
+    assert APP_VERSION == pyproject["project"]["version"] == tars_operator.__version__
+    assert OperatorConfig().image == f"{VALUES['replicaImage']['repository']}:{APP_VERSION}"
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
