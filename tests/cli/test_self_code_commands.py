@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -487,3 +488,24 @@ def test_a_namespace_that_does_not_exist(cli: Cli, project: Path, kubeconfig: Pa
     )
     assert result.exit_code == 1
     assert result.stderr == 'error: not found: namespaces "no-such-namespace" not found\n'
+
+
+def test_ctrl_c_leaves_the_watch_and_the_run(
+    kubeconfig: Path, project: Path, cli: Cli, api_client: client.ApiClient, namespace: str
+) -> None:
+    name = start_run(cli, "-t", "src")
+    watcher = tarscli_process(
+        "self-code", "status", name, "--watch", kubeconfig=kubeconfig, namespace=namespace
+    )
+    try:
+        assert watcher.stdout is not None
+        assert "waiting for the operator" in watcher.stdout.readline()
+        watcher.send_signal(signal.SIGINT)
+        _, stderr = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 130
+    assert stderr == (
+        f'Stopped watching; the run goes on ("tarscli self-code stop {name}" stops it).\n'
+    )
+    assert get_object(api_client, namespace, RUNS, name)["spec"]["stop"] is False
