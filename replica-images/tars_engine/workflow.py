@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import enum
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
 BASELINE_LABEL = "baseline, no change"
+EPHEMERAL_SAVE_INTERVAL_SECONDS = 1.0
 LEASE_POLL_SECONDS = 0.5
 # How often a running test is checked for a stop; a stop cancels it on the tester.
 STOP_POLL_SECONDS = 0.25
@@ -271,6 +273,7 @@ class Workflow:
         self._generators = RolePool(roles.generators, roles.max_parallel)
         self._testers = RolePool(roles.testers, roles.max_parallel)
         self._lock = threading.RLock()
+        self._saved_at = 0.0
         self._event_lock = threading.Lock()
         self._state: WorkflowState | None = None
         self._snapshot: SnapshotRef | None = None
@@ -311,11 +314,25 @@ class Workflow:
         if self._guard is not None:
             statistics.tokens_used = max(statistics.tokens_used, self._guard.tokens_used)
 
-    def _commit_state(self, kind: EventKind, *, path: str | None = None, message: str = "") -> None:
-        """Persist the state, then tell the observer; every change goes through here."""
+    def _commit_state(
+        self,
+        kind: EventKind,
+        *,
+        path: str | None = None,
+        message: str = "",
+        durable: bool = True,
+    ) -> None:
+        """Persist the state, then tell the observer; every change goes through here.
+
+        A change that is not `durable` (which file is current) is written at most once
+        a second: on a large project, writing the whole state per file started would
+        cost more than the work.
+        """
         with self._lock:
             self._refresh_statistics()
-            self.store.save(self._s)
+            if durable or time.monotonic() - self._saved_at >= EPHEMERAL_SAVE_INTERVAL_SECONDS:
+                self.store.save(self._s)
+                self._saved_at = time.monotonic()
             state = self._s
             event = WorkflowEvent(
                 kind=kind,
@@ -351,7 +368,7 @@ class Workflow:
     def _set_current(self, path: str) -> None:
         with self._lock:
             self._s.current_file = path
-        self._commit_state(EventKind.file, path=path)
+        self._commit_state(EventKind.file, path=path, durable=False)
 
     def _check(self) -> None:
         assert self._guard is not None
