@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from tars_api.run import FileOutcome, RunPhase
 from tars_engine.applying import committed_candidates
@@ -337,8 +338,20 @@ def test_unusable_files_are_skipped_with_their_reason(
     assert state.phase is RunPhase.succeeded
 
 
+def served(url: str, operation: str) -> float:
+    """How many requests for `operation` a replica answered, from its /metrics."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("tars_replica_requests_total{") and f'operation="{operation}"' in line
+    )
+
+
 @contextlib.contextmanager
-def http_roles(settings: ReplicaSettings, count: int) -> Iterator[WorkerRoles]:
+def http_roles(
+    settings: ReplicaSettings, count: int, urls_seen: list[dict[Role, str]]
+) -> Iterator[WorkerRoles]:
     with contextlib.ExitStack() as stack:
         sets = []
         for _ in range(count):
@@ -346,6 +359,7 @@ def http_roles(settings: ReplicaSettings, count: int) -> Iterator[WorkerRoles]:
                 role: stack.enter_context(serve_in_thread(create_app(role, settings)))
                 for role in (Role.analyzer, Role.generator, Role.tester)
             }
+            urls_seen.append(urls)
             sets.append(
                 RoleSet(
                     analyzer=HttpAnalyzer(urls[Role.analyzer]),
@@ -360,7 +374,8 @@ def test_workflow_over_http_roles(tmp_path: Path, learning: LearningStore) -> No
     root = shop_project(tmp_path / "shop")
     start = git(root, "rev-parse", "HEAD").strip()
     settings = ReplicaSettings(scratch_dir=tmp_path / "replica-scratch")
-    with http_roles(settings, count=2) as roles:
+    replicas: list[dict[Role, str]] = []
+    with http_roles(settings, count=2, urls_seen=replicas) as roles:
         workflow = Workflow(
             root,
             RunOptions(targets=["shop"], auto_apply=True),
@@ -369,6 +384,13 @@ def test_workflow_over_http_roles(tmp_path: Path, learning: LearningStore) -> No
             learning=learning,
         )
         state = workflow.run()
+        # Work was spread over every replica of each role.
+        for urls in replicas:
+            assert served(urls[Role.analyzer], "analyze") >= 1
+            assert served(urls[Role.generator], "generate") >= 1
+        assert sum(served(urls[Role.tester], "run_tests") for urls in replicas) == (
+            state.statistics.test_runs
+        )
     assert state.phase is RunPhase.succeeded, state.message
     outcomes = {record.path: record.outcome for record in state.files}
     assert outcomes["shop/compat.py"] is FileOutcome.rejected
