@@ -656,6 +656,7 @@ class Workflow:
         with self._lock:
             self._s.statistics.improvements_proposed += 1
             record.candidate_id = result.candidate.id
+            record.rules = list(result.candidate.rules)
         self._commit_state(EventKind.file, path=record.path, message="candidate proposed")
         return result.candidate
 
