@@ -1749,7 +1749,7 @@ class PodRunner:
                 listed = self.access.core.list_pod_for_all_namespaces(
                     _request_timeout=API_TIMEOUT_SECONDS
                 )
-                self._sync([PodView.of(pod) for pod in listed.items])
+                self._sync(listed.items)
                 version = str(listed.metadata.resource_version if listed.metadata else "")
                 while not self._stopping.is_set():
                     version = self._watch_from(version)
@@ -1777,18 +1777,26 @@ class PodRunner:
             if self._stopping.is_set():
                 break
             if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                self._handle(event["type"], PodView.of(event["object"]))
+                self._handle_safely(event["type"], event["object"])
         return self._watch.resource_version or version
 
-    def _sync(self, pods: list[PodView]) -> None:
-        present = {pod.uid for pod in pods}
+    def _sync(self, pods: list[client.V1Pod]) -> None:
+        present = {pod.metadata.uid for pod in pods if pod.metadata}
         with self._lock:
             gone = [uid for uid in self._workers if uid not in present]
             self._finished &= present
         for uid in gone:
             self._vanish(uid)
         for pod in pods:
-            self._handle("ADDED", pod)
+            self._handle_safely("ADDED", pod)
+
+    def _handle_safely(self, kind: str, pod: client.V1Pod) -> None:
+        # One pod that cannot be handled must not stop the node from handling the others.
+        try:
+            self._handle(kind, PodView.of(pod))
+        except Exception:
+            name = f"{pod.metadata.namespace}/{pod.metadata.name}" if pod.metadata else "?"
+            log.exception("cannot handle %s event for pod %s", kind, name)
 
     def _vanish(self, uid: str) -> None:
         with self._lock:
