@@ -180,6 +180,7 @@ OPERATOR_CANNOT = [
     Check("delete", "deployments.apps"),
     Check("delete", "services"),
     Check("delete", "configmaps"),
+    Check("list", "configmaps"),
     Check("update", "nodes", where="cluster"),
 ]
 OPERATOR_CONFINED = [
