@@ -16,6 +16,7 @@ applying them again.
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,9 @@ class Coordinator:
         )
         self._static = endpoints if endpoints is not None else static_endpoints()
         self._api = api
-        self._volumes = volumes
+        # Read once: what the pod was started with.
+        self._kubeconfig = os.environ.get("KUBECONFIG")
+        self._volumes = volumes if volumes is not None else mounted_volumes()
         self._lock = threading.Lock()
         self._runs: dict[str, RunHandle] = {}
         self._directories: dict[str, RoleDirectory] = {}
@@ -223,7 +226,7 @@ class Coordinator:
         with self._lock:
             if self._api is None:
                 try:
-                    self._api = cluster_api_client()
+                    self._api = cluster_api_client(self._kubeconfig)
                 except ConfigException as exc:
                     raise SourceError(f"no Kubernetes API credentials in this pod: {exc}") from exc
             return self._api
@@ -345,15 +348,14 @@ class Coordinator:
     def _workspace(self, handle: RunHandle) -> Workspace:
         assignment = handle.assignment
         source = assignment.spec.source
-        needs_api = source.volume is None
         workspace = materialise(
             source,
             namespace=assignment.namespace,
             run_name=assignment.name,
             auto_apply=assignment.spec.auto_apply,
             work_dir=handle.work_dir,
-            api=self.api() if needs_api else None,
-            volumes=self._volumes if self._volumes is not None else mounted_volumes(),
+            api=self.api,
+            volumes=self._volumes,
         )
         with handle.lock:
             handle.branch = workspace.branch

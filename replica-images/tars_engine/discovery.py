@@ -49,9 +49,8 @@ RETRY_SECONDS = 2.0
 HttpRoleT = TypeVar("HttpRoleT", bound=HttpRole)
 
 
-def cluster_api_client() -> client.ApiClient:
-    """The pod's credentials: KUBECONFIG when set, else the in-cluster service account."""
-    kubeconfig = os.environ.get("KUBECONFIG")
+def cluster_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """The pod's credentials: a kubeconfig file when given, else the in-cluster service account."""
     if kubeconfig:
         return config.new_client_from_config(config_file=kubeconfig)
     configuration = client.Configuration()

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,20 +250,21 @@ def materialise(
     run_name: str,
     auto_apply: bool,
     work_dir: Path,
-    api: client.ApiClient | None,
+    api: Callable[[], client.ApiClient],
     volumes: dict[str, Path],
 ) -> Workspace:
-    """The working directory for a run; reused when this coordinator made it before."""
+    """The working directory for a run; reused when this coordinator made it before.
+
+    `api` is called only when an object must be read (an upload, a credentials Secret).
+    """
     if source.volume is not None:
         root = volume_root(source.volume, volumes)
         return Workspace(root=root, fresh=False)
-    if api is None:
-        raise SourceError("this coordinator has no Kubernetes API access to read the source")
     root = work_dir / "project"
     ready_marker = work_dir / "source-ready"
     if source.upload is not None:
         if not ready_marker.exists():
-            archive = read_upload(api, namespace, source.upload.config_map, source.upload.key)
+            archive = read_upload(api(), namespace, source.upload.config_map, source.upload.key)
             _start_afresh(root)
             prepare_upload(archive, root, work_dir)
             ready_marker.touch()
@@ -271,7 +272,7 @@ def materialise(
         return Workspace(root=root, fresh=False)
     assert source.git is not None
     credentials = (
-        read_credentials(api, namespace, source.git.credentials_secret)
+        read_credentials(api(), namespace, source.git.credentials_secret)
         if source.git.credentials_secret
         else None
     )

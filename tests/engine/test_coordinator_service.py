@@ -1,0 +1,304 @@
+"""The coordinator over real HTTP: worker replicas served by uvicorn, real git projects, real runs."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from kubernetes import client
+from tars_api.run import (
+    GitSource,
+    RunPhase,
+    RunSource,
+    SelfCodingRunSpec,
+    UploadSource,
+    VolumeSource,
+)
+from tars_engine.models import Role
+from tars_engine.run_api import CoordinatorClient, RunAssignment, RunNotFoundError, RunReport
+from tars_engine.server import create_app, serve_in_thread
+from tars_engine.settings import ReplicaSettings
+from tars_engine.snapshot import pack_project
+from workflow_helpers import git, isolated_roles, shop_project  # noqa: F401 - autouse fixture
+
+# A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.
+RUN_WAIT_SECONDS = 300
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Role, str]]:
+    """One analyzer, generator and tester replica, each served over HTTP."""
+    settings = ReplicaSettings(scratch_dir=tmp_path_factory.mktemp("workers"))
+    with contextlib.ExitStack() as stack:
+        yield {
+            role: stack.enter_context(serve_in_thread(create_app(role, settings)))
+            for role in (Role.analyzer, Role.generator, Role.tester)
+        }
+
+
+@contextlib.contextmanager
+def coordinator(
+    scratch: Path,
+    workers: dict[Role, str],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    volumes: dict[str, str] | None = None,
+    kubeconfig: Path | None = None,
+) -> Iterator[CoordinatorClient]:
+    """A coordinator replica configured the way the operator configures its pods: by env."""
+    with monkeypatch.context() as env:
+        for role, url in workers.items():
+            env.setenv(f"TARS_ENDPOINTS_{role.value.upper()}", url)
+        env.setenv("TARS_VOLUMES", json.dumps(volumes or {}))
+        if kubeconfig is not None:
+            env.setenv("KUBECONFIG", str(kubeconfig))
+        app = create_app(Role.coordinator, ReplicaSettings(scratch_dir=scratch))
+    with serve_in_thread(app) as url, CoordinatorClient(url) as api:
+        yield api
+
+
+def assignment(name: str, spec: SelfCodingRunSpec, **extra: object) -> RunAssignment:
+    return RunAssignment(namespace="default", name=name, uid=str(uuid.uuid4()), spec=spec, **extra)
+
+
+def wait_until(api: CoordinatorClient, uid: str, done: object = None) -> RunReport:
+    """Poll the run until `done(report)` (default: finished)."""
+    deadline = time.monotonic() + RUN_WAIT_SECONDS
+    while True:
+        report = api.report(uid)
+        if done(report) if callable(done) else report.finished:
+            return report
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {uid} did not get there: {report.model_dump_json()}")
+        time.sleep(0.2)
+
+
+def volume_spec(**spec: object) -> SelfCodingRunSpec:
+    return SelfCodingRunSpec(
+        targets=["shop"],
+        source=RunSource(volume=VolumeSource(host_path="/projects", sub_path="shop")),
+        **spec,
+    )
+
+
+def candidate_trailers(root: Path) -> list[str]:
+    log = git(root, "log", "--format=%(trailers:key=Tars-Candidate,valueonly)")
+    return [line.strip() for line in log.splitlines() if line.strip()]
+
+
+def test_volume_run_applies_commits_and_reports(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = shop_project(tmp_path / "projects" / "shop")
+    volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, volumes=volumes) as api:
+        run = assignment("volume-run", volume_spec(auto_apply=True))
+        first = api.assign(run)
+        again = api.assign(run)
+        report = wait_until(api, run.uid)
+        patch = api.patch(run.uid)
+        results = api.results(run.uid)
+        metrics = httpx.get(f"{api.base_url}/metrics").text
+
+    assert first.uid == again.uid == run.uid
+    assert report.status.phase is RunPhase.succeeded, report.message
+    applied = report.status.statistics.improvements_applied
+    assert applied >= 2
+    # compat.py's "unused" import is re-exported: the tests refuse its removal.
+    assert "in shop/compat.py" not in git(root, "log", "--format=%s")
+    trailers = candidate_trailers(root)
+    assert len(trailers) == len(set(trailers)) == applied
+    # The patch is what was committed: it reverses cleanly off the edited project.
+    subprocess.run(
+        ["git", "apply", "--check", "--reverse"], cwd=root, input=patch.encode(), check=True
+    )
+    assert {r.path for r in results.files} >= {"shop/cart.py", "shop/compat.py"}
+    assert results.test_runs_per_change.accepted_changes == applied
+    assert f'endpoint="{workers[Role.generator]}"' in metrics
+    assert "tars_coordinator_requests_total{endpoint=" in metrics
+
+
+def test_unmounted_volume_fails_naming_it(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
+        run = assignment(
+            "no-volume",
+            SelfCodingRunSpec(
+                targets=["src"], source=RunSource(volume=VolumeSource(claim_name="project-data"))
+            ),
+        )
+        api.assign(run)
+        report = wait_until(api, run.uid)
+        with pytest.raises(RunNotFoundError):
+            api.report("no-such-run")
+    assert report.status.phase is RunPhase.failed
+    assert "PersistentVolumeClaim project-data is not mounted" in report.message
+
+
+def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
+    """Passes, except: the first run fails, and run number `hang_on` hangs until killed."""
+    script = (
+        "import os, pathlib, sys, time\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "n = int(counter.read_text()) if counter.exists() else 0\n"
+        "counter.write_text(str(n + 1))\n"
+        "if n == 0: sys.exit(1)\n"
+        f"if n == {hang_on}:\n"
+        f"    pathlib.Path({str(pids)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(3600)\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+def process_gone(pid: int) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_stop_kills_the_test_run_and_a_new_coordinator_resumes_without_reapplying(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = shop_project(tmp_path / "projects" / "shop")
+    volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+    hanging = tmp_path / "hanging.pid"
+    # Runs: 0 the batch fails, 1 the baseline passes, 2 the first half passes (applied),
+    # 3 the next one hangs: the run is stopped (or its coordinator dies) right there.
+    command = counting_test_command(tmp_path / "count", hanging, hang_on=3)
+    run = assignment("resumed", volume_spec(auto_apply=True, test_command=command))
+    with coordinator(tmp_path / "scratch-1", workers, monkeypatch, volumes=volumes) as api:
+        api.assign(run)
+        hung = wait_until(api, run.uid, lambda r: hanging.exists())
+        stopped = api.stop(run.uid)
+        stopped = wait_until(api, run.uid)
+    assert stopped.status.phase is RunPhase.stopped, stopped.message
+    assert process_gone(int(hanging.read_text()))
+    kept = candidate_trailers(root)
+    assert len(kept) == stopped.status.statistics.improvements_applied >= 1
+
+    # The operator saw `hung` last: a new coordinator (empty scratch) is handed its checkpoint.
+    assert hung.checkpoint is not None and hung.checkpoint.applied
+    with coordinator(tmp_path / "scratch-2", workers, monkeypatch, volumes=volumes) as api:
+        api.assign(run.model_copy(update={"checkpoint": hung.checkpoint}))
+        resumed = wait_until(api, run.uid)
+    assert resumed.status.phase is RunPhase.succeeded, resumed.message
+    trailers = candidate_trailers(root)
+    assert trailers[-len(kept) :] == kept  # the first commits, untouched
+    assert len(trailers) == len(set(trailers)) == resumed.status.statistics.improvements_applied
+    assert len(trailers) > len(kept)
+
+
+def bare_repository(tmp_path: Path) -> Path:
+    project = shop_project(tmp_path / "origin-work")
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(bare)], check=True)
+    return bare
+
+
+def test_git_source_commits_on_a_branch_and_pushes_it(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = bare_repository(tmp_path)
+    spec = SelfCodingRunSpec(
+        targets=["shop"],
+        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main")),
+        auto_apply=True,
+    )
+    with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
+        run = assignment("from-git", spec)
+        api.assign(run)
+        report = wait_until(api, run.uid)
+        results = api.results(run.uid)
+    assert report.status.phase is RunPhase.succeeded, report.message
+    assert report.status.branch == "tars/from-git"
+    assert results.pushed is True
+    assert "pushed tars/from-git" in report.message
+    pushed = git(bare, "log", "--format=%(trailers:key=Tars-Candidate,valueonly)", "tars/from-git")
+    assert len([line for line in pushed.splitlines() if line.strip()]) == (
+        report.status.statistics.improvements_applied
+    )
+    assert (
+        git(bare, "rev-parse", "main").strip()
+        == git(
+            bare, "rev-parse", "tars/from-git~" + str(report.status.statistics.improvements_applied)
+        ).strip()
+    )
+
+
+def test_unreachable_git_url_fails_the_run_clearly(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no-such-repository.git"
+    spec = SelfCodingRunSpec(
+        targets=["shop"], source=RunSource(git=GitSource(url=f"file://{missing}"))
+    )
+    with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
+        run = assignment("unreachable", spec)
+        api.assign(run)
+        report = wait_until(api, run.uid)
+    assert report.status.phase is RunPhase.failed
+    assert report.message.startswith(f"cannot fetch file://{missing}")
+
+
+def test_upload_source_from_a_configmap_yields_a_patch_that_applies(
+    tmp_path: Path,
+    workers: dict[Role, str],
+    monkeypatch: pytest.MonkeyPatch,
+    kubeconfig: Path,
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    project = shop_project(tmp_path / "checkout")
+    client.CoreV1Api(api_client).create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="shop-upload"),
+            binary_data={"project.tar.gz": base64.b64encode(pack_project(project)).decode()},
+        ),
+    )
+    spec = SelfCodingRunSpec(
+        targets=["shop"], source=RunSource(upload=UploadSource(config_map="shop-upload"))
+    )
+    run = RunAssignment(namespace=namespace, name="uploaded", uid=str(uuid.uuid4()), spec=spec)
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, kubeconfig=kubeconfig) as api:
+        api.assign(run)
+        report = wait_until(api, run.uid)
+        patch = api.patch(run.uid)
+    assert report.status.phase is RunPhase.succeeded, report.message
+    assert report.status.statistics.improvements_accepted >= 2
+    assert git(project, "status", "--porcelain") == ""  # the checkout itself is untouched
+    subprocess.run(["git", "apply", "--check"], cwd=project, input=patch.encode(), check=True)
+
+
+def test_missing_upload_configmap_fails_the_run(
+    tmp_path: Path,
+    workers: dict[Role, str],
+    monkeypatch: pytest.MonkeyPatch,
+    kubeconfig: Path,
+    namespace: str,
+) -> None:
+    spec = SelfCodingRunSpec(
+        targets=["shop"], source=RunSource(upload=UploadSource(config_map="not-uploaded"))
+    )
+    run = RunAssignment(namespace=namespace, name="lost", uid=str(uuid.uuid4()), spec=spec)
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, kubeconfig=kubeconfig) as api:
+        api.assign(run)
+        report = wait_until(api, run.uid)
+    assert report.status.phase is RunPhase.failed
+    assert f"ConfigMap {namespace}/not-uploaded: 404" in report.message
