@@ -13,7 +13,8 @@ stays, remove it with `ip route del local 198.18.0.0/15 dev lo`). Addresses in 1
 would need no route, but EndpointSlice validation refuses loopback addresses, so Services
 would get no endpoints; the runner falls back to them, with a warning, only when it
 cannot add the route. A lock file per address in $TMPDIR/tars-podrunner-addresses keeps
-runners of parallel test sessions apart.
+runners of parallel test sessions apart, and addresses something still listens on (a
+process left by a killed run) are skipped.
 
 What a container gets:
 - argv = `command` + `args` with `$(VAR)` references expanded the way Kubernetes does;
@@ -276,6 +277,18 @@ def pod_network() -> IPv4Network:
     return LOOPBACK_NETWORK
 
 
+def listening_addresses() -> set[str]:
+    """IPv4 addresses something listens on, e.g. a process left over by a killed test run."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # TCP_LISTEN
+                packed = bytes.fromhex(local.split(":")[0])
+                found.add(str(IPv4Address(int.from_bytes(packed, "little"))))
+    return found
+
+
 class AddressPool:
     """Hands out pod addresses round-robin, so a freed address is not reused at once.
 
@@ -302,10 +315,11 @@ class AddressPool:
                 and self._claim(preferred)
             ):
                 return preferred
+            taken = listening_addresses()
             for _ in range(self._last - self._first + 1):
                 address = str(IPv4Address(self._next))
                 self._next = self._first if self._next >= self._last else self._next + 1
-                if address not in self._held and self._claim(address):
+                if address not in self._held and address not in taken and self._claim(address):
                     return address
         raise RuntimeError("no free pod address left")
 
