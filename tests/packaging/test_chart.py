@@ -359,7 +359,10 @@ def test_helm_install_upgrade_and_uninstall(
         "--set",
         "ollama.enabled=true",
     )
-    helm("install", release, str(CHART), *common)
+    notes = helm("install", release, str(CHART), *common).stdout
+    assert f"deployment/{release}-tars-operator" in notes
+    assert f"tarscli self-code status -n {namespace} --watch" in notes
+    assert f"http://{release}-tars-ollama.{namespace}.svc:11434" in notes
     names = kubectl("get", "tarsreplicas", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(names) == sorted(f"tarsreplica.tars.dev/{role.value}" for role in Role)
     kubectl("get", f"deployment/{release}-tars-operator", "-n", namespace)
