@@ -1043,7 +1043,8 @@ class ContainerRuntime:
     previous_exit: Termination | None = None
     done: bool = False
     next_start: float = 0.0
-    waiting_reason: str = "ContainerCreating"
+    first_waiting_reason: str = "ContainerCreating"
+    waiting_reason: str = ""
     waiting_message: str = ""
     launch: LaunchSpec | None = None
     probes: list[ProbeState] = field(default_factory=list)
@@ -1095,7 +1096,7 @@ class ContainerRuntime:
         elif self.done and self.last_exit is not None:
             state["terminated"] = self.last_exit.as_state()
         else:
-            waiting: JsonDict = {"reason": self.waiting_reason}
+            waiting: JsonDict = {"reason": self.waiting_reason or self.first_waiting_reason}
             if self.waiting_message:
                 waiting["message"] = self.waiting_message
             state["waiting"] = waiting
@@ -1171,7 +1172,14 @@ class PodWorker:
             ContainerRuntime(spec, init=True, log_path=self.directory / f"{spec.name}.log")
             for spec in pod.spec.init_containers or []
         ] + [
-            ContainerRuntime(spec, init=False, log_path=self.directory / f"{spec.name}.log")
+            ContainerRuntime(
+                spec,
+                init=False,
+                log_path=self.directory / f"{spec.name}.log",
+                first_waiting_reason=(
+                    "PodInitializing" if pod.spec.init_containers else "ContainerCreating"
+                ),
+            )
             for spec in pod.spec.containers
         ]
         self._start_time = now_rfc3339()
@@ -1283,6 +1291,8 @@ class PodWorker:
             try:
                 self._token_volumes, self._token = prepare_volumes(self._context, self._access)
                 self._prepared = True
+                for runtime in self.containers:
+                    runtime.waiting_reason, runtime.waiting_message = "", ""
             except RETRYABLE_ERRORS as error:
                 self._prepare_failures += 1
                 self._prepare_retry_at = now + backoff_delay(self._prepare_failures)

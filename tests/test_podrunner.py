@@ -760,3 +760,33 @@ def test_cli_runs_pods_until_terminated(
         cli.wait()
         core.delete_namespaced_pod("sleeper", namespace, grace_period_seconds=0)
         core.delete_node(node)
+
+
+def test_init_containers_run_to_completion_first(
+    pod_runner: PodRunner, api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    shared = [client.V1VolumeMount(name="shared", mount_path="/shared")]
+    prepare = client.V1Container(
+        name="prepare",
+        image="python:3.11",
+        command=["python", "-c", "import sys; open(sys.argv[1], 'w').write('prepared')"],
+        args=["/shared/state"],
+        volume_mounts=shared,
+    )
+    main = python_container(
+        "import sys; print(open(sys.argv[1]).read())", args=["/shared/state"], volume_mounts=shared
+    )
+    pod = pod_manifest(
+        "staged",
+        main,
+        restart_policy="Never",
+        init_containers=[prepare],
+        volumes=[client.V1Volume(name="shared", empty_dir=client.V1EmptyDirVolumeSource())],
+    )
+    core.create_namespaced_pod(namespace, pod)
+    finished = finished_pod(core, namespace, "staged")
+    assert finished.status.phase == "Succeeded"
+    (init_status,) = finished.status.init_container_statuses
+    assert init_status.state.terminated.reason == "Completed"
+    assert pod_runner.log_path(namespace, "staged", "main").read_text() == "prepared\n"
