@@ -9,10 +9,12 @@ and the chart assume, and base images are pinned.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,80 @@ def test_replica_venv_has_the_pytest_the_tester_runs(parsed: list[Stage]) -> Non
     assert "pytest==${PYTEST_VERSION}" in installs
     pinned = re.search(r"PYTEST_VERSION=(\S+)", arguments)
     assert pinned and re.fullmatch(r"\d+\.\d+\.\d+", pinned.group(1))
+
+
+def test_build_stage_context_builds_the_wheel_the_images_run(
+    parsed: list[Stage], tmp_path: Path
+) -> None:
+    """The build stage, replayed without Docker: its COPYs alone build a wheel whose scripts work.
+
+    The files are copied as the builder would (after .dockerignore), the wheel is built
+    from that context only, and the console scripts are loaded from the installed wheel,
+    not from this checkout.
+    """
+    rules = ignore_rules(DOCKERIGNORE)
+    context = tmp_path / "context"
+    for instruction in stage(parsed, "build").all("COPY"):
+        _, words = instruction.flags_and_words()
+        *sources, destination = words
+        for source in sources:
+            target = (
+                context / destination / Path(source).name
+                if destination.endswith("/")
+                else context / destination
+            )
+            origin = REPOSITORY / source
+            files = [origin] if origin.is_file() else sorted(origin.rglob("*"))
+            for file in files:
+                relative = file.relative_to(REPOSITORY).as_posix()
+                if file.is_file() and not is_ignored(relative, rules):
+                    copy = target / file.relative_to(origin) if origin.is_dir() else target
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    copy.write_bytes(file.read_bytes())
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run(
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(context),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points_name,) = [name for name in names if name.endswith("entry_points.txt")]
+        entry_points = archive.read(entry_points_name).decode()
+    for package in ("tars_api", "tars_operator", "tarscli", "tars_engine"):
+        assert f"{package}/__init__.py" in names, f"the wheel lacks {package}"
+    assert not [name for name in names if "__pycache__" in name]
+    for script, entry in CONSOLE_SCRIPTS.items():
+        assert f"{script} = {entry}" in entry_points
+
+    installed = tmp_path / "installed"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(installed), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    # The installed copy comes first on sys.path, ahead of this checkout's editable install.
+    probe = (
+        "import importlib, sys\n"
+        "for target in sys.argv[2:]:\n"
+        "    module, _, function = target.partition(':')\n"
+        "    loaded = importlib.import_module(module)\n"
+        "    assert loaded.__file__.startswith(sys.argv[1]), loaded.__file__\n"
+        "    assert callable(getattr(loaded, function))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", probe, str(installed), *CONSOLE_SCRIPTS.values()],
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        check=True,
+        timeout=120,
+    )
