@@ -20,6 +20,8 @@ from tars_api.meta import GROUP, VERSION
 from tars_api.replica import TARS_REPLICA_PLURAL
 from tars_api.run import SELF_CODING_RUN_PLURAL
 
+from tars_operator import metrics
+
 FIELD_MANAGER = "tars-operator"
 Manifest = dict[str, Any]
 
@@ -142,6 +144,7 @@ class KubeClient:
         response = self._api.call_api(
             method, url, header_params=headers, body=body, _request_timeout=self._timeout
         )
+        metrics.API_REQUESTS.labels(verb=method, code=str(response.status)).inc()
         data = response.read()
         payload: Manifest = json.loads(data) if data else {}
         if not 200 <= response.status <= 299:

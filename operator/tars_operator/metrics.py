@@ -23,6 +23,12 @@ ERRORS = Counter(
     ["kind", "error"],
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "tars_operator_api_requests",
+    "Requests the reconcilers sent to the API server (kopf's own watches and patches aside)",
+    ["verb", "code"],
+    registry=REGISTRY,
+)
 DURATION = Histogram(
     "tars_operator_reconcile_duration_seconds",
     "Wall-clock time of one reconciliation",
