@@ -7,6 +7,7 @@ import secrets
 import shlex
 import string
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +64,7 @@ app = typer.Typer(
 
 DEFAULT_SETUP_TIMEOUT_SECONDS = 300
 RUN_LABEL = "tars.dev/run"
+CREATED_AT_ANNOTATION = "tars.dev/created-at"
 EXIT_INTERRUPTED = 130
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
 # generateName keeps 58 characters of a prefix; leave room for the "-upload-xxxxx" sibling.
@@ -347,7 +349,13 @@ def start(
         "test_command": test_argv,
     }
     run = SelfCodingRun(
-        metadata=ObjectMeta(generate_name=prefix, labels=dict(MANAGED_BY_LABELS)),
+        metadata=ObjectMeta(
+            generate_name=prefix,
+            labels=dict(MANAGED_BY_LABELS),
+            annotations={
+                CREATED_AT_ANNOTATION: datetime.now(UTC).isoformat(timespec="microseconds")
+            },
+        ),
         spec=SelfCodingRunSpec(
             targets=relative_targets,
             source=RunSource(upload=UploadSource(config_map=config_map, key=DEFAULT_UPLOAD_KEY)),
@@ -407,7 +415,13 @@ def latest_run(cluster: Cluster) -> SelfCodingRun:
         raise CliError(
             f'no SelfCodingRun in namespace "{cluster.namespace}"; start one with "tarscli self-code start -t DIR"'
         )
-    return max(runs, key=lambda run: (run.metadata.creation_timestamp or 0, run.name))
+    return max(runs, key=_creation_order)
+
+
+def _creation_order(run: SelfCodingRun) -> tuple[datetime, str]:
+    """creationTimestamp has second precision; runs started here also carry microseconds."""
+    created = run.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+    return created, run.metadata.annotations.get(CREATED_AT_ANNOTATION, "")
 
 
 def _resolve_run(cluster: Cluster, name: str | None) -> SelfCodingRun:

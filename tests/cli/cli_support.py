@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from kubernetes import client
 from tars_api.meta import GROUP, VERSION
@@ -33,7 +33,24 @@ def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
 def get_object(
     api_client: client.ApiClient, namespace: str, plural: str, name: str
 ) -> dict[str, Any]:
-    return custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    obj = custom(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    return cast(dict[str, Any], obj)
+
+
+def list_objects(api_client: client.ApiClient, namespace: str, plural: str) -> list[dict[str, Any]]:
+    listed = custom(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+    return cast(list[dict[str, Any]], cast(dict[str, Any], listed)["items"])
+
+
+def tarscli_config_maps(api_client: client.ApiClient, namespace: str) -> list[client.V1ConfigMap]:
+    """ConfigMaps the CLI created (uploads), by its managed-by label."""
+    return (
+        client.CoreV1Api(api_client)
+        .list_namespaced_config_map(
+            namespace, label_selector="app.kubernetes.io/managed-by=tarscli"
+        )
+        .items
+    )
 
 
 def patch_status(
@@ -53,4 +70,5 @@ def patch_status(
 
 def config_map_archive(api_client: client.ApiClient, namespace: str, name: str, key: str) -> bytes:
     config_map = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+    assert config_map.binary_data is not None
     return base64.b64decode(config_map.binary_data[key])

@@ -54,13 +54,15 @@ def service_account_kubeconfig(
         core.create_namespaced_service_account(
             namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
         )
-        token = core.create_namespaced_service_account_token(
+        issued = core.create_namespaced_service_account_token(
             name,
             namespace,
             client.AuthenticationV1TokenRequest(
                 spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
             ),
-        ).status.token
+        ).status
+        assert issued is not None
+        token = issued.token
         cluster = admin["clusters"][0]["cluster"]
         path = tmp_path / f"{name}.kubeconfig"
         path.write_text(

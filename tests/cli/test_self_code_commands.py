@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import Cli, config_map_archive, get_object, patch_status
+from cli_support import (
+    Cli,
+    config_map_archive,
+    get_object,
+    list_objects,
+    patch_status,
+    tarscli_config_maps,
+)
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import Condition, format_time, now
@@ -181,9 +188,11 @@ def test_start_uploads_the_project_and_creates_a_run(
     config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
         upload["configMap"], namespace
     )
-    assert config_map.metadata.owner_references[0].uid == run["metadata"]["uid"]
-    assert config_map.metadata.owner_references[0].kind == "SelfCodingRun"
-    assert config_map.metadata.labels["tars.dev/run"] == name
+    metadata = config_map.metadata
+    assert metadata is not None and metadata.owner_references and metadata.labels
+    assert metadata.owner_references[0].uid == run["metadata"]["uid"]
+    assert metadata.owner_references[0].kind == "SelfCodingRun"
+    assert metadata.labels["tars.dev/run"] == name
     archive = config_map_archive(api_client, namespace, upload["configMap"], upload["key"])
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as packed:
         assert sorted(packed.getnames()) == [
@@ -193,9 +202,9 @@ def test_start_uploads_the_project_and_creates_a_run(
     # Deleting the run removes its upload (the garbage collector follows the owner reference).
     core = client.CoreV1Api(api_client)
     selector = f"metadata.name={upload['configMap']}"
-    before = core.list_namespaced_config_map(
-        namespace, field_selector=selector
-    ).metadata.resource_version
+    listed = core.list_namespaced_config_map(namespace, field_selector=selector).metadata
+    assert listed is not None
+    before = listed.resource_version
     client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
         "tars.dev", "v1alpha1", namespace, RUNS, name
     )
@@ -246,20 +255,8 @@ def test_bad_targets_create_nothing(
     result = cli("self-code", "start", "-t", target.format(**values))
     assert result.exit_code == 1
     assert result.stderr == message.format(**values) + "\n"
-    assert (
-        client.CustomObjectsApi(api_client).list_namespaced_custom_object(
-            "tars.dev", "v1alpha1", namespace, RUNS
-        )["items"]
-        == []
-    )
-    assert (
-        client.CoreV1Api(api_client)
-        .list_namespaced_config_map(
-            namespace, label_selector="app.kubernetes.io/managed-by=tarscli"
-        )
-        .items
-        == []
-    )
+    assert list_objects(api_client, namespace, RUNS) == []
+    assert tarscli_config_maps(api_client, namespace) == []
 
 
 def test_start_refuses_a_project_too_large_to_upload(
@@ -270,14 +267,7 @@ def test_start_refuses_a_project_too_large_to_upload(
     assert result.exit_code == 1
     assert "above the 1,040,384 bytes a ConfigMap upload can hold" in result.stderr
     assert len(result.stderr.splitlines()) == 1
-    assert (
-        client.CoreV1Api(api_client)
-        .list_namespaced_config_map(
-            namespace, label_selector="app.kubernetes.io/managed-by=tarscli"
-        )
-        .items
-        == []
-    )
+    assert tarscli_config_maps(api_client, namespace) == []
 
 
 def test_start_needs_a_target_and_a_parsable_test_command(cli: Cli, project: Path) -> None:
@@ -465,12 +455,7 @@ def test_rbac_refusal_creates_nothing(
     )
     status = cli("self-code", "status", kubeconfig=nobody)
     assert status.exit_code == 1 and 'cannot list resource "selfcodingruns"' in status.stderr
-    assert (
-        client.CustomObjectsApi(api_client).list_namespaced_custom_object(
-            "tars.dev", "v1alpha1", namespace, REPLICAS
-        )["items"]
-        == []
-    )
+    assert list_objects(api_client, namespace, REPLICAS) == []
 
 
 def test_a_namespace_that_does_not_exist(cli: Cli, project: Path, kubeconfig: Path) -> None:
