@@ -143,21 +143,20 @@ class RoleDirectory:
         return directory
 
 
-def slice_ready_urls(endpoint_slice: Any) -> list[str]:
-    """http://address:port for each ready endpoint of a discovery.k8s.io/v1 EndpointSlice."""
+def slice_ready_urls(endpoint_slice: dict[str, Any]) -> list[str]:
+    """http://address:port for each ready endpoint of a discovery.k8s.io/v1 EndpointSlice (JSON)."""
     ports = [
-        port.port
-        for port in endpoint_slice.ports or []
-        if port.port is not None and port.name in (PORT_NAME, None, "")
+        port["port"]
+        for port in endpoint_slice.get("ports") or []
+        if port.get("port") is not None and port.get("name") in (PORT_NAME, None, "")
     ]
     if not ports:
         return []
     urls = []
-    for endpoint in endpoint_slice.endpoints or []:
-        conditions = endpoint.conditions
-        if conditions is not None and conditions.ready is False:
+    for endpoint in endpoint_slice.get("endpoints") or []:
+        if (endpoint.get("conditions") or {}).get("ready") is False:
             continue
-        for address in endpoint.addresses or []:
+        for address in endpoint.get("addresses") or []:
             host = f"[{address}]" if ":" in address else address
             urls.append(f"http://{host}:{ports[0]}")
     return urls
@@ -267,13 +266,15 @@ class ClusterDiscovery:
         with self._lock:
             if full:
                 self._slices = {}
-            for endpoint_slice in payload if full else [payload]:
-                name = endpoint_slice.metadata.name
+            for item in payload if full else [payload]:
+                # Listed objects are models, watched ones JSON: one form for both.
+                endpoint_slice = self._api.sanitize_for_serialization(item)
+                metadata = endpoint_slice["metadata"]
                 if kind == "DELETED":
-                    self._slices.pop(name, None)
+                    self._slices.pop(metadata["name"], None)
                     continue
-                service = (endpoint_slice.metadata.labels or {}).get(SERVICE_NAME_LABEL, "")
-                self._slices[name] = (service, slice_ready_urls(endpoint_slice))
+                service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL, "")
+                self._slices[metadata["name"]] = (service, slice_ready_urls(endpoint_slice))
         self._publish()
 
     def _publish(self) -> None:

@@ -1,0 +1,133 @@
+"""Finding the worker replicas: static lists, and TarsReplicas + EndpointSlices watched in a real API server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kubernetes import client
+from tars_api.replica import TarsReplica
+from tars_engine.discovery import ClusterDiscovery, RoleDirectory, static_endpoints
+from tars_engine.models import Role
+from tars_engine.workflow import RolePool
+
+WAIT_SECONDS = 60
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_static_endpoints_from_the_environment() -> None:
+    env = {
+        "TARS_ENDPOINTS_ANALYZER": "http://10.0.0.1:8080/",
+        "TARS_ENDPOINTS_GENERATOR": "http://10.0.0.2:8080, http://10.0.0.3:8080",
+        "TARS_ENDPOINTS_TESTER": "",
+    }
+    found = static_endpoints(env)
+    assert found == {
+        Role.analyzer: ["http://10.0.0.1:8080"],
+        Role.generator: ["http://10.0.0.2:8080", "http://10.0.0.3:8080"],
+    }
+    directory = RoleDirectory.static(found)
+    assert directory.missing_roles() == [Role.tester]
+    assert directory.wait_for_roles(0.01) == [Role.tester]
+
+
+def test_clients_keep_their_identity_and_the_pool_hands_out_new_ones_first() -> None:
+    directory = RoleDirectory.static({Role.generator: ["http://10.0.0.2:8080"]})
+    first = directory.generators.ready()[0]
+    directory.set_endpoints(Role.generator, ["http://10.0.0.2:8080", "http://10.0.0.3:8080"])
+    assert first in directory.generators.ready()
+    pool = RolePool(directory.generators.ready, max_parallel=8)
+    leased = []
+    for _ in range(4):
+        with pool.lease(lambda: None) as generator:
+            leased.append(generator.base_url)
+    assert leased == ["http://10.0.0.2:8080", "http://10.0.0.3:8080"] * 2
+    directory.set_endpoints(Role.generator, ["http://10.0.0.3:8080"])
+    with pool.lease(lambda: None) as generator:
+        assert generator.base_url == "http://10.0.0.3:8080"
+
+
+def endpoint_slice(service: str, addresses: list[tuple[str, bool]]) -> client.V1EndpointSlice:
+    return client.V1EndpointSlice(
+        metadata=client.V1ObjectMeta(
+            name=f"{service}-abcde", labels={"kubernetes.io/service-name": service}
+        ),
+        address_type="IPv4",
+        ports=[client.DiscoveryV1EndpointPort(name="http", port=8080, protocol="TCP")],
+        endpoints=[
+            client.V1Endpoint(
+                addresses=[address], conditions=client.V1EndpointConditions(ready=ready)
+            )
+            for address, ready in addresses
+        ],
+    )
+
+
+def test_cluster_discovery_follows_replicas_and_their_ready_endpoints(
+    api_client: client.ApiClient, namespace: str, tars_crds: list[str], kubeconfig: Path
+) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    slices = client.DiscoveryV1Api(api_client)
+    for name, role in (("analyzer", Role.analyzer), ("generator", Role.generator)):
+        custom.create_namespaced_custom_object(
+            "tars.dev",
+            "v1alpha1",
+            namespace,
+            "tarsreplicas",
+            TarsReplica.build(name, role, namespace=namespace).to_dict(),
+        )
+    slices.create_namespaced_endpoint_slice(
+        namespace, endpoint_slice("analyzer", [("198.18.0.11", True)])
+    )
+    slices.create_namespaced_endpoint_slice(
+        namespace, endpoint_slice("generator", [("198.18.0.21", True), ("198.18.0.22", False)])
+    )
+    # A Service that is no TarsReplica's: never a worker.
+    slices.create_namespaced_endpoint_slice(
+        namespace, endpoint_slice("other", [("198.18.0.99", True)])
+    )
+
+    discovery = ClusterDiscovery(api_client, namespace).start()
+    try:
+        directory = discovery.directory
+        wait_for(
+            lambda: directory.endpoints(Role.generator) == ["http://198.18.0.21:8080"],
+            "the ready generator",
+        )
+        assert directory.endpoints(Role.analyzer) == ["http://198.18.0.11:8080"]
+        assert directory.missing_roles() == [Role.tester]
+
+        # Scaled to three: the watch sees the slice grow.
+        slices.patch_namespaced_endpoint_slice(
+            "generator-abcde",
+            namespace,
+            endpoint_slice(
+                "generator", [("198.18.0.21", True), ("198.18.0.22", True), ("198.18.0.23", True)]
+            ),
+        )
+        wait_for(lambda: len(directory.endpoints(Role.generator)) == 3, "three generators")
+
+        custom.create_namespaced_custom_object(
+            "tars.dev",
+            "v1alpha1",
+            namespace,
+            "tarsreplicas",
+            TarsReplica.build("tester", Role.tester, namespace=namespace).to_dict(),
+        )
+        slices.create_namespaced_endpoint_slice(
+            namespace, endpoint_slice("tester", [("198.18.0.31", True)])
+        )
+        assert directory.wait_for_roles(WAIT_SECONDS) == []
+
+        slices.delete_namespaced_endpoint_slice("generator-abcde", namespace)
+        wait_for(lambda: directory.endpoints(Role.generator) == [], "the generators to go")
+    finally:
+        discovery.close()
