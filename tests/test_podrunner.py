@@ -16,6 +16,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
+import devcluster
 import psutil
 import pytest
 from conftest import REPOSITORY, SETTLE_SECONDS, Kubectl
@@ -495,7 +496,10 @@ def test_restart_policies_decide_restarts_and_phase(
 
 
 def test_stopping_the_runner_leaves_no_process_behind(
-    control_plane: Any, api_client: client.ApiClient, namespace: str, tmp_path: Path
+    control_plane: devcluster.ControlPlane,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     core = client.CoreV1Api(api_client)
     node = "tars-stop-test"
@@ -727,7 +731,10 @@ def test_cli_refuses_a_broken_kubeconfig_in_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_runs_pods_until_terminated(
-    control_plane: Any, api_client: client.ApiClient, namespace: str, tmp_path: Path
+    control_plane: devcluster.ControlPlane,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     core = client.CoreV1Api(api_client)
     node = "tars-cli-test"
