@@ -129,8 +129,8 @@ def _is_ready(replica: TarsReplica | None) -> bool:
     return ready.is_true if ready is not None else replica.status.phase is ReplicaPhase.ready
 
 
-def _replica_state(replica: TarsReplica | None) -> str:
-    """Why a replica is (not) ready, in a few words."""
+def _replica_state(replica: TarsReplica | None, *, with_message: bool = True) -> str:
+    """Why a replica is (not) ready: phase and reason, and the condition's message if asked."""
     if replica is None:
         return "deleted"
     if replica.spec.suspend:
@@ -138,8 +138,10 @@ def _replica_state(replica: TarsReplica | None) -> str:
     if replica.status is None or replica.status.phase is None:
         return "no status yet: is the operator running?"
     ready = find_condition(replica.status.conditions, ReplicaConditionType.ready)
-    detail = f": {ready.reason}" + (f" ({ready.message})" if ready.message else "") if ready else ""
-    return f"{replica.status.phase.value}{detail}"
+    if ready is None:
+        return replica.status.phase.value
+    detail = f" ({ready.message})" if with_message and ready.message else ""
+    return f"{replica.status.phase.value}: {ready.reason}{detail}"
 
 
 def wait_for_replicas(
@@ -163,7 +165,7 @@ def wait_for_replicas(
         name = progress.tasks[task].fields["name"]
         desired = max(1, replica.spec.replicas) if replica is not None else 1
         ready = (replica.status.ready_replicas or 0) if replica and replica.status else 0
-        state = "Ready" if _is_ready(replica) else _replica_state(replica)
+        state = "Ready" if _is_ready(replica) else _replica_state(replica, with_message=False)
         progress.update(
             task, description=f"{name:<12} {state}", total=desired, completed=min(ready, desired)
         )
