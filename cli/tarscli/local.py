@@ -196,7 +196,7 @@ class LiveView:
             self.console.print(
                 f"  [dim]test run {event.statistics.test_runs}:[/] {event.message}", highlight=False
             )
-        if event.kind is EventKind.file and event.path and event.message and event.files_done:
+        if event.kind in (EventKind.file, EventKind.file_done) and event.path and event.message:
             self.console.print(f"  {event.path}: {event.message}", markup=False, highlight=False)
         self.progress.update(
             self.task,

@@ -179,6 +179,7 @@ class EventKind(enum.StrEnum):
     started = "started"
     stage = "stage"
     file = "file"
+    file_done = "file-done"
     tested = "tested"
     finished = "finished"
 
@@ -363,7 +364,7 @@ class Workflow:
             record.finished_at = now()
             if self._s.current_file == record.path:
                 self._s.current_file = None
-        self._commit_state(EventKind.file, path=record.path, message=record.message)
+        self._commit_state(EventKind.file_done, path=record.path, message=record.message)
 
     def _set_current(self, path: str) -> None:
         with self._lock:
@@ -657,7 +658,7 @@ class Workflow:
             self._s.statistics.improvements_proposed += 1
             record.candidate_id = result.candidate.id
             record.rules = list(result.candidate.rules)
-        self._commit_state(EventKind.file, path=record.path, message="candidate proposed")
+        self._commit_state(EventKind.file, path=record.path)
         return result.candidate
 
     def _unsafe_candidate(self, candidate: Candidate, path: str, content: str) -> str | None:

@@ -170,7 +170,7 @@ def test_stop_then_resume_finishes_without_reapplying(
     applied_events: list[str] = []
 
     def note(event: WorkflowEvent) -> None:
-        if event.kind is EventKind.file and event.message.startswith("committed"):
+        if event.kind is EventKind.file_done and event.message.startswith("committed"):
             applied_events.append(event.path or "")
             if stop_by == "stop-file":
                 StateStore(root / ".tars").request_stop()
