@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -14,6 +15,7 @@ from tars_api.replica import TarsReplica
 from tars_engine.models import Role
 from tarscli import output
 from tarscli.errors import CliError, describe_failure, one_line
+from tarscli.self_code import name_prefix
 
 
 @pytest.mark.parametrize(
@@ -78,3 +80,17 @@ def test_connection_failures_name_the_server() -> None:
 def test_bugs_are_not_disguised() -> None:
     assert describe_failure(KeyError("x")) is None
     assert describe_failure(CliError("target 'x' does not exist")) == "target 'x' does not exist"
+
+
+@pytest.mark.parametrize(
+    ("directory", "prefix"),
+    [
+        ("ledgerly", "ledgerly-"),
+        ("My_Project.v2", "my-project-v2-"),
+        ("--weird--", "weird-"),
+        ("日本", "run-"),
+        ("x" * 80, "x" * 40 + "-"),
+    ],
+)
+def test_run_names_come_from_the_project_directory(directory: str, prefix: str) -> None:
+    assert name_prefix(Path("/somewhere") / directory) == prefix
