@@ -15,17 +15,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import devcluster
 import podrunner
 import pytest
+from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl, KubectlError
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-
-REPOSITORY = Path(__file__).resolve().parent.parent
-# A bound on waits for the cluster to act, so that a broken cluster fails instead of hanging.
-SETTLE_SECONDS = 120
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,19 +71,6 @@ def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
         yield api
     finally:
         api.close()
-
-
-class KubectlError(subprocess.CalledProcessError):
-    """A failed kubectl call; unlike its base class its message includes kubectl's output."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
-class Kubectl(Protocol):
-    def __call__(
-        self, *args: str, input: str | None = None, check: bool = True, as_user: str | None = None
-    ) -> subprocess.CompletedProcess[str]: ...
 
 
 @pytest.fixture(scope="session")

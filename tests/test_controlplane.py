@@ -12,7 +12,7 @@ from typing import Any
 
 import devcluster
 import pytest
-from conftest import REPOSITORY, SETTLE_SECONDS, Kubectl
+from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl
 from kubernetes import client, watch
 
 DEVCLUSTER = REPOSITORY / "hack" / "devcluster.py"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import devcluster
 import psutil
 import pytest
-from conftest import REPOSITORY, SETTLE_SECONDS, Kubectl
+from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from podrunner import POD_NETWORK, PodRunner, expand
@@ -87,6 +87,13 @@ def running_pod(core: client.CoreV1Api, namespace: str, name: str) -> Any:
         return pod if pod.status.phase == "Running" and pod.status.container_statuses else None
 
     return eventually(running, f"pod {name} runs")
+
+
+def event_reasons(core: client.CoreV1Api, namespace: str, pod: str) -> set[str]:
+    events: list[Any] = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={pod}"
+    ).items
+    return {event.reason for event in events}
 
 
 def printed_json(runner: PodRunner, namespace: str, pod: str) -> Any:
@@ -491,6 +498,7 @@ def test_restart_policies_decide_restarts_and_phase(
         )
 
     pod = eventually(restarted, "the killed container is restarted")
+    assert {"Scheduled", "Started", "BackOff"} <= event_reasons(core, namespace, "always")
     assert container_pid(pod) != first and process_alive(container_pid(pod))
     assert pod.status.container_statuses[0].last_state.terminated.exit_code == 128 + signal.SIGKILL
 
@@ -656,6 +664,7 @@ def test_what_cannot_run_here_is_reported_on_the_pod(
     ):
         state = eventually(waiting(name), f"{name} reports why it waits")
         assert reason in state
+        assert "Failed" in event_reasons(core, namespace, name)
 
     core.create_namespaced_config_map(
         namespace,
