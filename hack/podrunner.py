@@ -42,11 +42,13 @@ Limits (a process sees the host filesystem, not the container's):
 - no images: a container without `command` cannot be started (CreateContainerConfigError).
 - no service links (KUBERNETES_SERVICE_HOST and friends), so clients use KUBECONFIG
   rather than in-cluster config; no resourceFieldRef, no resource limits, no security
-  context, no preStop/postStart hooks, no grpc probes, no Events, no `kubectl exec`
+  context, no preStop/postStart hooks, no grpc probes, no `kubectl exec`
   or port-forward. Each container's output is appended to
   `<state-dir>/pods/<ns>_<pod>_<uid>/<container>.log`; `kubectl logs` (with -f and --tail)
   reads it through the runner's log endpoint.
 - scheduling honours `schedulerName`, `schedulingGates` and `nodeSelector` only.
+- NetworkPolicies are not enforced. `hostNetwork` pods get 127.0.0.1, which EndpointSlices
+  refuse.
 - init containers run in order before the others; native sidecars (init containers with
   `restartPolicy: Always`) are not supported: the pod would never leave Pending.
 """
@@ -507,6 +509,46 @@ class NodeAgent:
                 self._report_status()
             except Exception:  # the next beat retries; the lease outlives several misses
                 log.exception("node heartbeat failed")
+
+
+class EventRecorder:
+    """Posts core/v1 Events about pods, as the scheduler and the kubelet do (`kubectl describe`)."""
+
+    def __init__(self, access: ClusterAccess, node_name: str) -> None:
+        self._access = access
+        self._node_name = node_name
+
+    def record(
+        self,
+        pod: PodView,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        component: str = "kubelet",
+    ) -> None:
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{pod.name}.", namespace=pod.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Pod", name=pod.name, namespace=pod.namespace, uid=pod.uid
+            ),
+            reason=reason,
+            message=message,
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=component, host=self._node_name),
+            reporting_component="podrunner",
+            reporting_instance=self._node_name,
+        )
+        try:
+            self._access.core.create_namespaced_event(
+                pod.namespace, event, _request_timeout=API_TIMEOUT_SECONDS
+            )
+        except (ApiException, urllib3.exceptions.HTTPError) as error:
+            log.debug("event %s for %s/%s not recorded: %s", reason, pod.namespace, pod.name, error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1146,10 +1188,12 @@ class PodWorker:
         access: ClusterAccess,
         pool: AddressPool,
         state_dir: Path,
+        events: EventRecorder,
         on_done: Callable[[str], None],
     ) -> None:
         self._pod = pod
         self._access = access
+        self._events = events
         self._pool = pool
         self._on_done = on_done
         self._wake = threading.Event()
@@ -1254,6 +1298,9 @@ class PodWorker:
         grace = pod.meta.deletion_grace_period_seconds
         if grace is None:
             grace = pod.spec.termination_grace_period_seconds or 30
+        for runtime in self.containers:
+            if runtime.process is not None:
+                self._events.record(pod, "Killing", f"Stopping container {runtime.name}")
         stop_processes(self._processes(), float(grace))
         log.info("pod %s/%s stopped, finalizing", pod.namespace, pod.name)
         attempt = 0
@@ -1338,6 +1385,9 @@ class PodWorker:
         runtime.next_start = now + backoff_delay(runtime.restarts_in_a_row)
         runtime.waiting_reason, runtime.waiting_message = "CrashLoopBackOff", ""
         runtime.restart_count += 1
+        self._events.record(
+            self._pod, "BackOff", f"Back-off restarting container {runtime.name}", warning=True
+        )
 
     def _start_due(self, now: float) -> None:
         for runtime in self.containers:
@@ -1396,9 +1446,13 @@ class PodWorker:
         log.info(
             "pod %s: started %s (pid %d) on %s", self.uid, runtime.name, process.pid, self.pod_ip
         )
+        self._events.record(self._pod, "Started", f"Started container {runtime.name}")
 
-    @staticmethod
-    def _retry_later(runtime: ContainerRuntime, now: float, reason: str, message: str) -> None:
+    def _retry_later(
+        self, runtime: ContainerRuntime, now: float, reason: str, message: str
+    ) -> None:
+        if (reason, message) != (runtime.waiting_reason, runtime.waiting_message):
+            self._events.record(self._pod, "Failed", f"Error: {message}", warning=True)
         runtime.waiting_reason, runtime.waiting_message = reason, message
         runtime.restarts_in_a_row += 1
         runtime.next_start = now + backoff_delay(runtime.restarts_in_a_row)
@@ -1416,20 +1470,20 @@ class PodWorker:
                 state.kind != "startup" and startup is not None and not startup.passing
             ):
                 continue
+            was_passing = state.passing
             state.record(
                 run_probe(state.probe, runtime.spec, self.pod_ip, runtime.launch), time.monotonic()
             )
+            if was_passing and not state.passing:
+                message = f"{state.kind.capitalize()} probe of {runtime.name} failed"
+                self._events.record(self._pod, "Unhealthy", message, warning=True)
             failed_for_good = state.kind == "liveness" and not state.passing
             failed_startup = state.kind == "startup" and state.failures >= (
                 state.probe.failure_threshold or 3
             )
             if failed_for_good or failed_startup:
-                log.info(
-                    "pod %s: %s probe of %s failed, restarting it",
-                    self.uid,
-                    state.kind,
-                    runtime.name,
-                )
+                message = f"Container {runtime.name} failed {state.kind} probe, will be restarted"
+                self._events.record(self._pod, "Killing", message)
                 stop_processes(
                     [runtime.process], float(self._pod.spec.termination_grace_period_seconds or 30)
                 )
@@ -1684,6 +1738,7 @@ class PodRunner:
         self.state_dir = state_dir
         self._stopping = threading.Event()
         self._pool = AddressPool(pod_network())
+        self._events = EventRecorder(self.access, node_name)
         self._logs = LogServer(self.log_path, self._is_running, state_dir / "log-server")
         self._node = NodeAgent(self.access, node_name, self._logs.port, self._stopping)
         self._workers: dict[str, PodWorker] = {}
@@ -1850,7 +1905,9 @@ class PodRunner:
                     and pod.meta.deletion_timestamp is None
                 ):
                     return  # finished before this runner started
-                worker = PodWorker(pod, self.access, self._pool, self.state_dir, self._worker_done)
+                worker = PodWorker(
+                    pod, self.access, self._pool, self.state_dir, self._events, self._worker_done
+                )
                 self._workers[uid] = worker
                 worker.start()
                 return
@@ -1891,6 +1948,12 @@ class PodRunner:
                 _request_timeout=API_TIMEOUT_SECONDS,
             )
             log.info("bound %s/%s to %s", pod.namespace, pod.name, self.node_name)
+            self._events.record(
+                pod,
+                "Scheduled",
+                f"Successfully assigned {pod.namespace}/{pod.name} to {self.node_name}",
+                component="default-scheduler",
+            )
         except ApiException as error:
             ignore_status(error, 404, 409)
 
