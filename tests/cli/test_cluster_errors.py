@@ -162,3 +162,16 @@ def test_missing_crds_then_install_crds(
     started = invoke("self-code", "start", "-t", "src", *cluster)
     assert started.exit_code == 0, started.output
     assert started.stdout.startswith("p-")
+
+
+def test_refused_credentials(tmp_path: Path, kubeconfig: Path) -> None:
+    stranger = json.loads(kubeconfig.read_text())
+    stranger["users"][0]["user"] = {"token": "not-a-token-this-server-issued"}
+    path = tmp_path / "stranger.kubeconfig"
+    path.write_text(json.dumps(stranger))
+    result = invoke("self-code", "status", "--kubeconfig", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: unauthorized: the Kubernetes API refused the kubeconfig's credentials (Unauthorized); "
+        "check the user of the current context\n"
+    )
