@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/engine.py DIR [-t TARGET ...]
 
-Works on two copies of DIR (never on DIR itself). On one, the workflow runs with
+Works on copies of DIR (never on DIR itself). On one, the workflow runs with
 auto-apply and the in-process roles (a fresh learning store, so earlier runs do not
 help it). On the other, the raw tools do the same work: `ruff check --fix` with the
 engine's rule set, then one full run of the project's tests. Both are measured in
-this process, one after the other, and the figures printed are:
+this process, alternately for --repeat rounds (fresh copies each round, so load on
+the machine hits both alike), and the medians printed are:
 
 - the wall time of each, and their ratio (goal: 1.5 or less);
 - the test runs the workflow needed per accepted change (goal: 0.3 or less).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,35 +101,55 @@ def main() -> None:
         "-t", "--target", action="append", dest="targets",
         help="project-relative directory to improve (repeatable; default: the whole project)",
     )  # fmt: skip
+    parser.add_argument(
+        "-r", "--repeat", type=int, default=3,
+        help="measure this many times, alternating the two, and report medians (default 3)",
+    )  # fmt: skip
     arguments = parser.parse_args()
     source = arguments.project.resolve()
     if not source.is_dir():
         raise SystemExit(f"{arguments.project} is not a directory")
+    if arguments.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     targets = arguments.targets or ["."]
-    with tempfile.TemporaryDirectory(prefix="tars-bench-") as scratch:
-        workspace = Path(scratch)
-        engine_copy = fresh_copy(source, workspace / "engine" / source.name)
-        raw_copy = fresh_copy(source, workspace / "raw" / source.name)
-        engine_seconds, test_runs, accepted, phase = timed_workflow(
-            engine_copy, targets, workspace / "learning.sqlite3"
+    engine_times: list[float] = []
+    ruff_times: list[float] = []
+    test_times: list[float] = []
+    ratios: list[float] = []
+    for round_number in range(arguments.repeat):
+        with tempfile.TemporaryDirectory(prefix="tars-bench-") as scratch:
+            workspace = Path(scratch)
+            engine_copy = fresh_copy(source, workspace / "engine" / source.name)
+            raw_copy = fresh_copy(source, workspace / "raw" / source.name)
+            engine_seconds, test_runs, accepted, phase = timed_workflow(
+                engine_copy, targets, workspace / "learning.sqlite3"
+            )
+            ruff_seconds, test_seconds, raw_tests_passed = timed_raw_tools(raw_copy, targets)
+        if phase != "Succeeded" or not raw_tests_passed:
+            print(
+                f"round {round_number + 1}: workflow {phase}, raw tests passed: {raw_tests_passed}"
+            )
+            sys.exit(1)
+        engine_times.append(engine_seconds)
+        ruff_times.append(ruff_seconds)
+        test_times.append(test_seconds)
+        ratios.append(engine_seconds / (ruff_seconds + test_seconds))
+        print(
+            f"round {round_number + 1}: workflow {engine_seconds:.3f} s, raw tools "
+            f"{ruff_seconds + test_seconds:.3f} s, ratio {ratios[-1]:.2f}"
         )
-        ruff_seconds, test_seconds, raw_tests_passed = timed_raw_tools(raw_copy, targets)
-    raw_seconds = ruff_seconds + test_seconds
-    ratio = engine_seconds / raw_seconds
     per_accepted = test_runs / accepted if accepted else float("inf")
     print(f"project:                      {source} (targets: {', '.join(targets)})")
-    print(f"static run (workflow):        {engine_seconds:8.3f} s  phase {phase}")
-    print(f"raw tools: ruff check --fix:  {ruff_seconds:8.3f} s")
+    print(f"medians over {arguments.repeat} alternating rounds:")
+    print(f"static run (workflow):        {statistics.median(engine_times):8.3f} s")
+    print(f"raw tools: ruff check --fix:  {statistics.median(ruff_times):8.3f} s")
+    print(f"raw tools: one test run:      {statistics.median(test_times):8.3f} s")
     print(
-        f"raw tools: one test run:      {test_seconds:8.3f} s  ({'passed' if raw_tests_passed else 'FAILED'})"
+        f"ratio workflow / raw tools:   {statistics.median(ratios):8.2f}   (goal <= {RATIO_GOAL})"
     )
-    print(f"raw tools total:              {raw_seconds:8.3f} s")
-    print(f"ratio workflow / raw tools:   {ratio:8.2f}   (goal <= {RATIO_GOAL})")
     print(f"accepted changes:             {accepted:8d}")
     print(f"test runs:                    {test_runs:8d}")
     print(f"test runs per accepted:       {per_accepted:8.2f}   (goal <= {RUNS_PER_ACCEPTED_GOAL})")
-    if phase != "Succeeded":
-        sys.exit(1)
 
 
 if __name__ == "__main__":
