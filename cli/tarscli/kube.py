@@ -191,7 +191,6 @@ class Resources(Generic[ObjectT]):
         self.kind = kind
         self._info = kind.resource
 
-
     def _translate(self, error: ApiException, name: str | None) -> Exception:
         """A CliError for the 404s a user can fix; other errors pass through unchanged."""
         if error.status != 404:
