@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import enum
+import shlex
 import threading
 import time
 import uuid
@@ -776,7 +777,9 @@ class Workflow:
         if not result.passed:
             raise BaselineFailedError(
                 "the project's tests fail before any change, so no change can be proven safe "
-                f"({describe_failure(result)}); fix the tests or give a working test command"
+                f"({describe_failure(result)}; ran: {shlex.join(result.command) or 'nothing'}); "
+                "fix the tests, install their dependencies for that Python, or give a working "
+                "test command"
             )
 
     def _test_in_batches(self, candidates: list[Candidate]) -> None:
