@@ -149,32 +149,29 @@ class RunHandle:
     def report(self) -> RunReport:
         state = self.checkpoint()
         with self.lock:
-            if state is not None and self.workflow is not None:
+            if state is not None:
+                # Resumed runs report their checkpoint while the source is prepared again.
                 status = state.run_status()
-                message = state.message
-                if self.finished:
-                    message = self.message
+                if self.workflow is None:
+                    status.phase = self.phase
             else:
-                status = (
-                    state.run_status()
-                    if state is not None and self.finished and state.phase.is_terminal
-                    else SelfCodingRunStatus(
-                        phase=self.phase,
-                        stage=RunStage.done if self.finished else RunStage.initializing,
-                        start_time=self.started.replace(microsecond=0),
-                        completion_time=self.completed.replace(microsecond=0)
-                        if self.completed
-                        else None,
-                    )
+                status = SelfCodingRunStatus(
+                    phase=self.phase,
+                    stage=RunStage.initializing,
+                    start_time=self.started.replace(microsecond=0),
                 )
-                message = self.message
             if self.finished:
                 status.phase = self.phase
+                status.stage = RunStage.done
+                status.current_file = None
+                if status.completion_time is None and self.completed is not None:
+                    status.completion_time = self.completed.replace(microsecond=0)
             status.branch = self.branch
+            workflow_speaks = self.workflow is not None and not self.finished
             return RunReport(
                 uid=self.assignment.uid,
                 status=status,
-                message=message,
+                message=state.message if workflow_speaks and state is not None else self.message,
                 finished=self.finished,
                 checkpoint=state,
             )
@@ -207,7 +204,8 @@ class Coordinator:
         self._lock = threading.Lock()
         self._runs: dict[str, RunHandle] = {}
         self._directories: dict[str, RoleDirectory] = {}
-        self._discoveries: list[ClusterDiscovery] = []
+        # Held while a namespace's discovery starts, so two runs cannot start two.
+        self._discovery_lock = threading.Lock()
         self.learning = LearningStore(settings.scratch_dir / "learning.sqlite3")
 
     def _observe(self, role: str, endpoint: str, operation: str) -> None:
@@ -234,24 +232,16 @@ class Coordinator:
     def directory(self, namespace: str) -> RoleDirectory:
         """The worker roles a run in `namespace` uses: the static list, else discovered ones."""
         key = "" if self._static else namespace
-        with self._lock:
-            found = self._directories.get(key)
-        if found is not None:
-            return found
-        if self._static:
-            directory = RoleDirectory.static(self._static, self._observe)
-        else:
-            discovery = ClusterDiscovery(self.api(), namespace, self._observe).start()
-            self._discoveries.append(discovery)
-            directory = discovery.directory
-        with self._lock:
-            return self._directories.setdefault(key, directory)
-
-    def close(self) -> None:
-        for handle in list(self._runs.values()):
-            handle.stop.set()
-        for discovery in self._discoveries:
-            discovery.close()
+        with self._discovery_lock:
+            directory = self._directories.get(key)
+            if directory is None:
+                directory = (
+                    RoleDirectory.static(self._static, self._observe)
+                    if self._static
+                    else ClusterDiscovery(self.api(), namespace, self._observe).start().directory
+                )
+                self._directories[key] = directory
+            return directory
 
     # -- the API --------------------------------------------------------
 
@@ -267,6 +257,8 @@ class Coordinator:
                     name=f"tars-run-{assignment.name}",
                     daemon=True,
                 ).start()
+            if assignment.spec.stop:
+                handle.stop.set()
         return handle.report()
 
     def handle(self, uid: str) -> RunHandle:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kubernetes import client
+from tars_api.replica import TarsReplica
 from tars_api.run import (
     GitSource,
     RunPhase,
@@ -49,7 +50,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Role, str
 @contextlib.contextmanager
 def coordinator(
     scratch: Path,
-    workers: dict[Role, str],
+    workers: dict[Role, str] | None,
     monkeypatch: pytest.MonkeyPatch,
     *,
     volumes: dict[str, str] | None = None,
@@ -57,8 +58,12 @@ def coordinator(
 ) -> Iterator[CoordinatorClient]:
     """A coordinator replica configured the way the operator configures its pods: by env."""
     with monkeypatch.context() as env:
-        for role, url in workers.items():
-            env.setenv(f"TARS_ENDPOINTS_{role.value.upper()}", url)
+        for role in (Role.analyzer, Role.generator, Role.tester):
+            name = f"TARS_ENDPOINTS_{role.value.upper()}"
+            if workers:
+                env.setenv(name, workers[role])
+            else:
+                env.delenv(name, raising=False)
         env.setenv("TARS_VOLUMES", json.dumps(volumes or {}))
         if kubeconfig is not None:
             env.setenv("KUBECONFIG", str(kubeconfig))
@@ -302,3 +307,80 @@ def test_missing_upload_configmap_fails_the_run(
         report = wait_until(api, run.uid)
     assert report.status.phase is RunPhase.failed
     assert f"ConfigMap {namespace}/not-uploaded: 404" in report.message
+
+
+# Addresses in the pod network the pod runner routes to the loopback device; EndpointSlices
+# refuse loopback addresses themselves.
+REPLICA_ADDRESSES = {
+    "analyzer": ["198.19.250.1"],
+    "generator": ["198.19.250.2", "198.19.250.3", "198.19.250.4"],
+    "tester": ["198.19.250.5"],
+}
+
+
+def test_work_spreads_over_every_discovered_replica(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kubeconfig: Path,
+    api_client: client.ApiClient,
+    namespace: str,
+    tars_crds: list[str],
+) -> None:
+    root = shop_project(tmp_path / "projects" / "shop")
+    settings = ReplicaSettings(scratch_dir=tmp_path / "workers")
+    custom = client.CustomObjectsApi(api_client)
+    slices = client.DiscoveryV1Api(api_client)
+    with contextlib.ExitStack() as stack:
+        for role_name, addresses in REPLICA_ADDRESSES.items():
+            role = Role(role_name)
+            urls = [
+                stack.enter_context(serve_in_thread(create_app(role, settings), host=address))
+                for address in addresses
+            ]
+            custom.create_namespaced_custom_object(
+                "tars.dev", "v1alpha1", namespace, "tarsreplicas",
+                TarsReplica.build(role_name, role, namespace=namespace).to_dict(),
+            )  # fmt: skip
+            # One slice per address: each replica server listens on its own port.
+            for index, url in enumerate(urls):
+                host, port = url.removeprefix("http://").rsplit(":", 1)
+                slices.create_namespaced_endpoint_slice(
+                    namespace,
+                    client.V1EndpointSlice(
+                        metadata=client.V1ObjectMeta(
+                            name=f"{role_name}-{index}",
+                            labels={"kubernetes.io/service-name": role_name},
+                        ),
+                        address_type="IPv4",
+                        ports=[client.DiscoveryV1EndpointPort(name="http", port=int(port))],
+                        endpoints=[
+                            client.V1Endpoint(
+                                addresses=[host],
+                                conditions=client.V1EndpointConditions(ready=True),
+                            )
+                        ],
+                    ),
+                )
+        volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+        with coordinator(
+            tmp_path / "scratch", None, monkeypatch, volumes=volumes, kubeconfig=kubeconfig
+        ) as api:
+            run = RunAssignment(
+                namespace=namespace, name="spread", uid=str(uuid.uuid4()), spec=volume_spec()
+            )
+            api.assign(run)
+            report = wait_until(api, run.uid)
+            metrics = httpx.get(f"{api.base_url}/metrics").text
+    assert report.status.phase is RunPhase.succeeded, report.message
+    assert git(root, "status", "--porcelain") == ""  # a patch, not edits, without autoApply
+    generated = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tars_coordinator_requests_total")
+        and 'operation="POST /v1/generate"' in line
+        and not line.rstrip().endswith(" 0.0")
+    ]
+    assert (
+        sorted(line.split('endpoint="http://')[1].split(":")[0] for line in generated)
+        == (REPLICA_ADDRESSES["generator"])
+    )
