@@ -223,10 +223,6 @@ def follow_deployment(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
             runtime.replica_statuses.forget(owner)
             _restore_child(runtime, owner, "Deployment")
             return
-        if not replicas.RolloutState.of(deployment).observed:
-            # The Deployment controller has not looked at this spec yet; its status update
-            # follows within moments and says more than the spec alone.
-            return
         previous = runtime.replica_statuses.get(owner)
         if previous is None:
             current = runtime.kube.get(TARS_REPLICAS, owner.namespace, owner.name)
