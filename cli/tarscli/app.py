@@ -10,10 +10,15 @@ Groups:
 
 from __future__ import annotations
 
+from importlib.metadata import version
+from typing import Annotated
+
 import typer
 
 from tarscli import local, replica, self_code
 from tarscli.errors import TarsGroup
+
+DISTRIBUTION = "tars-selfcoding"
 
 app = typer.Typer(
     name="tarscli",
@@ -46,6 +51,27 @@ demo_app.command("self-code-demo")(local.demo)
 app.add_typer(self_code.app, name="self-code")
 app.add_typer(replica.app, name="replica")
 app.add_typer(demo_app, name="demo")
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"tarscli {version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The commands below; `tarscli COMMAND --help` explains each."""
 
 
 def main() -> None:

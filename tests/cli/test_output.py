@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import socket
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import urllib3
 import yaml
+from cli_support import invoke
 from kubernetes.client.exceptions import ApiException
 from tars_api.replica import TarsReplica
 from tars_engine.models import Role
@@ -94,3 +96,9 @@ def test_bugs_are_not_disguised() -> None:
 )
 def test_run_names_come_from_the_project_directory(directory: str, prefix: str) -> None:
     assert name_prefix(Path("/somewhere") / directory) == prefix
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"tarscli {version('tars-selfcoding')}\n"
