@@ -67,7 +67,7 @@ RUN_LABEL = "tars.dev/run"
 CREATED_AT_ANNOTATION = "tars.dev/created-at"
 EXIT_INTERRUPTED = 130
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
-# generateName keeps 58 characters of a prefix; leave room for the "-upload-xxxxx" sibling.
+# A run's name is also a label value (63 characters at most) and part of its children's names.
 _NAME_PREFIX_LENGTH = 40
 
 RunArgument = Annotated[

@@ -494,3 +494,44 @@ def test_ctrl_c_leaves_the_watch_and_the_run(
         f'Stopped watching; the run goes on ("tarscli self-code stop {name}" stops it).\n'
     )
     assert get_object(api_client, namespace, RUNS, name)["spec"]["stop"] is False
+
+
+def test_a_refused_run_leaves_no_upload_behind(
+    cli: Cli,
+    project: Path,
+    service_account_kubeconfig: Callable[[str], Path],
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    uploader = service_account_kubeconfig("uploader")
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="configmaps-only"),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=[""], resources=["configmaps"], verbs=["create", "delete"]
+                )
+            ],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="configmaps-only"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="configmaps-only"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name="uploader", namespace=namespace)
+            ],
+        ),
+    )
+    result = cli("self-code", "start", "-t", "src", kubeconfig=uploader)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        'error: forbidden: selfcodingruns.tars.dev is forbidden: User "system:serviceaccount:'
+        f'{namespace}:uploader" cannot create resource "selfcodingruns"'
+    )
+    assert tarscli_config_maps(api_client, namespace) == []
