@@ -90,9 +90,13 @@ def patch_text(state: WorkflowState) -> str:
 
 
 def replay_applied(root: Path, checkpoint: WorkflowState) -> WorkflowState:
-    """Commit again, in a working copy made anew, what the checkpoint says was applied."""
+    """Commit again, in a working copy made anew, what the checkpoint says was applied.
+
+    Improvements the copy already holds (a pushed branch it continues) are only looked up.
+    """
     state = checkpoint.model_copy(deep=True)
     accepted = {candidate.id: candidate for candidate in state.accepted}
+    present = applying.committed_candidates(root)
     for change in state.applied:
         candidate = accepted.get(change.candidate_id)
         if candidate is None:
@@ -100,7 +104,9 @@ def replay_applied(root: Path, checkpoint: WorkflowState) -> WorkflowState:
                 f"checkpoint lists {change.candidate_id} as applied but not accepted"
             )
         try:
-            change.commit = applying.commit_improvement(root, candidate, None)
+            change.commit = present.get(candidate.id) or applying.commit_improvement(
+                root, candidate, None
+            )
         except applying.ApplyError as exc:
             raise WorkflowError(f"cannot restore the applied improvements: {exc}") from exc
         for record in state.files:

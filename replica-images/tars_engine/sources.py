@@ -283,9 +283,19 @@ def materialise(
         _start_afresh(root)
         clone(source.git.url, source.git.ref, root, env)
         if branch is not None:
-            git(root, "checkout", "--quiet", "-B", branch)
+            continue_branch(root, branch, env)
         ready_marker.touch()
     return Workspace(root=root, fresh=fresh, branch=branch, git_env=env)
+
+
+def continue_branch(root: Path, branch: str, env: dict[str, str]) -> None:
+    """Check out the run's branch: the remote one when an earlier coordinator pushed it."""
+    try:
+        git(root, "fetch", "--quiet", "origin", "--", f"refs/heads/{branch}", env=env)
+    except SourceError:
+        git(root, "checkout", "--quiet", "-B", branch)
+        return
+    git(root, "checkout", "--quiet", "-B", branch, "FETCH_HEAD")
 
 
 def push_branch(workspace: Workspace) -> str | None:

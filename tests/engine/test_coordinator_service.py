@@ -96,8 +96,9 @@ def volume_spec(**spec: object) -> SelfCodingRunSpec:
     )
 
 
-def candidate_trailers(root: Path) -> list[str]:
-    log = git(root, "log", "--format=%(trailers:key=Tars-Candidate,valueonly)")
+def candidate_trailers(repository: Path, branch: str = "HEAD") -> list[str]:
+    """The Tars-Candidate trailers on `branch`, newest first."""
+    log = git(repository, "log", "--format=%(trailers:key=Tars-Candidate,valueonly)", branch)
     return [line.strip() for line in log.splitlines() if line.strip()]
 
 
@@ -234,16 +235,10 @@ def test_git_source_commits_on_a_branch_and_pushes_it(
     assert report.status.branch == "tars/from-git"
     assert results.pushed is True
     assert "pushed tars/from-git" in report.message
-    pushed = git(bare, "log", "--format=%(trailers:key=Tars-Candidate,valueonly)", "tars/from-git")
-    assert len([line for line in pushed.splitlines() if line.strip()]) == (
-        report.status.statistics.improvements_applied
-    )
-    assert (
-        git(bare, "rev-parse", "main").strip()
-        == git(
-            bare, "rev-parse", "tars/from-git~" + str(report.status.statistics.improvements_applied)
-        ).strip()
-    )
+    applied = report.status.statistics.improvements_applied
+    assert len(candidate_trailers(bare, "tars/from-git")) == applied
+    # The branch is main plus one commit per improvement.
+    assert git(bare, "rev-parse", "main") == git(bare, "rev-parse", f"tars/from-git~{applied}")
 
 
 def test_unreachable_git_url_fails_the_run_clearly(
@@ -384,3 +379,37 @@ def test_work_spreads_over_every_discovered_replica(
         sorted(line.split('endpoint="http://')[1].split(":")[0] for line in generated)
         == (REPLICA_ADDRESSES["generator"])
     )
+
+
+def test_git_run_resumed_by_a_new_coordinator_continues_its_pushed_branch(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = bare_repository(tmp_path)
+    hanging = tmp_path / "hanging.pid"
+    command = counting_test_command(tmp_path / "count", hanging, hang_on=3)
+    spec = SelfCodingRunSpec(
+        targets=["shop"],
+        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main")),
+        auto_apply=True,
+        test_command=command,
+    )
+    run = assignment("git-resumed", spec)
+    with coordinator(tmp_path / "scratch-1", workers, monkeypatch) as api:
+        api.assign(run)
+        hung = wait_until(api, run.uid, lambda r: hanging.exists())
+        api.stop(run.uid)
+        stopped = wait_until(api, run.uid)
+    assert stopped.status.phase is RunPhase.stopped, stopped.message
+    kept = candidate_trailers(bare, "tars/git-resumed")
+    assert len(kept) == stopped.status.statistics.improvements_applied >= 1
+
+    # A new coordinator clones afresh, continues the pushed branch and finishes the run.
+    with coordinator(tmp_path / "scratch-2", workers, monkeypatch) as api:
+        api.assign(run.model_copy(update={"checkpoint": hung.checkpoint}))
+        resumed = wait_until(api, run.uid)
+    assert resumed.status.phase is RunPhase.succeeded, resumed.message
+    assert "pushed tars/git-resumed" in resumed.message
+    trailers = candidate_trailers(bare, "tars/git-resumed")
+    assert trailers[-len(kept) :] == kept
+    assert len(trailers) == len(set(trailers)) == resumed.status.statistics.improvements_applied
+    assert len(trailers) > len(kept)
