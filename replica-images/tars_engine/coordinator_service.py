@@ -6,6 +6,14 @@ worker roles come from `tars_engine.discovery`: TARS_ENDPOINTS_<ROLE> when set, 
 TarsReplicas and EndpointSlices of the run's namespace, watched, so replicas scaled mid-run
 are used at once.
 
+The pod. Read at start: TARS_SCRATCH_DIR (runs' working copies and state, the learning
+store), TARS_VOLUMES (`tars_engine.sources`), KUBECONFIG (else the in-cluster service
+account), TARS_ENDPOINTS_<ROLE> (fixed worker endpoints instead of discovery). The service
+account needs, in the runs' namespaces: get configmaps (uploads), get secrets (git
+credentials), list and watch tarsreplicas.tars.dev and endpointslices.discovery.k8s.io.
+Its /metrics count the requests sent to each worker endpoint
+(`tars_coordinator_requests_total{role, endpoint, operation}`).
+
 Resuming. A run assigned with a checkpoint (its coordinator died) continues from it. A
 working copy made anew (upload and git sources) first gets the improvements the
 checkpoint says were applied, as commits again; the project the run works for is never

@@ -79,12 +79,9 @@ class RoleClients(Generic[HttpRoleT]):
         self._clients: dict[str, HttpRoleT] = {}
 
     def update(self, urls: Sequence[str]) -> None:
+        # A client dropped here may still be serving a lease: it is left to finish, not closed.
         with self._lock:
-            kept = {url: self._clients.get(url) or self._factory(url) for url in urls}
-            gone = [c for url, c in self._clients.items() if url not in kept]
-            self._clients = kept
-        for stale in gone:
-            stale.close()
+            self._clients = {url: self._clients.get(url) or self._factory(url) for url in urls}
 
     def ready(self) -> list[HttpRoleT]:
         with self._lock:
@@ -95,7 +92,10 @@ class RoleClients(Generic[HttpRoleT]):
             return sorted(self._clients)
 
     def close(self) -> None:
-        self.update([])
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for role_client in clients:
+            role_client.close()
 
 
 class RoleDirectory:

@@ -7,6 +7,7 @@ test command runs in its own process group, and a timeout kills the whole group.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
@@ -37,6 +38,7 @@ from tars_engine.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot,
 OUTPUT_HEAD_CHARS = 3000
 OUTPUT_TAIL_CHARS = 9000
 IMPORT_ROOT_DEPTH = 3
+MAX_EARLY_CANCELS = 256
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 _PYTEST_CONFIG_MARKERS = {
@@ -191,8 +193,9 @@ class Tester:
         self.runs_dir = self.settings.scratch_dir / "runs"
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
-        # Cancelled before their command started (the cancel overtook the request).
-        self._cancelled: set[str] = set()
+        # Cancelled before their command started (the cancel overtook the request); bounded,
+        # since a cancel may also come after its run ended.
+        self._cancelled: collections.deque[str] = collections.deque(maxlen=MAX_EARLY_CANCELS)
 
     def info(self) -> RoleInfo:
         return RoleInfo(
@@ -256,7 +259,7 @@ class Tester:
         with self._lock:
             process = self._running.get(request_id)
             if process is None:
-                self._cancelled.add(request_id)
+                self._cancelled.append(request_id)
                 return
         _kill_group(process)
 
@@ -293,7 +296,6 @@ class Tester:
                 with self._lock:
                     self._running[request_id] = process
                     cancelled = request_id in self._cancelled
-                    self._cancelled.discard(request_id)
                 if cancelled:
                     _kill_group(process)
             try:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -76,12 +76,14 @@ def assignment(name: str, spec: SelfCodingRunSpec, **extra: object) -> RunAssign
     return RunAssignment(namespace="default", name=name, uid=str(uuid.uuid4()), spec=spec, **extra)
 
 
-def wait_until(api: CoordinatorClient, uid: str, done: object = None) -> RunReport:
-    """Poll the run until `done(report)` (default: finished)."""
+def wait_until(
+    api: CoordinatorClient, uid: str, done: Callable[[RunReport], bool] | None = None
+) -> RunReport:
+    """Poll the run until `done(report)` (default: until it has finished)."""
     deadline = time.monotonic() + RUN_WAIT_SECONDS
     while True:
         report = api.report(uid)
-        if done(report) if callable(done) else report.finished:
+        if done(report) if done is not None else report.finished:
             return report
         if time.monotonic() > deadline:
             raise AssertionError(f"run {uid} did not get there: {report.model_dump_json()}")
