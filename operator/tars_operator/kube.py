@@ -72,6 +72,19 @@ class ApiError(Exception):
         return self.status in (400, 401, 403, 405, 415, 422)
 
 
+def _api_error(status: int, reason: str, data: bytes) -> ApiError:
+    """The error of a refused request; the body is a Status object, or plain text (404 of a path)."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return ApiError(
+            status, str(payload.get("reason") or reason), str(payload.get("message") or "")
+        )
+    return ApiError(status, reason, data[:500].decode(errors="replace").strip())
+
+
 def load_configuration(
     kubeconfig: str | None = None, context: str | None = None
 ) -> kubernetes.client.Configuration:
@@ -146,13 +159,9 @@ class KubeClient:
         )
         metrics.API_REQUESTS.labels(verb=method, code=str(response.status)).inc()
         data = response.read()
-        payload: Manifest = json.loads(data) if data else {}
         if not 200 <= response.status <= 299:
-            raise ApiError(
-                response.status,
-                str(payload.get("reason") or response.reason),
-                str(payload.get("message") or data[:500].decode(errors="replace")),
-            )
+            raise _api_error(response.status, str(response.reason), data)
+        payload: Manifest = json.loads(data) if data else {}
         return payload
 
     def get_path(self, path: str) -> Manifest | None:
