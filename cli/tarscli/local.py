@@ -240,6 +240,8 @@ def execute(
         error = outcome["error"]
         if isinstance(error, StateError):
             raise CliError(str(error)) from error
+        if isinstance(error, OSError):
+            raise CliError(f"cannot keep the run's state in {root / '.tars'}: {error}") from error
         raise error  # type: ignore[misc]
     state = outcome["state"]
     assert isinstance(state, WorkflowState)

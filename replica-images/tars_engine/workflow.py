@@ -834,9 +834,7 @@ class Workflow:
             return
         with self._lock:
             self._s.patch_path = str(applying.write_patch(self._patch_file(), self._s.accepted))
-        self._finish_file(
-            record, FileOutcome.accepted, f"passed the tests; in {self._s.patch_path}"
-        )
+        self._finish_file(record, FileOutcome.accepted, "passed the tests; added to the patch")
 
     def _patch_file(self) -> Path:
         return self.store.state_dir / "patches" / f"{self._s.run_id}.patch"
