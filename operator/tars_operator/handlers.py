@@ -4,8 +4,10 @@
 - Deployment events (labelled managed-by tars-operator): the owner's status follows the
   Deployment's; this is the only writer of TarsReplica status after a successful apply.
 - Deployment/Service deletion while the owner lives: the child is applied again.
-- SelfCodingRun create/update/resume, and coordinator TarsReplica events: re-evaluate
-  runs that have not started (the coordinator index says which coordinators are ready).
+- SelfCodingRun create/update/resume, and TarsReplica events: re-evaluate runs that have
+  not started (the readiness index says which replicas of each role are ready).
+- A daemon per active SelfCodingRun: `run_driver` hands it to a coordinator and mirrors
+  the coordinator's report onto its status until it ends.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from tars_api.meta import GROUP, VERSION, now
 from tars_api.replica import TARS_REPLICA_PLURAL, TarsReplica, TarsReplicaStatus
 from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
 from tars_engine.models import Role
+from tars_engine.run_api import CoordinatorApiError
 
-from tars_operator import metrics, replicas, runs
+from tars_operator import metrics, replicas, run_driver, runs
 from tars_operator.config import OperatorConfig
 from tars_operator.kube import (
     SELF_CODING_RUNS,
@@ -79,14 +82,14 @@ class Runtime:
     config: OperatorConfig
     kube: KubeClient
     replica_statuses: ReplicaStatusCache = field(default_factory=ReplicaStatusCache)
-    _ready_coordinators: dict[str, list[str]] = field(default_factory=dict)
+    _ready_replicas: dict[str, dict[Role, list[str]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def coordinators_changed(self, namespace: str, ready: list[str]) -> bool:
-        """Remember the ready coordinators of `namespace`; True when they differ from last time."""
+    def readiness_changed(self, namespace: str, ready: dict[Role, list[str]]) -> bool:
+        """Remember the ready replicas of `namespace` by role; True when they differ from last time."""
         with self._lock:
-            changed = self._ready_coordinators.get(namespace) != ready
-            self._ready_coordinators[namespace] = ready
+            changed = self._ready_replicas.get(namespace) != ready
+            self._ready_replicas[namespace] = ready
         return changed
 
 
@@ -128,6 +131,8 @@ def _write_replica_status(
     owner: replicas.OwnerRef,
     previous: TarsReplicaStatus | None,
     status: TarsReplicaStatus,
+    *,
+    announce: bool = True,
 ) -> bool:
     """Patch the status when it differs from `previous`; post an Event when the phase moved."""
     if previous is not None and previous.to_dict() == status.to_dict():
@@ -138,7 +143,8 @@ def _write_replica_status(
     runtime.replica_statuses.put(
         owner, TarsReplicaStatus.model_validate(written.get("status") or {})
     )
-    _post(owner.event_target(), replicas.replica_transition(previous, status))
+    if announce:
+        _post(owner.event_target(), replicas.replica_transition(previous, status))
     return True
 
 
@@ -149,7 +155,7 @@ def _report_failure(runtime: Runtime, replica: TarsReplica, reason: str, message
         previous, reason, message, replica.metadata.generation or 0, now=now()
     )
     try:
-        _write_replica_status(runtime, owner, previous, failed)
+        _write_replica_status(runtime, owner, previous, failed, announce=False)
     except ApiError as error:
         log.warning(
             "cannot record the failure on TarsReplica %s/%s: %s", owner.namespace, owner.name, error
@@ -157,7 +163,8 @@ def _report_failure(runtime: Runtime, replica: TarsReplica, reason: str, message
     _post(owner.event_target(), replicas.Transition("Warning", reason, message))
 
 
-def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
+def _apply_children(runtime: Runtime, replica: TarsReplica, *, final_attempt: bool = True) -> None:
+    """Apply both children; a failure that will not be retried is recorded on the replica."""
     try:
         manifests = [
             replicas.desired_deployment(replica, runtime.config),
@@ -170,7 +177,7 @@ def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
         for manifest in manifests:
             runtime.kube.apply(manifest)
     except ApiError as error:
-        if error.is_permanent:
+        if error.is_permanent or final_attempt:
             _report_failure(runtime, replica, "ApplyFailed", error.message)
         raise _retry_or_fail(error) from error
 
@@ -178,13 +185,13 @@ def _apply_children(runtime: Runtime, replica: TarsReplica) -> None:
 @kopf.on.resume(*TR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
 @kopf.on.create(*TR, retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
 @kopf.on.update(*TR, field="spec", retries=HANDLER_RETRIES, backoff=HANDLER_BACKOFF_SECONDS)
-def reconcile_replica(body: kopf.Body, memo: Any, reason: str, **_: Any) -> None:
+def reconcile_replica(body: kopf.Body, memo: Any, reason: str, retry: int, **_: Any) -> None:
     runtime = _runtime(memo)
     with metrics.measure("TarsReplica") as meter:
         replica = TarsReplica.model_validate(dict(body))
         # The Deployment's first event then needs no read of the replica.
         runtime.replica_statuses.seed(_owner(replica), replica.status or TarsReplicaStatus())
-        _apply_children(runtime, replica)
+        _apply_children(runtime, replica, final_attempt=retry + 1 >= HANDLER_RETRIES)
         meter.changed()
     if reason == kopf.Reason.CREATE:
         message = f"Deployment and Service {replica.name} applied"
@@ -249,17 +256,18 @@ def follow_service(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> No
 
 
 @kopf.index(*TR)
-def coordinator_readiness(
+def replica_readiness(
     namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[str, tuple[str, bool]] | None:
-    """namespace -> (name, ready) of every coordinator TarsReplica."""
-    if namespace is None or spec.get("role") != Role.coordinator.value:
+) -> dict[str, tuple[str, str, bool]] | None:
+    """namespace -> (role, name, ready) of every TarsReplica."""
+    if namespace is None or not spec.get("role"):
         return None
+    role = str(spec.get("role"))
     try:
         parsed = TarsReplicaStatus.model_validate(dict(status))
     except ValidationError:
-        return {namespace: (name, False)}
-    return {namespace: (name, replicas.is_ready(parsed))}
+        return {namespace: (role, name, False)}
+    return {namespace: (role, name, replicas.is_ready(parsed))}
 
 
 @kopf.index(*SCR)
@@ -272,18 +280,23 @@ def waiting_runs(
     return {namespace: name}
 
 
-def _ready_coordinators(index: kopf.Index[str, tuple[str, bool]], namespace: str) -> list[str]:
-    return sorted(name for name, ready in index.get(namespace, []) if ready)
+ReadinessIndex = kopf.Index[str, tuple[str, str, bool]]
 
 
-def _evaluate_run(runtime: Runtime, body: dict[str, Any], ready_coordinators: list[str]) -> bool:
+def _ready_by_role(index: ReadinessIndex, namespace: str) -> dict[Role, list[str]]:
+    return run_driver.ready_roles(index.get(namespace, []))
+
+
+def _evaluate_run(
+    runtime: Runtime, body: dict[str, Any], ready_by_role: dict[Role, list[str]]
+) -> bool:
     """Write the pre-workflow status of one run; False when it already had it.
 
     The patch carries the resourceVersion the decision was made on, so it cannot
-    overwrite a status someone else (the workflow) wrote meanwhile.
+    overwrite a status someone else (the run's driver) wrote meanwhile.
     """
     run = SelfCodingRun.model_validate(body)
-    update = runs.evaluate_run(run, ready_coordinators, now=now())
+    update = runs.evaluate_run(run, ready_by_role, now=now())
     if update is None:
         return False
     patch = {
@@ -308,33 +321,31 @@ def reconcile_run(
     body: kopf.Body,
     namespace: str,
     memo: kopf.Memo,
-    coordinator_readiness: kopf.Index[str, tuple[str, bool]],
+    replica_readiness: ReadinessIndex,
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
     with metrics.measure("SelfCodingRun") as meter:
         try:
             meter.changed(
-                _evaluate_run(
-                    runtime, dict(body), _ready_coordinators(coordinator_readiness, namespace)
-                )
+                _evaluate_run(runtime, dict(body), _ready_by_role(replica_readiness, namespace))
             )
         except ApiError as error:
             # 409: the run changed since this event; kopf retries with the fresh object.
             raise _retry_or_fail(error) from error
 
 
-@kopf.on.event(*TR, when=lambda spec, **_: spec.get("role") == Role.coordinator.value)  # type: ignore[arg-type]
-def coordinator_changed(
+@kopf.on.event(*TR)  # type: ignore[arg-type]
+def replica_changed(
     namespace: str,
     memo: kopf.Memo,
-    coordinator_readiness: kopf.Index[str, tuple[str, bool]],
+    replica_readiness: ReadinessIndex,
     waiting_runs: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    ready = _ready_coordinators(coordinator_readiness, namespace)
-    if not runtime.coordinators_changed(namespace, ready):
+    ready = _ready_by_role(replica_readiness, namespace)
+    if not runtime.readiness_changed(namespace, ready):
         return
     for name in list(waiting_runs.get(namespace, [])):
         with metrics.measure("SelfCodingRun") as meter:
@@ -352,3 +363,46 @@ def coordinator_changed(
                     namespace,
                     name,
                 )
+
+
+# --- SelfCodingRun through the coordinator -----------------------------------------------
+
+
+def _is_active(status: kopf.Status, **_: Any) -> bool:
+    phase = status.get("phase")
+    return phase is None or not RunPhase(phase).is_terminal
+
+
+@kopf.daemon(*SCR, when=_is_active, cancellation_timeout=10.0)  # type: ignore[arg-type]
+def drive_run(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    replica_readiness: ReadinessIndex,
+    **_: Any,
+) -> None:
+    """Hands the run to a coordinator and mirrors its progress until it ends.
+
+    Started for every active run, also when the operator starts again: it then resumes
+    mirroring from the coordinator address and checkpoint kept in `<run>-state`.
+    """
+    runtime = _runtime(memo)
+
+    def post(target: dict[str, Any], transition: replicas.Transition) -> None:
+        _post(target, transition)
+
+    driver = run_driver.RunDriver(runtime.kube, namespace, name, post)
+    while not stopped:
+        try:
+            with metrics.measure("SelfCodingRun"):
+                delay = driver.step(_ready_by_role(replica_readiness, namespace))
+        except ApiError as error:
+            log.warning("run %s/%s: %s", namespace, name, error)
+            delay = run_driver.api_error_delay(error)
+        except CoordinatorApiError as error:
+            log.warning("run %s/%s: %s", namespace, name, error)
+            delay = run_driver.WAIT_SECONDS
+        if delay is None:
+            return
+        stopped.wait(delay)

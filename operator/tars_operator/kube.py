@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +24,8 @@ from tars_api.run import SELF_CODING_RUN_PLURAL
 from tars_operator import metrics
 
 FIELD_MANAGER = "tars-operator"
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_RETRY_DELAYS = (0.5, 1.0, 2.0)
 Manifest = dict[str, Any]
 
 
@@ -48,9 +51,10 @@ class Resource:
 
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 SERVICES = Resource("", "v1", "services")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
 TARS_REPLICAS = Resource(GROUP, VERSION, TARS_REPLICA_PLURAL)
 SELF_CODING_RUNS = Resource(GROUP, VERSION, SELF_CODING_RUN_PLURAL)
-_BY_KIND = {"Deployment": DEPLOYMENTS, "Service": SERVICES}
+_BY_KIND = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "ConfigMap": CONFIG_MAPS}
 
 
 class ApiError(Exception):
@@ -154,11 +158,17 @@ class KubeClient:
             header_params={"Accept": accept, "Content-Type": content_type},
             auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(
-            method, url, header_params=headers, body=body, _request_timeout=self._timeout
-        )
-        metrics.API_REQUESTS.labels(verb=method, code=str(response.status)).inc()
-        data = response.read()
+        for delay in (*TRANSIENT_RETRY_DELAYS, None):
+            response = self._api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=self._timeout
+            )
+            metrics.API_REQUESTS.labels(verb=method, code=str(response.status)).inc()
+            data = response.read()
+            if response.status not in TRANSIENT_STATUSES or delay is None:
+                break
+            # Event handlers get no retries from kopf: a busy or restarting API server
+            # must not leave a status stale until the next event.
+            time.sleep(delay)
         if not 200 <= response.status <= 299:
             raise _api_error(response.status, str(response.reason), data)
         payload: Manifest = json.loads(data) if data else {}

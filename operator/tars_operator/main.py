@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs every handler's success; transitions are posted as Events instead.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        # Each active run polls its coordinator every second.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         config = load_config(arguments.config)
         run(arguments, config)

@@ -156,8 +156,10 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "serve",
             "--role",
             spec.role.value,
+            # The pod's own address (downward API), not 0.0.0.0: pods sharing a host
+            # network namespace (the test pod runner) must not claim each other's port.
             "--host",
-            "0.0.0.0",
+            "$(POD_IP)",
             "--port",
             str(config.port),
         ],

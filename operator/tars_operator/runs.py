@@ -1,26 +1,30 @@
-"""SelfCodingRun status before the workflow runs in the cluster. Pure functions.
+"""SelfCodingRun status before a coordinator takes it. Pure functions.
 
 A run is either stopped (spec.stop) or Pending with conditions saying what it waits
-for. Nothing here reports a stage, progress or statistics: no work has been done, and
+for; `run_driver` hands it to a coordinator once every role is ready. Nothing here reports a stage, progress or statistics: no work has been done, and
 the status must never claim otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from tars_api.meta import Condition, find_condition, set_condition
 from tars_api.run import RunConditionType, RunPhase, SelfCodingRun, SelfCodingRunStatus
+from tars_engine.models import Role
 
 from tars_operator.replicas import Transition
 
 REASON_NO_READY_COORDINATOR = "NoReadyCoordinator"
-REASON_COORDINATOR_READY = "CoordinatorReady"
+REASON_NO_READY_WORKERS = "NoReadyWorkers"
+REASON_REPLICAS_READY = "ReplicasReady"
+REASON_ASSIGNING = "Assigning"
 REASON_WAITING_FOR_REPLICAS = "WaitingForReplicas"
-REASON_NOT_IN_CLUSTER = "InClusterRunsUnavailable"
+# Every role a run needs a ready TarsReplica of before it is handed to a coordinator.
+REQUIRED_ROLES = (Role.coordinator, Role.analyzer, Role.generator, Role.tester)
 REASON_STOPPED = "Stopped"
 
 
@@ -61,40 +65,56 @@ def _stopped(
     )
 
 
+def missing_roles(ready_by_role: Mapping[Role, Iterable[str]]) -> list[Role]:
+    """The roles a run needs that have no ready TarsReplica."""
+    return [role for role in REQUIRED_ROLES if not list(ready_by_role.get(role, []))]
+
+
 def _pending(
-    run: SelfCodingRun, previous: SelfCodingRunStatus, ready_coordinators: list[str], now: datetime
+    run: SelfCodingRun,
+    previous: SelfCodingRunStatus,
+    ready_by_role: Mapping[Role, Iterable[str]],
+    now: datetime,
 ) -> SelfCodingRunStatus:
     namespace = run.metadata.namespace
     generation = run.metadata.generation
-    if ready_coordinators:
+    missing = missing_roles(ready_by_role)
+    if not missing:
+        coordinators = ", ".join(sorted(ready_by_role[Role.coordinator]))
         replicas = Condition.make(
             RunConditionType.replicas_ready,
             True,
-            REASON_COORDINATOR_READY,
-            f"coordinator TarsReplica {', '.join(ready_coordinators)} is ready in namespace {namespace}",
+            REASON_REPLICAS_READY,
+            f"coordinator TarsReplica {coordinators} and every worker role are ready "
+            f"in namespace {namespace}",
             at=now,
         )
         progressing = Condition.make(
             RunConditionType.progressing,
             False,
-            REASON_NOT_IN_CLUSTER,
-            "this operator does not hand runs to the coordinator yet; "
-            "run the workflow locally with `tarscli self-code run`",
+            REASON_ASSIGNING,
+            f"handing the run to coordinator {coordinators}",
             at=now,
         )
     else:
-        replicas = Condition.make(
-            RunConditionType.replicas_ready,
-            False,
-            REASON_NO_READY_COORDINATOR,
-            f"no coordinator TarsReplica is ready in namespace {namespace}",
-            at=now,
-        )
+        if Role.coordinator in missing:
+            reason = REASON_NO_READY_COORDINATOR
+            message = f"no coordinator TarsReplica is ready in namespace {namespace}"
+            others = [role for role in missing if role is not Role.coordinator]
+            if others:
+                message += f"; none for {', '.join(role.value for role in others)} either"
+        else:
+            reason = REASON_NO_READY_WORKERS
+            message = (
+                f"no ready TarsReplica for {', '.join(role.value for role in missing)} "
+                f"in namespace {namespace}"
+            )
+        replicas = Condition.make(RunConditionType.replicas_ready, False, reason, message, at=now)
         progressing = Condition.make(
             RunConditionType.progressing,
             False,
             REASON_WAITING_FOR_REPLICAS,
-            "waiting for a ready coordinator TarsReplica",
+            f"waiting for ready {', '.join(role.value for role in missing)} TarsReplicas",
             at=now,
         )
     conditions = _condition(list(previous.conditions), replicas, generation)
@@ -105,7 +125,7 @@ def _pending(
 
 
 def evaluate_run(
-    run: SelfCodingRun, ready_coordinators: Iterable[str], *, now: datetime
+    run: SelfCodingRun, ready_by_role: Mapping[Role, Iterable[str]], *, now: datetime
 ) -> RunUpdate | None:
     """What to write on a run that has not started; None when nothing must change.
 
@@ -117,7 +137,7 @@ def evaluate_run(
     if run.spec.stop:
         desired = _stopped(run, previous, now)
     else:
-        desired = _pending(run, previous, sorted(ready_coordinators), now)
+        desired = _pending(run, previous, ready_by_role, now)
     patch = desired.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
     current = previous.model_dump(mode="json", by_alias=True, include=set(desired.model_fields_set))
     if {key: current.get(key) for key in patch} == patch:

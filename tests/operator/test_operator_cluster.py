@@ -384,3 +384,31 @@ def test_liveness_and_metrics(kubectl: Kubectl, namespace: str, operator: Operat
     assert "tars_operator_reconcile_duration_seconds_bucket" in text
     assert "tars_operator_errors" in text
     assert f"watching namespaces {namespace}" in operator.log()
+
+
+def test_specs_the_children_cannot_take_are_reported_not_retried_forever(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kubectl, namespace, replica_manifest("1st-analyzer", "analyzer"))
+    bad_affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": "x"}
+        }
+    }
+    apply(kubectl, namespace, replica_manifest("generator", "generator", affinity=bad_affinity))
+    for name, reason, detail in (
+        ("1st-analyzer", "InvalidSpec", "cannot name a Service"),
+        ("generator", "ApplyFailed", "nodeSelectorTerms"),
+    ):
+        failed = wait_until(
+            lambda name=name: replica(kubectl, namespace, name),
+            lambda current, reason=reason: condition(current, "Ready").get("reason") == reason,
+            f"{name} to report {reason}",
+        )
+        assert phase(failed) == "Degraded"
+        assert detail in condition(failed, "Ready")["message"]
+        wait_for(
+            lambda name=name, reason=reason: reason in reasons(kubectl, namespace, name),
+            f"the {reason} Event",
+        )
+        assert deployment(kubectl, namespace, name) is None

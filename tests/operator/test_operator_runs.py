@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from tars_api.meta import ConditionStatus, find_condition
 from tars_api.run import GitSource, RunPhase, RunSource, SelfCodingRun, SelfCodingRunStatus
+from tars_engine.models import Role
 from tars_operator.runs import evaluate_run
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+ALL_READY = {role: [role.value] for role in Role}
 
 
 def run(**spec: object) -> SelfCodingRun:
@@ -28,7 +30,7 @@ def with_status(value: SelfCodingRun, patch: dict[str, object]) -> SelfCodingRun
 
 
 def test_without_a_ready_coordinator_the_run_stays_pending_and_says_why() -> None:
-    update = evaluate_run(run(), [], now=T0)
+    update = evaluate_run(run(), {}, now=T0)
     assert update is not None
     assert update.status["phase"] == "Pending"
     status = SelfCodingRunStatus.model_validate(update.status)
@@ -38,29 +40,29 @@ def test_without_a_ready_coordinator_the_run_stays_pending_and_says_why() -> Non
         ConditionStatus.false,
         "NoReadyCoordinator",
     )
-    assert replicas_ready.message == "no coordinator TarsReplica is ready in namespace work"
+    assert replicas_ready.message.startswith("no coordinator TarsReplica is ready in namespace work")
     assert update.transition is not None and update.transition.reason == "NoReadyCoordinator"
 
 
 def test_no_progress_is_ever_reported_before_the_workflow_runs() -> None:
-    for ready in ([], ["coordinator"]):
+    for ready in ({}, ALL_READY):
         update = evaluate_run(run(), ready, now=T0)
         assert update is not None
         assert set(update.status) == {"phase", "conditions", "observedGeneration"}
 
 
 def test_re_evaluating_an_unchanged_run_writes_nothing() -> None:
-    first = evaluate_run(run(), [], now=T0)
+    first = evaluate_run(run(), {}, now=T0)
     assert first is not None
     waiting = with_status(run(), first.status)
-    assert evaluate_run(waiting, [], now=T0 + timedelta(minutes=5)) is None
+    assert evaluate_run(waiting, {}, now=T0 + timedelta(minutes=5)) is None
 
 
 def test_a_ready_coordinator_is_acknowledged_without_claiming_the_run_started() -> None:
-    first = evaluate_run(run(), [], now=T0)
+    first = evaluate_run(run(), {}, now=T0)
     assert first is not None
     update = evaluate_run(
-        with_status(run(), first.status), ["coordinator"], now=T0 + timedelta(minutes=1)
+        with_status(run(), first.status), ALL_READY, now=T0 + timedelta(minutes=1)
     )
     assert update is not None
     status = SelfCodingRunStatus.model_validate(update.status)
@@ -76,7 +78,7 @@ def test_a_ready_coordinator_is_acknowledged_without_claiming_the_run_started() 
 
 
 def test_stop_ends_a_pending_run_as_stopped_with_a_completion_time() -> None:
-    update = evaluate_run(run(stop=True), [], now=T0)
+    update = evaluate_run(run(stop=True), {}, now=T0)
     assert update is not None
     status = SelfCodingRunStatus.model_validate(update.status)
     assert status.phase is RunPhase.stopped
@@ -88,9 +90,18 @@ def test_stop_ends_a_pending_run_as_stopped_with_a_completion_time() -> None:
     )
     assert update.transition is not None and update.transition.reason == "Stopped"
     stopped = with_status(run(stop=True), update.status)
-    assert evaluate_run(stopped, ["coordinator"], now=T0 + timedelta(minutes=1)) is None
+    assert evaluate_run(stopped, ALL_READY, now=T0 + timedelta(minutes=1)) is None
 
 
 def test_runs_that_started_or_ended_belong_to_the_workflow() -> None:
     for phase in ("Running", "Succeeded", "Failed"):
-        assert evaluate_run(with_status(run(stop=True), {"phase": phase}), [], now=T0) is None
+        assert evaluate_run(with_status(run(stop=True), {"phase": phase}), {}, now=T0) is None
+
+
+def test_a_run_waits_for_every_worker_role_and_names_the_missing_ones() -> None:
+    update = evaluate_run(run(), {Role.coordinator: ["c"], Role.analyzer: ["a"]}, now=T0)
+    assert update is not None
+    status = SelfCodingRunStatus.model_validate(update.status)
+    replicas_ready = find_condition(status.conditions, "ReplicasReady")
+    assert replicas_ready is not None and replicas_ready.reason == "NoReadyWorkers"
+    assert "generator, tester" in replicas_ready.message
