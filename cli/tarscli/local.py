@@ -33,7 +33,13 @@ from rich.syntax import Syntax
 from rich.table import Table
 from tars_api.run import FileOutcome, RunPhase
 from tars_engine.budget import Budget
-from tars_engine.embedded import default_engine, local_workflow, ollama_reachable, state_dir_for
+from tars_engine.embedded import (
+    default_engine,
+    local_workflow,
+    ollama_reachable,
+    project_test_command,
+    state_dir_for,
+)
 from tars_engine.learning import LearningStore
 from tars_engine.models import EngineName
 from tars_engine.selection import is_git_repository
@@ -394,7 +400,7 @@ def run(
         engine=choose_engine(engine),
         model=model,
         allow_unsafe_fixes=unsafe_fixes,
-        test_command=parse_test_command(test_command),
+        test_command=parse_test_command(test_command) or project_test_command(root),
         test_timeout_seconds=test_timeout,
         budget=Budget(
             max_files=max_files, max_attempts_per_file=max_attempts, deadline_seconds=deadline
@@ -432,7 +438,7 @@ def improve(
         engine=choose_engine(engine),
         model=model,
         allow_unsafe_fixes=unsafe_fixes,
-        test_command=parse_test_command(test_command),
+        test_command=parse_test_command(test_command) or project_test_command(root),
         test_timeout_seconds=test_timeout,
     )
     console = output.console()

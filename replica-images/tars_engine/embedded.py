@@ -9,6 +9,7 @@ learning in the per-user store (see `tars_engine.learning`). Engine choice:
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from tars_engine.models import EngineName
 from tars_engine.selection import is_git_repository
 from tars_engine.settings import ReplicaSettings, normalize_ollama_host
 from tars_engine.state import RunOptions, StateStore
+from tars_engine.tester import detect_test_command
 from tars_engine.workflow import EventCallback, WorkerRoles, Workflow
 
 STATE_DIR_NAME = ".tars"
 # Two of each role keep both cores busy: the baseline runs alongside the first batch.
 DEFAULT_INSTANCES = 2
 OLLAMA_PROBE_TIMEOUT_SECONDS = 2.0
+PROJECT_VENV_NAMES = (".venv", "venv")
 
 
 def state_dir_for(root: Path) -> Path:
@@ -62,6 +65,27 @@ def ollama_reachable(host: str | None = None) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
+
+
+def project_test_command(root: Path) -> list[str] | None:
+    """pytest from the project's own virtualenv, when it has one with pytest in it.
+
+    A project's test dependencies live in its own environment, not in the one
+    TARS runs from; without this, a project whose tests import anything beyond the
+    standard library would fail its baseline under TARS's interpreter.
+    """
+    if detect_test_command(root) is None:
+        return None
+    for name in PROJECT_VENV_NAMES:
+        python = root / name / "bin" / "python"
+        if not python.is_file():
+            continue
+        probe = subprocess.run(
+            [str(python), "-c", "import pytest"], capture_output=True, check=False, timeout=60
+        )
+        if probe.returncode == 0:
+            return [str(python), "-m", "pytest", "-q"]
+    return None
 
 
 def default_engine() -> EngineName:

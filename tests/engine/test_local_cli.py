@@ -212,3 +212,43 @@ def test_stop_local_asks_a_running_run_to_stop(tmp_path: Path, env: dict[str, st
     stopped = tarscli(root / "shop", env, "self-code", "stop", "--local")
     assert stopped.returncode == 0, stopped.stderr
     assert "stop requested" in stopped.stdout and store.stop_file.exists()
+
+
+def project_venv_with(root: Path, module: str, source: str) -> Path:
+    """A real virtualenv in the project holding `module`, with pytest visible through a .pth."""
+    venv = root / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages,) = venv.glob("lib/python3.*/site-packages")
+    pytest_home = Path(pytest.__file__).resolve().parent.parent
+    (site_packages / "tars_test_pytest.pth").write_text(f"{pytest_home}\n", encoding="utf-8")
+    (site_packages / f"{module}.py").write_text(source, encoding="utf-8")
+    return venv
+
+
+def test_run_uses_the_projects_own_virtualenv_for_its_tests(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = write_files(
+        tmp_path / "shop",
+        {
+            "pyproject.toml": '[project]\nname = "shop"\nversion = "0"\n',
+            ".gitignore": ".venv/\n",
+            "shop/__init__.py": "",
+            "shop/prices.py": "import os\n\n\ndef total(items):\n    return sum(items)\n",
+            "tests/test_prices.py": (
+                "from only_in_project_venv import TAX\n"
+                "from shop.prices import total\n\n\n"
+                "def test_total():\n    assert total([1, 2]) * TAX == 3\n"
+            ),
+        },
+    )
+    project_venv_with(root, "only_in_project_venv", "TAX = 1\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+
+    result = tarscli(root, env, "self-code", "run", "-t", "shop", "--auto-apply")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "import os" not in (root / "shop" / "prices.py").read_text(encoding="utf-8")
+    assert git(root, "status", "--porcelain") == ""
