@@ -6,6 +6,7 @@ import base64
 import secrets
 import shlex
 import string
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +39,9 @@ from tars_api.run import (
 )
 from tars_engine.models import EngineName, Role
 
+from tarscli import coordinator_access, output
 from tarscli import local as local_runs
-from tarscli import output
-from tarscli.errors import CliError, report
+from tarscli.errors import CliError, fail, report
 from tarscli.kube import (
     FIELD_MANAGER,
     REQUEST_TIMEOUT,
@@ -215,6 +216,7 @@ def setup(
     """Prepare a namespace for self-coding runs: the four role replicas, ready to work.
 
     Checks that the CRDs are installed (--install-crds installs them), creates the
+    coordinator's ServiceAccount, Role and RoleBinding when absent, the
     analyzer, generator, tester and coordinator TarsReplicas (existing ones are left
     as they are), and waits until all four are Ready.
     """
@@ -224,6 +226,8 @@ def setup(
         install_crds(cluster, deadline)
     else:
         cluster.require_crds()
+    for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+        typer.echo(line)
     replicas: list[TarsReplica] = []
     for role in Role:
         wanted = TarsReplica.build(role.value, role, labels=MANAGED_BY_LABELS)
@@ -669,3 +673,92 @@ def stop(
         return
     stopped = cluster.runs.merge_patch(run.name, {"spec": {"stop": True}})
     typer.echo(f"selfcodingrun/{stopped.name}: stop requested ({_brief_phase(stopped)})")
+
+
+# --- diff and apply --------------------------------------------------------------------
+
+REPORT_PATCH_KEY = "patch.diff"
+
+
+def _report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
+    """The accepted improvements of an ended run, from the ConfigMap it owns."""
+    status = run.status
+    if status is None or status.report_config_map is None:
+        state = _brief_phase(run)
+        if _is_terminal(run):
+            fail(f"selfcodingrun/{run.name} ({state}) has no report ConfigMap")
+        fail(f"selfcodingrun/{run.name} has not ended yet ({state}); its patch comes at the end")
+    try:
+        config_map = cluster.core.read_namespaced_config_map(
+            status.report_config_map, cluster.namespace, _request_timeout=REQUEST_TIMEOUT
+        )
+    except ApiException as error:
+        if error.status == 404:
+            fail(f"configmap/{status.report_config_map} of selfcodingrun/{run.name} is gone")
+        raise
+    return str((config_map.data or {}).get(REPORT_PATCH_KEY, ""))
+
+
+@app.command()
+def diff(
+    run_name: RunArgument = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Print the patch of a run's accepted improvements (for review or `git apply`)."""
+    cluster = connect(kubeconfig, context, namespace)
+    patch = _report_patch(cluster, _resolve_run(cluster, run_name))
+    typer.echo(patch, nl=False)
+
+
+def _git_apply(project: Path, patch: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "apply", "--whitespace=nowarn", *extra, "-"],
+        cwd=project,
+        input=patch,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@app.command()
+def apply(
+    run_name: RunArgument = None,
+    project: Annotated[
+        Path,
+        typer.Option(
+            "--project", "-C", help="The local checkout the run was started from.", file_okay=False
+        ),
+    ] = Path("."),
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Apply a run's accepted improvements to the local tree, all or nothing.
+
+    The patch is checked first (`git apply --check`): when any hunk does not apply,
+    nothing is changed.
+    """
+    if not project.is_dir():
+        fail(f"{project} is not a directory")
+    # The patch's paths are relative to the project root the run was started from.
+    project = project_root(project)
+    cluster = connect(kubeconfig, context, namespace)
+    run = _resolve_run(cluster, run_name)
+    patch = _report_patch(cluster, run)
+    if not patch.strip():
+        typer.echo(f"selfcodingrun/{run.name} accepted no improvements; nothing to apply")
+        return
+    checked = _git_apply(project, patch, "--check")
+    if checked.returncode != 0:
+        reason = checked.stderr.strip().splitlines()[0] if checked.stderr.strip() else "rejected"
+        fail(
+            f"the patch of selfcodingrun/{run.name} does not apply to {project.resolve()}: {reason}"
+        )
+    applied = _git_apply(project, patch)
+    if applied.returncode != 0:
+        fail(f"git apply failed after its check passed: {applied.stderr.strip()}")
+    files = sorted({line[6:] for line in patch.splitlines() if line.startswith("+++ b/")})
+    typer.echo(f"selfcodingrun/{run.name}: applied to {len(files)} file(s): {', '.join(files)}")

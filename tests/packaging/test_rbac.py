@@ -149,6 +149,8 @@ OPERATOR_CAN = [
     *(Check(verb, "configmaps") for verb in ("get", "create", "patch")),
     Check("create", "events"),
     Check("create", "events.events.k8s.io"),
+    # Coordinator pod addresses: the operator hands runs to a pod, not to the Service name.
+    Check("list", "endpointslices.discovery.k8s.io"),
     Check("list", CRDS, where="cluster"),
     Check("watch", CRDS, where="cluster"),
     Check("list", "namespaces", where="cluster"),

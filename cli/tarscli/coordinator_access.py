@@ -1,0 +1,103 @@
+"""The coordinator replica's ServiceAccount, Role and RoleBinding, for `tarscli self-code setup`.
+
+The rules are the chart's `tars.coordinator.rules` (without the optional git-credential
+Secrets): tests/packaging/test_coordinator_access.py renders the chart and fails when
+the two differ, so a namespace prepared by the CLI grants what an installed chart does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict
+
+COORDINATOR_ACCOUNT = "tars-coordinator"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tarscli"}
+
+
+class PolicyRule(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def to_k8s(self) -> dict[str, Any]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+COORDINATOR_RULES = (
+    PolicyRule(
+        api_groups=("tars.dev",),
+        resources=("tarsreplicas", "selfcodingruns"),
+        verbs=("get", "list", "watch"),
+    ),
+    PolicyRule(
+        api_groups=("tars.dev",), resources=("selfcodingruns/status",), verbs=("get", "patch")
+    ),
+    PolicyRule(
+        api_groups=("discovery.k8s.io",),
+        resources=("endpointslices",),
+        verbs=("get", "list", "watch"),
+    ),
+    PolicyRule(api_groups=("",), resources=("configmaps",), verbs=("get", "create", "patch")),
+    PolicyRule(api_groups=("", "events.k8s.io"), resources=("events",), verbs=("create", "patch")),
+)
+
+
+def manifests(namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding named `tars-coordinator` in `namespace`."""
+    metadata = {"name": COORDINATOR_ACCOUNT, "namespace": namespace, "labels": MANAGED_BY}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": metadata,
+            "rules": [rule.to_k8s() for rule in COORDINATOR_RULES],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": COORDINATOR_ACCOUNT,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": COORDINATOR_ACCOUNT, "namespace": namespace}
+            ],
+        },
+    ]
+
+
+def ensure(api_client: client.ApiClient, namespace: str) -> list[str]:
+    """Create what is absent; existing objects (a chart's, say) are left as they are.
+
+    Returns one line per object: created or already present.
+    """
+    core = client.CoreV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    create = {
+        "ServiceAccount": core.create_namespaced_service_account,
+        "Role": rbac.create_namespaced_role,
+        "RoleBinding": rbac.create_namespaced_role_binding,
+    }
+    lines = []
+    for manifest in manifests(namespace):
+        kind = manifest["kind"]
+        try:
+            create[kind](namespace, manifest)
+            lines.append(f"{kind.lower()}/{COORDINATOR_ACCOUNT} created")
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            lines.append(f"{kind.lower()}/{COORDINATOR_ACCOUNT} already exists (left unchanged)")
+    return lines
