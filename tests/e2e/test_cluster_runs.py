@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from conftest import Workspace, git
+from operator_helpers import http_get, wait_until
 
 MAX_FILES = "3"
 
@@ -67,3 +70,177 @@ def test_start_watch_diff_apply(workspace: Workspace, kubectl: Any, sample_proje
     assert again.stderr.startswith("error: the patch of selfcodingrun/")
     assert len(again.stderr.strip().splitlines()) == 1
     assert git(sample_project, "diff", "--name-only").split() == changed, "nothing half-applied"
+
+
+# --- faults, stop and scaling -------------------------------------------------------------
+
+# Each test run sleeps first, so a run lasts long enough to be interrupted mid-way.
+SLOW_TESTS = "sleep 3; exec python -m pytest -q -p no:cacheprovider\n"
+ALL_FILES = "9"
+MID_RUN_STAGES = ("Generating", "Testing")
+
+
+def slow_project(project: Path) -> Path:
+    (project / "slow_tests.sh").write_text(SLOW_TESTS)
+    git(project, "add", "slow_tests.sh")
+    git(project, "commit", "-q", "-m", "slow tests")
+    return project
+
+
+def start_slow_run(workspace: Workspace, project: Path) -> str:
+    return started_run(
+        workspace,
+        slow_project(project),
+        "--max-files",
+        ALL_FILES,
+        "--test-command",
+        "sh slow_tests.sh",
+    )
+
+
+def wait_for_run(
+    workspace: Workspace, kubectl: Any, name: str, predicate: Any, what: str
+) -> dict[str, Any]:
+    return wait_until(lambda: run_object(workspace, kubectl, name), predicate, what)
+
+
+def working(run: dict[str, Any]) -> bool:
+    """Running and testing candidates: the run is mid-way, with a checkpoint to resume from."""
+    status = run.get("status") or {}
+    assert status.get("phase") not in ("Succeeded", "Failed", "Stopped"), status
+    return status.get("phase") == "Running" and status.get("stage") in MID_RUN_STAGES
+
+
+def ended(run: dict[str, Any]) -> bool:
+    return (run.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Stopped")
+
+
+def assert_applied_once(workspace: Workspace, project: Path, name: str) -> None:
+    """The patch touches each file once and applies to the untouched project; its tests pass."""
+    patch = workspace.tarscli("self-code", "diff", name, cwd=project).stdout
+    headers = [line for line in patch.splitlines() if line.startswith("+++ b/")]
+    assert headers and len(headers) == len(set(headers)), headers
+    workspace.tarscli("self-code", "apply", name, cwd=project)
+    after = sample_tests_pass(project)
+    assert after.returncode == 0, after.stdout + after.stderr
+
+
+def coordinator_pod(workspace: Workspace, kubectl: Any) -> dict[str, Any]:
+    pods = workspace.kubectl_json(kubectl, "pods", "-l", "app.kubernetes.io/instance=coordinator")[
+        "items"
+    ]
+    running = [pod for pod in pods if pod["status"].get("phase") == "Running"]
+    assert len(running) == 1, [pod["metadata"]["name"] for pod in pods]
+    return running[0]
+
+
+def test_killed_coordinator_resumes_the_run(
+    workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    name = start_slow_run(workspace, sample_project)
+    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
+    pod = coordinator_pod(workspace, kubectl)
+    (container,) = pod["status"]["containerStatuses"]
+    os.kill(int(container["containerID"].removeprefix("process://")), signal.SIGKILL)
+
+    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    restarted = coordinator_pod(workspace, kubectl)["status"]["containerStatuses"][0]
+    assert restarted["restartCount"] >= 1
+    assert_applied_once(workspace, sample_project, name)
+
+
+def test_restarted_operator_resumes_mirroring(
+    workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    name = start_slow_run(workspace, sample_project)
+    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
+    workspace.operator.kill()
+    workspace.operator.start()
+    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    statistics = run["status"]["statistics"]
+    assert statistics["filesProcessed"] == statistics["filesTotal"] > 1, statistics
+    assert_applied_once(workspace, sample_project, name)
+
+
+def test_stop_ends_the_run_and_keeps_accepted_work(
+    workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    name = start_slow_run(workspace, sample_project)
+    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
+    stopped = workspace.tarscli("self-code", "stop", name)
+    assert "stop requested" in stopped.stdout
+    run = wait_for_run(workspace, kubectl, name, ended, "the run to stop")
+    status = run["status"]
+    assert status["phase"] == "Stopped", status
+    assert status["statistics"]["filesProcessed"] < status["statistics"]["filesTotal"], status
+    complete = {c["type"]: c for c in status["conditions"]}["Complete"]
+    assert complete["status"] == "True" and complete["reason"] == "Stopped"
+    report = workspace.kubectl_json(kubectl, "configmap", status["reportConfigMap"])
+    results = json.loads(report["data"]["report.json"])
+    assert (
+        results["statistics"]["improvementsAccepted"]
+        == status["statistics"]["improvementsAccepted"]
+    )
+    if status["statistics"]["improvementsAccepted"]:
+        assert_applied_once(workspace, sample_project, name)
+
+
+def test_unreachable_git_url_fails_with_a_condition(workspace: Workspace, kubectl: Any) -> None:
+    url = "http://198.18.255.254:9/nowhere.git"
+    manifest = {
+        "apiVersion": "tars.dev/v1alpha1",
+        "kind": "SelfCodingRun",
+        "metadata": {"name": "unreachable", "namespace": workspace.namespace},
+        "spec": {"targets": ["src"], "source": {"git": {"url": url}}, "engine": "static"},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    run = wait_for_run(workspace, kubectl, "unreachable", ended, "the git run to end")
+    status = run["status"]
+    assert status["phase"] == "Failed", status
+    complete = {c["type"]: c for c in status["conditions"]}["Complete"]
+    assert complete["status"] == "True" and url in complete["message"], complete
+
+
+def test_scaled_generators_share_the_work(
+    workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    """Last in the module: it leaves three generators behind."""
+    kubectl("scale", "tr/generator", "--replicas=3", "-n", workspace.namespace)
+    wait_until(
+        lambda: workspace.kubectl_json(kubectl, "tr", "generator"),
+        lambda replica: (replica.get("status") or {}).get("readyReplicas") == 3,
+        "three ready generators",
+    )
+    name = started_run(workspace, sample_project, "--max-files", ALL_FILES)
+    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    address = coordinator_pod(workspace, kubectl)["status"]["podIP"]
+    code, metrics = http_get(f"http://{address}:8080/metrics")
+    assert code == 200
+    used = {
+        line.split('endpoint="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("tars_coordinator_requests_total{") and 'role="generator"' in line
+    }
+    assert len(used) > 1, metrics
+
+
+def test_run_without_replicas_stays_pending_and_says_why(
+    bare_workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    name = started_run(bare_workspace, sample_project)
+    run = wait_until(
+        lambda: run_object(bare_workspace, kubectl, name),
+        lambda current: any(
+            c["type"] == "ReplicasReady" and c["status"] == "False"
+            for c in (current.get("status") or {}).get("conditions", [])
+        ),
+        "the waiting condition",
+    )
+    status = run["status"]
+    assert status["phase"] == "Pending"
+    condition = {c["type"]: c for c in status["conditions"]}["ReplicasReady"]
+    assert condition["reason"] == "NoReadyCoordinator"
+    assert "analyzer, generator, tester" in condition["message"], condition
