@@ -149,7 +149,9 @@ No Secrets, Pods, exec or deletes: garbage collection removes children with thei
 What the coordinator replica does in its namespace: it finds the analyzer, generator and
 tester replicas through TarsReplica status and their ready endpoints through
 EndpointSlices, reads the run it works on and its upload ConfigMap, and reports progress
-on the run's status and the full report in the run's ConfigMap.
+on the run's status and the full report in the run's ConfigMap. `tarscli self-code setup`
+grants the same (cli/tarscli/coordinator_access.py); tests/packaging/test_coordinator_access.py
+fails when the two differ.
 */}}
 {{- define "tars.coordinator.rules" -}}
 - apiGroups: ["tars.dev"]
