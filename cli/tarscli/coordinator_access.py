@@ -7,6 +7,7 @@ the two differ, so a namespace prepared by the CLI grants what an installed char
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -85,7 +86,7 @@ def ensure(api_client: client.ApiClient, namespace: str) -> list[str]:
     """
     core = client.CoreV1Api(api_client)
     rbac = client.RbacAuthorizationV1Api(api_client)
-    create = {
+    create: dict[str, Callable[..., object]] = {
         "ServiceAccount": core.create_namespaced_service_account,
         "Role": rbac.create_namespaced_role,
         "RoleBinding": rbac.create_namespaced_role_binding,
