@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tars_api.meta import find_condition
 from tars_api.run import (
@@ -51,7 +52,7 @@ def report(**status: object) -> RunReport:
 
 
 def test_only_ready_endpoints_of_the_named_port_are_coordinators() -> None:
-    slices = [
+    slices: list[dict[str, Any]] = [
         {
             "ports": [{"name": "http", "port": 8080}],
             "endpoints": [
