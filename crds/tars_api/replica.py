@@ -63,6 +63,61 @@ class EnvVar(ApiModel):
     value: str = Field(default="", max_length=32768)
 
 
+_VOLUME_ONE_OF_MESSAGE = "spec.volumes: each volume must set exactly one of claimName or hostPath"
+CLAIM_MOUNT_ROOT = "/volumes"
+
+
+class ReplicaVolume(ApiModel):
+    """A volume mounted into the role's pods: where a run's `volume` source finds its project.
+
+    The coordinator learns the mounts from TARS_VOLUMES, which the operator sets.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="has(self.claimName) != has(self.hostPath)", message=_VOLUME_ONE_OF_MESSAGE
+            )
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Volume name",
+    )
+    claim_name: str | None = Field(
+        default=None, min_length=1, max_length=253, description="PersistentVolumeClaim"
+    )
+    host_path: str | None = Field(
+        default=None, max_length=4096, pattern=r"^/", description="Directory on the node"
+    )
+    mount_path: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=r"^/",
+        description="Where the pods see it (default: the hostPath itself; /volumes/<name> for a claim)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_location(self) -> Self:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise ValueError(_VOLUME_ONE_OF_MESSAGE)
+        return self
+
+    @property
+    def source_key(self) -> str:
+        """How a run's volume source names this volume (the TARS_VOLUMES key)."""
+        return f"claim:{self.claim_name}" if self.claim_name else f"hostPath:{self.host_path}"
+
+    @property
+    def mount_location(self) -> str:
+        if self.mount_path:
+            return self.mount_path
+        return self.host_path or f"{CLAIM_MOUNT_ROOT}/{self.name}"
+
+
 class ResourceRequirements(ApiModel):
     """Compute resources of the role's container, as in a core/v1 container."""
 
@@ -151,6 +206,11 @@ class TarsReplicaSpec(ApiModel):
         description="Extra environment variables for the container",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    volumes: list[ReplicaVolume] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Volumes to mount (the coordinator's, for runs with a volume source)",
+    )
     node_selector: dict[str, str] | None = Field(
         default=None, max_length=64, description="Node labels the pods must run on"
     )
@@ -161,6 +221,15 @@ class TarsReplicaSpec(ApiModel):
     affinity: Annotated[dict[str, Any], PreserveUnknownFields()] | None = Field(
         default=None, description="A core/v1 Affinity, passed to the pods as written"
     )
+
+    @field_validator("volumes")
+    @classmethod
+    def _unique_volume_names(cls, volumes: list[ReplicaVolume]) -> list[ReplicaVolume]:
+        names = [volume.name for volume in volumes]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"spec.volumes has duplicate names: {', '.join(duplicates)}")
+        return volumes
 
     @field_validator("env")
     @classmethod

@@ -7,6 +7,7 @@ computed from one watched object without re-reading the replica.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,10 +17,12 @@ from tars_api.meta import API_VERSION, Condition, ConditionStatus, find_conditio
 from tars_api.replica import (
     ReplicaConditionType,
     ReplicaPhase,
+    ReplicaVolume,
     TarsReplica,
     TarsReplicaStatus,
 )
 from tars_engine.models import Role
+from tars_engine.sources import VOLUMES_ENV
 
 from tars_operator.config import OperatorConfig
 
@@ -35,6 +38,8 @@ GENERATION_ANNOTATION = "tars.dev/replica-generation"
 SUSPENDED_ANNOTATION = "tars.dev/suspended"
 PORT_NAME = "http"
 SCRATCH_VOLUME = "scratch"
+# Prefixed so a volume of the spec can never be named like the scratch volume.
+USER_VOLUME_PREFIX = "vol-"
 # A Service name is a DNS-1035 label; the children carry the replica's own name.
 TARS_REPLICA_KIND = TarsReplica.resource.kind
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -117,6 +122,11 @@ def _environment(replica: TarsReplica, config: OperatorConfig) -> list[Manifest]
     }
     if config.ollama_host:
         values["OLLAMA_HOST"] = config.ollama_host
+    if spec.role is Role.coordinator and spec.volumes:
+        # The coordinator finds a run's volume source by the key the run names it with.
+        values[VOLUMES_ENV] = json.dumps(
+            {volume.source_key: volume.mount_location for volume in spec.volumes}, sort_keys=True
+        )
     field_refs = {
         "POD_NAME": "metadata.name",
         "POD_NAMESPACE": "metadata.namespace",
@@ -142,6 +152,13 @@ def _resources(replica: TarsReplica, config: OperatorConfig) -> Manifest:
         for part, quantities in (("requests", resources.requests), ("limits", resources.limits))
         if quantities
     }
+
+
+def _volume(volume: ReplicaVolume) -> Manifest:
+    name = f"{USER_VOLUME_PREFIX}{volume.name}"
+    if volume.claim_name:
+        return {"name": name, "persistentVolumeClaim": {"claimName": volume.claim_name}}
+    return {"name": name, "hostPath": {"path": volume.host_path, "type": "Directory"}}
 
 
 def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
@@ -173,7 +190,13 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": config.scratch_dir}],
+        "volumeMounts": [
+            {"name": SCRATCH_VOLUME, "mountPath": config.scratch_dir},
+            *(
+                {"name": f"{USER_VOLUME_PREFIX}{volume.name}", "mountPath": volume.mount_location}
+                for volume in spec.volumes
+            ),
+        ],
     }
     resources = _resources(replica, config)
     if resources:
@@ -190,7 +213,10 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": config.scratch_size_limit}}],
+        "volumes": [
+            {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": config.scratch_size_limit}},
+            *(_volume(volume) for volume in spec.volumes),
+        ],
     }
     if is_coordinator:
         pod["serviceAccountName"] = config.coordinator_service_account

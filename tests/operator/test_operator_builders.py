@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from tars_api.meta import ConditionStatus, find_condition
 from tars_api.replica import (
     ReplicaPhase,
+    ReplicaVolume,
     ResourceRequirements,
     TarsReplica,
     TarsReplicaStatus,
@@ -325,3 +328,32 @@ def test_pods_that_cannot_be_created_make_the_replica_degraded_with_the_reason()
     pending = replicas.replica_status(applied(), None, CONFIG, now=T0)
     transition = replicas.replica_transition(pending, status)
     assert transition is not None and transition.type == "Warning" and message in transition.message
+
+
+def test_coordinator_volumes_are_mounted_and_named_in_tars_volumes() -> None:
+    volumes = [
+        ReplicaVolume(name="sample", host_path="/srv/tars/sample-project"),
+        ReplicaVolume(name="work", claim_name="work-claim", mount_path="/work"),
+    ]
+    deployment = replicas.desired_deployment(
+        replica("coordinator", Role.coordinator, volumes=volumes), CONFIG
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert {
+        "name": "vol-sample",
+        "hostPath": {"path": "/srv/tars/sample-project", "type": "Directory"},
+    } in pod["volumes"]
+    assert {"name": "vol-work", "persistentVolumeClaim": {"claimName": "work-claim"}} in pod[
+        "volumes"
+    ]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container(deployment)["volumeMounts"]}
+    assert mounts["vol-sample"] == "/srv/tars/sample-project" and mounts["vol-work"] == "/work"
+    assert json.loads(env_of(deployment)["TARS_VOLUMES"]) == {
+        "claim:work-claim": "/work",
+        "hostPath:/srv/tars/sample-project": "/srv/tars/sample-project",
+    }
+
+
+def test_a_volume_needs_exactly_one_location() -> None:
+    with pytest.raises(ValidationError, match="exactly one of claimName or hostPath"):
+        ReplicaVolume(name="both", host_path="/a", claim_name="c")
