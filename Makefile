@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install tools dev-up dev-down crds test demo
+.PHONY: help install tools dev-up dev-down crds test demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ crds: install ## Regenerate crds/*.yaml from the API models
 
 test: install tools ## Run the whole test suite against a real control plane
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m pytest $(PYTEST_ARGS)
+
+kind-demo: install ## The demo in a new kind cluster (needs docker, kind, helm): images, chart, a volume run
+	$(VENV)/bin/tarscli demo self-code-demo --kind
 
 demo: install ## Run the self-coding demo locally (no cluster, no Ollama needed)
 	$(VENV)/bin/tarscli demo self-code-demo

@@ -5,7 +5,7 @@ Groups:
   `status`, `stop` (tarscli.self_code). On this machine: `run`, `improve` and
   `status --local` (tarscli.local).
 - `replica`: the TarsReplica objects that serve the four roles (tarscli.replica).
-- `demo`: self-contained demonstrations (tarscli.local).
+- `demo`: demonstrations: on this machine (tarscli.local), in kind or a cluster (tarscli.kind_demo).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from tarscli import local, replica, self_code
+from tarscli import kind_demo, local, replica, self_code
 from tarscli.errors import TarsGroup
 
 DISTRIBUTION = "tars-selfcoding"
@@ -46,7 +46,7 @@ demo_app = typer.Typer(
 
 self_code.app.command("run")(local.run)
 self_code.app.command("improve")(local.improve)
-demo_app.command("self-code-demo")(local.demo)
+demo_app.command("self-code-demo")(kind_demo.self_code_demo)
 
 app.add_typer(self_code.app, name="self-code")
 app.add_typer(replica.app, name="replica")

@@ -547,7 +547,7 @@ def _headline(run: SelfCodingRun) -> str:
     return " · ".join(words)
 
 
-def _follow_table(cluster: Cluster, name: str, console: Console) -> SelfCodingRun | None:
+def follow_run(cluster: Cluster, name: str, console: Console) -> SelfCodingRun | None:
     """Follow a run with a progress bar and a line per phase or stage change."""
     last: SelfCodingRun | None = None
     progress = Progress(
@@ -627,7 +627,7 @@ def status(
     if follow:
         try:
             if output_format is output.OutputFormat.table:
-                run = _follow_table(cluster, run.name, output.console()) or run
+                run = follow_run(cluster, run.name, output.console()) or run
             else:
                 _follow_documents(cluster, run.name, output_format)
                 return
@@ -680,7 +680,7 @@ def stop(
 REPORT_PATCH_KEY = "patch.diff"
 
 
-def _report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
+def report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
     """The accepted improvements of an ended run, from the ConfigMap it owns."""
     status = run.status
     if status is None or status.report_config_map is None:
@@ -708,7 +708,7 @@ def diff(
 ) -> None:
     """Print the patch of a run's accepted improvements (for review or `git apply`)."""
     cluster = connect(kubeconfig, context, namespace)
-    patch = _report_patch(cluster, _resolve_run(cluster, run_name))
+    patch = report_patch(cluster, _resolve_run(cluster, run_name))
     typer.echo(patch, nl=False)
 
 
@@ -747,7 +747,7 @@ def apply(
     project = project_root(project)
     cluster = connect(kubeconfig, context, namespace)
     run = _resolve_run(cluster, run_name)
-    patch = _report_patch(cluster, run)
+    patch = report_patch(cluster, run)
     if not patch.strip():
         typer.echo(f"selfcodingrun/{run.name} accepted no improvements; nothing to apply")
         return
