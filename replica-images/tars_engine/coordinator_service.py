@@ -54,7 +54,7 @@ from tars_engine.run_api import (
     TestRunsPerChange,
 )
 from tars_engine.server import RoleService
-from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.settings import ENGINE_VERSION, ConfigurationError, ReplicaSettings
 from tars_engine.sources import (
     SourceError,
     Workspace,
@@ -448,7 +448,11 @@ def router_for(coordinator: Coordinator) -> APIRouter:
 
 
 def service(settings: ReplicaSettings, coordinator: Coordinator | None = None) -> RoleService:
-    coordinator = coordinator or Coordinator(settings)
+    if coordinator is None:
+        try:
+            coordinator = Coordinator(settings)
+        except SourceError as exc:
+            raise ConfigurationError(str(exc)) from exc
     return RoleService(
         router=router_for(coordinator), info=coordinator.info, metrics=(coordinator.requests_total,)
     )

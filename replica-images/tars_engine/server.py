@@ -46,7 +46,7 @@ from tars_engine.models import (
     TestResult,
 )
 from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ReplicaSettings, normalize_ollama_host
+from tars_engine.settings import ConfigurationError, ReplicaSettings, normalize_ollama_host
 from tars_engine.snapshot import SnapshotError
 from tars_engine.tester import Tester
 
@@ -285,7 +285,7 @@ def serve(
         raise typer.Exit(2)
     try:
         app = create_app(settings.role, settings)
-    except RoleNotServed as exc:
+    except (RoleNotServed, ConfigurationError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")

@@ -20,6 +20,10 @@ DEFAULT_MODEL = "llama3"
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 
 
+class ConfigurationError(RuntimeError):
+    """What a replica was started with (flags, environment) cannot be used."""
+
+
 class ReplicaSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -170,3 +170,14 @@ def test_serve_without_a_role_or_with_an_unavailable_one_fails_cleanly(
     assert missing.exit_code == 2 and "no role given" in missing.output
     bad_engine = CliRunner().invoke(cli, ["serve", "--role", "analyzer", "--engine", "gpt"])
     assert bad_engine.exit_code == 2
+
+
+def test_coordinator_with_malformed_volumes_env_fails_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "TARS_VOLUMES": "{not json", "TARS_SCRATCH_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "tars_engine.server", "serve", "--role", "coordinator"]
+    completed = subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith("error: TARS_VOLUMES is not JSON")
+    assert completed.stderr.count("\n") == 1
