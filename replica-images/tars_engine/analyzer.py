@@ -171,47 +171,57 @@ def function_metrics(tree: ast.Module) -> list[FunctionMetrics]:
     return sorted(measured, key=lambda metrics: metrics.line)
 
 
+def _metric_finding(
+    rule: str, kind: FindingKind, severity: Severity, message: str, location: Location
+) -> Finding:
+    return Finding(
+        kind=kind,
+        severity=severity,
+        source=FindingSource.metrics,
+        rule=rule,
+        message=message,
+        location=location,
+    )
+
+
 def metric_findings(functions: list[FunctionMetrics], line_count: int) -> list[Finding]:
     findings = []
     for function in functions:
         location = Location(line=function.line, end_line=function.end_line)
         if function.complexity > COMPLEXITY_THRESHOLD:
             findings.append(
-                Finding(
-                    kind=FindingKind.complexity,
-                    severity=Severity.high
+                _metric_finding(
+                    "complexity",
+                    FindingKind.complexity,
+                    Severity.high
                     if function.complexity > HIGH_COMPLEXITY_THRESHOLD
                     else Severity.medium,
-                    source=FindingSource.metrics,
-                    rule="complexity",
-                    message=f"`{function.name}` has cyclomatic complexity {function.complexity} "
+                    f"`{function.name}` has cyclomatic complexity {function.complexity} "
                     f"(threshold {COMPLEXITY_THRESHOLD})",
-                    location=location,
+                    location,
                 )
             )
         if function.length > FUNCTION_LENGTH_THRESHOLD:
             findings.append(
-                Finding(
-                    kind=FindingKind.maintainability,
-                    severity=Severity.medium
+                _metric_finding(
+                    "function-length",
+                    FindingKind.maintainability,
+                    Severity.medium
                     if function.length > LONG_FUNCTION_LENGTH_THRESHOLD
                     else Severity.low,
-                    source=FindingSource.metrics,
-                    rule="function-length",
-                    message=f"`{function.name}` is {function.length} lines long "
+                    f"`{function.name}` is {function.length} lines long "
                     f"(threshold {FUNCTION_LENGTH_THRESHOLD})",
-                    location=location,
+                    location,
                 )
             )
     if line_count > MODULE_LENGTH_THRESHOLD:
         findings.append(
-            Finding(
-                kind=FindingKind.maintainability,
-                severity=Severity.low,
-                source=FindingSource.metrics,
-                rule="module-length",
-                message=f"module is {line_count} lines long (threshold {MODULE_LENGTH_THRESHOLD})",
-                location=Location(line=1),
+            _metric_finding(
+                "module-length",
+                FindingKind.maintainability,
+                Severity.low,
+                f"module is {line_count} lines long (threshold {MODULE_LENGTH_THRESHOLD})",
+                Location(line=1),
             )
         )
     return findings
