@@ -24,7 +24,7 @@ from tars_engine.models import (
     Severity,
     SourceFile,
 )
-from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.settings import ReplicaSettings
 
 MAX_CONTENT_BYTES = 1_000_000
 COMPLEXITY_THRESHOLD = 10
@@ -293,13 +293,7 @@ class Analyzer:
         capabilities = ["ruff", "ast-metrics", "priority"]
         if self.settings.engine is EngineName.ollama:
             capabilities.append("model-review")
-        return RoleInfo(
-            role=Role.analyzer,
-            engine=self.settings.engine,
-            model=self.settings.model,
-            capabilities=capabilities,
-            version=ENGINE_VERSION,
-        )
+        return self.settings.role_info(Role.analyzer, capabilities)
 
     def _model_reviewer(self) -> ModelReviewer:
         if self._reviewer is None:

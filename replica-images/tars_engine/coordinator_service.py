@@ -54,7 +54,7 @@ from tars_engine.run_api import (
     TestRunsPerChange,
 )
 from tars_engine.server import RoleService
-from tars_engine.settings import ENGINE_VERSION, ConfigurationError, ReplicaSettings
+from tars_engine.settings import ConfigurationError, ReplicaSettings
 from tars_engine.sources import (
     SourceError,
     Workspace,
@@ -226,12 +226,8 @@ class Coordinator:
         self.requests_total.labels(role, endpoint, operation).inc()
 
     def info(self) -> RoleInfo:
-        return RoleInfo(
-            role=Role.coordinator,
-            engine=self.settings.engine,
-            model=self.settings.model,
-            capabilities=["runs", "sources:git,upload,volume", "discovery", "resume", "stop"],
-            version=ENGINE_VERSION,
+        return self.settings.role_info(
+            Role.coordinator, ["runs", "sources:git,upload,volume", "discovery", "resume", "stop"]
         )
 
     def api(self) -> client.ApiClient:

@@ -20,7 +20,7 @@ from tars_engine.models import (
     Role,
     RoleInfo,
 )
-from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.settings import ReplicaSettings
 from tars_engine.validation import finish_candidate, path_rejection, syntax_problem
 
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
@@ -157,13 +157,7 @@ class Generator:
         capabilities = ["ruff-fixes", "validation"]
         if self.settings.engine is EngineName.ollama:
             capabilities += ["ollama", "whole-file-answers", "diff-answers", "few-shot-examples"]
-        return RoleInfo(
-            role=Role.generator,
-            engine=self.settings.engine,
-            model=self.settings.model,
-            capabilities=capabilities,
-            version=ENGINE_VERSION,
-        )
+        return self.settings.role_info(Role.generator, capabilities)
 
     def _ollama(self) -> ModelGenerator:
         if self._model_generator is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tars_engine.models import EngineName, Role
+from tars_engine.models import EngineName, Role, RoleInfo
 
 ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
 DEFAULT_MODEL = "llama3"
@@ -55,6 +55,16 @@ class ReplicaSettings(BaseModel):
             values["scratch_dir"] = env["TARS_SCRATCH_DIR"]
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls.model_validate(values)
+
+    def role_info(self, role: Role, capabilities: list[str]) -> RoleInfo:
+        """What a replica of `role` running with these settings reports on /info."""
+        return RoleInfo(
+            role=role,
+            engine=self.engine,
+            model=self.model,
+            capabilities=capabilities,
+            version=ENGINE_VERSION,
+        )
 
 
 def normalize_ollama_host(host: str) -> str:

@@ -32,7 +32,7 @@ from tars_engine.models import (
     TestResult,
 )
 from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ENGINE_VERSION, ReplicaSettings
+from tars_engine.settings import ReplicaSettings
 from tars_engine.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
 
 OUTPUT_HEAD_CHARS = 3000
@@ -198,12 +198,8 @@ class Tester:
         self._cancelled: collections.deque[str] = collections.deque(maxlen=MAX_EARLY_CANCELS)
 
     def info(self) -> RoleInfo:
-        return RoleInfo(
-            role=Role.tester,
-            engine=self.settings.engine,
-            model=self.settings.model,
-            capabilities=["snapshots", "pytest-detection", "junit-counts", "process-group-timeout"],
-            version=ENGINE_VERSION,
+        return self.settings.role_info(
+            Role.tester, ["snapshots", "pytest-detection", "junit-counts", "process-group-timeout"]
         )
 
     def _archive_path(self, digest: str) -> Path:
