@@ -25,6 +25,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -117,14 +118,21 @@ def _secret_text(data: Mapping[str, object], key: str) -> str | None:
     return base64.b64decode(str(value)).decode("utf-8") if value else None
 
 
-def read_credentials(api: client.ApiClient, namespace: str, secret: str) -> GitCredentials:
+def _read_object(read: Callable[[str, str], Any], name: str, namespace: str, what: str) -> Any:
+    """`read(name, namespace)`; an API error is a SourceError saying what was being read."""
     try:
-        found = client.CoreV1Api(api).read_namespaced_secret(secret, namespace)
+        return read(name, namespace)
     except ApiException as exc:
-        raise SourceError(
-            f"cannot read Secret {namespace}/{secret} for the git credentials: "
-            f"{exc.status} {exc.reason}"
-        ) from exc
+        raise SourceError(f"cannot read {what}: {exc.status} {exc.reason}") from exc
+
+
+def read_credentials(api: client.ApiClient, namespace: str, secret: str) -> GitCredentials:
+    found = _read_object(
+        client.CoreV1Api(api).read_namespaced_secret,
+        secret,
+        namespace,
+        f"Secret {namespace}/{secret} for the git credentials",
+    )
     data = found.data or {}
     token = _secret_text(data, "token")
     credentials = GitCredentials(
@@ -140,13 +148,12 @@ def read_credentials(api: client.ApiClient, namespace: str, secret: str) -> GitC
 
 
 def read_upload(api: client.ApiClient, namespace: str, config_map: str, key: str) -> bytes:
-    try:
-        found = client.CoreV1Api(api).read_namespaced_config_map(config_map, namespace)
-    except ApiException as exc:
-        raise SourceError(
-            f"cannot read the uploaded project from ConfigMap {namespace}/{config_map}: "
-            f"{exc.status} {exc.reason}"
-        ) from exc
+    found = _read_object(
+        client.CoreV1Api(api).read_namespaced_config_map,
+        config_map,
+        namespace,
+        f"the uploaded project from ConfigMap {namespace}/{config_map}",
+    )
     encoded = (found.binary_data or {}).get(key)
     if encoded is None:
         raise SourceError(f"ConfigMap {namespace}/{config_map} has no binaryData key {key!r}")
