@@ -164,6 +164,31 @@ def parse_test_command(command: str | None) -> list[str] | None:
     return argv
 
 
+def run_options(
+    root: Path,
+    targets: list[str],
+    *,
+    auto_apply: bool,
+    engine: EngineName | None,
+    model: str,
+    unsafe_fixes: bool,
+    test_command: str | None,
+    test_timeout: float,
+    budget: Budget | None = None,
+) -> RunOptions:
+    """A local run's options: the engine chosen and the project's test command found when not given."""
+    return RunOptions(
+        targets=targets,
+        auto_apply=auto_apply,
+        engine=choose_engine(engine),
+        model=model,
+        allow_unsafe_fixes=unsafe_fixes,
+        test_command=parse_test_command(test_command) or project_test_command(root),
+        test_timeout_seconds=test_timeout,
+        budget=budget or Budget(),
+    )
+
+
 class LiveView:
     """The run's live progress: a line per stage and per finished file, a bar for the files."""
 
@@ -394,14 +419,15 @@ def run(
     cwd = Path.cwd()
     root = local_project_root(cwd, targets)
     relative = resolve_targets(root, cwd, targets)
-    options = RunOptions(
-        targets=relative,
+    options = run_options(
+        root,
+        relative,
         auto_apply=auto_apply,
-        engine=choose_engine(engine),
+        engine=engine,
         model=model,
-        allow_unsafe_fixes=unsafe_fixes,
-        test_command=parse_test_command(test_command) or project_test_command(root),
-        test_timeout_seconds=test_timeout,
+        unsafe_fixes=unsafe_fixes,
+        test_command=test_command,
+        test_timeout=test_timeout,
         budget=Budget(
             max_files=max_files, max_attempts_per_file=max_attempts, deadline_seconds=deadline
         ),
@@ -432,14 +458,15 @@ def improve(
     relative = location.relative_to(root).as_posix()
     if is_test_file(relative):
         raise CliError(f"{file} is a test file; tests are never changed")
-    options = RunOptions(
-        targets=[relative],
+    options = run_options(
+        root,
+        [relative],
         auto_apply=auto_apply,
-        engine=choose_engine(engine),
+        engine=engine,
         model=model,
-        allow_unsafe_fixes=unsafe_fixes,
-        test_command=parse_test_command(test_command) or project_test_command(root),
-        test_timeout_seconds=test_timeout,
+        unsafe_fixes=unsafe_fixes,
+        test_command=test_command,
+        test_timeout=test_timeout,
     )
     console = output.console()
     state = execute(root, options, console)
