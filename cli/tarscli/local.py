@@ -141,10 +141,8 @@ def local_project_root(cwd: Path, targets: list[str]) -> Path:
 def choose_engine(requested: EngineName | None) -> EngineName:
     if requested is None:
         return default_engine()
-    if requested is EngineName.ollama and not ollama_reachable(
-        os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
-    ):
-        host = os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+    host = os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+    if requested is EngineName.ollama and not ollama_reachable(host):
         raise CliError(
             f"--engine ollama: no Ollama server answers at {host}; start one, set OLLAMA_HOST, "
             "or use --engine static"

@@ -13,10 +13,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from tars_engine.learning import LearningStore, default_learning_db
-from tars_engine.local_roles import local_roles
 from tars_engine.models import EngineName
 from tars_engine.selection import is_git_repository
 from tars_engine.settings import ReplicaSettings, normalize_ollama_host
@@ -58,6 +55,10 @@ def ollama_reachable(host: str | None = None) -> bool:
     host = host or os.environ.get("OLLAMA_HOST")
     if not host:
         return False
+    # Imported here, as the roles are in local_workflow: the CLI imports this module
+    # for every command, and only a run needs them.
+    import httpx
+
     try:
         response = httpx.get(
             f"{normalize_ollama_host(host)}/api/tags", timeout=OLLAMA_PROBE_TIMEOUT_SECONDS
@@ -103,6 +104,8 @@ def local_workflow(
     stop_requested: Callable[[], bool] | None = None,
 ) -> Workflow:
     """A workflow over `root` with `instances` in-process copies of each role."""
+    from tars_engine.local_roles import local_roles
+
     settings = ReplicaSettings.from_env(engine=options.engine, model=options.model)
     roles = WorkerRoles.of(local_roles(settings) for _ in range(instances))
     workflow = Workflow(
