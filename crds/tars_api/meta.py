@@ -263,6 +263,18 @@ def conditions_field() -> Any:
     )
 
 
+def observed_generation_field() -> Any:
+    """The status's `observedGeneration`: which metadata.generation the status describes."""
+    return Field(default=None, ge=0, description="metadata.generation the status describes")
+
+
+def reject_duplicates(values: Sequence[str], what: str) -> None:
+    """A ValueError naming `what` (e.g. "spec.env has duplicate names") and each repeated value."""
+    duplicates = sorted({value for value in values if values.count(value) > 1})
+    if duplicates:
+        raise ValueError(f"{what}: {', '.join(duplicates)}")
+
+
 class PrinterColumn(BaseModel):
     """One `additionalPrinterColumns` entry."""
 

@@ -21,6 +21,8 @@ from tars_api.meta import (
     ScaleSubresource,
     cel_rules,
     conditions_field,
+    observed_generation_field,
+    reject_duplicates,
 )
 
 TARS_REPLICA_PLURAL = "tarsreplicas"
@@ -225,20 +227,14 @@ class TarsReplicaSpec(ApiModel):
     @field_validator("volumes")
     @classmethod
     def _unique_volume_names(cls, volumes: list[ReplicaVolume]) -> list[ReplicaVolume]:
-        names = [volume.name for volume in volumes]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"spec.volumes has duplicate names: {', '.join(duplicates)}")
+        reject_duplicates([volume.name for volume in volumes], "spec.volumes has duplicate names")
         return volumes
 
     @field_validator("env")
     @classmethod
     def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
         # The API server refuses duplicates too: env is a list-map keyed by name.
-        names = [variable.name for variable in env]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"spec.env has duplicate names: {', '.join(duplicates)}")
+        reject_duplicates([variable.name for variable in env], "spec.env has duplicate names")
         return env
 
 
@@ -258,9 +254,7 @@ class TarsReplicaStatus(ApiModel):
         default_factory=list, max_length=64, description="What the role's pods report they can do"
     )
     conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation the status describes"
-    )
+    observed_generation: int | None = observed_generation_field()
 
 
 class TarsReplica(ApiObject):

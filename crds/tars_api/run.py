@@ -24,6 +24,8 @@ from tars_api.meta import (
     cel_rules,
     cel_string,
     conditions_field,
+    observed_generation_field,
+    reject_duplicates,
 )
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
@@ -309,9 +311,7 @@ class SelfCodingRunSpec(ApiModel):
     @classmethod
     def _unique_targets(cls, targets: list[str]) -> list[str]:
         # The API server refuses duplicates too: targets is a list-set.
-        duplicates = sorted({target for target in targets if targets.count(target) > 1})
-        if duplicates:
-            raise ValueError(f"spec.targets has duplicate entries: {', '.join(duplicates)}")
+        reject_duplicates(targets, "spec.targets has duplicate entries")
         return targets
 
 
@@ -395,9 +395,7 @@ class SelfCodingRunStatus(ApiModel):
         description="Git branch holding applied improvements (git source)",
     )
     conditions: list[Condition] = conditions_field()
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation the status describes"
-    )
+    observed_generation: int | None = observed_generation_field()
 
 
 class SelfCodingRun(ApiObject):
