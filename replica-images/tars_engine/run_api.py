@@ -70,10 +70,6 @@ class TestRunsPerChange(ApiModel):
     test_runs: int = Field(ge=0)
     accepted_changes: int = Field(ge=0)
 
-    @property
-    def ratio(self) -> float | None:
-        return self.test_runs / self.accepted_changes if self.accepted_changes else None
-
 
 class RunResults(ApiModel):
     """The full report of a run: every selected file, what was skipped, what it cost."""

@@ -35,7 +35,6 @@ from tars_engine.selection import SkippedFile
 STATE_FILENAME = "workflow-state.json"
 STOP_FILENAME = "stop"
 LOCK_FILENAME = "lock"
-PATCH_FILENAME = "improvements.patch"
 STATE_VERSION = 1
 
 
@@ -170,10 +169,6 @@ class StateStore:
     @property
     def stop_file(self) -> Path:
         return self.state_dir / STOP_FILENAME
-
-    @property
-    def patch_file(self) -> Path:
-        return self.state_dir / PATCH_FILENAME
 
     def load(self) -> WorkflowState | None:
         try:
