@@ -46,22 +46,14 @@ class HttpRole:
     """Shared transport: one httpx client per role endpoint, safe to use from many threads."""
 
     role_name = "role"
+    timeout_seconds = 120.0
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_seconds: float = 120.0,
-        transport: httpx.BaseTransport | None = None,
-        observer: RequestObserver | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, *, observer: RequestObserver | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout_seconds = timeout_seconds
         self._observer = observer
         self._client = httpx.Client(
             base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
-            transport=transport,
+            timeout=httpx.Timeout(self.timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
         )
 
     def close(self) -> None:
@@ -128,18 +120,8 @@ class HttpAnalyzer(HttpRole):
 
 class HttpGenerator(HttpRole):
     role_name = "generator"
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_seconds: float = 900.0,
-        transport: httpx.BaseTransport | None = None,
-        observer: RequestObserver | None = None,
-    ) -> None:
-        super().__init__(
-            base_url, timeout_seconds=timeout_seconds, transport=transport, observer=observer
-        )
+    # A model writing a whole file can take minutes on a CPU-only node.
+    timeout_seconds = 900.0
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         return self._call("/v1/generate", request, GenerateResult)
