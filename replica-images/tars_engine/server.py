@@ -46,7 +46,7 @@ from tars_engine.models import (
     TestResult,
 )
 from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ConfigurationError, ReplicaSettings, normalize_ollama_host
+from tars_engine.settings import ConfigurationError, ReplicaSettings
 from tars_engine.snapshot import SnapshotError
 from tars_engine.tester import Tester
 
@@ -274,7 +274,7 @@ def serve(
             role=role,
             engine=engine,
             model=model,
-            ollama_host=normalize_ollama_host(ollama_host) if ollama_host else None,
+            ollama_host=ollama_host,
             scratch_dir=scratch_dir,
         )
     except ValueError as exc:

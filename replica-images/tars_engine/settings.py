@@ -11,13 +11,22 @@ import os
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tars_engine.models import EngineName, Role, RoleInfo
 
 ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
 DEFAULT_MODEL = "llama3"
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+# The variable each setting falls back to when no flag gives it.
+ENVIRONMENT_VARIABLES = {
+    "TARS_ROLE": "role",
+    "TARS_ENGINE": "engine",
+    "TARS_MODEL": "model",
+    "OLLAMA_HOST": "ollama_host",
+    "TARS_OLLAMA_TIMEOUT": "ollama_timeout_seconds",
+    "TARS_SCRATCH_DIR": "scratch_dir",
+}
 
 
 class ConfigurationError(RuntimeError):
@@ -36,23 +45,19 @@ class ReplicaSettings(BaseModel):
     max_context_tokens: int = Field(default=32768, ge=2048)
     scratch_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "tars-scratch")
 
+    @field_validator("ollama_host")
+    @classmethod
+    def _ollama_host_as_url(cls, host: str) -> str:
+        return normalize_ollama_host(host)
+
     @classmethod
     def from_env(cls, **overrides: object) -> ReplicaSettings:
         """Settings from TARS_* / OLLAMA_HOST variables; explicit overrides (not None) win."""
-        values: dict[str, object] = {}
-        env = os.environ
-        if env.get("TARS_ROLE"):
-            values["role"] = env["TARS_ROLE"]
-        if env.get("TARS_ENGINE"):
-            values["engine"] = env["TARS_ENGINE"]
-        if env.get("TARS_MODEL"):
-            values["model"] = env["TARS_MODEL"]
-        if env.get("OLLAMA_HOST"):
-            values["ollama_host"] = normalize_ollama_host(env["OLLAMA_HOST"])
-        if env.get("TARS_OLLAMA_TIMEOUT"):
-            values["ollama_timeout_seconds"] = env["TARS_OLLAMA_TIMEOUT"]
-        if env.get("TARS_SCRATCH_DIR"):
-            values["scratch_dir"] = env["TARS_SCRATCH_DIR"]
+        values: dict[str, object] = {
+            field: os.environ[variable]
+            for variable, field in ENVIRONMENT_VARIABLES.items()
+            if os.environ.get(variable)
+        }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls.model_validate(values)
 
