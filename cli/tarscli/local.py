@@ -41,9 +41,9 @@ from tars_engine.embedded import (
     state_dir_for,
 )
 from tars_engine.learning import LearningStore
-from tars_engine.models import EngineName
+from tars_engine.models import DEFAULT_MODEL, EngineName
 from tars_engine.selection import is_git_repository
-from tars_engine.settings import DEFAULT_MODEL, DEFAULT_OLLAMA_HOST
+from tars_engine.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.state import RunOptions, StateError, StateStore, WorkflowState
 from tars_engine.validation import is_test_file
 from tars_engine.workflow import EventKind, WorkflowError, WorkflowEvent

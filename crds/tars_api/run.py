@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
-from tars_engine.models import EngineName
+from tars_engine.models import DEFAULT_MODEL, EngineName
 
 from tars_api.meta import (
     AGE_COLUMN,
@@ -29,7 +29,6 @@ from tars_api.meta import (
 )
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
-DEFAULT_MODEL = "llama3"
 DEFAULT_UPLOAD_KEY = "project.tar.gz"
 MAX_TARGETS = 64
 MAX_LATEST_RESULTS = 10

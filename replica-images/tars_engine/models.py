@@ -11,6 +11,8 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_MODEL = "llama3"
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,7 +86,7 @@ class SourceFile(WireModel):
 class AnalyzeRequest(WireModel):
     file: SourceFile
     engine: EngineName = EngineName.static
-    model: str = "llama3"
+    model: str = DEFAULT_MODEL
 
 
 class AnalysisReport(WireModel):
@@ -114,7 +116,7 @@ class GenerateRequest(WireModel):
         description="project-relative directories the change must stay inside"
     )
     engine: EngineName = EngineName.static
-    model: str = "llama3"
+    model: str = DEFAULT_MODEL
     allow_unsafe_fixes: bool = False
     examples: list[LearnedExample] = Field(default_factory=list)
     attempt: int = Field(default=1, ge=1)

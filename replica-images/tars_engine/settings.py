@@ -13,10 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tars_engine.models import EngineName, Role, RoleInfo
+from tars_engine.models import DEFAULT_MODEL, EngineName, Role, RoleInfo
 
 ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
-DEFAULT_MODEL = "llama3"
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 # The variable each setting falls back to when no flag gives it.
 ENVIRONMENT_VARIABLES = {

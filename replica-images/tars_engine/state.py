@@ -29,7 +29,7 @@ from tars_api.run import (
 )
 
 from tars_engine.budget import Budget
-from tars_engine.models import Candidate, EngineName, TestResult
+from tars_engine.models import DEFAULT_MODEL, Candidate, EngineName, TestResult
 from tars_engine.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
@@ -50,7 +50,7 @@ class RunOptions(StateModel):
     targets: list[str] = Field(min_length=1, description="project-relative directories or files")
     auto_apply: bool = False
     engine: EngineName = EngineName.static
-    model: str = "llama3"
+    model: str = DEFAULT_MODEL
     allow_unsafe_fixes: bool = False
     test_command: list[str] | None = None
     test_timeout_seconds: float = Field(default=600, gt=0)
