@@ -44,7 +44,13 @@ from tars_engine.learning import LearningStore
 from tars_engine.models import DEFAULT_MODEL, EngineName
 from tars_engine.selection import is_git_repository
 from tars_engine.settings import DEFAULT_OLLAMA_HOST
-from tars_engine.state import RunOptions, StateError, StateStore, WorkflowState
+from tars_engine.state import (
+    DEFAULT_TEST_TIMEOUT_SECONDS,
+    RunOptions,
+    StateError,
+    StateStore,
+    WorkflowState,
+)
 from tars_engine.validation import is_test_file
 from tars_engine.workflow import EventKind, WorkflowError, WorkflowEvent
 
@@ -53,7 +59,6 @@ from tarscli.errors import CliError
 from tarscli.upload import project_root, resolve_targets
 
 EXIT_STOPPED = 130
-DEFAULT_TEST_TIMEOUT_SECONDS = 600
 SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
 DEMO_TEST_TIMEOUT_SECONDS = 300
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", "tox.ini", "pytest.ini")

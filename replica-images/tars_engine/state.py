@@ -36,6 +36,7 @@ STATE_FILENAME = "workflow-state.json"
 STOP_FILENAME = "stop"
 LOCK_FILENAME = "lock"
 STATE_VERSION = 1
+DEFAULT_TEST_TIMEOUT_SECONDS = 600
 
 
 class StateModel(BaseModel):
@@ -53,7 +54,7 @@ class RunOptions(StateModel):
     model: str = DEFAULT_MODEL
     allow_unsafe_fixes: bool = False
     test_command: list[str] | None = None
-    test_timeout_seconds: float = Field(default=600, gt=0)
+    test_timeout_seconds: float = Field(default=DEFAULT_TEST_TIMEOUT_SECONDS, gt=0)
     budget: Budget = Field(default_factory=Budget)
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
     baseline_first: bool = Field(
