@@ -348,9 +348,6 @@ def where_the_work_is(state: WorkflowState) -> str:
 
 
 def render_state(state: WorkflowState, console: Console, *, show_location: bool = True) -> None:
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
     rows = [
         ("Run", state.run_id),
         ("Project", state.project_root),
@@ -365,9 +362,7 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
         ("Completed", output.timestamp(state.completed_at)),
         ("Message", output.text(state.message)),
     ]  # fmt: skip
-    for label, value in rows:
-        summary.add_row(label, value)
-    parts: list[Table] = [summary, statistics_table(state)]
+    parts: list[Table] = [output.summary(rows), statistics_table(state)]
     if state.files:
         parts.append(results_table(state))
     if state.skipped:

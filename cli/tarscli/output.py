@@ -102,6 +102,16 @@ def table(*columns: str, title: str | None = None) -> Table:
     return grid
 
 
+def summary(rows: Sequence[tuple[str, str]]) -> Table:
+    """Label and value pairs, labels bold, in the style of `kubectl describe`."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in rows:
+        grid.add_row(label, value)
+    return grid
+
+
 def sections(*parts: RenderableType) -> Group:
     """Renderables one after another, a blank line between them."""
     spaced: list[RenderableType] = []

@@ -56,6 +56,10 @@ def conditions_table(conditions: list[Condition]) -> Table:
     return grid
 
 
+def _desired_pods(replica: TarsReplica) -> str:
+    return f"{replica.spec.replicas}{' (suspended)' if replica.spec.suspend else ''}"
+
+
 def replicas_table(replicas: list[TarsReplica]) -> Table:
     grid = output.table("NAME", "ROLE", "DESIRED", "READY", "PHASE", "ENDPOINT", "AGE")
     for replica in replicas:
@@ -63,7 +67,7 @@ def replicas_table(replicas: list[TarsReplica]) -> Table:
         grid.add_row(
             replica.name,
             output.text(replica.spec.role),
-            f"{replica.spec.replicas}{' (suspended)' if replica.spec.suspend else ''}",
+            _desired_pods(replica),
             output.text(status.ready_replicas if status else None),
             output.text(status.phase if status else None),
             output.text(status.endpoint if status else None),
@@ -74,14 +78,11 @@ def replicas_table(replicas: list[TarsReplica]) -> Table:
 
 def replica_details(replica: TarsReplica) -> RenderableType:
     spec, status = replica.spec, replica.status
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
     rows = [
         ("Name", replica.name),
         ("Namespace", output.text(replica.metadata.namespace)),
         ("Role", output.text(spec.role)),
-        ("Desired", f"{spec.replicas}{' (suspended)' if spec.suspend else ''}"),
+        ("Desired", _desired_pods(replica)),
         ("Ready", output.text(status.ready_replicas if status else None)),
         (
             "Phase",
@@ -94,9 +95,7 @@ def replica_details(replica: TarsReplica) -> RenderableType:
         ("Capabilities", ", ".join(status.capabilities) if status and status.capabilities else "-"),
         ("Age", output.age(replica.metadata.creation_timestamp)),
     ]
-    for label, value in rows:
-        summary.add_row(label, value)
-    parts: list[Table] = [summary]
+    parts: list[Table] = [output.summary(rows)]
     if status and status.conditions:
         parts.append(conditions_table(status.conditions))
     return output.sections(*parts)
