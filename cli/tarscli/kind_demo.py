@@ -202,7 +202,9 @@ def _execute(step: Step, repository: Path, console: Console) -> None:
         fail(f"{step.description} failed (exit {result.returncode}): {step}")
 
 
-def _prepare_replicas(cluster: Cluster, project_path: str, console: Console) -> None:
+def _prepare_replicas(
+    cluster: Cluster, project_path: str, console: Console, timeout_seconds: int
+) -> None:
     for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
         console.print(line)
     wanted = [coordinator_replica(cluster.namespace, project_path)] + [
@@ -225,9 +227,7 @@ def _prepare_replicas(cluster: Cluster, project_path: str, console: Console) -> 
             else:
                 replicas.append(cluster.replicas.get(replica.name))
             console.print(f"tarsreplica/{replica.name} exists")
-    wait_for_replicas(
-        cluster, replicas, REPLICAS_TIMEOUT_SECONDS, time.monotonic() + REPLICAS_TIMEOUT_SECONDS
-    )
+    wait_for_replicas(cluster, replicas, timeout_seconds, time.monotonic() + timeout_seconds)
 
 
 def run_demo(
@@ -241,6 +241,7 @@ def run_demo(
     context: str | None,
     dry_run: bool,
     settings: Sequence[str] = (),
+    timeout_seconds: int = REPLICAS_TIMEOUT_SECONDS,
 ) -> None:
     console = Console()
     steps = demo_steps(
@@ -250,6 +251,7 @@ def run_demo(
         helm=helm,
         kubeconfig=kubeconfig,
         context=context,
+        settings=settings,
     )
     if dry_run:
         for step in steps:
@@ -261,7 +263,7 @@ def run_demo(
         context = f"kind-{KIND_CLUSTER}"
     cluster = connect(kubeconfig, context, namespace)
     cluster.require_crds()
-    _prepare_replicas(cluster, project_path, console)
+    _prepare_replicas(cluster, project_path, console, timeout_seconds)
     run = run_manifest(repository, namespace, project_path)
     created = cluster.runs.create(run)
     console.print(f"selfcodingrun/{created.name} created")
@@ -313,6 +315,9 @@ def self_code_demo(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the external commands and stop.")
     ] = False,
+    timeout: Annotated[
+        int, typer.Option("--timeout", min=1, help="Seconds to wait for the replicas to be Ready.")
+    ] = REPLICAS_TIMEOUT_SECONDS,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
     namespace: NamespaceOption = None,
@@ -334,4 +339,5 @@ def self_code_demo(
         context=context,
         dry_run=dry_run,
         settings=helm_set or (),
+        timeout_seconds=timeout,
     )
