@@ -4,22 +4,20 @@ The project is the git working tree around the current directory (else the curre
 directory itself). Targets are checked here, before anything reaches the cluster:
 they must exist, be directories and stay inside the project. The archive holds the
 whole project, not only the targets, because the tester runs the project's own tests;
-it is git-aware (tracked files plus untracked files that are not ignored) and
-deterministic (sorted entries, no timestamps or owners), so the same tree always
-packs to the same bytes.
+it is the engine's project snapshot (tars_engine.snapshot): git-aware (tracked files
+plus untracked files that are not ignored) and deterministic (sorted entries, no
+timestamps or owners), so the same tree always packs to the same bytes.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import stat
 import subprocess
-import tarfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
+from tars_engine.snapshot import SnapshotTooLarge, pack_files, project_files
 
 from tarscli.errors import CliError
 
@@ -27,24 +25,6 @@ from tarscli.errors import CliError
 # the object's own metadata.
 CONFIGMAP_DATA_LIMIT = 1024 * 1024
 ARCHIVE_LIMIT = CONFIGMAP_DATA_LIMIT - 8 * 1024
-# Without git there is no ignore file to consult; these never belong in a snapshot.
-UNTRACKED_NOISE = frozenset(
-    {
-        ".git",
-        ".hg",
-        ".svn",
-        "__pycache__",
-        ".venv",
-        "venv",
-        "node_modules",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        ".tox",
-        ".nox",
-        ".dev",
-    }
-)
 GIT_TIMEOUT_SECONDS = 60
 
 
@@ -111,82 +91,17 @@ def resolve_targets(root: Path, cwd: Path, targets: list[str]) -> list[str]:
     return relative
 
 
-def project_files(root: Path) -> list[str]:
-    """Files to pack, project-relative and sorted: git's view when `root` is a work tree."""
+def pack(root: Path, files: Sequence[str], *, limit: int = ARCHIVE_LIMIT) -> bytes:
+    """The engine's deterministic snapshot of `files`, refused once it grows past `limit`."""
     try:
-        answer = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    except FileNotFoundError:
-        answer = None
-    names: list[str]
-    if answer is not None and answer.returncode == 0:
-        names = [os.fsdecode(name) for name in answer.stdout.split(b"\0") if name]
-    else:
-        names = _walk(root)
-    packable = []
-    for name in dict.fromkeys(names):
-        path = root / name
-        try:
-            mode = path.lstat().st_mode
-        except FileNotFoundError:
-            continue  # tracked but deleted in the work tree: not part of the snapshot
-        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-            packable.append(PurePosixPath(name).as_posix())
-    return sorted(packable)
-
-
-def _walk(root: Path) -> list[str]:
-    names: list[str] = []
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(name for name in subdirectories if name not in UNTRACKED_NOISE)
-        base = Path(directory).relative_to(root)
-        names.extend((base / name).as_posix() for name in files)
-    return names
-
-
-def _entry(root: Path, name: str) -> tuple[tarfile.TarInfo, bytes | None]:
-    path = root / name
-    info = tarfile.TarInfo(name)
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    mode = path.lstat().st_mode
-    if stat.S_ISLNK(mode):
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(path)
-        info.mode = 0o777
-        return info, None
-    content = path.read_bytes()
-    info.size = len(content)
-    info.mode = 0o755 if mode & stat.S_IXUSR else 0o644
-    return info, content
-
-
-def pack(root: Path, files: list[str] | tuple[str, ...], *, limit: int = ARCHIVE_LIMIT) -> bytes:
-    """A deterministic tar.gz of `files` under `root`; refuses once it grows past `limit`."""
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(
-            filename="", fileobj=buffer, mode="wb", mtime=0, compresslevel=9
-        ) as compressed,
-        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as archive,
-    ):
-        for name in sorted(files):
-            info, content = _entry(root, name)
-            archive.addfile(info, io.BytesIO(content) if content is not None else None)
-            if buffer.tell() > limit:
-                raise _too_large(root, buffer.tell(), limit, partial=True)
-    data = buffer.getvalue()
-    if len(data) > limit:
-        raise _too_large(root, len(data), limit, partial=False)
-    return data
-
-
-def _too_large(root: Path, size: int, limit: int, *, partial: bool) -> CliError:
-    amount = f"more than {size:,} bytes" if partial else f"{size:,} bytes"
-    return CliError(
-        f"the project {root} packs to {amount}, above the {limit:,} bytes a ConfigMap upload can hold; "
-        "git-ignore large generated files, or create the SelfCodingRun with a git source"
-    )
+        return pack_files(root, files, limit=limit)
+    except SnapshotTooLarge as exc:
+        amount = f"more than {exc.size:,} bytes" if exc.partial else f"{exc.size:,} bytes"
+        raise CliError(
+            f"the project {root} packs to {amount}, above the {limit:,} bytes a ConfigMap upload "
+            "can hold; git-ignore large generated files, or create the SelfCodingRun with a git "
+            "source"
+        ) from exc
 
 
 def build_archive(root: Path, targets: list[str]) -> ProjectArchive:

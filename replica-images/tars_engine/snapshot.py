@@ -14,6 +14,7 @@ import os
 import posixpath
 import subprocess
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 
 # Directories that are environments or caches, never part of a project's source.
@@ -21,6 +22,7 @@ SKIPPED_DIRS = frozenset(
     {
         ".git",
         ".tars",
+        ".dev",
         ".hg",
         ".svn",
         ".venv",
@@ -107,34 +109,62 @@ def _symlink_target_inside(root: Path, name: str) -> str | None:
     return target
 
 
-def pack_project(root: Path) -> bytes:
-    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository)."""
-    root = root.resolve()
+class SnapshotTooLarge(SnapshotError):
+    """The archive grew past the size it was allowed."""
+
+    def __init__(self, size: int, limit: int, *, partial: bool) -> None:
+        super().__init__(f"archive of {size:,} bytes is above the limit of {limit:,} bytes")
+        self.size = size
+        self.limit = limit
+        self.partial = partial
+        """True when packing stopped early: the whole archive would be larger still."""
+
+
+def _entry(root: Path, name: str) -> tuple[tarfile.TarInfo, bytes | None] | None:
+    """A file's tar entry with zeroed times and owners; None for a link leading outside."""
+    path = root / name
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if path.is_symlink():
+        target = _symlink_target_inside(root, name)
+        if target is None:
+            return None
+        info.type = tarfile.SYMTYPE
+        info.linkname = target
+        info.mode = 0o777
+        return info, None
+    data = path.read_bytes()
+    info.size = len(data)
+    info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+    return info, data
+
+
+def pack_files(root: Path, files: Iterable[str], *, limit: int | None = None) -> bytes:
+    """A deterministic tar.gz of `files` under `root`; SnapshotTooLarge past `limit` bytes."""
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as archive,
     ):
-        for name in project_files(root):
-            path = root / name
-            info = tarfile.TarInfo(name)
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if path.is_symlink():
-                target = _symlink_target_inside(root, name)
-                if target is None:
-                    continue
-                info.type = tarfile.SYMTYPE
-                info.linkname = target
-                info.mode = 0o777
-                archive.addfile(info)
+        for name in sorted(files):
+            entry = _entry(root, name)
+            if entry is None:
                 continue
-            data = path.read_bytes()
-            info.size = len(data)
-            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            archive.addfile(info, io.BytesIO(data))
+            info, data = entry
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+            if limit is not None and buffer.tell() > limit:
+                raise SnapshotTooLarge(buffer.tell(), limit, partial=True)
+    if limit is not None and buffer.tell() > limit:
+        raise SnapshotTooLarge(buffer.tell(), limit, partial=False)
     return buffer.getvalue()
+
+
+def pack_project(root: Path) -> bytes:
+    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository)."""
+    root = root.resolve()
+    return pack_files(root, project_files(root))
 
 
 def _checked_members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
