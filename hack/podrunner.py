@@ -555,6 +555,14 @@ class EventRecorder:
 # Pod configuration: volumes, environment, argv
 
 
+def _decoded(values: dict[str, str] | None) -> dict[str, str]:
+    """base64 values (a Secret's data, a ConfigMap's binaryData) as text, bytes kept."""
+    return {
+        key: base64.b64decode(value).decode("utf-8", "surrogateescape")
+        for key, value in (values or {}).items()
+    }
+
+
 @dataclass
 class PodContext:
     """What every container of one pod shares: identity, address, directories, config lookups."""
@@ -573,37 +581,30 @@ class PodContext:
     def name(self) -> str:
         return self.pod.name
 
-    def config_map(self, name: str | None, optional: bool | None) -> dict[str, str] | None:
-        name = name or ""
+    def _read_optional(self, kind: str, name: str | None, optional: bool | None) -> Any:
+        """The ConfigMap or Secret `name`, or None when it is missing and `optional`."""
+        read = (
+            self.core.read_namespaced_config_map
+            if kind == "configmap"
+            else self.core.read_namespaced_secret
+        )
         try:
-            found = self.core.read_namespaced_config_map(
-                name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS
-            )
+            return read(name or "", self.namespace, _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as error:
             ignore_status(error, 404)
             if optional:
                 return None
-            raise ContainerConfigError(f'configmap "{name}" not found') from error
-        data = dict(found.data or {})
-        for key, value in (found.binary_data or {}).items():
-            data[key] = base64.b64decode(value).decode("utf-8", "surrogateescape")
-        return data
+            raise ContainerConfigError(f'{kind} "{name or ""}" not found') from error
+
+    def config_map(self, name: str | None, optional: bool | None) -> dict[str, str] | None:
+        found = self._read_optional("configmap", name, optional)
+        if found is None:
+            return None
+        return {**(found.data or {}), **_decoded(found.binary_data)}
 
     def secret(self, name: str | None, optional: bool | None) -> dict[str, str] | None:
-        name = name or ""
-        try:
-            found = self.core.read_namespaced_secret(
-                name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS
-            )
-        except ApiException as error:
-            ignore_status(error, 404)
-            if optional:
-                return None
-            raise ContainerConfigError(f'secret "{name}" not found') from error
-        return {
-            key: base64.b64decode(value).decode("utf-8", "surrogateescape")
-            for key, value in (found.data or {}).items()
-        }
+        found = self._read_optional("secret", name, optional)
+        return None if found is None else _decoded(found.data)
 
     def claimed_directory(self, claim_name: str) -> Path:
         """The host directory of the hostPath or local PersistentVolume bound to the claim."""
