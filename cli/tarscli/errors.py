@@ -107,12 +107,12 @@ def describe_failure(error: BaseException) -> str | None:
         return error.message
     if isinstance(error, ApiException):
         return _describe_api_error(error)
-    if isinstance(error, urllib3.exceptions.MaxRetryError):
-        return f"cannot reach the Kubernetes API at {_server_url(error.pool)}: {_connection_reason(error.reason)}"
     if isinstance(error, urllib3.exceptions.HTTPError):
-        pool = getattr(error, "pool", None)
+        # After its retries urllib3 raises MaxRetryError; the failure itself is its reason.
+        reason = error.reason if isinstance(error, urllib3.exceptions.MaxRetryError) else error
         return (
-            f"cannot reach the Kubernetes API at {_server_url(pool)}: {_connection_reason(error)}"
+            f"cannot reach the Kubernetes API at {_server_url(getattr(error, 'pool', None))}: "
+            f"{_connection_reason(reason)}"
         )
     if isinstance(error, ConfigException):
         return f"invalid kubeconfig: {error}"
