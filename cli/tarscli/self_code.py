@@ -226,8 +226,6 @@ def setup(
         install_crds(cluster, deadline)
     else:
         cluster.require_crds()
-    for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
-        typer.echo(line)
     replicas: list[TarsReplica] = []
     for role in Role:
         wanted = TarsReplica.build(role.value, role, labels=MANAGED_BY_LABELS)
@@ -245,6 +243,20 @@ def setup(
                 else f", but it serves the {existing.spec.role.value} role"
             )
             typer.echo(f"tarsreplica/{role.value} already exists (left unchanged{note})")
+    # After the replicas: a user who may create those but not RBAC (the chart made the
+    # account) gets the replicas and a warning.
+    try:
+        for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+            typer.echo(line)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        typer.echo(
+            f"warning: cannot create the coordinator's {coordinator_access.COORDINATOR_ACCOUNT} "
+            "ServiceAccount and Role (forbidden); coordinator pods need them: install the chart "
+            "or ask an administrator",
+            err=True,
+        )
     if no_wait:
         return
     wait_for_replicas(cluster, replicas, timeout, deadline)

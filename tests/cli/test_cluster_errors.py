@@ -145,6 +145,7 @@ def test_missing_crds_then_install_crds(
             f"tarsreplica/{role} created"
             for role in ("analyzer", "generator", "tester", "coordinator")
         ),
+        *(f"{kind}/tars-coordinator created" for kind in ("serviceaccount", "role", "rolebinding")),
     ]
     extensions = client.ApiextensionsV1Api(api_client)
     for manifest in crd_manifests():

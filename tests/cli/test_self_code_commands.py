@@ -89,7 +89,9 @@ def test_setup_creates_the_four_roles_idempotently(
 ) -> None:
     first = cli("self-code", "setup", "--no-wait")
     assert first.exit_code == 0, first.output
-    assert first.stdout.splitlines() == [f"tarsreplica/{role} created" for role in ROLES]
+    assert first.stdout.splitlines() == [f"tarsreplica/{role} created" for role in ROLES] + [
+        f"{kind}/tars-coordinator created" for kind in ("serviceaccount", "role", "rolebinding")
+    ]
     for role in ROLES:
         assert get_object(api_client, namespace, REPLICAS, role)["spec"]["role"] == role
     client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
@@ -100,6 +102,9 @@ def test_setup_creates_the_four_roles_idempotently(
     assert second.exit_code == 0, second.output
     assert second.stdout.splitlines() == [
         f"tarsreplica/{role} already exists (left unchanged)" for role in ROLES
+    ] + [
+        f"{kind}/tars-coordinator already exists (left unchanged)"
+        for kind in ("serviceaccount", "role", "rolebinding")
     ]
     assert get_object(api_client, namespace, REPLICAS, "generator")["spec"]["replicas"] == 3
 
