@@ -42,7 +42,6 @@ from tars_engine.embedded import (
 )
 from tars_engine.learning import LearningStore
 from tars_engine.models import DEFAULT_MODEL, EngineName
-from tars_engine.selection import is_git_repository
 from tars_engine.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.state import (
     DEFAULT_TEST_TIMEOUT_SECONDS,
@@ -56,7 +55,7 @@ from tars_engine.workflow import EventKind, WorkflowError, WorkflowEvent
 
 from tarscli import output
 from tarscli.errors import CliError
-from tarscli.upload import project_root, resolve_targets
+from tarscli.upload import git_toplevel, project_root, resolve_targets
 
 EXIT_STOPPED = 130
 SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
@@ -130,17 +129,15 @@ def local_project_root(cwd: Path, targets: list[str]) -> Path:
     the first target; else, outside git, the nearest directory above the first
     target with a pyproject.toml (or setup.py, setup.cfg, tox.ini, pytest.ini); else cwd.
     """
-    root = project_root(cwd)
-    if is_git_repository(root) or not targets:
+    toplevel = git_toplevel(cwd)
+    root = toplevel or cwd.resolve()
+    if toplevel is not None or not targets:
         return root
     first = Path(targets[0]) if Path(targets[0]).is_absolute() else cwd / targets[0]
     if not first.exists():
         return root
     start = (first if first.is_dir() else first.parent).resolve()
-    around_target = project_root(start)
-    if is_git_repository(around_target):
-        return around_target
-    return _marked_project(start) or root
+    return git_toplevel(start) or _marked_project(start) or root
 
 
 def choose_engine(requested: EngineName | None) -> EngineName:

@@ -51,15 +51,20 @@ def _git(root: Path, *arguments: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def project_root(cwd: Path) -> Path:
-    """The git working tree's top level around `cwd`, else `cwd` itself."""
+def git_toplevel(directory: Path) -> Path | None:
+    """The top level of the git working tree around `directory`; None outside one."""
     try:
-        answer = _git(cwd, "rev-parse", "--show-toplevel")
+        answer = _git(directory, "rev-parse", "--show-toplevel")
     except FileNotFoundError:
-        return cwd.resolve()
+        return None
     if answer.returncode == 0 and answer.stdout.strip():
         return Path(os.fsdecode(answer.stdout.strip())).resolve()
-    return cwd.resolve()
+    return None
+
+
+def project_root(cwd: Path) -> Path:
+    """The git working tree's top level around `cwd`, else `cwd` itself."""
+    return git_toplevel(cwd) or cwd.resolve()
 
 
 def resolve_targets(root: Path, cwd: Path, targets: list[str]) -> list[str]:
