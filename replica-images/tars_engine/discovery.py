@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+from tars_api.meta import GROUP, VERSION
+from tars_api.replica import TARS_REPLICA_PLURAL
 
 from tars_engine.http_roles import (
     HttpAnalyzer,
@@ -36,9 +38,6 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS_ENV_PREFIX = "TARS_ENDPOINTS_"
 WORKER_ROLES = (Role.analyzer, Role.generator, Role.tester)
-TARS_GROUP = "tars.dev"
-TARS_VERSION = "v1alpha1"
-TARS_REPLICA_PLURAL = "tarsreplicas"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
 WATCH_TIMEOUT_SECONDS = 30
@@ -205,7 +204,7 @@ class ClusterDiscovery:
 
     def _list_replicas(self, **kwargs: Any) -> Any:
         return client.CustomObjectsApi(self._api).list_namespaced_custom_object(
-            TARS_GROUP, TARS_VERSION, self.namespace, TARS_REPLICA_PLURAL, **kwargs
+            GROUP, VERSION, self.namespace, TARS_REPLICA_PLURAL, **kwargs
         )
 
     def _list_slices(self, **kwargs: Any) -> Any:
