@@ -436,7 +436,11 @@ class RunDriver:
             self.state.checkpoint = report.checkpoint
             self._save_state(run)
         outcome = None
-        if self.state.deadline_hit and report.finished:
+        # The coordinator enforces the deadline too; whichever notices first, it is the reason.
+        ran_out = self.state.deadline_hit or (
+            report.status.phase is RunPhase.failed and deadline_passed(run, self.now())
+        )
+        if ran_out and report.finished:
             message = f"deadlineSeconds ({run.spec.deadline_seconds}) exceeded; the run was stopped"
             outcome = Outcome(RunPhase.failed, REASON_DEADLINE, message)
         desired = mirrored_status(
