@@ -266,15 +266,11 @@ class Resources(Generic[ObjectT]):
         resourceVersion when the server ends it, and re-listed when that version
         has expired (410 Gone). `deadline` (time.monotonic()) ends the iteration.
         """
-        field_selector = f"metadata.name={name}" if name is not None else None
+        only_name = {"field_selector": f"metadata.name={name}"} if name is not None else {}
         resource_version: str | None = None
         while deadline is None or time.monotonic() < deadline:
             if resource_version is None:
-                listed = self._call(
-                    "list_namespaced_custom_object",
-                    None,
-                    **({"field_selector": field_selector} if field_selector else {}),
-                )
+                listed = self._call("list_namespaced_custom_object", None, **only_name)
                 resource_version = listed["metadata"]["resourceVersion"]
                 yield from (("ADDED", self.parse(item)) for item in listed.get("items", []))
             window = WATCH_WINDOW_SECONDS
@@ -292,7 +288,7 @@ class Resources(Generic[ObjectT]):
                     allow_watch_bookmarks=True,
                     timeout_seconds=window,
                     _request_timeout=(REQUEST_TIMEOUT[0], window + 30),
-                    **({"field_selector": field_selector} if field_selector else {}),
+                    **only_name,
                 ):
                     raw = event["raw_object"]
                     resource_version = raw.get("metadata", {}).get(
