@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Workspace, git
 from operator_helpers import http_get, wait_until
 
@@ -244,3 +245,25 @@ def test_run_without_replicas_stays_pending_and_says_why(
     condition = {c["type"]: c for c in status["conditions"]}["ReplicasReady"]
     assert condition["reason"] == "NoReadyCoordinator"
     assert "analyzer, generator, tester" in condition["message"], condition
+
+
+def test_deadline_ends_the_run_failed_with_its_reason(
+    workspace: Workspace, kubectl: Any, sample_project: Path
+) -> None:
+    """deadlineSeconds is at least 60: here the baseline test run alone takes longer."""
+    (sample_project / "slow_tests.sh").write_text(SLOW_TESTS.replace("sleep 3", "sleep 75"))
+    git(sample_project, "add", "slow_tests.sh")
+    git(sample_project, "commit", "-q", "-m", "very slow tests")
+    name = started_run(workspace, sample_project, "--test-command", "sh slow_tests.sh")
+    kubectl(
+        "patch", "selfcodingrun", name, "-n", workspace.namespace, "--type=merge",
+        "-p", '{"spec": {"deadlineSeconds": 60}}', check=False,
+    )  # fmt: skip
+    run = run_object(workspace, kubectl, name)
+    if run["spec"]["deadlineSeconds"] != 60:
+        pytest.fail(f"deadlineSeconds could not be set: {run['spec']}")
+    ended_run = wait_for_run(workspace, kubectl, name, ended, "the deadline to end the run")
+    status = ended_run["status"]
+    assert status["phase"] == "Failed", status
+    complete = {c["type"]: c for c in status["conditions"]}["Complete"]
+    assert complete["reason"] == "DeadlineExceeded", complete
