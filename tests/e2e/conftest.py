@@ -7,56 +7,15 @@ of a module; tests that change the replicas get a namespace of their own.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import REPOSITORY
+from e2e_support import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace, git
 from operator_helpers import OperatorProcess, wait_for
-
-TARSCLI = Path(sys.executable).parent / "tarscli"
-SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"
-COMMAND_TIMEOUT_SECONDS = 300
-SETUP_TIMEOUT_SECONDS = "180"
-
-
-@dataclass
-class Workspace:
-    """A namespace with an operator watching it, and `tarscli` bound to both."""
-
-    kubeconfig: Path
-    namespace: str
-    operator: OperatorProcess
-
-    def tarscli(
-        self, *args: str, cwd: Path | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        command = [str(TARSCLI), *args, "--kubeconfig", str(self.kubeconfig), "-n", self.namespace]
-        result = subprocess.run(
-            command,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-            env={**os.environ, "COLUMNS": "200"},
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def kubectl_json(self, kubectl: Callable[..., Any], *args: str) -> Any:
-        return json.loads(kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)
 
 
 def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
@@ -111,16 +70,6 @@ def bare_workspace(
         operator.stop()
         print(f"--- {operator.log_path}\n{operator.log()}")
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def git(root: Path, *arguments: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", *arguments],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Workspace, git
+from e2e_support import Workspace, git
 from operator_helpers import http_get, wait_until
 
 MAX_FILES = "3"

@@ -1,0 +1,61 @@
+"""What the end-to-end tests share: `tarscli` bound to a namespace, git, the sample project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster_support import REPOSITORY
+from operator_helpers import OperatorProcess
+
+TARSCLI = Path(sys.executable).parent / "tarscli"
+SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"
+COMMAND_TIMEOUT_SECONDS = 300
+SETUP_TIMEOUT_SECONDS = "180"
+
+
+@dataclass
+class Workspace:
+    """A namespace with an operator watching it, and `tarscli` bound to both."""
+
+    kubeconfig: Path
+    namespace: str
+    operator: OperatorProcess
+
+    def tarscli(
+        self, *args: str, cwd: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(TARSCLI), *args, "--kubeconfig", str(self.kubeconfig), "-n", self.namespace]
+        result = subprocess.run(
+            command,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl_json(self, kubectl: Callable[..., Any], *args: str) -> Any:
+        return json.loads(kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)
+
+
+def git(root: Path, *arguments: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", *arguments],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
