@@ -33,22 +33,18 @@ class PolicyRule(BaseModel):
         }
 
 
+# What the coordinator's code calls: discovery lists and watches the worker replicas and
+# their EndpointSlices; an upload source reads its ConfigMap. Run status is the operator's.
 COORDINATOR_RULES = (
     PolicyRule(
-        api_groups=("tars.dev",),
-        resources=("tarsreplicas", "selfcodingruns"),
-        verbs=("get", "list", "watch"),
-    ),
-    PolicyRule(
-        api_groups=("tars.dev",), resources=("selfcodingruns/status",), verbs=("get", "patch")
+        api_groups=("tars.dev",), resources=("tarsreplicas",), verbs=("get", "list", "watch")
     ),
     PolicyRule(
         api_groups=("discovery.k8s.io",),
         resources=("endpointslices",),
         verbs=("get", "list", "watch"),
     ),
-    PolicyRule(api_groups=("",), resources=("configmaps",), verbs=("get", "create", "patch")),
-    PolicyRule(api_groups=("", "events.k8s.io"), resources=("events",), verbs=("create", "patch")),
+    PolicyRule(api_groups=("",), resources=("configmaps",), verbs=("get",)),
 )
 
 

@@ -23,6 +23,7 @@ applying them again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import threading
@@ -147,7 +148,9 @@ class RunHandle:
     def checkpoint(self) -> WorkflowState | None:
         workflow = self.workflow
         if workflow is not None:
-            return workflow.state
+            # A workflow exists a moment before its run starts; until then the store speaks.
+            with contextlib.suppress(WorkflowError):
+                return workflow.state
         try:
             return self.store.load() or self.assignment.checkpoint
         except StateError:

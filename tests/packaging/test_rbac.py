@@ -193,20 +193,21 @@ OPERATOR_CONFINED = [
 ]
 COORDINATOR_CAN = [
     *(Check(verb, TR) for verb in ("get", "list", "watch")),
-    *(Check(verb, SCR) for verb in ("get", "list", "watch")),
-    Check("patch", SCR, "status"),
     *(Check(verb, "endpointslices.discovery.k8s.io") for verb in ("get", "list", "watch")),
-    *(Check(verb, "configmaps") for verb in ("get", "create", "patch")),
-    Check("create", "events"),
+    Check("get", "configmaps"),
 ]
 COORDINATOR_CANNOT = [
     *NEVER,
     Check("patch", TR),
     Check("patch", TR, "status"),
+    Check("get", SCR),
     Check("patch", SCR),
+    Check("patch", SCR, "status"),
     Check("delete", SCR),
     Check("create", SCR),
     Check("list", "configmaps"),
+    Check("create", "configmaps"),
+    Check("create", "events"),
     Check("create", "deployments.apps"),
     Check("list", TR, where="other"),
     Check("get", "configmaps", where="other"),

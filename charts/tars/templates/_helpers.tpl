@@ -155,20 +155,14 @@ fails when the two differ.
 */}}
 {{- define "tars.coordinator.rules" -}}
 - apiGroups: ["tars.dev"]
-  resources: ["tarsreplicas", "selfcodingruns"]
+  resources: ["tarsreplicas"]
   verbs: ["get", "list", "watch"]
-- apiGroups: ["tars.dev"]
-  resources: ["selfcodingruns/status"]
-  verbs: ["get", "patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch"]
-- apiGroups: ["", "events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["get"]
 {{- with .Values.rbac.gitCredentialSecrets }}
 - apiGroups: [""]
   resources: ["secrets"]
