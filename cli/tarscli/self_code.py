@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from tars_api.crdgen import crd_manifests
-from tars_api.meta import API_VERSION, ObjectMeta, find_condition
+from tars_api.meta import ObjectMeta, find_condition
 from tars_api.replica import ReplicaConditionType, ReplicaPhase, TarsReplica
 from tars_api.run import (
     DEFAULT_UPLOAD_KEY,
@@ -273,15 +273,6 @@ def name_prefix(project: Path) -> str:
     return f"{cleaned or 'run'}-"
 
 
-def _owner_reference(run: SelfCodingRun) -> dict[str, str]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": run.resource.kind,
-        "name": run.name,
-        "uid": str(run.metadata.uid),
-    }
-
-
 def _delete_quietly(cluster: Cluster, config_map: str) -> None:
     """Best-effort cleanup on a failed start; the original failure is what the user needs to see."""
     try:
@@ -404,7 +395,7 @@ def start(
             cluster.namespace,
             {
                 "metadata": {
-                    "ownerReferences": [_owner_reference(created)],
+                    "ownerReferences": [created.owner_reference(controller=False).to_dict()],
                     "labels": {RUN_LABEL: created.name},
                 }
             },
