@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPOSITORY / "hack"))
 
 import devcluster
 from tars_api.replica import TarsReplica
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_operator import replicas
 from tars_operator.config import OperatorConfig
 from tars_operator.kube import (

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from tars_api.replica import ReplicaVolume, TarsReplica
 from tars_api.run import SelfCodingRun
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_engine.settings import ENGINE_VERSION
 
 from tarscli import coordinator_access, local

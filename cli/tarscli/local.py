@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.syntax import Syntax
 from rich.table import Table
 from tars_api.run import FileOutcome, RunPhase
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 from tars_engine.budget import Budget
 from tars_engine.embedded import (
     default_engine,
@@ -41,7 +42,6 @@ from tars_engine.embedded import (
     state_dir_for,
 )
 from tars_engine.learning import LearningStore
-from tars_engine.models import DEFAULT_MODEL, EngineName
 from tars_engine.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.state import (
     DEFAULT_TEST_TIMEOUT_SECONDS,

@@ -10,7 +10,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from tars_api.meta import Condition
 from tars_api.replica import MAX_REPLICAS, TarsReplica
-from tars_engine.models import EngineName, Role
+from tars_api.vocabulary import EngineName, Role
 
 from tarscli import output
 from tarscli.errors import CliError

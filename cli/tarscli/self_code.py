@@ -37,7 +37,7 @@ from tars_api.run import (
     SelfCodingRunSpec,
     UploadSource,
 )
-from tars_engine.models import EngineName, Role
+from tars_api.vocabulary import EngineName, Role
 
 from tarscli import coordinator_access, output
 from tarscli import local as local_runs

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from tars_api.replica import ResourceRequirements
-from tars_engine.models import EngineName, Role
+from tars_api.vocabulary import EngineName, Role
 
 from tars_operator import __version__
 

@@ -21,7 +21,7 @@ from tars_api.replica import (
     TarsReplica,
     TarsReplicaStatus,
 )
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_engine.sources import VOLUMES_ENV
 
 from tars_operator.config import OperatorConfig

@@ -28,8 +28,8 @@ from tars_api.run import (
     SelfCodingRun,
     SelfCodingRunStatus,
 )
+from tars_api.vocabulary import Role
 from tars_engine.discovery import slice_ready_urls
-from tars_engine.models import Role
 from tars_engine.run_api import (
     CoordinatorApiError,
     CoordinatorClient,

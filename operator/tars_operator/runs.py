@@ -14,7 +14,7 @@ from typing import Any
 
 from tars_api.meta import Condition, find_condition, set_condition
 from tars_api.run import RunConditionType, RunPhase, SelfCodingRun, SelfCodingRunStatus
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 
 from tars_operator.replicas import Transition
 

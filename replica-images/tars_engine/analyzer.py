@@ -10,16 +10,16 @@ import ast
 from dataclasses import dataclass
 from typing import Protocol
 
+from tars_api.vocabulary import EngineName, Role
+
 from tars_engine import ruff_tool
 from tars_engine.models import (
     AnalysisReport,
     AnalyzeRequest,
-    EngineName,
     Finding,
     FindingKind,
     FindingSource,
     Location,
-    Role,
     RoleInfo,
     Severity,
     SourceFile,

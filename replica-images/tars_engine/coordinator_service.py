@@ -35,6 +35,7 @@ from kubernetes import client
 from kubernetes.config.config_exception import ConfigException
 from prometheus_client import Counter
 from tars_api.run import RunPhase, RunStage, SelfCodingRunSpec, SelfCodingRunStatus
+from tars_api.vocabulary import Role
 
 from tars_engine import applying
 from tars_engine.budget import Budget
@@ -45,7 +46,7 @@ from tars_engine.discovery import (
     static_endpoints,
 )
 from tars_engine.learning import LearningStore
-from tars_engine.models import Role, RoleInfo
+from tars_engine.models import RoleInfo
 from tars_engine.run_api import (
     PATCH_MEDIA_TYPE,
     RUNS_PATH,

@@ -24,6 +24,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import GROUP, VERSION
 from tars_api.replica import TARS_REPLICA_PLURAL
+from tars_api.vocabulary import WORKER_ROLES, Role
 
 from tars_engine.http_roles import (
     HttpAnalyzer,
@@ -32,12 +33,10 @@ from tars_engine.http_roles import (
     HttpTester,
     RequestObserver,
 )
-from tars_engine.models import Role
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS_ENV_PREFIX = "TARS_ENDPOINTS_"
-WORKER_ROLES = (Role.analyzer, Role.generator, Role.tester)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
 WATCH_TIMEOUT_SECONDS = 30

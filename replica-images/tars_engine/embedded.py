@@ -13,8 +13,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from tars_api.vocabulary import EngineName
+
 from tars_engine.learning import LearningStore, default_learning_db
-from tars_engine.models import EngineName
 from tars_engine.selection import is_git_repository
 from tars_engine.settings import ReplicaSettings, normalize_ollama_host
 from tars_engine.state import RunOptions, StateStore

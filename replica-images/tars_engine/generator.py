@@ -10,16 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+from tars_api.vocabulary import EngineName, Role
+
 from tars_engine import ruff_tool
-from tars_engine.models import (
-    EngineName,
-    Finding,
-    FindingSource,
-    GenerateRequest,
-    GenerateResult,
-    Role,
-    RoleInfo,
-)
+from tars_engine.models import Finding, FindingSource, GenerateRequest, GenerateResult, RoleInfo
 from tars_engine.settings import ReplicaSettings
 from tars_engine.validation import finish_candidate, path_rejection, syntax_problem
 

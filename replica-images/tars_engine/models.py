@@ -10,24 +10,11 @@ import enum
 import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
-
-DEFAULT_MODEL = "llama3"
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Role(str, enum.Enum):
-    analyzer = "analyzer"
-    generator = "generator"
-    tester = "tester"
-    coordinator = "coordinator"
-
-
-class EngineName(str, enum.Enum):
-    static = "static"
-    ollama = "ollama"
 
 
 class FindingKind(str, enum.Enum):

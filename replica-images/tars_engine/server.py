@@ -30,16 +30,15 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
+from tars_api.vocabulary import EngineName, Role
 
 from tars_engine.analyzer import Analyzer
 from tars_engine.generator import Generator
 from tars_engine.models import (
     AnalysisReport,
     AnalyzeRequest,
-    EngineName,
     GenerateRequest,
     GenerateResult,
-    Role,
     RoleInfo,
     SnapshotRef,
     TestRequest,

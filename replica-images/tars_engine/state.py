@@ -27,9 +27,10 @@ from tars_api.run import (
     RunStatistics,
     SelfCodingRunStatus,
 )
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 
 from tars_engine.budget import Budget
-from tars_engine.models import DEFAULT_MODEL, Candidate, EngineName, TestResult
+from tars_engine.models import Candidate, TestResult
 from tars_engine.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"

@@ -22,15 +22,10 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
+from tars_api.vocabulary import Role
+
 from tars_engine.diffs import PatchError, apply_unified_diff
-from tars_engine.models import (
-    Candidate,
-    Role,
-    RoleInfo,
-    SnapshotRef,
-    TestRequest,
-    TestResult,
-)
+from tars_engine.models import Candidate, RoleInfo, SnapshotRef, TestRequest, TestResult
 from tars_engine.roles import SnapshotMissingError
 from tars_engine.settings import ReplicaSettings
 from tars_engine.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive

@@ -39,6 +39,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+from tars_api.vocabulary import EngineName
 
 from tars_engine import applying
 from tars_engine.budget import BudgetGuard, StopRequested
@@ -47,7 +48,6 @@ from tars_engine.models import (
     AnalysisReport,
     AnalyzeRequest,
     Candidate,
-    EngineName,
     Finding,
     FindingSource,
     GenerateRequest,

@@ -25,7 +25,7 @@ from cli_support import (
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import Condition, format_time, now
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 
 pytestmark = pytest.mark.usefixtures("tars_crds")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from tars_api.vocabulary import EngineName, Role
 from tars_engine.analyzer import (
     COMPLEXITY_THRESHOLD,
     Analyzer,
@@ -14,10 +15,8 @@ from tars_engine.analyzer import (
 from tars_engine.models import (
     AnalysisReport,
     AnalyzeRequest,
-    EngineName,
     FindingKind,
     FindingSource,
-    Role,
     Severity,
     SourceFile,
 )

@@ -25,7 +25,7 @@ from tars_api.run import (
     UploadSource,
     VolumeSource,
 )
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_engine.run_api import CoordinatorClient, RunAssignment, RunNotFoundError, RunReport
 from tars_engine.server import create_app, serve_in_thread
 from tars_engine.settings import ReplicaSettings

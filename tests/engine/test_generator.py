@@ -6,13 +6,13 @@ import textwrap
 
 import pytest
 from engine_projects import CALC
+from tars_api.vocabulary import EngineName
 from tars_engine.analyzer import Analyzer
 from tars_engine.diffs import PatchError, apply_unified_diff, make_unified_diff
 from tars_engine.generator import Generator
 from tars_engine.models import (
     AnalyzeRequest,
     Candidate,
-    EngineName,
     Finding,
     GenerateRequest,
     GenerateResult,

@@ -10,18 +10,17 @@ from pathlib import Path
 import pytest
 from engine_projects import CALC
 from fake_ollama import FakeOllama, fake_ollama
+from tars_api.vocabulary import EngineName, Role
 from tars_engine.analyzer import Analyzer
 from tars_engine.diffs import apply_unified_diff, make_unified_diff
 from tars_engine.generator import Generator
 from tars_engine.http_roles import HttpGenerator
 from tars_engine.models import (
     AnalyzeRequest,
-    EngineName,
     FindingSource,
     GenerateRequest,
     GenerateResult,
     LearnedExample,
-    Role,
     SourceFile,
 )
 from tars_engine.ollama_engine import CONTEXT_STEP, OllamaEngine, estimate_tokens

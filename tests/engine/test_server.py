@@ -14,19 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 from engine_projects import CALC, calc_project, tree_hashes
+from tars_api.vocabulary import EngineName, Role
 from tars_engine import roles
 from tars_engine.analyzer import Analyzer
 from tars_engine.generator import Generator
 from tars_engine.http_roles import HttpAnalyzer, HttpGenerator, HttpTester
-from tars_engine.models import (
-    AnalyzeRequest,
-    EngineName,
-    GenerateRequest,
-    Role,
-    SnapshotRef,
-    SourceFile,
-    TestRequest,
-)
+from tars_engine.models import AnalyzeRequest, GenerateRequest, SnapshotRef, SourceFile, TestRequest
 from tars_engine.roles import (
     AnalyzerRole,
     GeneratorRole,

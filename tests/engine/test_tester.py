@@ -12,8 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 from engine_projects import CALC, calc_project, git_init, tree_hashes, write_tree
+from tars_api.vocabulary import EngineName
 from tars_engine.diffs import make_unified_diff
-from tars_engine.models import Candidate, EngineName, SnapshotRef, TestRequest
+from tars_engine.models import Candidate, SnapshotRef, TestRequest
 from tars_engine.roles import SnapshotMissingError
 from tars_engine.settings import ReplicaSettings
 from tars_engine.snapshot import SnapshotError, extract_snapshot, pack_project, project_files

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from tars_api.run import FileOutcome, RunPhase
+from tars_api.vocabulary import Role
 from tars_engine.applying import committed_candidates
 from tars_engine.http_roles import HttpAnalyzer, HttpGenerator, HttpTester
 from tars_engine.learning import LearningStore
-from tars_engine.models import Role
 from tars_engine.roles import RoleSet
 from tars_engine.server import create_app, serve_in_thread
 from tars_engine.settings import ReplicaSettings

@@ -16,7 +16,7 @@ from tars_api.replica import (
     TarsReplica,
     TarsReplicaStatus,
 )
-from tars_engine.models import EngineName, Role
+from tars_api.vocabulary import EngineName, Role
 from tars_operator import replicas
 from tars_operator.config import OperatorConfig
 

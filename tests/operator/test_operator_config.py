@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tars_engine.models import EngineName, Role
+from tars_api.vocabulary import EngineName, Role
 from tars_operator.config import ConfigError, OperatorConfig, load_config
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from tars_api.meta import ConditionStatus, find_condition
 from tars_api.run import GitSource, RunPhase, RunSource, SelfCodingRun, SelfCodingRunStatus
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_operator.runs import evaluate_run
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -40,7 +40,9 @@ def test_without_a_ready_coordinator_the_run_stays_pending_and_says_why() -> Non
         ConditionStatus.false,
         "NoReadyCoordinator",
     )
-    assert replicas_ready.message.startswith("no coordinator TarsReplica is ready in namespace work")
+    assert replicas_ready.message.startswith(
+        "no coordinator TarsReplica is ready in namespace work"
+    )
     assert update.transition is not None and update.transition.reason == "NoReadyCoordinator"
 
 

@@ -15,7 +15,7 @@ from tars_api.run import (
     SelfCodingRunStatus,
     UploadSource,
 )
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_engine.run_api import RunReport
 from tars_operator.run_driver import (
     REASON_DEADLINE,

@@ -28,7 +28,7 @@ from chart_support import (
     one,
 )
 from tars_api.replica import TarsReplica
-from tars_engine.models import Role
+from tars_api.vocabulary import Role
 from tars_operator import replicas
 from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
 from tars_operator.main import build_parser

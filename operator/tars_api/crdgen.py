@@ -22,7 +22,7 @@ from tars_api.schema import JsonSchema, structural_schema
 
 KINDS: tuple[type[ApiObject], ...] = (TarsReplica, SelfCodingRun)
 HEADER = (
-    "# Generated from the API models in crds/tars_api; do not edit.\n"
+    "# Generated from the API models in operator/tars_api; do not edit.\n"
     "# Run `make crds` (python -m tars_api.crdgen crds) after changing the models.\n"
 )
 

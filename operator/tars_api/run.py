@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
-from tars_engine.models import DEFAULT_MODEL, EngineName
 
 from tars_api.meta import (
     AGE_COLUMN,
@@ -27,6 +26,7 @@ from tars_api.meta import (
     observed_generation_field,
     reject_duplicates,
 )
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
 DEFAULT_UPLOAD_KEY = "project.tar.gz"

@@ -5,8 +5,6 @@ reads a Kubernetes dict, `.to_k8s()` writes a manifest, `.to_dict()` any part of
 The CRDs themselves come from `tars_api.crdgen.crd_manifests()`.
 """
 
-from tars_engine.models import EngineName, Role
-
 from tars_api.meta import (
     API_VERSION,
     CATEGORY,
@@ -39,7 +37,6 @@ from tars_api.replica import (
     TolerationOperator,
 )
 from tars_api.run import (
-    DEFAULT_MODEL,
     DEFAULT_UPLOAD_KEY,
     MAX_LATEST_RESULTS,
     SELF_CODING_RUN_PLURAL,
@@ -57,6 +54,7 @@ from tars_api.run import (
     UploadSource,
     VolumeSource,
 )
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
 __all__ = [
     "API_VERSION",

@@ -6,7 +6,6 @@ import enum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
-from tars_engine.models import EngineName, Role
 
 from tars_api.meta import (
     AGE_COLUMN,
@@ -24,6 +23,7 @@ from tars_api.meta import (
     observed_generation_field,
     reject_duplicates,
 )
+from tars_api.vocabulary import EngineName, Role
 
 TARS_REPLICA_PLURAL = "tarsreplicas"
 MAX_REPLICAS = 100

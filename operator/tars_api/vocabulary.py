@@ -1,0 +1,26 @@
+"""The words the API's specs are written in: roles, engines and the default model.
+
+They live here, at the bottom of the project, because a TarsReplica's `spec.role` and a
+SelfCodingRun's `spec.engine` are API fields; the engine and the operator import them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+DEFAULT_MODEL = "llama3"
+
+
+class Role(str, enum.Enum):
+    analyzer = "analyzer"
+    generator = "generator"
+    tester = "tester"
+    coordinator = "coordinator"
+
+
+WORKER_ROLES: tuple[Role, ...] = (Role.analyzer, Role.generator, Role.tester)
+
+
+class EngineName(str, enum.Enum):
+    static = "static"
+    ollama = "ollama"
