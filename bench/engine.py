@@ -28,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tars_engine import ruff_tool
-from tars_engine.embedded import local_workflow
-from tars_engine.learning import LearningStore
-from tars_engine.selection import is_git_repository
-from tars_engine.state import RunOptions
-from tars_engine.tester import detect_test_command
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.selection import is_git_repository
+from tars_engine.core.state import RunOptions
+from tars_engine.roles import ruff_tool
+from tars_engine.roles.tester import detect_test_command
+from tars_engine.transports.embedded import local_workflow
 
 RATIO_GOAL = 1.5
 RUNS_PER_ACCEPTED_GOAL = 0.3

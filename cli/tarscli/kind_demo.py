@@ -29,7 +29,7 @@ from rich.console import Console
 from tars_api.replica import ReplicaVolume, TarsReplica
 from tars_api.run import SelfCodingRun
 from tars_api.vocabulary import Role
-from tars_engine.settings import ENGINE_VERSION
+from tars_engine.core.settings import ENGINE_VERSION
 
 from tarscli import coordinator_access, local
 from tarscli.errors import fail

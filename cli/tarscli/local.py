@@ -1,7 +1,7 @@
 """The workflow on this machine: `self-code run`, `self-code improve`, `self-code status --local`
 and `demo self-code-demo`.
 
-The roles run in-process (tars_engine.embedded); this module only turns options
+The roles run in-process (tars_engine.transports.embedded); this module only turns options
 into a run, shows its events live and renders its persisted state.
 """
 
@@ -33,25 +33,25 @@ from rich.syntax import Syntax
 from rich.table import Table
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName
-from tars_engine.budget import Budget
-from tars_engine.embedded import (
-    default_engine,
-    local_workflow,
-    ollama_reachable,
-    project_test_command,
-    state_dir_for,
-)
-from tars_engine.learning import LearningStore
-from tars_engine.settings import DEFAULT_OLLAMA_HOST
-from tars_engine.state import (
+from tars_engine.core.budget import Budget
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
+from tars_engine.core.state import (
     DEFAULT_TEST_TIMEOUT_SECONDS,
     RunOptions,
     StateError,
     StateStore,
     WorkflowState,
 )
-from tars_engine.validation import is_test_file
-from tars_engine.workflow import EventKind, WorkflowError, WorkflowEvent
+from tars_engine.core.validation import is_test_file
+from tars_engine.core.workflow import EventKind, WorkflowError, WorkflowEvent
+from tars_engine.transports.embedded import (
+    default_engine,
+    local_workflow,
+    ollama_reachable,
+    project_test_command,
+    state_dir_for,
+)
 
 from tarscli import output
 from tarscli.errors import CliError

@@ -4,7 +4,7 @@ The project is the git working tree around the current directory (else the curre
 directory itself). Targets are checked here, before anything reaches the cluster:
 they must exist, be directories and stay inside the project. The archive holds the
 whole project, not only the targets, because the tester runs the project's own tests;
-it is the engine's project snapshot (tars_engine.snapshot): git-aware (tracked files
+it is the engine's project snapshot (tars_engine.core.snapshot): git-aware (tracked files
 plus untracked files that are not ignored) and deterministic (sorted entries, no
 timestamps or owners), so the same tree always packs to the same bytes.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
-from tars_engine.snapshot import SnapshotTooLarge, pack_files, project_files
+from tars_engine.core.snapshot import SnapshotTooLarge, pack_files, project_files
 
 from tarscli.errors import CliError
 

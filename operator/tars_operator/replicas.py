@@ -22,7 +22,7 @@ from tars_api.replica import (
     TarsReplicaStatus,
 )
 from tars_api.vocabulary import Role
-from tars_engine.sources import VOLUMES_ENV
+from tars_engine.cluster.sources import VOLUMES_ENV
 
 from tars_operator.config import OperatorConfig
 

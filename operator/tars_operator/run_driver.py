@@ -29,15 +29,15 @@ from tars_api.run import (
     SelfCodingRunStatus,
 )
 from tars_api.vocabulary import Role
-from tars_engine.discovery import slice_ready_urls
-from tars_engine.run_api import (
+from tars_engine.cluster.discovery import slice_ready_urls
+from tars_engine.cluster.run_api import (
     CoordinatorApiError,
     CoordinatorClient,
     RunAssignment,
     RunNotFoundError,
     RunReport,
 )
-from tars_engine.state import WorkflowState
+from tars_engine.core.state import WorkflowState
 
 from tars_operator.kube import CONFIG_MAPS, SELF_CODING_RUNS, ApiError, KubeClient
 from tars_operator.replicas import Transition

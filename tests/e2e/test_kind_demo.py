@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cluster_support import REPOSITORY
 from e2e_support import SAMPLE_PROJECT, git
-from tars_engine.settings import ENGINE_VERSION
+from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.kind_demo import KIND_CLUSTER, demo_steps
 
 TARSCLI = Path(sys.executable).parent / "tarscli"

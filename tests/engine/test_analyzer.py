@@ -6,19 +6,19 @@ import textwrap
 
 import pytest
 from tars_api.vocabulary import EngineName, Role
-from tars_engine.analyzer import (
-    COMPLEXITY_THRESHOLD,
-    Analyzer,
-    classify_rule,
-    function_metrics,
-)
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     FindingKind,
     FindingSource,
     Severity,
     SourceFile,
+)
+from tars_engine.roles.analyzer import (
+    COMPLEXITY_THRESHOLD,
+    Analyzer,
+    classify_rule,
+    function_metrics,
 )
 
 MESSY = textwrap.dedent(

@@ -26,10 +26,15 @@ from tars_api.run import (
     VolumeSource,
 )
 from tars_api.vocabulary import Role
-from tars_engine.run_api import CoordinatorClient, RunAssignment, RunNotFoundError, RunReport
-from tars_engine.server import create_app, serve_in_thread
-from tars_engine.settings import ReplicaSettings
-from tars_engine.snapshot import pack_project
+from tars_engine.cluster.run_api import (
+    CoordinatorClient,
+    RunAssignment,
+    RunNotFoundError,
+    RunReport,
+)
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.snapshot import pack_project
+from tars_engine.transports.server import create_app, serve_in_thread
 from workflow_helpers import git, isolated_roles, shop_project  # noqa: F401 - autouse fixture
 
 # A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.

@@ -7,10 +7,8 @@ import textwrap
 import pytest
 from engine_projects import CALC
 from tars_api.vocabulary import EngineName
-from tars_engine.analyzer import Analyzer
-from tars_engine.diffs import PatchError, apply_unified_diff, make_unified_diff
-from tars_engine.generator import Generator
-from tars_engine.models import (
+from tars_engine.core.diffs import PatchError, apply_unified_diff, make_unified_diff
+from tars_engine.core.models import (
     AnalyzeRequest,
     Candidate,
     Finding,
@@ -18,7 +16,9 @@ from tars_engine.models import (
     GenerateResult,
     SourceFile,
 )
-from tars_engine.validation import candidate_rejection, is_inside_targets, is_test_file
+from tars_engine.core.validation import candidate_rejection, is_inside_targets, is_test_file
+from tars_engine.roles.analyzer import Analyzer
+from tars_engine.roles.generator import Generator
 
 
 def findings_for(path: str, content: str) -> list[Finding]:

@@ -8,9 +8,9 @@ import pytest
 from fake_ollama import fake_ollama
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import EngineName
-from tars_engine.learning import LearningStore, Outcome
-from tars_engine.models import Finding, FindingKind, FindingSource, Location, Severity
-from tars_engine.ollama_engine import GENERATE_SYSTEM_PROMPT
+from tars_engine.core.learning import LearningStore, Outcome
+from tars_engine.core.models import Finding, FindingKind, FindingSource, Location, Severity
+from tars_engine.roles.ollama_engine import GENERATE_SYSTEM_PROMPT
 from workflow_helpers import isolated_roles, learning, run_workflow, shop_project, tree_hashes
 
 __all__ = ["isolated_roles", "learning"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tars_api.run import RunPhase
-from tars_engine.state import StateStore
+from tars_engine.core.state import StateStore
 from workflow_helpers import (
     git,
     project_tests_pass,

@@ -11,11 +11,8 @@ import pytest
 from engine_projects import CALC
 from fake_ollama import FakeOllama, fake_ollama
 from tars_api.vocabulary import EngineName, Role
-from tars_engine.analyzer import Analyzer
-from tars_engine.diffs import apply_unified_diff, make_unified_diff
-from tars_engine.generator import Generator
-from tars_engine.http_roles import HttpGenerator
-from tars_engine.models import (
+from tars_engine.core.diffs import apply_unified_diff, make_unified_diff
+from tars_engine.core.models import (
     AnalyzeRequest,
     FindingSource,
     GenerateRequest,
@@ -23,9 +20,12 @@ from tars_engine.models import (
     LearnedExample,
     SourceFile,
 )
-from tars_engine.ollama_engine import CONTEXT_STEP, OllamaEngine, estimate_tokens
-from tars_engine.server import create_app, serve_in_thread
-from tars_engine.settings import ReplicaSettings
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.roles.analyzer import Analyzer
+from tars_engine.roles.generator import Generator
+from tars_engine.roles.ollama_engine import CONTEXT_STEP, OllamaEngine, estimate_tokens
+from tars_engine.transports.http_client import HttpGenerator
+from tars_engine.transports.server import create_app, serve_in_thread
 
 IMPROVED = CALC.replace("import os\nimport sys\n\n\n", "").replace("value == None", "value is None")
 FRAGMENT = "def add(a, b):\n    return a + b\n\n\ndef describe(value):\n    ...\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     Finding,
     FindingKind,
@@ -13,7 +13,7 @@ from tars_engine.models import (
     Location,
     Severity,
 )
-from tars_engine.selection import SelectionError, prioritize, resolve_targets, select_files
+from tars_engine.core.selection import SelectionError, prioritize, resolve_targets, select_files
 from workflow_helpers import git, git_repository, write_files
 
 FILES = {

@@ -15,21 +15,27 @@ import httpx
 import pytest
 from engine_projects import CALC, calc_project, tree_hashes
 from tars_api.vocabulary import EngineName, Role
-from tars_engine import roles
-from tars_engine.analyzer import Analyzer
-from tars_engine.generator import Generator
-from tars_engine.http_roles import HttpAnalyzer, HttpGenerator, HttpTester
-from tars_engine.models import AnalyzeRequest, GenerateRequest, SnapshotRef, SourceFile, TestRequest
-from tars_engine.roles import (
+from tars_engine.core import role_set as roles
+from tars_engine.core.models import (
+    AnalyzeRequest,
+    GenerateRequest,
+    SnapshotRef,
+    SourceFile,
+    TestRequest,
+)
+from tars_engine.core.role_set import (
     AnalyzerRole,
     GeneratorRole,
     RoleError,
     RoleUnavailableError,
     SnapshotMissingError,
 )
-from tars_engine.server import cli, create_app, serve_in_thread
-from tars_engine.settings import ReplicaSettings
-from tars_engine.snapshot import pack_project
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.snapshot import pack_project
+from tars_engine.roles.analyzer import Analyzer
+from tars_engine.roles.generator import Generator
+from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
+from tars_engine.transports.server import cli, create_app, serve_in_thread
 from typer.testing import CliRunner
 
 
@@ -136,7 +142,7 @@ def test_serve_command_uses_env_defaults(tmp_path: Path) -> None:
         "TARS_MODEL": "codellama",
         "TARS_SCRATCH_DIR": str(tmp_path / "scratch"),
     }
-    command = [sys.executable, "-m", "tars_engine.server", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "tars_engine.transports.server", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         analyzer = HttpAnalyzer(f"http://127.0.0.1:{port}")
@@ -167,7 +173,14 @@ def test_serve_without_a_role_or_with_an_unavailable_one_fails_cleanly(
 
 def test_coordinator_with_malformed_volumes_env_fails_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "TARS_VOLUMES": "{not json", "TARS_SCRATCH_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "tars_engine.server", "serve", "--role", "coordinator"]
+    command = [
+        sys.executable,
+        "-m",
+        "tars_engine.transports.server",
+        "serve",
+        "--role",
+        "coordinator",
+    ]
     completed = subprocess.run(
         command, check=False, env=env, capture_output=True, text=True, timeout=120
     )

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from tars_api.run import VolumeSource
-from tars_engine.snapshot import pack_project
-from tars_engine.sources import (
+from tars_engine.cluster.sources import (
     SourceError,
     git,
     git_environment,
@@ -19,6 +18,7 @@ from tars_engine.sources import (
     read_credentials,
     volume_root,
 )
+from tars_engine.core.snapshot import pack_project
 from workflow_helpers import shop_project
 
 

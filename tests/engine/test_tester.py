@@ -13,12 +13,12 @@ import psutil
 import pytest
 from engine_projects import CALC, calc_project, git_init, tree_hashes, write_tree
 from tars_api.vocabulary import EngineName
-from tars_engine.diffs import make_unified_diff
-from tars_engine.models import Candidate, SnapshotRef, TestRequest
-from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ReplicaSettings
-from tars_engine.snapshot import SnapshotError, extract_snapshot, pack_project, project_files
-from tars_engine.tester import Tester, detect_test_command, import_roots, trim_output
+from tars_engine.core.diffs import make_unified_diff
+from tars_engine.core.models import Candidate, SnapshotRef, TestRequest
+from tars_engine.core.role_set import SnapshotMissingError
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.snapshot import SnapshotError, extract_snapshot, pack_project, project_files
+from tars_engine.roles.tester import Tester, detect_test_command, import_roots, trim_output
 
 
 @pytest.fixture

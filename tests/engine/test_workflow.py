@@ -14,15 +14,15 @@ import httpx
 import pytest
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import Role
-from tars_engine.applying import committed_candidates
-from tars_engine.http_roles import HttpAnalyzer, HttpGenerator, HttpTester
-from tars_engine.learning import LearningStore
-from tars_engine.roles import RoleSet
-from tars_engine.server import create_app, serve_in_thread
-from tars_engine.settings import ReplicaSettings
-from tars_engine.state import RunOptions, StateStore
-from tars_engine.validation import is_test_file
-from tars_engine.workflow import EventKind, WorkerRoles, Workflow, WorkflowError, WorkflowEvent
+from tars_engine.core.applying import committed_candidates
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.role_set import RoleSet
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.state import RunOptions, StateStore
+from tars_engine.core.validation import is_test_file
+from tars_engine.core.workflow import EventKind, WorkerRoles, Workflow, WorkflowError, WorkflowEvent
+from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
+from tars_engine.transports.server import create_app, serve_in_thread
 from workflow_helpers import (
     git,
     isolated_roles,
@@ -211,9 +211,9 @@ def test_resume_after_the_process_died_recovers_commits(tmp_path: Path) -> None:
         f"""
         import os
         from pathlib import Path
-        from tars_engine.embedded import local_workflow
-        from tars_engine.learning import LearningStore
-        from tars_engine.state import RunOptions
+        from tars_engine.transports.embedded import local_workflow
+        from tars_engine.core.learning import LearningStore
+        from tars_engine.core.state import RunOptions
 
         def die_after_first_commit(event):
             if event.message.startswith("committed"):

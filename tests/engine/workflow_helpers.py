@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tars_engine.embedded import local_workflow
-from tars_engine.learning import LearningStore
-from tars_engine.state import RunOptions, StateStore, WorkflowState
-from tars_engine.workflow import EventCallback
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.state import RunOptions, StateStore, WorkflowState
+from tars_engine.core.workflow import EventCallback
+from tars_engine.transports.embedded import local_workflow
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"

@@ -16,7 +16,7 @@ from tars_api.run import (
     UploadSource,
 )
 from tars_api.vocabulary import Role
-from tars_engine.run_api import RunReport
+from tars_engine.cluster.run_api import RunReport
 from tars_operator.run_driver import (
     REASON_DEADLINE,
     Outcome,

@@ -210,7 +210,7 @@ def test_replica_image_has_git_and_ruff(parsed: list[Stage]) -> None:
 
 
 def test_replica_venv_has_the_pytest_the_tester_runs(parsed: list[Stage]) -> None:
-    """The tester runs `python -m pytest` with its own interpreter (tars_engine.tester)."""
+    """The tester runs `python -m pytest` with its own interpreter (tars_engine.roles.tester)."""
     replica_venv_source = [
         instruction.flags_and_words()[0]["from"]
         for instruction in stage(parsed, "replica").all("COPY")

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tars_engine.models import AnalysisReport
-from tars_engine.validation import is_test_file
+from tars_engine.core.models import AnalysisReport
+from tars_engine.core.validation import is_test_file
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 GIT_TIMEOUT_SECONDS = 60

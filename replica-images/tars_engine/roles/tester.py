@@ -24,11 +24,11 @@ from xml.etree import ElementTree
 
 from tars_api.vocabulary import Role
 
-from tars_engine.diffs import PatchError, apply_unified_diff
-from tars_engine.models import Candidate, RoleInfo, SnapshotRef, TestRequest, TestResult
-from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ReplicaSettings
-from tars_engine.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
+from tars_engine.core.diffs import PatchError, apply_unified_diff
+from tars_engine.core.models import Candidate, RoleInfo, SnapshotRef, TestRequest, TestResult
+from tars_engine.core.role_set import SnapshotMissingError
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
 
 OUTPUT_HEAD_CHARS = 3000
 OUTPUT_TAIL_CHARS = 9000

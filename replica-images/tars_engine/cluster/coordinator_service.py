@@ -1,13 +1,13 @@
 """The coordinator role over HTTP: runs handed over by the operator, one thread each.
 
-The routes and bodies are in `tars_engine.run_api`. Each run gets a directory under the
+The routes and bodies are in `tars_engine.cluster.run_api`. Each run gets a directory under the
 scratch dir (`runs/<uid>/`: the source's working copy and the workflow's state). The
-worker roles come from `tars_engine.discovery`: TARS_ENDPOINTS_<ROLE> when set, else the
+worker roles come from `tars_engine.cluster.discovery`: TARS_ENDPOINTS_<ROLE> when set, else the
 TarsReplicas and EndpointSlices of the run's namespace, watched, so replicas scaled mid-run
 are used at once.
 
 The pod. Read at start: TARS_SCRATCH_DIR (runs' working copies and state, the learning
-store), TARS_VOLUMES (`tars_engine.sources`), KUBECONFIG (else the in-cluster service
+store), TARS_VOLUMES (`tars_engine.cluster.sources`), KUBECONFIG (else the in-cluster service
 account), TARS_ENDPOINTS_<ROLE> (fixed worker endpoints instead of discovery). The service
 account needs, in the runs' namespaces: get configmaps (uploads), get secrets (git
 credentials), list and watch tarsreplicas.tars.dev and endpointslices.discovery.k8s.io.
@@ -37,17 +37,13 @@ from prometheus_client import Counter
 from tars_api.run import RunPhase, RunStage, SelfCodingRunSpec, SelfCodingRunStatus
 from tars_api.vocabulary import Role
 
-from tars_engine import applying
-from tars_engine.budget import Budget
-from tars_engine.discovery import (
+from tars_engine.cluster.discovery import (
     ClusterDiscovery,
     RoleDirectory,
     cluster_api_client,
     static_endpoints,
 )
-from tars_engine.learning import LearningStore
-from tars_engine.models import RoleInfo
-from tars_engine.run_api import (
+from tars_engine.cluster.run_api import (
     PATCH_MEDIA_TYPE,
     RUNS_PATH,
     RunAssignment,
@@ -55,17 +51,21 @@ from tars_engine.run_api import (
     RunResults,
     TestRunsPerChange,
 )
-from tars_engine.server import RoleService
-from tars_engine.settings import ConfigurationError, ReplicaSettings
-from tars_engine.sources import (
+from tars_engine.cluster.sources import (
     SourceError,
     Workspace,
     materialise,
     mounted_volumes,
     push_branch,
 )
-from tars_engine.state import RunOptions, StateError, StateStore, WorkflowState, now
-from tars_engine.workflow import WorkerRoles, Workflow, WorkflowError
+from tars_engine.core import applying
+from tars_engine.core.budget import Budget
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.models import RoleInfo
+from tars_engine.core.settings import ConfigurationError, ReplicaSettings
+from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState, now
+from tars_engine.core.workflow import WorkerRoles, Workflow, WorkflowError
+from tars_engine.transports.server import RoleService
 
 # Workers per stage when replicas come and go; each waits for an idle replica.
 MAX_PARALLEL_PER_ROLE = 8

@@ -26,7 +26,7 @@ from tars_api.meta import GROUP, VERSION
 from tars_api.replica import TARS_REPLICA_PLURAL
 from tars_api.vocabulary import WORKER_ROLES, Role
 
-from tars_engine.http_roles import (
+from tars_engine.transports.http_client import (
     HttpAnalyzer,
     HttpGenerator,
     HttpRole,

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
-from tars_engine.models import RoleInfo
+from tars_engine.core.models import RoleInfo
 
 ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"

@@ -2,7 +2,7 @@
 
 A local run keeps its state in `<project>/.tars/` (git is told to ignore it
 through .git/info/exclude, so the run never dirties the repository) and its
-learning in the per-user store (see `tars_engine.learning`). Engine choice:
+learning in the per-user store (see `tars_engine.core.learning`). Engine choice:
 `ollama` when OLLAMA_HOST is set and answers, else `static`.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tars_api.vocabulary import EngineName
 
-from tars_engine.learning import LearningStore, default_learning_db
-from tars_engine.selection import is_git_repository
-from tars_engine.settings import ReplicaSettings, normalize_ollama_host
-from tars_engine.state import RunOptions, StateStore
-from tars_engine.tester import detect_test_command
-from tars_engine.workflow import EventCallback, WorkerRoles, Workflow
+from tars_engine.core.learning import LearningStore, default_learning_db
+from tars_engine.core.selection import is_git_repository
+from tars_engine.core.settings import ReplicaSettings, normalize_ollama_host
+from tars_engine.core.state import RunOptions, StateStore
+from tars_engine.core.workflow import EventCallback, WorkerRoles, Workflow
+from tars_engine.roles.tester import detect_test_command
 
 STATE_DIR_NAME = ".tars"
 # Two of each role keep both cores busy: the baseline runs alongside the first batch.
@@ -105,7 +105,7 @@ def local_workflow(
     stop_requested: Callable[[], bool] | None = None,
 ) -> Workflow:
     """A workflow over `root` with `instances` in-process copies of each role."""
-    from tars_engine.local_roles import local_roles
+    from tars_engine.transports.in_process import local_roles
 
     settings = ReplicaSettings.from_env(engine=options.engine, model=options.model)
     roles = WorkerRoles.of(local_roles(settings) for _ in range(instances))

@@ -12,8 +12,7 @@ from typing import Protocol
 
 from tars_api.vocabulary import EngineName, Role
 
-from tars_engine import ruff_tool
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     Finding,
@@ -24,7 +23,8 @@ from tars_engine.models import (
     Severity,
     SourceFile,
 )
-from tars_engine.settings import ReplicaSettings
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.roles import ruff_tool
 
 MAX_CONTENT_BYTES = 1_000_000
 COMPLEXITY_THRESHOLD = 10
@@ -297,7 +297,7 @@ class Analyzer:
 
     def _model_reviewer(self) -> ModelReviewer:
         if self._reviewer is None:
-            from tars_engine.ollama_engine import OllamaEngine
+            from tars_engine.roles.ollama_engine import OllamaEngine
 
             self._reviewer = OllamaEngine(self.settings)
         return self._reviewer

@@ -31,9 +31,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tars_api.run import RunSource, VolumeSource
 
-from tars_engine.applying import FALLBACK_IDENTITY
-from tars_engine.snapshot import SnapshotError, extract_snapshot
-from tars_engine.state import write_atomically
+from tars_engine.core.applying import FALLBACK_IDENTITY
+from tars_engine.core.snapshot import SnapshotError, extract_snapshot
+from tars_engine.core.state import write_atomically
 
 VOLUMES_ENV = "TARS_VOLUMES"
 GIT_TIMEOUT_SECONDS = 600

@@ -13,8 +13,14 @@ import posixpath
 
 from tars_api.vocabulary import EngineName
 
-from tars_engine.diffs import PatchError, apply_unified_diff, diff_paths, make_unified_diff
-from tars_engine.models import Candidate, FindingKind, GenerateRequest, GenerateResult, SourceFile
+from tars_engine.core.diffs import PatchError, apply_unified_diff, diff_paths, make_unified_diff
+from tars_engine.core.models import (
+    Candidate,
+    FindingKind,
+    GenerateRequest,
+    GenerateResult,
+    SourceFile,
+)
 
 TEST_DIR_NAMES = frozenset({"tests", "test"})
 

@@ -25,8 +25,8 @@ from pydantic import Field
 from tars_api.meta import ApiModel
 from tars_api.run import RunStatistics, SelfCodingRunSpec, SelfCodingRunStatus
 
-from tars_engine.selection import SkippedFile
-from tars_engine.state import FileRecord, WorkflowState
+from tars_engine.core.selection import SkippedFile
+from tars_engine.core.state import FileRecord, WorkflowState
 
 RUNS_PATH = "/v1/runs"
 PATCH_MEDIA_TYPE = "text/x-diff"

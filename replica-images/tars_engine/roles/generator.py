@@ -12,10 +12,16 @@ from typing import Protocol
 
 from tars_api.vocabulary import EngineName, Role
 
-from tars_engine import ruff_tool
-from tars_engine.models import Finding, FindingSource, GenerateRequest, GenerateResult, RoleInfo
-from tars_engine.settings import ReplicaSettings
-from tars_engine.validation import finish_candidate, path_rejection, syntax_problem
+from tars_engine.core.models import (
+    Finding,
+    FindingSource,
+    GenerateRequest,
+    GenerateResult,
+    RoleInfo,
+)
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.validation import finish_candidate, path_rejection, syntax_problem
+from tars_engine.roles import ruff_tool
 
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
 # is part of the same improvement. Any other new diagnostic means the fix made things worse.
@@ -155,7 +161,7 @@ class Generator:
 
     def _ollama(self) -> ModelGenerator:
         if self._model_generator is None:
-            from tars_engine.ollama_engine import OllamaEngine
+            from tars_engine.roles.ollama_engine import OllamaEngine
 
             self._model_generator = OllamaEngine(self.settings)
         return self._model_generator

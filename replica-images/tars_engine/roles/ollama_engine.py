@@ -17,9 +17,8 @@ import httpx
 import ollama
 from pydantic import BaseModel, Field, ValidationError
 
-from tars_engine.analyzer import ModelReviewOutcome
-from tars_engine.diffs import PatchError, apply_file_patch, parse_unified_diff
-from tars_engine.models import (
+from tars_engine.core.diffs import PatchError, apply_file_patch, parse_unified_diff
+from tars_engine.core.models import (
     Finding,
     FindingKind,
     FindingSource,
@@ -30,8 +29,9 @@ from tars_engine.models import (
     Severity,
     SourceFile,
 )
-from tars_engine.settings import ReplicaSettings
-from tars_engine.validation import finish_candidate
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.validation import finish_candidate
+from tars_engine.roles.analyzer import ModelReviewOutcome
 
 # Code tokenizes denser than prose: three characters per token errs on the large side.
 CHARS_PER_TOKEN = 3

@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from tars_api.vocabulary import EngineName
 
-from tars_engine.models import Candidate, Finding, FindingKind, LearnedExample
+from tars_engine.core.models import Candidate, Finding, FindingKind, LearnedExample
 
 LEARNING_DB_FILENAME = "learning.sqlite3"
 # A rule's boost per finding is in [-BOOST_SCALE/2, +BOOST_SCALE/2]: the

@@ -32,9 +32,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from tars_api.vocabulary import EngineName, Role
 
-from tars_engine.analyzer import Analyzer
-from tars_engine.generator import Generator
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     GenerateRequest,
@@ -44,10 +42,12 @@ from tars_engine.models import (
     TestRequest,
     TestResult,
 )
-from tars_engine.roles import SnapshotMissingError
-from tars_engine.settings import ConfigurationError, ReplicaSettings
-from tars_engine.snapshot import SnapshotError
-from tars_engine.tester import Tester
+from tars_engine.core.role_set import SnapshotMissingError
+from tars_engine.core.settings import ConfigurationError, ReplicaSettings
+from tars_engine.core.snapshot import SnapshotError
+from tars_engine.roles.analyzer import Analyzer
+from tars_engine.roles.generator import Generator
+from tars_engine.roles.tester import Tester
 
 DEFAULT_PORT = 8080
 STARTUP_TIMEOUT_SECONDS = 30
@@ -135,7 +135,7 @@ BUILT_IN_SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
     Role.tester: tester_service,
 }
 # Roles served by another module, imported only when that role is asked for.
-SERVICE_MODULES: dict[Role, str] = {Role.coordinator: "tars_engine.coordinator_service"}
+SERVICE_MODULES: dict[Role, str] = {Role.coordinator: "tars_engine.cluster.coordinator_service"}
 
 
 class RoleNotServed(RuntimeError):

@@ -29,9 +29,9 @@ from tars_api.run import (
 )
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 
-from tars_engine.budget import Budget
-from tars_engine.models import Candidate, TestResult
-from tars_engine.selection import SkippedFile
+from tars_engine.core.budget import Budget
+from tars_engine.core.models import Candidate, TestResult
+from tars_engine.core.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
 STOP_FILENAME = "stop"

@@ -1,6 +1,6 @@
 """The coordinator's workflow: select, analyze, generate, test, apply, learn.
 
-The workflow reaches the roles only through the interfaces in `tars_engine.roles`;
+The workflow reaches the roles only through the interfaces in `tars_engine.core.role_set`;
 whether a role runs in this process or behind HTTP is not its concern. Each role
 may have several instances: work is handed to whichever instance is idle, in
 turn, so as many files are in flight as there are instances.
@@ -17,7 +17,7 @@ everything accepted before it. With `baseline_first` the baseline is verified
 before anything is accepted, running alongside the first batch when there are
 two or more testers; that costs a test run, which the default saves.
 
-State. Every step is persisted (see `tars_engine.state`); a run that was stopped,
+State. Every step is persisted (see `tars_engine.core.state`); a run that was stopped,
 or whose process died, resumes where it left off, and an improvement is never
 applied twice: applied candidates are recorded in the state and, with auto-apply,
 in a trailer of their commit.
@@ -41,10 +41,10 @@ from pydantic import BaseModel, ConfigDict
 from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
 from tars_api.vocabulary import EngineName
 
-from tars_engine import applying
-from tars_engine.budget import BudgetGuard, StopRequested
-from tars_engine.learning import LearningStore, Outcome
-from tars_engine.models import (
+from tars_engine.core import applying
+from tars_engine.core.budget import BudgetGuard, StopRequested
+from tars_engine.core.learning import LearningStore, Outcome
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     Candidate,
@@ -56,7 +56,7 @@ from tars_engine.models import (
     TestRequest,
     TestResult,
 )
-from tars_engine.roles import (
+from tars_engine.core.role_set import (
     AnalyzerRole,
     GeneratorRole,
     RoleError,
@@ -64,7 +64,7 @@ from tars_engine.roles import (
     SnapshotMissingError,
     TesterRole,
 )
-from tars_engine.selection import (
+from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
     SkipReason,
@@ -73,8 +73,8 @@ from tars_engine.selection import (
     resolve_targets,
     select_files,
 )
-from tars_engine.snapshot import archive_digest, pack_project
-from tars_engine.state import (
+from tars_engine.core.snapshot import archive_digest, pack_project
+from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
     RunOptions,
@@ -82,7 +82,7 @@ from tars_engine.state import (
     WorkflowState,
     now,
 )
-from tars_engine.validation import candidate_rejection
+from tars_engine.core.validation import candidate_rejection
 
 MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000

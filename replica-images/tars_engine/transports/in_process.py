@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tars_engine.analyzer import Analyzer
-from tars_engine.generator import Generator
-from tars_engine.roles import RoleSet
-from tars_engine.settings import ReplicaSettings
-from tars_engine.tester import Tester
+from tars_engine.core.role_set import RoleSet
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.roles.analyzer import Analyzer
+from tars_engine.roles.generator import Generator
+from tars_engine.roles.tester import Tester
 
 
 def local_roles(settings: ReplicaSettings | None = None) -> RoleSet:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     GenerateRequest,

@@ -17,9 +17,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tars_engine.diffs import PatchError, apply_unified_diff
-from tars_engine.models import Candidate, TestResult
-from tars_engine.state import write_atomically
+from tars_engine.core.diffs import PatchError, apply_unified_diff
+from tars_engine.core.models import Candidate, TestResult
+from tars_engine.core.state import write_atomically
 
 GIT_TIMEOUT_SECONDS = 120
 CANDIDATE_TRAILER = "Tars-Candidate"

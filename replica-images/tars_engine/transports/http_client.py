@@ -13,7 +13,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel
 
-from tars_engine.models import (
+from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     GenerateRequest,
@@ -23,7 +23,7 @@ from tars_engine.models import (
     TestRequest,
     TestResult,
 )
-from tars_engine.roles import RoleError, RoleUnavailableError, SnapshotMissingError
+from tars_engine.core.role_set import RoleError, RoleUnavailableError, SnapshotMissingError
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Told of every request sent: (role name, base URL, operation), e.g. for per-endpoint metrics.
