@@ -25,10 +25,10 @@ tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manage
 	@hack/build-tools.sh
 
 dev-up: install tools ## Start etcd, kube-apiserver and kube-controller-manager on loopback; writes .dev/kubeconfig
-	@TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) hack/devcluster.py up --state-dir .dev
+	@TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m tests.harness.controlplane up --state-dir .dev
 
 dev-down: ## Stop what dev-up started
-	@$(PY) hack/devcluster.py down --state-dir .dev
+	@$(PY) -m tests.harness.controlplane down --state-dir .dev
 
 crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds

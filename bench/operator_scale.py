@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--kubeconfig FILE] [--concurrency 1]
 
-Without --kubeconfig it starts its own control plane (hack/devcluster.py) with the tools
+Without --kubeconfig it starts its own control plane (hack/controlplane.py) with the tools
 from TARS_TOOLS_DIR (or `hack/build-tools.sh`), and stops it afterwards.
 
 1. Baseline: create the same Deployments and Services the operator would build, with the
@@ -38,9 +38,8 @@ import kubernetes.watch
 import psutil
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPOSITORY / "hack"))
+sys.path.insert(0, str(REPOSITORY))
 
-import devcluster
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tars_operator import replicas
@@ -52,6 +51,8 @@ from tars_operator.kube import (
     KubeClient,
     load_configuration,
 )
+
+from tests.harness import controlplane
 
 OPERATOR = Path(sys.executable).parent / "tars-operator"
 ROLES = [Role.analyzer, Role.generator, Role.tester, Role.coordinator]
@@ -194,10 +195,10 @@ def with_operator(
     kube: KubeClient, kubeconfig: Path, namespace: str, count: int, concurrency: int
 ) -> OperatorFigures:
     log = Path(tempfile.mkstemp(prefix="tars-operator-bench-", suffix=".log")[1])
-    liveness_port = devcluster.free_port()
+    liveness_port = controlplane.free_port()
     command = [
         str(OPERATOR), f"--kubeconfig={kubeconfig}", f"--namespace={namespace}",
-        f"--liveness-port={liveness_port}", f"--metrics-port={devcluster.free_port()}",
+        f"--liveness-port={liveness_port}", f"--metrics-port={controlplane.free_port()}",
         "--bind-address=127.0.0.1",
     ]  # fmt: skip
     with log.open("wb") as output:
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.kubeconfig is not None:
             kubeconfig = arguments.kubeconfig
         else:
-            plane = devcluster.up(Path(state), tools_dir())
+            plane = controlplane.up(Path(state), tools_dir())
             kubeconfig = plane.kubeconfig
             crds = sorted(str(path) for path in (REPOSITORY / "crds").glob("*.yaml"))
             kubectl = [str(plane.tools_dir / "kubectl"), f"--kubeconfig={kubeconfig}"]
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = bench(kubeconfig, arguments.count, arguments.concurrency)
         finally:
             if arguments.kubeconfig is None:
-                devcluster.down(Path(state))
+                controlplane.down(Path(state))
     if arguments.json:
         print(json.dumps(figures))
         return 0

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import devcluster
-import podrunner
 import pytest
-from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl, KubectlError
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from tests.harness import controlplane, podrunner
+from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl, KubectlError
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,7 +37,7 @@ def _tools_dir_or_skip() -> Path:
     if not value:
         problem = "TARS_TOOLS_DIR is not set; run the tests with `make test` (it builds the tools)"
     else:
-        missing = devcluster.missing_binaries(Path(value))
+        missing = controlplane.missing_binaries(Path(value))
         problem = f"{value} lacks {', '.join(missing)}; run `make tools`" if missing else ""
     if problem:
         if os.environ.get("CI") == "true":
@@ -47,19 +47,19 @@ def _tools_dir_or_skip() -> Path:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.ControlPlane]:
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.ControlPlane]:
     """A running control plane: `.kubeconfig` (admin), `.server`, `.tools_dir`, `.state_dir`."""
     tools_dir = _tools_dir_or_skip()
     state_dir = tmp_path_factory.mktemp("controlplane")
-    plane = devcluster.up(state_dir, tools_dir)
+    plane = controlplane.up(state_dir, tools_dir)
     try:
         yield plane
     finally:
-        devcluster.down(state_dir)
+        controlplane.down(state_dir)
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(control_plane: devcluster.ControlPlane) -> Path:
+def kubeconfig(control_plane: controlplane.ControlPlane) -> Path:
     return control_plane.kubeconfig
 
 
@@ -75,7 +75,7 @@ def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
 
 @pytest.fixture(scope="session")
 def kubectl(
-    control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Kubectl:
     """Runs the built kubectl against the control plane as admin, or `as_user` (--as)."""
     cache_dir = tmp_path_factory.mktemp("kubectl-cache")
@@ -107,9 +107,9 @@ def kubectl(
 
 @pytest.fixture(scope="session")
 def pod_runner(
-    control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[podrunner.PodRunner]:
-    """Plays the kubelet for node `tars-local` (hack/podrunner.py): binds pods and runs their
+    """Plays the kubelet for node `tars-local` (tests/harness/podrunner.py): binds pods and runs their
     containers as local processes on their own addresses; stopped (processes killed) at the end.
     """
     with podrunner.PodRunner(

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import devcluster
 import pytest
-from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl
 from kubernetes import client, watch
 
-DEVCLUSTER = REPOSITORY / "hack" / "devcluster.py"
+from tests.harness import controlplane
+from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
+
+CONTROLPLANE_CLI = [sys.executable, "-m", "tests.harness.controlplane"]
 
 
 def _wait_for(
@@ -138,7 +139,7 @@ def test_controllers_run_deployments_and_collect_garbage(
 
 
 def test_namespaces_get_the_cluster_root_certificate(
-    api_client: client.ApiClient, control_plane: devcluster.ControlPlane, namespace: str
+    api_client: client.ApiClient, control_plane: controlplane.ControlPlane, namespace: str
 ) -> None:
     core = client.CoreV1Api(api_client)
     _wait_for(
@@ -151,9 +152,10 @@ def test_namespaces_get_the_cluster_root_certificate(
     assert published.data["ca.crt"].strip() == control_plane.ca_file.read_text().strip()
 
 
-def _devcluster_cli(*args: str, tools_dir: Path) -> subprocess.CompletedProcess[str]:
+def _controlplane_cli(*args: str, tools_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(DEVCLUSTER), *args],
+        [*CONTROLPLANE_CLI, *args],
+        cwd=REPOSITORY,
         check=False,
         env={**os.environ, "TARS_TOOLS_DIR": str(tools_dir)},
         capture_output=True,
@@ -163,14 +165,14 @@ def _devcluster_cli(*args: str, tools_dir: Path) -> subprocess.CompletedProcess[
 
 
 def test_a_second_cluster_runs_alongside_and_down_stops_everything(
-    control_plane: devcluster.ControlPlane, kubectl: Kubectl, tmp_path: Path
+    control_plane: controlplane.ControlPlane, kubectl: Kubectl, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "second"
-    started = _devcluster_cli(
+    started = _controlplane_cli(
         "up", "--state-dir", str(state_dir), tools_dir=control_plane.tools_dir
     )
     assert started.returncode == 0, started.stderr
-    second = devcluster.load(state_dir)
+    second = controlplane.load(state_dir)
     assert second is not None
     try:
         assert second.server != control_plane.server
@@ -184,12 +186,14 @@ def test_a_second_cluster_runs_alongside_and_down_stops_everything(
         assert namespaces.stdout.strip() == "namespace/default"
         assert _processes_mentioning(str(state_dir))
     finally:
-        stopped = _devcluster_cli("down", "--state-dir", str(state_dir), tools_dir=second.tools_dir)
+        stopped = _controlplane_cli(
+            "down", "--state-dir", str(state_dir), tools_dir=second.tools_dir
+        )
     assert stopped.returncode == 0, stopped.stderr
     assert _processes_mentioning(str(state_dir)) == []
-    assert not devcluster.is_up(second)
+    assert not controlplane.is_up(second)
 
-    repeated = _devcluster_cli("down", "--state-dir", str(state_dir), tools_dir=second.tools_dir)
+    repeated = _controlplane_cli("down", "--state-dir", str(state_dir), tools_dir=second.tools_dir)
     assert (repeated.returncode, repeated.stdout.strip()) == (
         0,
         f"no control plane recorded in {state_dir}",
@@ -199,7 +203,7 @@ def test_a_second_cluster_runs_alongside_and_down_stops_everything(
 
 
 def test_up_without_binaries_says_so_in_one_line(tmp_path: Path) -> None:
-    result = _devcluster_cli("up", "--state-dir", str(tmp_path / "state"), tools_dir=tmp_path)
+    result = _controlplane_cli("up", "--state-dir", str(tmp_path / "state"), tools_dir=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "lacks etcd, kube-apiserver, kube-controller-manager, kubectl" in result.stderr

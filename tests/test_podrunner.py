@@ -16,13 +16,14 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
-import devcluster
 import psutil
 import pytest
-from cluster_support import REPOSITORY, SETTLE_SECONDS, Kubectl
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from podrunner import POD_NETWORK, PodRunner, expand
+
+from tests.harness import controlplane
+from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
+from tests.harness.podrunner import POD_NETWORK, PodRunner, expand
 
 T = TypeVar("T")
 
@@ -504,7 +505,7 @@ def test_restart_policies_decide_restarts_and_phase(
 
 
 def test_stopping_the_runner_leaves_no_process_behind(
-    control_plane: devcluster.ControlPlane,
+    control_plane: controlplane.ControlPlane,
     api_client: client.ApiClient,
     namespace: str,
     tmp_path: Path,
@@ -721,7 +722,7 @@ def test_a_claim_bound_to_a_host_path_volume_is_that_directory(
         core.delete_persistent_volume(volume_name)
 
 
-PODRUNNER_CLI = [sys.executable, str(REPOSITORY / "hack" / "podrunner.py")]
+PODRUNNER_CLI = [sys.executable, "-m", "tests.harness.podrunner"]
 
 
 def test_cli_refuses_a_broken_kubeconfig_in_one_line(tmp_path: Path) -> None:
@@ -729,6 +730,7 @@ def test_cli_refuses_a_broken_kubeconfig_in_one_line(tmp_path: Path) -> None:
     broken.write_text("clusters: [")
     result = subprocess.run(
         [*PODRUNNER_CLI, "--kubeconfig", str(broken), "--state-dir", str(tmp_path / "state")],
+        cwd=REPOSITORY,
         capture_output=True,
         text=True,
         timeout=SETTLE_SECONDS,
@@ -740,7 +742,7 @@ def test_cli_refuses_a_broken_kubeconfig_in_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_runs_pods_until_terminated(
-    control_plane: devcluster.ControlPlane,
+    control_plane: controlplane.ControlPlane,
     api_client: client.ApiClient,
     namespace: str,
     tmp_path: Path,
@@ -754,6 +756,7 @@ def test_cli_runs_pods_until_terminated(
             f"--node-name={node}",
             f"--state-dir={tmp_path}",
         ],
+        cwd=REPOSITORY,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import Cli, git, invoke
 from kubernetes import client
 from typer.testing import Result
+
+from tests.harness.cli import Cli, git, invoke
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import devcluster
 import pytest
-from cli_support import invoke, tarscli_config_maps
 from kubernetes import client, config
 from tars_api.crdgen import crd_manifests
+
+from tests.harness import controlplane
+from tests.harness.cli import invoke, tarscli_config_maps
 
 CRDS_MISSING = (
     "error: the TARS CRDs are not installed in this cluster (missing {missing}); "
@@ -102,15 +103,15 @@ def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bare_kubeconfig(
-    control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
     """A second control plane, without the TARS CRDs."""
     state_dir = tmp_path_factory.mktemp("bare-controlplane")
-    plane = devcluster.up(state_dir, control_plane.tools_dir)
+    plane = controlplane.up(state_dir, control_plane.tools_dir)
     try:
         yield plane.kubeconfig
     finally:
-        devcluster.down(state_dir)
+        controlplane.down(state_dir)
 
 
 def test_missing_crds_then_install_crds(

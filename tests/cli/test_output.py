@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import urllib3
 import yaml
-from cli_support import invoke
 from kubernetes.client.exceptions import ApiException
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tarscli import output
 from tarscli.errors import CliError, describe_failure, one_line
 from tarscli.self_code import name_prefix
+
+from tests.harness.cli import invoke
 
 
 @pytest.mark.parametrize(

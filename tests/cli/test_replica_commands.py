@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import Cli, get_object, invoke, patch_status
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import Condition
+
+from tests.harness.cli import Cli, get_object, invoke, patch_status
 
 pytestmark = pytest.mark.usefixtures("tars_crds")
 

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_support import (
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+from tars_api.meta import Condition, format_time, now
+from tars_api.vocabulary import Role
+
+from tests.harness.cli import (
     Cli,
     config_map_archive,
     get_object,
@@ -22,10 +27,6 @@ from cli_support import (
     patch_status,
     tarscli_config_maps,
 )
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-from tars_api.meta import Condition, format_time, now
-from tars_api.vocabulary import Role
 
 pytestmark = pytest.mark.usefixtures("tars_crds")
 
@@ -464,7 +465,7 @@ def test_rbac_refusal_creates_nothing(
 
 
 def test_a_namespace_that_does_not_exist(cli: Cli, project: Path, kubeconfig: Path) -> None:
-    from cli_support import invoke
+    from tests.harness.cli import invoke
 
     result = invoke(
         "self-code",

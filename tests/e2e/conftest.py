@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace, git
-from operator_helpers import OperatorProcess, wait_for
+
+from tests.harness.e2e import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace, git
+from tests.harness.operator_process import OperatorProcess, wait_for
 
 
 def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Workspace, git
-from operator_helpers import http_get, wait_until
+
+from tests.harness.e2e import Workspace, git
+from tests.harness.operator_process import http_get, wait_until
 
 MAX_FILES = "3"
 

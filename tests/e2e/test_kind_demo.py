@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import REPOSITORY
-from e2e_support import SAMPLE_PROJECT, git
 from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.kind_demo import KIND_CLUSTER, demo_steps
+
+from tests.harness.e2e import SAMPLE_PROJECT, git
+from tests.harness.kubectl import REPOSITORY
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 DOCKERFILE = REPOSITORY / "replica-images" / "Dockerfile"

@@ -35,7 +35,8 @@ from tars_engine.cluster.run_api import (
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
 from tars_engine.transports.server import create_app, serve_in_thread
-from workflow_helpers import git, isolated_roles, shop_project  # noqa: F401 - autouse fixture
+
+from tests.harness.workflow import git, shop_project
 
 # A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.
 RUN_WAIT_SECONDS = 300

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflow_helpers import SAMPLE_PROJECT, project_tests_pass, tree_hashes
+from tests.harness.workflow import SAMPLE_PROJECT, project_tests_pass, tree_hashes
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from engine_projects import CALC
 from tars_api.vocabulary import EngineName
 from tars_engine.core.diffs import PatchError, apply_unified_diff, make_unified_diff
 from tars_engine.core.models import (
@@ -19,6 +18,8 @@ from tars_engine.core.models import (
 from tars_engine.core.validation import candidate_rejection, is_inside_targets, is_test_file
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
+
+from tests.harness.projects import CALC
 
 
 def findings_for(path: str, content: str) -> list[Finding]:

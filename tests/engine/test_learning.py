@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_ollama import fake_ollama
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import EngineName
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import Finding, FindingKind, FindingSource, Location, Severity
 from tars_engine.roles.ollama_engine import GENERATE_SYSTEM_PROMPT
-from workflow_helpers import isolated_roles, learning, run_workflow, shop_project, tree_hashes
+
+from tests.engine.fake_ollama import fake_ollama
+from tests.harness.workflow import isolated_roles, learning, run_workflow, shop_project, tree_hashes
 
 __all__ = ["isolated_roles", "learning"]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from tars_api.run import RunPhase
 from tars_engine.core.state import StateStore
-from workflow_helpers import (
+
+from tests.harness.workflow import (
     git,
     project_tests_pass,
     sample_project,

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_projects import CALC
-from fake_ollama import FakeOllama, fake_ollama
 from tars_api.vocabulary import EngineName, Role
 from tars_engine.core.diffs import apply_unified_diff, make_unified_diff
 from tars_engine.core.models import (
@@ -26,6 +24,9 @@ from tars_engine.roles.generator import Generator
 from tars_engine.roles.ollama_engine import CONTEXT_STEP, OllamaEngine, estimate_tokens
 from tars_engine.transports.http_client import HttpGenerator
 from tars_engine.transports.server import create_app, serve_in_thread
+
+from tests.engine.fake_ollama import FakeOllama, fake_ollama
+from tests.harness.projects import CALC
 
 IMPROVED = CALC.replace("import os\nimport sys\n\n\n", "").replace("value == None", "value is None")
 FRAGMENT = "def add(a, b):\n    return a + b\n\n\ndef describe(value):\n    ...\n"

@@ -14,7 +14,8 @@ from tars_engine.core.models import (
     Severity,
 )
 from tars_engine.core.selection import SelectionError, prioritize, resolve_targets, select_files
-from workflow_helpers import git, git_repository, write_files
+
+from tests.harness.workflow import git, git_repository, write_files
 
 FILES = {
     "pkg/__init__.py": "",

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from engine_projects import CALC, calc_project, tree_hashes
 from tars_api.vocabulary import EngineName, Role
 from tars_engine.core import role_set as roles
 from tars_engine.core.models import (
@@ -37,6 +36,8 @@ from tars_engine.roles.generator import Generator
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
 from tars_engine.transports.server import cli, create_app, serve_in_thread
 from typer.testing import CliRunner
+
+from tests.harness.projects import CALC, calc_project, tree_hashes
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from tars_engine.cluster.sources import (
     volume_root,
 )
 from tars_engine.core.snapshot import pack_project
-from workflow_helpers import shop_project
+
+from tests.harness.workflow import shop_project
 
 
 @pytest.mark.parametrize("value", ["not json", '["a"]', '{"claim:x": 3}'])

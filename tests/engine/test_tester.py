@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from engine_projects import CALC, calc_project, git_init, tree_hashes, write_tree
 from tars_api.vocabulary import EngineName
 from tars_engine.core.diffs import make_unified_diff
 from tars_engine.core.models import Candidate, SnapshotRef, TestRequest
@@ -19,6 +18,8 @@ from tars_engine.core.role_set import SnapshotMissingError
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import SnapshotError, extract_snapshot, pack_project, project_files
 from tars_engine.roles.tester import Tester, detect_test_command, import_roots, trim_output
+
+from tests.harness.projects import CALC, calc_project, git_init, tree_hashes, write_tree
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from tars_engine.core.validation import is_test_file
 from tars_engine.core.workflow import EventKind, WorkerRoles, Workflow, WorkflowError, WorkflowEvent
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
 from tars_engine.transports.server import create_app, serve_in_thread
-from workflow_helpers import (
+
+from tests.harness.workflow import (
     git,
     isolated_roles,
     learning,

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_helpers import OperatorProcess
+
+from tests.harness.operator_process import OperatorProcess
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_helpers import Kubectl, OperatorProcess, get_json, http_get, wait_for, wait_until
+
+from tests.harness.operator_process import (
+    Kubectl,
+    OperatorProcess,
+    get_json,
+    http_get,
+    wait_for,
+    wait_until,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MANAGED = "app.kubernetes.io/managed-by=tars-operator"

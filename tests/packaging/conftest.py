@@ -7,15 +7,18 @@ import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import devcluster
 import pytest
-from chart_support import CHART, Helm, Manifest, Render, Template, documents
+
+from tests.harness import controlplane
+from tests.harness.chart import CHART, Helm, Manifest, Render, Template, documents
 
 HELM_TIMEOUT_SECONDS = 120
 
 
 @pytest.fixture(scope="session")
-def helm(control_plane: devcluster.ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+def helm(
+    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Helm:
     """The helm built by `make tools`, with its own config/cache/data dirs and the control plane's kubeconfig."""
     home = tmp_path_factory.mktemp("helm-home")
     environment = {

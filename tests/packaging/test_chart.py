@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 import tars_operator
 import yaml
-from chart_support import (
+from tars_api.replica import TarsReplica
+from tars_api.vocabulary import Role
+from tars_operator import replicas
+from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
+from tars_operator.main import build_parser
+
+from tests.harness.chart import (
     CHART,
     REPOSITORY,
     Helm,
@@ -27,11 +33,6 @@ from chart_support import (
     find,
     one,
 )
-from tars_api.replica import TarsReplica
-from tars_api.vocabulary import Role
-from tars_operator import replicas
-from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
-from tars_operator.main import build_parser
 
 CRD_FILES = sorted((REPOSITORY / "crds").glob("*.yaml"))
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))

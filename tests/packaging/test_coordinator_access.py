@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chart_support import Render, find
 from tarscli.coordinator_access import COORDINATOR_ACCOUNT, COORDINATOR_RULES
+
+from tests.harness.chart import Render, find
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 

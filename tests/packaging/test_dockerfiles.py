@@ -18,8 +18,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dockerfiles import Stage, ignore_rules, is_ignored, stages
 from tars_operator.config import NON_ROOT_ID, OperatorConfig
+
+from tests.harness.dockerfiles import Stage, ignore_rules, is_ignored, stages
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPOSITORY / "replica-images" / "Dockerfile"

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import devcluster
 import pytest
 import yaml
-from chart_support import REPOSITORY, Manifest, Render, find, one
+
+from tests.harness import controlplane
+from tests.harness.chart import REPOSITORY, Manifest, Render, find, one
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
@@ -304,7 +305,7 @@ def get_json(kubectl: Kubectl, namespace: str, *what: str) -> dict[str, Any] | N
 def test_operator_works_with_exactly_the_chart_rbac(
     render: Render,
     kubectl: Kubectl,
-    control_plane: devcluster.ControlPlane,
+    control_plane: controlplane.ControlPlane,
     namespace: str,
     other_namespace: str,
     tars_crds: list[str],

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
-from dockerfiles import stages
 from tars_api.replica import TarsReplica
 from tars_api.run import SelfCodingRun
 from tars_operator.main import build_parser
+
+from tests.harness.dockerfiles import stages
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TILTFILE = REPOSITORY / "Tiltfile"

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster_support import REPOSITORY
-from operator_helpers import OperatorProcess
+from tests.harness.kubectl import REPOSITORY
+from tests.harness.operator_process import OperatorProcess
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"

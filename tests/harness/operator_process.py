@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import devcluster
 import pytest
+
+from tests.harness import controlplane
 
 OPERATOR = Path(sys.executable).parent / "tars-operator"
 # A bound on waits for the cluster and the operator to act: a broken one fails, never hangs.
@@ -61,8 +62,8 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_dir = log_dir
-        self.liveness_port = devcluster.free_port()
-        self.metrics_port = devcluster.free_port()
+        self.liveness_port = controlplane.free_port()
+        self.metrics_port = controlplane.free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -6,8 +6,8 @@ is ready and the controllers are working, and writes an admin kubeconfig. `down`
 exactly the processes `up` recorded in the state directory. The binaries come from
 `make tools` (hack/build-tools.sh); pass their directory as TARS_TOOLS_DIR.
 
-    python hack/devcluster.py up --state-dir .dev
-    python hack/devcluster.py down --state-dir .dev
+    python -m tests.harness.controlplane up --state-dir .dev
+    python -m tests.harness.controlplane down --state-dir .dev
 
 The pytest fixtures in tests/conftest.py use this module directly.
 """
@@ -570,7 +570,9 @@ def down(state_dir: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devcluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.harness.controlplane", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument(
         "--state-dir", type=Path, required=True, help="where certificates, data, logs and pids live"
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"no control plane recorded in {arguments.state_dir}")
     except DevClusterError as error:
-        print(f"devcluster: {error}", file=sys.stderr)
+        print(f"controlplane: {error}", file=sys.stderr)
         return 1
     return 0
 
