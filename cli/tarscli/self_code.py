@@ -28,15 +28,9 @@ from rich.progress import (
 from rich.table import Table
 from tars_api.crdgen import crd_manifests
 from tars_api.meta import ObjectMeta, find_condition
+from tars_api.names import DEFAULT_UPLOAD_KEY
 from tars_api.replica import ReplicaConditionType, ReplicaPhase, TarsReplica
-from tars_api.run import (
-    DEFAULT_UPLOAD_KEY,
-    RunConditionType,
-    RunSource,
-    SelfCodingRun,
-    SelfCodingRunSpec,
-    UploadSource,
-)
+from tars_api.run import RunConditionType, RunSource, SelfCodingRun, SelfCodingRunSpec, UploadSource
 from tars_api.vocabulary import EngineName, Role
 
 from tarscli import coordinator_access, output

@@ -22,6 +22,7 @@ from tars_api.meta import (
     now,
     set_condition,
 )
+from tars_api.names import DEFAULT_UPLOAD_KEY
 from tars_api.replica import (
     MAX_REPLICAS,
     TARS_REPLICA_PLURAL,
@@ -37,7 +38,6 @@ from tars_api.replica import (
     TolerationOperator,
 )
 from tars_api.run import (
-    DEFAULT_UPLOAD_KEY,
     MAX_LATEST_RESULTS,
     SELF_CODING_RUN_PLURAL,
     FileOutcome,

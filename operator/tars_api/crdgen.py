@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from tars_api.meta import GROUP, VERSION, ApiObject
+from tars_api.names import LABEL_PART_OF, PART_OF
 from tars_api.replica import TarsReplica
 from tars_api.run import SelfCodingRun
 from tars_api.schema import JsonSchema, structural_schema
@@ -71,7 +72,7 @@ def crd_manifest(kind: type[ApiObject]) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": resource.crd_name,
-            "labels": {"app.kubernetes.io/part-of": "tars"},
+            "labels": {LABEL_PART_OF: PART_OF},
         },
         "spec": {
             "group": GROUP,

@@ -20,6 +20,7 @@ from tars_api.meta import (
     ScaleSubresource,
     cel_rules,
     conditions_field,
+    find_condition,
     observed_generation_field,
     reject_duplicates,
 )
@@ -256,6 +257,15 @@ class TarsReplicaStatus(ApiModel):
     conditions: list[Condition] = conditions_field()
     observed_generation: int | None = observed_generation_field()
 
+    @property
+    def is_ready(self) -> bool:
+        """Ready to take work: the Ready condition is true and at least one pod serves.
+
+        A replica scaled to zero is Ready (its rollout is complete) but cannot serve.
+        """
+        ready = find_condition(self.conditions, ReplicaConditionType.ready)
+        return ready is not None and ready.is_true and (self.ready_replicas or 0) > 0
+
 
 class TarsReplica(ApiObject):
     """One role's long-running replica set."""
@@ -303,6 +313,10 @@ class TarsReplica(ApiObject):
     kind: Literal["TarsReplica"] = "TarsReplica"
     spec: TarsReplicaSpec
     status: TarsReplicaStatus | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status is not None and self.status.is_ready
 
     @classmethod
     def build(

@@ -26,10 +26,10 @@ from tars_api.meta import (
     observed_generation_field,
     reject_duplicates,
 )
+from tars_api.names import DEFAULT_UPLOAD_KEY
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
-DEFAULT_UPLOAD_KEY = "project.tar.gz"
 MAX_TARGETS = 64
 MAX_LATEST_RESULTS = 10
 PATH_MAX_LENGTH = 4096
@@ -438,6 +438,15 @@ class SelfCodingRun(ApiObject):
     kind: Literal["SelfCodingRun"] = "SelfCodingRun"
     spec: SelfCodingRunSpec
     status: SelfCodingRunStatus | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """The run has ended (Succeeded, Failed or Stopped): nothing will change it again."""
+        return (
+            self.status is not None
+            and self.status.phase is not None
+            and self.status.phase.is_terminal
+        )
 
     @classmethod
     def build(

@@ -21,6 +21,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 from tars_api.meta import GROUP, VERSION, now
+from tars_api.names import LABEL_MANAGED_BY, MANAGED_BY_OPERATOR
 from tars_api.replica import TARS_REPLICA_PLURAL, TarsReplica, TarsReplicaStatus
 from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
 from tars_api.vocabulary import Role
@@ -40,7 +41,7 @@ HANDLER_RETRIES = 5
 HANDLER_BACKOFF_SECONDS = 3.0
 TR = (GROUP, VERSION, TARS_REPLICA_PLURAL)
 SCR = (GROUP, VERSION, SELF_CODING_RUN_PLURAL)
-MANAGED_CHILDREN = {replicas.LABEL_MANAGED_BY: replicas.MANAGER}
+MANAGED_CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY_OPERATOR}
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def replica_readiness(
         parsed = TarsReplicaStatus.model_validate(dict(status))
     except ValidationError:
         return {namespace: (role, name, False)}
-    return {namespace: (role, name, replicas.is_ready(parsed))}
+    return {namespace: (role, name, parsed.is_ready)}
 
 
 @kopf.index(*SCR)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tars_api.meta import API_VERSION, Condition, ConditionStatus, find_condition, set_condition
+from tars_api.meta import API_VERSION, Condition, find_condition, set_condition
+from tars_api.names import (
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY_OPERATOR,
+    ReplicaEnv,
+)
 from tars_api.replica import (
     ReplicaConditionType,
     ReplicaPhase,
@@ -22,18 +30,12 @@ from tars_api.replica import (
     TarsReplicaStatus,
 )
 from tars_api.vocabulary import Role
-from tars_engine.cluster.sources import VOLUMES_ENV
 
 from tars_operator.config import OperatorConfig
 
 Manifest = dict[str, Any]
 
 APP_NAME = "tars-replica"
-MANAGER = "tars-operator"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 GENERATION_ANNOTATION = "tars.dev/replica-generation"
 SUSPENDED_ANNOTATION = "tars.dev/suspended"
 PORT_NAME = "http"
@@ -69,7 +71,11 @@ def selector_string(name: str) -> str:
 
 
 def object_labels(name: str, role: Role) -> dict[str, str]:
-    return {**selector_labels(name), LABEL_COMPONENT: role.value, LABEL_MANAGED_BY: MANAGER}
+    return {
+        **selector_labels(name),
+        LABEL_COMPONENT: role.value,
+        LABEL_MANAGED_BY: MANAGED_BY_OPERATOR,
+    }
 
 
 def owner_reference(replica: TarsReplica) -> Manifest:
@@ -112,25 +118,25 @@ def _environment(replica: TarsReplica, config: OperatorConfig) -> list[Manifest]
     """The container's env: the operator's settings first, the replica's own `env` overriding by name."""
     spec = replica.spec
     values: dict[str, str] = {
-        "TARS_ROLE": spec.role.value,
-        "TARS_ENGINE": (spec.engine or config.engine).value,
-        "TARS_MODEL": spec.model or config.model,
-        "TARS_SCRATCH_DIR": config.scratch_dir,
+        ReplicaEnv.role: spec.role.value,
+        ReplicaEnv.engine: (spec.engine or config.engine).value,
+        ReplicaEnv.model: spec.model or config.model,
+        ReplicaEnv.scratch_dir: config.scratch_dir,
         # The root filesystem is read-only: tools that write caches or temp files go to scratch.
         "HOME": config.scratch_dir,
         "TMPDIR": config.scratch_dir,
     }
     if config.ollama_host:
-        values["OLLAMA_HOST"] = config.ollama_host
+        values[ReplicaEnv.ollama_host] = config.ollama_host
     if spec.role is Role.coordinator and spec.volumes:
         # The coordinator finds a run's volume source by the key the run names it with.
-        values[VOLUMES_ENV] = json.dumps(
+        values[ReplicaEnv.volumes] = json.dumps(
             {volume.source_key: volume.mount_location for volume in spec.volumes}, sort_keys=True
         )
     field_refs = {
-        "POD_NAME": "metadata.name",
-        "POD_NAMESPACE": "metadata.namespace",
-        "POD_IP": "status.podIP",
+        ReplicaEnv.pod_name: "metadata.name",
+        ReplicaEnv.pod_namespace: "metadata.namespace",
+        ReplicaEnv.pod_ip: "status.podIP",
     }
     overrides = {variable.name: variable.value for variable in spec.env}
     environment: list[Manifest] = []
@@ -176,7 +182,7 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             # The pod's own address (downward API), not 0.0.0.0: pods sharing a host
             # network namespace (the test pod runner) must not claim each other's port.
             "--host",
-            "$(POD_IP)",
+            f"$({ReplicaEnv.pod_ip})",
             "--port",
             str(config.port),
         ],
@@ -484,14 +490,3 @@ def replica_transition(
     )
     event_type = "Warning" if current.phase is ReplicaPhase.degraded else "Normal"
     return Transition(event_type, str(current.phase), message)
-
-
-def is_ready(status: TarsReplicaStatus | None) -> bool:
-    if status is None:
-        return False
-    ready = find_condition(status.conditions, ReplicaConditionType.ready)
-    return (
-        ready is not None
-        and ready.status is ConditionStatus.true
-        and (status.ready_replicas or 0) > 0
-    )

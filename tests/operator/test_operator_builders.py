@@ -288,10 +288,9 @@ def test_a_suspended_replica_says_so() -> None:
 
 def test_is_ready_needs_a_ready_condition_and_a_ready_pod() -> None:
     complete = applied(observedGeneration=1, replicas=2, updatedReplicas=2, readyReplicas=2)
-    assert replicas.is_ready(replicas.replica_status(complete, None, CONFIG, now=T0))
-    assert not replicas.is_ready(replicas.replica_status(applied(), None, CONFIG, now=T0))
-    assert not replicas.is_ready(TarsReplicaStatus())
-    assert not replicas.is_ready(None)
+    assert replicas.replica_status(complete, None, CONFIG, now=T0).is_ready
+    assert not replicas.replica_status(applied(), None, CONFIG, now=T0).is_ready
+    assert not TarsReplicaStatus().is_ready
 
 
 def test_failed_status_keeps_the_observed_generation_behind() -> None:

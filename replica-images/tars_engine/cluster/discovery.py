@@ -23,6 +23,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import GROUP, VERSION
+from tars_api.names import SERVICE_NAME_LABEL, ReplicaEnv
 from tars_api.replica import TARS_REPLICA_PLURAL
 from tars_api.vocabulary import WORKER_ROLES, Role
 
@@ -36,8 +37,6 @@ from tars_engine.transports.http_client import (
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS_ENV_PREFIX = "TARS_ENDPOINTS_"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
 WATCH_TIMEOUT_SECONDS = 30
 # The client gives up a little after the server should have closed the watch.
@@ -61,7 +60,7 @@ def static_endpoints(env: Mapping[str, str] | None = None) -> dict[Role, list[st
     source = env if env is not None else os.environ
     found: dict[Role, list[str]] = {}
     for role in WORKER_ROLES:
-        value = source.get(ENDPOINTS_ENV_PREFIX + role.value.upper(), "")
+        value = source.get(ReplicaEnv.endpoints_prefix + role.value.upper(), "")
         urls = [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         if urls:
             found[role] = urls

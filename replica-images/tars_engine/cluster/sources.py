@@ -29,13 +29,13 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tars_api.names import ReplicaEnv
 from tars_api.run import RunSource, VolumeSource
 
 from tars_engine.core.applying import FALLBACK_IDENTITY
 from tars_engine.core.snapshot import SnapshotError, extract_snapshot
 from tars_engine.core.state import write_atomically
 
-VOLUMES_ENV = "TARS_VOLUMES"
 GIT_TIMEOUT_SECONDS = 600
 BRANCH_PREFIX = "tars/"
 ASKPASS_SCRIPT = """#!/bin/sh
@@ -77,17 +77,19 @@ def branch_name(run_name: str) -> str:
 
 def mounted_volumes(env: dict[str, str] | None = None) -> dict[str, Path]:
     """TARS_VOLUMES as a map; a malformed value is an error naming the variable."""
-    raw = (env if env is not None else os.environ).get(VOLUMES_ENV, "").strip()
+    raw = (env if env is not None else os.environ).get(ReplicaEnv.volumes, "").strip()
     if not raw:
         return {}
     try:
         parsed = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SourceError(f"{VOLUMES_ENV} is not JSON: {exc}") from exc
+        raise SourceError(f"{ReplicaEnv.volumes} is not JSON: {exc}") from exc
     if not isinstance(parsed, dict) or not all(
         isinstance(key, str) and isinstance(value, str) for key, value in parsed.items()
     ):
-        raise SourceError(f'{VOLUMES_ENV} must map "claim:<name>" or "hostPath:<path>" to paths')
+        raise SourceError(
+            f'{ReplicaEnv.volumes} must map "claim:<name>" or "hostPath:<path>" to paths'
+        )
     return {key: Path(value) for key, value in parsed.items()}
 
 
@@ -105,7 +107,7 @@ def volume_root(volume: VolumeSource, volumes: dict[str, Path]) -> Path:
     mount = volumes.get(key)
     if mount is None:
         raise SourceError(
-            f"{described} is not mounted on this coordinator ({VOLUMES_ENV} has no {key!r})"
+            f"{described} is not mounted on this coordinator ({ReplicaEnv.volumes} has no {key!r})"
         )
     root = mount / volume.sub_path if volume.sub_path else mount
     if not root.is_dir():

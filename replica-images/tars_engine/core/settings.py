@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tars_api.names import ReplicaEnv
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
 from tars_engine.core.models import RoleInfo
@@ -20,12 +21,12 @@ ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 # The variable each setting falls back to when no flag gives it.
 ENVIRONMENT_VARIABLES = {
-    "TARS_ROLE": "role",
-    "TARS_ENGINE": "engine",
-    "TARS_MODEL": "model",
-    "OLLAMA_HOST": "ollama_host",
-    "TARS_OLLAMA_TIMEOUT": "ollama_timeout_seconds",
-    "TARS_SCRATCH_DIR": "scratch_dir",
+    ReplicaEnv.role: "role",
+    ReplicaEnv.engine: "engine",
+    ReplicaEnv.model: "model",
+    ReplicaEnv.ollama_host: "ollama_host",
+    ReplicaEnv.ollama_timeout: "ollama_timeout_seconds",
+    ReplicaEnv.scratch_dir: "scratch_dir",
 }
 
 
