@@ -250,6 +250,18 @@ def set_condition(conditions: Sequence[Condition], new: Condition) -> list[Condi
     return merged
 
 
+def set_conditions(
+    conditions: Sequence[Condition], *new: Condition, generation: int | None
+) -> list[Condition]:
+    """`set_condition` for each of `new`, all stamped with the generation they observed."""
+    merged = list(conditions)
+    for condition in new:
+        merged = set_condition(
+            merged, condition.model_copy(update={"observed_generation": generation})
+        )
+    return merged
+
+
 CONDITIONS_DESCRIPTION = "Latest observations of the object's state, one per type"
 
 

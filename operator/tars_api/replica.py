@@ -59,6 +59,25 @@ class ReplicaConditionType(enum.StrEnum):
     progressing = "Progressing"
 
 
+class ReplicaReason(enum.StrEnum):
+    """The `reason` of a replica's conditions and Events."""
+
+    suspended = "Suspended"
+    all_replicas_ready = "AllReplicasReady"
+    scaled_to_zero = "ScaledToZero"
+    pods_not_created = "PodsNotCreated"
+    replicas_not_ready = "ReplicasNotReady"
+    rolling_out = "RollingOut"
+    waiting_for_pods = "WaitingForPods"
+    rollout_complete = "RolloutComplete"
+    rollout_failed = "RolloutFailed"
+    invalid_spec = "InvalidSpec"
+    apply_failed = "ApplyFailed"
+    created = "Created"
+    updated = "Updated"
+    restored = "Restored"
+
+
 class EnvVar(ApiModel):
     """An environment variable of the role's container."""
 

@@ -121,6 +121,21 @@ class RunStage(enum.StrEnum):
     done = "Done"
 
 
+class RunReason(enum.StrEnum):
+    """The `reason` of a run's conditions and Events, besides the phase names themselves."""
+
+    replicas_ready = "ReplicasReady"
+    no_ready_coordinator = "NoReadyCoordinator"
+    no_ready_workers = "NoReadyWorkers"
+    waiting_for_replicas = "WaitingForReplicas"
+    assigning = "Assigning"
+    running = "Running"
+    reassigned = "Reassigned"
+    stopped = "Stopped"
+    coordinator_lost = "CoordinatorLost"
+    deadline_exceeded = "DeadlineExceeded"
+
+
 class RunConditionType(enum.StrEnum):
     replicas_ready = "ReplicasReady"
     """The role replicas the run needs are ready (False says which are missing)."""

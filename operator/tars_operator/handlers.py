@@ -22,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 from tars_api.meta import GROUP, VERSION, now
 from tars_api.names import LABEL_MANAGED_BY, MANAGED_BY_OPERATOR
-from tars_api.replica import TARS_REPLICA_PLURAL, TarsReplica, TarsReplicaStatus
+from tars_api.replica import TARS_REPLICA_PLURAL, ReplicaReason, TarsReplica, TarsReplicaStatus
 from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
 from tars_api.vocabulary import Role
 from tars_engine.cluster.run_api import CoordinatorApiError
@@ -172,14 +172,14 @@ def _apply_children(runtime: Runtime, replica: TarsReplica, *, final_attempt: bo
             replicas.desired_service(replica, runtime.config),
         ]
     except replicas.InvalidReplica as error:
-        _report_failure(runtime, replica, "InvalidSpec", str(error))
+        _report_failure(runtime, replica, ReplicaReason.invalid_spec, str(error))
         raise kopf.PermanentError(str(error)) from error
     try:
         for manifest in manifests:
             runtime.kube.apply(manifest)
     except ApiError as error:
         if error.is_permanent or final_attempt:
-            _report_failure(runtime, replica, "ApplyFailed", error.message)
+            _report_failure(runtime, replica, ReplicaReason.apply_failed, error.message)
         raise _retry_or_fail(error) from error
 
 
@@ -196,10 +196,10 @@ def reconcile_replica(body: kopf.Body, memo: Any, reason: str, retry: int, **_: 
         meter.changed()
     if reason == kopf.Reason.CREATE:
         message = f"Deployment and Service {replica.name} applied"
-        _post(body, replicas.Transition("Normal", "Created", message))
+        _post(body, replicas.Transition("Normal", ReplicaReason.created, message))
     elif reason == kopf.Reason.UPDATE:
         message = f"generation {replica.metadata.generation} applied to the Deployment and Service"
-        _post(body, replicas.Transition("Normal", "Updated", message))
+        _post(body, replicas.Transition("Normal", ReplicaReason.updated, message))
 
 
 def _restore_child(runtime: Runtime, owner: replicas.OwnerRef, kind: str) -> None:
@@ -214,7 +214,7 @@ def _restore_child(runtime: Runtime, owner: replicas.OwnerRef, kind: str) -> Non
     _post(
         owner.event_target(),
         replicas.Transition(
-            "Normal", "Restored", f"{kind} {owner.name} was deleted; applied again"
+            "Normal", ReplicaReason.restored, f"{kind} {owner.name} was deleted; applied again"
         ),
     )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tars_api.meta import API_VERSION, Condition, find_condition, set_condition
+from tars_api.meta import API_VERSION, Condition, find_condition, set_condition, set_conditions
 from tars_api.names import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -25,6 +25,7 @@ from tars_api.names import (
 from tars_api.replica import (
     ReplicaConditionType,
     ReplicaPhase,
+    ReplicaReason,
     ReplicaVolume,
     TarsReplica,
     TarsReplicaStatus,
@@ -78,21 +79,6 @@ def object_labels(name: str, role: Role) -> dict[str, str]:
     }
 
 
-def owner_reference(replica: TarsReplica) -> Manifest:
-    if replica.metadata.uid is None:
-        raise ValueError(
-            f"TarsReplica {replica.name} has no uid: it was not read from the API server"
-        )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": TARS_REPLICA_KIND,
-        "name": replica.name,
-        "uid": replica.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def endpoint(name: str, namespace: str, config: OperatorConfig) -> str:
     return f"http://{name}.{namespace}.svc:{config.port}"
 
@@ -107,7 +93,7 @@ def _metadata(replica: TarsReplica, annotations: dict[str, str] | None = None) -
         "name": name,
         "namespace": replica.metadata.namespace,
         "labels": object_labels(name, replica.spec.role),
-        "ownerReferences": [owner_reference(replica)],
+        "ownerReferences": [replica.owner_reference().to_dict()],
     }
     if annotations:
         metadata["annotations"] = annotations
@@ -377,42 +363,54 @@ def replica_status(
         ready = Condition.make(
             ReplicaConditionType.ready,
             False,
-            "Suspended",
+            ReplicaReason.suspended,
             "spec.suspend is true: scaled to zero",
             at=now,
         )
     elif rollout.all_ready:
-        reason = "ScaledToZero" if rollout.desired == 0 else "AllReplicasReady"
+        reason = (
+            ReplicaReason.scaled_to_zero
+            if rollout.desired == 0
+            else ReplicaReason.all_replicas_ready
+        )
         ready = Condition.make(ReplicaConditionType.ready, True, reason, progress, at=now)
     elif rollout.pod_failure is not None:
         ready = Condition.make(
-            ReplicaConditionType.ready, False, "PodsNotCreated", rollout.pod_failure, at=now
+            ReplicaConditionType.ready,
+            False,
+            ReplicaReason.pods_not_created,
+            rollout.pod_failure,
+            at=now,
         )
     else:
         ready = Condition.make(
-            ReplicaConditionType.ready, False, "ReplicasNotReady", progress, at=now
+            ReplicaConditionType.ready, False, ReplicaReason.replicas_not_ready, progress, at=now
         )
 
     if rollout.rollout_failure is not None:
         progressing = Condition.make(
             ReplicaConditionType.progressing,
             False,
-            "RolloutFailed",
+            ReplicaReason.rollout_failed,
             rollout.rollout_failure,
             at=now,
         )
     elif rollout.all_ready or (rollout.suspended and rollout.complete):
         progressing = Condition.make(
-            ReplicaConditionType.progressing, False, "RolloutComplete", progress, at=now
+            ReplicaConditionType.progressing,
+            False,
+            ReplicaReason.rollout_complete,
+            progress,
+            at=now,
         )
     elif not rollout.complete:
         message = f"{rollout.updated}/{rollout.desired} updated, {_pods(rollout.replicas)} exist, {progress}"
         progressing = Condition.make(
-            ReplicaConditionType.progressing, True, "RollingOut", message, at=now
+            ReplicaConditionType.progressing, True, ReplicaReason.rolling_out, message, at=now
         )
     else:
         progressing = Condition.make(
-            ReplicaConditionType.progressing, True, "WaitingForPods", progress, at=now
+            ReplicaConditionType.progressing, True, ReplicaReason.waiting_for_pods, progress, at=now
         )
 
     was_serving = previous.phase in (ReplicaPhase.ready, ReplicaPhase.degraded)
@@ -432,11 +430,7 @@ def replica_status(
     else:
         phase = ReplicaPhase.pending
 
-    conditions = list(previous.conditions)
-    for condition in (ready, progressing):
-        conditions = set_condition(
-            conditions, condition.model_copy(update={"observed_generation": generation})
-        )
+    conditions = set_conditions(previous.conditions, ready, progressing, generation=generation)
     return TarsReplicaStatus(
         phase=phase,
         replicas=rollout.replicas,
@@ -483,7 +477,7 @@ def replica_transition(
         return None
     ready = find_condition(current.conditions, ReplicaConditionType.ready)
     progressing = find_condition(current.conditions, ReplicaConditionType.progressing)
-    failed_rollout = progressing is not None and progressing.reason == "RolloutFailed"
+    failed_rollout = progressing is not None and progressing.reason == ReplicaReason.rollout_failed
     detail = progressing if failed_rollout else ready
     message = f"phase {current.phase}" + (
         f": {detail.message}" if detail is not None and detail.message else ""

@@ -21,10 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from tars_api.meta import Condition, set_condition
+from tars_api.meta import Condition, set_conditions
+from tars_api.names import (
+    ADDRESS_KEY,
+    CHECKPOINT_KEY,
+    PATCH_KEY,
+    REPORT_KEY,
+    report_config_map,
+    state_config_map,
+)
 from tars_api.run import (
     RunConditionType,
     RunPhase,
+    RunReason,
     SelfCodingRun,
     SelfCodingRunStatus,
 )
@@ -47,18 +56,6 @@ POLL_SECONDS = 1.0
 WAIT_SECONDS = 2.0
 COORDINATOR_TIMEOUT_SECONDS = 10.0
 MAX_REASSIGNMENTS = 5
-STATE_SUFFIX = "-state"
-REPORT_SUFFIX = "-report"
-STATE_KEY = "checkpoint.json"
-ADDRESS_KEY = "coordinator"
-REPORT_KEY = "report.json"
-PATCH_KEY = "patch.diff"
-
-REASON_RUNNING = "Running"
-REASON_REASSIGNED = "Reassigned"
-REASON_COORDINATOR_LOST = "CoordinatorLost"
-REASON_DEADLINE = "DeadlineExceeded"
-REASON_ALL_READY = "ReplicasReady"
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +76,6 @@ def deadline_passed(run: SelfCodingRun, now: datetime.datetime) -> bool:
     if status.start_time is None:
         return False
     return now >= status.start_time + datetime.timedelta(seconds=run.spec.deadline_seconds)
-
-
-def _condition(
-    conditions: list[Condition], new: Condition, generation: int | None
-) -> list[Condition]:
-    return set_condition(conditions, new.model_copy(update={"observed_generation": generation}))
 
 
 @dataclass(frozen=True)
@@ -112,39 +103,33 @@ def mirrored_status(
     phase = outcome.phase if outcome is not None else (reported.phase or RunPhase.running)
     if not report.finished and outcome is None:
         phase = RunPhase.running
-    conditions = _condition(
-        list(previous.conditions),
-        Condition.make(
-            RunConditionType.replicas_ready,
-            True,
-            REASON_ALL_READY,
-            f"coordinator {coordinator} runs the workflow",
-            at=now,
-        ),
-        generation,
+    replicas_ready = Condition.make(
+        RunConditionType.replicas_ready,
+        True,
+        RunReason.replicas_ready,
+        f"coordinator {coordinator} runs the workflow",
+        at=now,
     )
     if phase.is_terminal:
         reason = outcome.reason if outcome is not None else str(phase)
         message = outcome.message if outcome is not None else (report.message or str(phase))
-        conditions = _condition(
-            conditions,
+        conditions = set_conditions(
+            previous.conditions,
+            replicas_ready,
             Condition.make(RunConditionType.progressing, False, reason, message, at=now),
-            generation,
-        )
-        conditions = _condition(
-            conditions,
             Condition.make(RunConditionType.complete, True, reason, message, at=now),
-            generation,
+            generation=generation,
         )
     else:
-        reason = REASON_REASSIGNED if reassignments else REASON_RUNNING
+        reason = RunReason.reassigned if reassignments else RunReason.running
         message = report.message or f"stage {reported.stage}"
         if reassignments:
             message = f"resumed on another coordinator ({reassignments}x): {message}"
-        conditions = _condition(
-            conditions,
+        conditions = set_conditions(
+            previous.conditions,
+            replicas_ready,
             Condition.make(RunConditionType.progressing, True, reason, message, at=now),
-            generation,
+            generation=generation,
         )
     return reported.model_copy(
         update={
@@ -165,14 +150,12 @@ def failed_status(
     """The run ended without a report to mirror (no coordinator could take it)."""
     previous = run.status or SelfCodingRunStatus()
     generation = run.metadata.generation
-    conditions = list(previous.conditions)
-    for condition_type, status in (
-        (RunConditionType.progressing, False),
-        (RunConditionType.complete, True),
-    ):
-        conditions = _condition(
-            conditions, Condition.make(condition_type, status, reason, message, at=now), generation
-        )
+    conditions = set_conditions(
+        previous.conditions,
+        Condition.make(RunConditionType.progressing, False, reason, message, at=now),
+        Condition.make(RunConditionType.complete, True, reason, message, at=now),
+        generation=generation,
+    )
     return previous.model_copy(
         update={
             "phase": RunPhase.failed,
@@ -274,12 +257,12 @@ class RunDriver:
     def _load_state(self) -> None:
         if self.state.loaded:
             return
-        stored = self.kube.get(CONFIG_MAPS, self.namespace, self.name + STATE_SUFFIX)
+        stored = self.kube.get(CONFIG_MAPS, self.namespace, state_config_map(self.name))
         data = (stored or {}).get("data") or {}
         self.state.address = data.get(ADDRESS_KEY) or None
-        if data.get(STATE_KEY):
+        if data.get(CHECKPOINT_KEY):
             try:
-                self.state.checkpoint = WorkflowState.model_validate_json(data[STATE_KEY])
+                self.state.checkpoint = WorkflowState.model_validate_json(data[CHECKPOINT_KEY])
             except ValidationError as error:
                 log.warning(
                     "run %s/%s: stored checkpoint unreadable: %s", self.namespace, self.name, error
@@ -289,8 +272,8 @@ class RunDriver:
     def _save_state(self, run: SelfCodingRun) -> None:
         data = {ADDRESS_KEY: self.state.address or ""}
         if self.state.checkpoint is not None:
-            data[STATE_KEY] = self.state.checkpoint.model_dump_json(by_alias=True)
-        self._apply_config_map(run, self.name + STATE_SUFFIX, data)
+            data[CHECKPOINT_KEY] = self.state.checkpoint.model_dump_json(by_alias=True)
+        self._apply_config_map(run, state_config_map(self.name), data)
 
     def _apply_config_map(self, run: SelfCodingRun, name: str, data: dict[str, str]) -> None:
         self.kube.apply(
@@ -388,7 +371,9 @@ class RunDriver:
                 detail = errors[-1] if errors else "no ready coordinator pod"
                 message = f"no coordinator could take the run after {MAX_REASSIGNMENTS} attempts: {detail}"
                 self._write_status(
-                    body, run, failed_status(run, REASON_COORDINATOR_LOST, message, now=self.now())
+                    body,
+                    run,
+                    failed_status(run, RunReason.coordinator_lost, message, now=self.now()),
                 )
                 return None
         log.info("run %s/%s: no coordinator took it yet: %s", self.namespace, self.name, errors)
@@ -442,7 +427,7 @@ class RunDriver:
         )
         if ran_out and report.finished:
             message = f"deadlineSeconds ({run.spec.deadline_seconds}) exceeded; the run was stopped"
-            outcome = Outcome(RunPhase.failed, REASON_DEADLINE, message)
+            outcome = Outcome(RunPhase.failed, RunReason.deadline_exceeded, message)
         desired = mirrored_status(
             run,
             report,
@@ -462,7 +447,7 @@ class RunDriver:
         with self.client_factory(self.state.address) as coordinator:
             results = coordinator.results(uid)
             patch = coordinator.patch(uid)
-        name = self.name + REPORT_SUFFIX
+        name = report_config_map(self.name)
         self._apply_config_map(
             run, name, {REPORT_KEY: json.dumps(results.to_dict(), indent=1), PATCH_KEY: patch}
         )

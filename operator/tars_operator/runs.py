@@ -12,20 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tars_api.meta import Condition, find_condition, set_condition
-from tars_api.run import RunConditionType, RunPhase, SelfCodingRun, SelfCodingRunStatus
-from tars_api.vocabulary import Role
+from tars_api.meta import Condition, find_condition, set_conditions
+from tars_api.run import (
+    RunConditionType,
+    RunPhase,
+    RunReason,
+    SelfCodingRun,
+    SelfCodingRunStatus,
+)
+from tars_api.vocabulary import WORKER_ROLES, Role
 
 from tars_operator.replicas import Transition
 
-REASON_NO_READY_COORDINATOR = "NoReadyCoordinator"
-REASON_NO_READY_WORKERS = "NoReadyWorkers"
-REASON_REPLICAS_READY = "ReplicasReady"
-REASON_ASSIGNING = "Assigning"
-REASON_WAITING_FOR_REPLICAS = "WaitingForReplicas"
 # Every role a run needs a ready TarsReplica of before it is handed to a coordinator.
-REQUIRED_ROLES = (Role.coordinator, Role.analyzer, Role.generator, Role.tester)
-REASON_STOPPED = "Stopped"
+REQUIRED_ROLES = (Role.coordinator, *WORKER_ROLES)
 
 
 @dataclass(frozen=True)
@@ -36,26 +36,16 @@ class RunUpdate:
     transition: Transition | None
 
 
-def _condition(
-    conditions: list[Condition], new: Condition, generation: int | None
-) -> list[Condition]:
-    return set_condition(conditions, new.model_copy(update={"observed_generation": generation}))
-
-
 def _stopped(
     run: SelfCodingRun, previous: SelfCodingRunStatus, now: datetime
 ) -> SelfCodingRunStatus:
     message = "spec.stop is true: stopped before any work started"
     generation = run.metadata.generation
-    conditions = _condition(
-        list(previous.conditions),
-        Condition.make(RunConditionType.progressing, False, REASON_STOPPED, message, at=now),
-        generation,
-    )
-    conditions = _condition(
-        conditions,
-        Condition.make(RunConditionType.complete, True, REASON_STOPPED, message, at=now),
-        generation,
+    conditions = set_conditions(
+        previous.conditions,
+        Condition.make(RunConditionType.progressing, False, RunReason.stopped, message, at=now),
+        Condition.make(RunConditionType.complete, True, RunReason.stopped, message, at=now),
+        generation=generation,
     )
     return SelfCodingRunStatus(
         phase=RunPhase.stopped,
@@ -84,7 +74,7 @@ def _pending(
         replicas = Condition.make(
             RunConditionType.replicas_ready,
             True,
-            REASON_REPLICAS_READY,
+            RunReason.replicas_ready,
             f"coordinator TarsReplica {coordinators} and every worker role are ready "
             f"in namespace {namespace}",
             at=now,
@@ -92,19 +82,19 @@ def _pending(
         progressing = Condition.make(
             RunConditionType.progressing,
             False,
-            REASON_ASSIGNING,
+            RunReason.assigning,
             f"handing the run to coordinator {coordinators}",
             at=now,
         )
     else:
         if Role.coordinator in missing:
-            reason = REASON_NO_READY_COORDINATOR
+            reason = RunReason.no_ready_coordinator
             message = f"no coordinator TarsReplica is ready in namespace {namespace}"
             others = [role for role in missing if role is not Role.coordinator]
             if others:
                 message += f"; none for {', '.join(role.value for role in others)} either"
         else:
-            reason = REASON_NO_READY_WORKERS
+            reason = RunReason.no_ready_workers
             message = (
                 f"no ready TarsReplica for {', '.join(role.value for role in missing)} "
                 f"in namespace {namespace}"
@@ -113,12 +103,11 @@ def _pending(
         progressing = Condition.make(
             RunConditionType.progressing,
             False,
-            REASON_WAITING_FOR_REPLICAS,
+            RunReason.waiting_for_replicas,
             f"waiting for ready {', '.join(role.value for role in missing)} TarsReplicas",
             at=now,
         )
-    conditions = _condition(list(previous.conditions), replicas, generation)
-    conditions = _condition(conditions, progressing, generation)
+    conditions = set_conditions(previous.conditions, replicas, progressing, generation=generation)
     return SelfCodingRunStatus(
         phase=RunPhase.pending, conditions=conditions, observed_generation=generation
     )
@@ -147,7 +136,7 @@ def evaluate_run(
 
 def _transition(previous: SelfCodingRunStatus, current: SelfCodingRunStatus) -> Transition | None:
     if current.phase is RunPhase.stopped:
-        return Transition("Normal", REASON_STOPPED, "run stopped by spec.stop before it started")
+        return Transition("Normal", RunReason.stopped, "run stopped by spec.stop before it started")
     before = find_condition(previous.conditions, RunConditionType.replicas_ready)
     after = find_condition(current.conditions, RunConditionType.replicas_ready)
     if after is None or (

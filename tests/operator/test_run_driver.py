@@ -8,6 +8,7 @@ from typing import Any
 from tars_api.meta import find_condition
 from tars_api.run import (
     RunPhase,
+    RunReason,
     RunSource,
     RunStage,
     RunStatistics,
@@ -18,7 +19,6 @@ from tars_api.run import (
 from tars_api.vocabulary import Role
 from tars_engine.cluster.run_api import RunReport
 from tars_operator.run_driver import (
-    REASON_DEADLINE,
     Outcome,
     coordinator_urls,
     deadline_passed,
@@ -104,11 +104,11 @@ def test_a_finished_report_completes_the_run_and_a_deadline_overrides_its_phase(
     complete = find_condition(stopped.conditions, "Complete")
     assert stopped.phase is RunPhase.stopped and complete is not None and complete.is_true
     assert stopped.completion_time == T0
-    outcome = Outcome(RunPhase.failed, REASON_DEADLINE, "deadlineSeconds (60) exceeded")
+    outcome = Outcome(RunPhase.failed, RunReason.deadline_exceeded, "deadlineSeconds (60) exceeded")
     failed = mirrored_status(run(), finished, "c", now=T0, outcome=outcome)
     complete = find_condition(failed.conditions, "Complete")
     assert failed.phase is RunPhase.failed
-    assert complete is not None and complete.reason == REASON_DEADLINE
+    assert complete is not None and complete.reason == RunReason.deadline_exceeded
 
 
 def test_an_unfinished_report_never_ends_the_run() -> None:
