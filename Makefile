@@ -34,6 +34,7 @@ crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds
 
 test: install tools ## Run the whole test suite against a real control plane
+	$(VENV)/bin/lint-imports
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m pytest $(PYTEST_ARGS)
 
 kind-demo: install ## The demo in a new kind cluster (needs docker, kind, helm): images, chart, a volume run

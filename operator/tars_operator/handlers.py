@@ -25,7 +25,7 @@ from tars_api.names import LABEL_MANAGED_BY, MANAGED_BY_OPERATOR
 from tars_api.replica import TARS_REPLICA_PLURAL, ReplicaReason, TarsReplica, TarsReplicaStatus
 from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
 from tars_api.vocabulary import Role
-from tars_engine.cluster.run_api import CoordinatorApiError
+from tars_engine.contract import CoordinatorApiError
 
 from tars_operator import metrics, replicas, run_driver, runs
 from tars_operator.config import OperatorConfig

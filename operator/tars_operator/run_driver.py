@@ -38,15 +38,15 @@ from tars_api.run import (
     SelfCodingRunStatus,
 )
 from tars_api.vocabulary import Role
-from tars_engine.cluster.discovery import slice_ready_urls
-from tars_engine.cluster.run_api import (
+from tars_engine.contract import (
     CoordinatorApiError,
     CoordinatorClient,
     RunAssignment,
     RunNotFoundError,
     RunReport,
+    WorkflowState,
+    slice_ready_urls,
 )
-from tars_engine.core.state import WorkflowState
 
 from tars_operator.kube import CONFIG_MAPS, SELF_CODING_RUNS, ApiError, KubeClient
 from tars_operator.replicas import Transition

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 # A bound on waits for the cluster to act, so that a broken cluster fails instead of hanging.
 SETTLE_SECONDS = 120
 
