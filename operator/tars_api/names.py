@@ -25,6 +25,12 @@ RUN_LABEL = "tars.dev/run"
 # Set by Kubernetes on every EndpointSlice: the Service it belongs to.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
+# --- what the operator's children and the CLI's setup agree on --------------------------
+# The port every replica serves its role's HTTP API on, and its Service exposes.
+REPLICA_PORT = 8080
+# The coordinator's ServiceAccount: it alone reads the API (TarsReplica status, sources).
+COORDINATOR_SERVICE_ACCOUNT = "tars-coordinator"
+
 # --- a run's ConfigMaps, owned by the run -------------------------------------------------
 STATE_CONFIG_MAP_SUFFIX = "-state"
 REPORT_CONFIG_MAP_SUFFIX = "-report"

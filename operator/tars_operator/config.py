@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+from tars_api.names import COORDINATOR_SERVICE_ACCOUNT, REPLICA_PORT
 from tars_api.replica import ResourceRequirements
-from tars_api.vocabulary import EngineName, Role
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
 from tars_operator import __version__
 
@@ -81,12 +82,12 @@ def _default_roles() -> dict[Role, RoleDefaults]:
 class OperatorConfig(ConfigModel):
     image: str = Field(default=f"tars-replica:{__version__}", min_length=1)
     image_pull_policy: str = Field(default="IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$")
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: int = Field(default=REPLICA_PORT, ge=1, le=65535)
     engine: EngineName = EngineName.static
-    model: str = Field(default="llama3", min_length=1)
+    model: str = Field(default=DEFAULT_MODEL, min_length=1)
     ollama_host: str | None = Field(default=None, description="OLLAMA_HOST given to every replica")
     coordinator_service_account: str = Field(
-        default="tars-coordinator",
+        default=COORDINATOR_SERVICE_ACCOUNT,
         min_length=1,
         description="The coordinator reads TarsReplica status, so it alone gets an API token",
     )

@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
+from tars_api.names import REPLICA_PORT, ReplicaEnv
 from tars_api.vocabulary import EngineName, Role
 
 from tars_engine.core.models import (
@@ -49,7 +50,6 @@ from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
 from tars_engine.roles.tester import Tester
 
-DEFAULT_PORT = 8080
 STARTUP_TIMEOUT_SECONDS = 30
 
 
@@ -244,26 +244,29 @@ def _root() -> None:
 @cli.command()
 def serve(
     role: Annotated[
-        Role | None, typer.Option(envvar="TARS_ROLE", help="Role to serve", show_default=False)
+        Role | None, typer.Option(envvar=ReplicaEnv.role, help="Role to serve", show_default=False)
     ] = None,
-    host: Annotated[str, typer.Option(envvar="TARS_HOST", help="Address to listen on")] = (
+    host: Annotated[str, typer.Option(envvar=ReplicaEnv.host, help="Address to listen on")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(envvar="TARS_PORT", help="Port to listen on")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(envvar=ReplicaEnv.port, help="Port to listen on")
+    ] = REPLICA_PORT,
     engine: Annotated[
         EngineName | None,
-        typer.Option(envvar="TARS_ENGINE", help="Default engine", show_default=False),
+        typer.Option(envvar=ReplicaEnv.engine, help="Default engine", show_default=False),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(envvar="TARS_MODEL", help="Default model", show_default=False)
+        str | None, typer.Option(envvar=ReplicaEnv.model, help="Default model", show_default=False)
     ] = None,
     ollama_host: Annotated[
-        str | None, typer.Option(envvar="OLLAMA_HOST", help="Ollama URL", show_default=False)
+        str | None,
+        typer.Option(envvar=ReplicaEnv.ollama_host, help="Ollama URL", show_default=False),
     ] = None,
     scratch_dir: Annotated[
         str | None,
         typer.Option(
-            envvar="TARS_SCRATCH_DIR", help="Writable cache and work dir", show_default=False
+            envvar=ReplicaEnv.scratch_dir, help="Writable cache and work dir", show_default=False
         ),
     ] = None,
 ) -> None:
@@ -280,7 +283,7 @@ def serve(
         typer.echo(f"error: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
     if settings.role is None:
-        typer.echo("error: no role given; use --role or set TARS_ROLE", err=True)
+        typer.echo(f"error: no role given; use --role or set {ReplicaEnv.role}", err=True)
         raise typer.Exit(2)
     try:
         app = create_app(settings.role, settings)
