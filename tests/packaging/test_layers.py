@@ -18,7 +18,7 @@ def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     """lint-imports over the packages under `tree`, with the repository's contracts."""
     path = os.pathsep.join(str(tree / root) for root in SOURCE_ROOTS)
     return subprocess.run(
-        [str(LINT_IMPORTS), "--config", str(REPOSITORY / "pyproject.toml"), "--no-cache"],
+        [str(LINT_IMPORTS), str(REPOSITORY / "pyproject.toml"), "--no-cache"],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
