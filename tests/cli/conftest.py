@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from kubernetes import client
 from typer.testing import Result
 
 from tests.harness.cli import Cli, git, invoke
+from tests.harness.credentials import kubeconfig_document, write_kubeconfig
 
 
 @pytest.fixture
@@ -63,25 +63,18 @@ def service_account_kubeconfig(
             ),
         ).status
         assert issued is not None
-        token = issued.token
         cluster = admin["clusters"][0]["cluster"]
         path = tmp_path / f"{name}.kubeconfig"
-        path.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "c", "cluster": cluster}],
-                    "users": [{"name": name, "user": {"token": token}}],
-                    "contexts": [
-                        {
-                            "name": "c",
-                            "context": {"cluster": "c", "user": name, "namespace": namespace},
-                        }
-                    ],
-                    "current-context": "c",
-                }
-            )
+        write_kubeconfig(
+            path,
+            kubeconfig_document(
+                cluster,
+                name,
+                {"token": issued.token},
+                cluster_name="c",
+                context_name="c",
+                namespace=namespace,
+            ),
         )
         return path
 

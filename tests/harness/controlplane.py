@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +30,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from tests.harness.credentials import kubeconfig_document, write_kubeconfig, write_private
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 SERVICE_CIDR = "10.96.0.0/12"
@@ -202,36 +202,17 @@ def _write_kubeconfig(path: Path, server: str, pki: Path, user: str, cert_name: 
     def data(file: str) -> str:
         return base64.b64encode((pki / file).read_bytes()).decode()
 
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": CLUSTER_NAME,
-                "cluster": {"server": server, "certificate-authority-data": data("ca.crt")},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": data(f"{cert_name}.crt"),
-                    "client-key-data": data(f"{cert_name}.key"),
-                },
-            }
-        ],
-        "contexts": [{"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": user}}],
-        "current-context": CLUSTER_NAME,
+    cluster = {"server": server, "certificate-authority-data": data("ca.crt")}
+    credentials = {
+        "client-certificate-data": data(f"{cert_name}.crt"),
+        "client-key-data": data(f"{cert_name}.key"),
     }
-    # JSON is valid YAML, and kubeconfig files may hold credentials: owner-only.
-    _write_private(path, json.dumps(config, indent=2) + "\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(descriptor, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
+    write_kubeconfig(
+        path,
+        kubeconfig_document(
+            cluster, user, credentials, cluster_name=CLUSTER_NAME, context_name=CLUSTER_NAME
+        ),
+    )
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -392,7 +373,7 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
         except PortTakenError:
             if attempt == PORT_ATTEMPTS:
                 raise
-    _write_private(state_dir / STATE_FILE, plane.model_dump_json(indent=2) + "\n")
+    write_private(state_dir / STATE_FILE, plane.model_dump_json(indent=2) + "\n")
     return plane
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from tests.harness import controlplane
 from tests.harness.chart import REPOSITORY, Manifest, Render, find, one
+from tests.harness.credentials import kubeconfig_document, write_kubeconfig
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
@@ -315,30 +316,20 @@ def test_operator_works_with_exactly_the_chart_rbac(
         account = installed.operator.rsplit(":", 1)[1]
         token = kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
         kubeconfig = tmp_path / "operator-kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "test",
-                            "cluster": {
-                                "server": control_plane.server,
-                                "certificate-authority": str(control_plane.ca_file),
-                            },
-                        }
-                    ],
-                    "users": [{"name": account, "user": {"token": token}}],
-                    "contexts": [
-                        {
-                            "name": "operator",
-                            "context": {"cluster": "test", "user": account, "namespace": namespace},
-                        }
-                    ],
-                    "current-context": "operator",
-                }
-            )
+        cluster = {
+            "server": control_plane.server,
+            "certificate-authority": str(control_plane.ca_file),
+        }
+        write_kubeconfig(
+            kubeconfig,
+            kubeconfig_document(
+                cluster,
+                account,
+                {"token": token},
+                cluster_name="test",
+                context_name="operator",
+                namespace=namespace,
+            ),
         )
         config_map = one(render(namespace=namespace), "ConfigMap", "tars-operator")
         config = tmp_path / "operator.yaml"
