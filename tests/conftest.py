@@ -109,7 +109,7 @@ def kubectl(
 def pod_runner(
     control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[podrunner.PodRunner]:
-    """Plays the kubelet for node `tars-local` (tests/harness/podrunner.py): binds pods and runs their
+    """Plays the kubelet for node `tars-local` (tests/harness/podrunner/): binds pods and runs their
     containers as local processes on their own addresses; stopped (processes killed) at the end.
     """
     with podrunner.PodRunner(
