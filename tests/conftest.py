@@ -21,7 +21,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests.harness import controlplane, podrunner
-from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl, KubectlError
+from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
+from tests.harness.tools import run_tool
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,17 +91,7 @@ def kubectl(
             *([f"--as={as_user}"] if as_user else []),
             *args,
         ]
-        result = subprocess.run(
-            command,
-            check=False,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=SETTLE_SECONDS,
-        )
-        if check and result.returncode != 0:
-            raise KubectlError(result.returncode, command, result.stdout, result.stderr)
-        return result
+        return run_tool(command, check=check, input=input, timeout=SETTLE_SECONDS)
 
     return run
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.harness.kubectl import REPOSITORY
 from tests.harness.operator_process import OperatorProcess
+from tests.harness.tools import run_tool
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"
@@ -32,20 +33,13 @@ class Workspace:
         self, *args: str, cwd: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         command = [str(TARSCLI), *args, "--kubeconfig", str(self.kubeconfig), "-n", self.namespace]
-        result = subprocess.run(
+        return run_tool(
             command,
+            check=check,
             cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
             env={**os.environ, "COLUMNS": "200"},
-            check=False,
+            timeout=COMMAND_TIMEOUT_SECONDS,
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-            )
-        return result
 
     def kubectl_json(self, kubectl: Callable[..., Any], *args: str) -> Any:
         return json.loads(kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)

@@ -15,13 +15,6 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 SETTLE_SECONDS = 120
 
 
-class KubectlError(subprocess.CalledProcessError):
-    """A failed kubectl call; unlike its base class its message includes kubectl's output."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
 class Kubectl(Protocol):
     def __call__(
         self, *args: str, input: str | None = None, check: bool = True, as_user: str | None = None

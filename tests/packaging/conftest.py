@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness import controlplane
 from tests.harness.chart import CHART, Helm, Manifest, Render, Template, documents
+from tests.harness.tools import run_tool
 
 HELM_TIMEOUT_SECONDS = 120
 
@@ -31,20 +32,7 @@ def helm(
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(control_plane.tools_dir / "helm"), *args]
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=HELM_TIMEOUT_SECONDS,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(command)} exited {result.returncode}\n"
-                f"stdout: {result.stdout}\nstderr: {result.stderr}"
-            )
-        return result
+        return run_tool(command, check=check, env=environment, timeout=HELM_TIMEOUT_SECONDS)
 
     return run
 
