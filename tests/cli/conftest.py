@@ -10,8 +10,9 @@ import yaml
 from kubernetes import client
 from typer.testing import Result
 
-from tests.harness.cli import Cli, git, invoke
+from tests.harness.cli import Cli, invoke
 from tests.harness.credentials import kubeconfig_document, write_kubeconfig
+from tests.harness.tools import git_init
 
 
 @pytest.fixture
@@ -36,9 +37,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "from calc.ops import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
     )
     (root / "README.md").write_text("calc\n")
-    git(root, "init", "-q")
-    git(root, "add", ".")
-    git(root, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "init")
+    git_init(root)
     monkeypatch.chdir(root)
     return root
 

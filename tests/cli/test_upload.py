@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -20,9 +19,7 @@ from tarscli.upload import (
     resolve_targets,
 )
 
-
-def git(root: Path, *arguments: str) -> None:
-    subprocess.run(["git", "-C", str(root), *arguments], check=True, capture_output=True)
+from tests.harness.tools import git_init
 
 
 @pytest.fixture
@@ -40,9 +37,7 @@ def repository(tmp_path: Path) -> Path:
     (root / "run.sh").chmod(0o755)
     (root / ".gitignore").write_text("build/\n*.log\n")
     (root / "build" / "out.bin").write_bytes(b"\0" * 100)
-    git(root, "init", "-q")
-    git(root, "add", ".")
-    git(root, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "init")
+    git_init(root)
     (root / "src" / "pkg" / "new.py").write_text("VALUE = 1\n")
     (root / "debug.log").write_text("ignored\n")
     return root

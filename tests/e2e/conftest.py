@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness.e2e import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace, git
+from tests.harness.e2e import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace
 from tests.harness.operator_process import OperatorProcess, wait_for
+from tests.harness.tools import git_init
 
 
 def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
@@ -82,7 +83,4 @@ def sample_project(tmp_path: Path) -> Path:
         root,
         ignore=shutil.ignore_patterns(".ruff_cache", "__pycache__", ".pytest_cache"),
     )
-    git(root, "init", "-q")
-    git(root, "add", ".")
-    git(root, "commit", "-q", "-m", "sample project")
-    return root
+    return git_init(root, "sample project")

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness.e2e import Workspace, git
+from tests.harness.e2e import Workspace
 from tests.harness.operator_process import http_get, wait_until
+from tests.harness.tools import git
 
 MAX_FILES = "3"
 

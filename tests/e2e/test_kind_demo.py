@@ -17,8 +17,9 @@ import pytest
 from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.kind_demo import KIND_CLUSTER, demo_steps
 
-from tests.harness.e2e import SAMPLE_PROJECT, git
+from tests.harness.e2e import SAMPLE_PROJECT
 from tests.harness.kubectl import REPOSITORY
+from tests.harness.tools import git, git_init
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 DOCKERFILE = REPOSITORY / "replica-images" / "Dockerfile"
@@ -72,9 +73,7 @@ def test_cluster_demo_on_the_local_control_plane(
     shutil.copytree(
         SAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".ruff_cache", "__pycache__")
     )
-    git(project, "init", "-q")
-    git(project, "add", ".")
-    git(project, "commit", "-q", "-m", "sample project")
+    git_init(project, "sample project")
     namespace = f"demo-{os.getpid()}"
     try:
         result = subprocess.run(

@@ -36,7 +36,8 @@ from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
 from tars_engine.transports.server import create_app, serve_in_thread
 
-from tests.harness.workflow import git, shop_project
+from tests.harness.tools import git
+from tests.harness.workflow import shop_project
 
 # A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.
 RUN_WAIT_SECONDS = 300

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness.workflow import SAMPLE_PROJECT, project_tests_pass, tree_hashes
+from tests.harness.projects import tree_hashes
+from tests.harness.workflow import SAMPLE_PROJECT, project_tests_pass
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 

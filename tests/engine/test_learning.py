@@ -12,7 +12,8 @@ from tars_engine.core.models import Finding, FindingKind, FindingSource, Locatio
 from tars_engine.roles.ollama_engine import GENERATE_SYSTEM_PROMPT
 
 from tests.engine.fake_ollama import fake_ollama
-from tests.harness.workflow import isolated_roles, learning, run_workflow, shop_project, tree_hashes
+from tests.harness.projects import tree_hashes
+from tests.harness.workflow import isolated_roles, learning, run_workflow, shop_project
 
 __all__ = ["isolated_roles", "learning"]
 

@@ -17,14 +17,9 @@ import pytest
 from tars_api.run import RunPhase
 from tars_engine.core.state import StateStore
 
-from tests.harness.workflow import (
-    git,
-    project_tests_pass,
-    sample_project,
-    shop_project,
-    tree_hashes,
-    write_files,
-)
+from tests.harness.projects import tree_hashes, write_tree
+from tests.harness.tools import git, git_init
+from tests.harness.workflow import project_tests_pass, sample_project, shop_project
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 
@@ -151,7 +146,7 @@ def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
 def test_bad_files_are_reported_and_left_alone(tmp_path: Path, env: dict[str, str]) -> None:
     root = shop_project(tmp_path / "shop")
     (root / "shop" / "blob.py").write_bytes(b"\x00\x01\x02binary")
-    write_files(
+    write_tree(
         root,
         {
             "shop/broken.py": "import os\ndef broken(:\n",
@@ -184,7 +179,7 @@ def test_failing_and_hanging_tests_stop_the_run(tmp_path: Path, env: dict[str, s
     )  # fmt: skip
     assert_one_line_error(hanging, "tests fail before any change", "timed out")
 
-    write_files(root, {"tests/test_broken.py": "def test_broken():\n    assert False\n"})
+    write_tree(root, {"tests/test_broken.py": "def test_broken():\n    assert False\n"})
     failing = tarscli(root, env, "self-code", "run", "-t", "shop", "-a")
     assert_one_line_error(failing, "tests fail before any change")
 
@@ -229,7 +224,7 @@ def project_venv_with(root: Path, module: str, source: str) -> Path:
 def test_run_uses_the_projects_own_virtualenv_for_its_tests(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
-    root = write_files(
+    root = write_tree(
         tmp_path / "shop",
         {
             "pyproject.toml": '[project]\nname = "shop"\nversion = "0"\n',
@@ -244,9 +239,7 @@ def test_run_uses_the_projects_own_virtualenv_for_its_tests(
         },
     )
     project_venv_with(root, "only_in_project_venv", "TAX = 1\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    git_init(root, "base")
 
     result = tarscli(root, env, "self-code", "run", "-t", "shop", "--auto-apply")
 

@@ -15,7 +15,8 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.selection import SelectionError, prioritize, resolve_targets, select_files
 
-from tests.harness.workflow import git, git_repository, write_files
+from tests.harness.projects import write_tree
+from tests.harness.tools import git, git_init
 
 FILES = {
     "pkg/__init__.py": "",
@@ -39,8 +40,8 @@ def reasons(selection) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_git_aware_selection_with_reasons(tmp_path: Path) -> None:
-    root = git_repository(write_files(tmp_path / "repo", FILES))
-    write_files(root, {"pkg/new_module.py": "import sys\n"})  # untracked, not ignored: selected
+    root = git_init(write_tree(tmp_path / "repo", FILES))
+    write_tree(root, {"pkg/new_module.py": "import sys\n"})  # untracked, not ignored: selected
 
     selection = select_files(root, ["pkg"], max_file_bytes=1024)
 
@@ -57,7 +58,7 @@ def test_git_aware_selection_with_reasons(tmp_path: Path) -> None:
 
 
 def test_plain_directory_walk_skips_environments(tmp_path: Path) -> None:
-    root = write_files(
+    root = write_tree(
         tmp_path / "plain", {**FILES, ".venv/lib/site.py": "x\n", "pkg/.tars/x.py": ""}
     )
     selection = select_files(root, ["pkg", ".venv"])
@@ -66,10 +67,8 @@ def test_plain_directory_walk_skips_environments(tmp_path: Path) -> None:
 
 
 def test_binary_huge_and_dirty_files(tmp_path: Path) -> None:
-    root = git_repository(
-        write_files(
-            tmp_path / "repo", {"a.py": "import os\n", "b.py": "x = 1\n", "c.py": "y = 2\n"}
-        )
+    root = git_init(
+        write_tree(tmp_path / "repo", {"a.py": "import os\n", "b.py": "x = 1\n", "c.py": "y = 2\n"})
     )
     (root / "bin.py").write_bytes(b"\x00\x01")
     (root / "latin.py").write_bytes("x = 'caf\u00e9'\n".encode("latin-1"))
@@ -92,7 +91,7 @@ def test_binary_huge_and_dirty_files(tmp_path: Path) -> None:
 
 
 def test_resolve_targets(tmp_path: Path) -> None:
-    root = write_files(tmp_path / "repo", FILES)
+    root = write_tree(tmp_path / "repo", FILES)
     assert resolve_targets(root, ["pkg/", "pkg", str(root / "other")]) == ["other", "pkg"]
     assert resolve_targets(root, ["pkg/core.py", "."]) == [".", "pkg/core.py"]
     with pytest.raises(SelectionError, match="does not exist"):

@@ -89,7 +89,7 @@ def test_generator_over_http_matches_in_process(generator_url: str) -> None:
 def test_tester_over_http_snapshots_and_runs(tester_url: str, tmp_path: Path) -> None:
     tester: roles.TesterRole = HttpTester(tester_url)
     project = calc_project(tmp_path / "p")
-    before = tree_hashes(project)
+    before = tree_hashes(project, leave_out={".git"})
     archive = pack_project(project)
     ref = SnapshotRef(digest=hashlib.sha256(archive).hexdigest())
     assert not tester.has_snapshot(ref)
@@ -98,7 +98,7 @@ def test_tester_over_http_snapshots_and_runs(tester_url: str, tmp_path: Path) ->
 
     result = tester.run_tests(TestRequest(snapshot=ref, candidates=[], timeout_seconds=120))
     assert result.passed and result.tests_run == 3, result.output
-    assert tree_hashes(project) == before
+    assert tree_hashes(project, leave_out={".git"}) == before
 
     with pytest.raises(SnapshotMissingError):
         tester.run_tests(TestRequest(snapshot=SnapshotRef(digest="1" * 64), candidates=[]))

@@ -24,8 +24,9 @@ from tars_engine.core.workflow import EventKind, WorkerRoles, Workflow, Workflow
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
 from tars_engine.transports.server import create_app, serve_in_thread
 
+from tests.harness.projects import tree_hashes, write_tree
+from tests.harness.tools import git
 from tests.harness.workflow import (
-    git,
     isolated_roles,
     learning,
     load_state,
@@ -33,8 +34,6 @@ from tests.harness.workflow import (
     run_workflow,
     sample_project,
     shop_project,
-    tree_hashes,
-    write_files,
 )
 
 __all__ = ["isolated_roles", "learning"]
@@ -125,7 +124,7 @@ def test_failing_baseline_stops_the_run_and_touches_nothing(
     tmp_path: Path, learning: LearningStore, baseline_first: bool
 ) -> None:
     root = shop_project(tmp_path / "shop")
-    write_files(root, {"tests/test_broken.py": "def test_broken():\n    assert 1 == 2\n"})
+    write_tree(root, {"tests/test_broken.py": "def test_broken():\n    assert 1 == 2\n"})
     git(root, "add", "-A")
     git(root, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-qm", "broken test")
     before = tree_hashes(root)
@@ -305,7 +304,7 @@ def test_unusable_files_are_skipped_with_their_reason(
 ) -> None:
     root = shop_project(tmp_path / "shop")
     (root / "shop" / "blob.py").write_bytes(b"\x00\x01binary\x00")
-    write_files(
+    write_tree(
         root,
         {
             "shop/broken.py": "import os\ndef broken(:\n",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -20,10 +19,6 @@ class Cli(Protocol):
 def invoke(*args: str) -> Result:
     """Run the real app in-process, as a user would from a shell (exceptions are not caught)."""
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def git(root: Path, *arguments: str) -> None:
-    subprocess.run(["git", "-C", str(root), *arguments], check=True, capture_output=True)
 
 
 def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:

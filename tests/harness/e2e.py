@@ -1,4 +1,4 @@
-"""What the end-to-end tests share: `tarscli` bound to a namespace, git, the sample project."""
+"""What the end-to-end tests share: `tarscli` bound to a namespace, the sample project."""
 
 from __future__ import annotations
 
@@ -43,13 +43,3 @@ class Workspace:
 
     def kubectl_json(self, kubectl: Callable[..., Any], *args: str) -> Any:
         return json.loads(kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)
-
-
-def git(root: Path, *arguments: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", *arguments],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout

@@ -1,11 +1,15 @@
-"""Small real projects for the role tests: code, tests, and a helper to hash a tree."""
+"""Small real projects for the tests: writing a tree of files, the calc project with its
+tests, and hashing a tree to show that a run left it as it was."""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import textwrap
+from collections.abc import Collection
 from pathlib import Path
+
+# Not the project's own files: git's, a run's state in .tars/, and what its tests leave.
+NOT_PROJECT_FILES = frozenset({".git", ".tars", "__pycache__", ".pytest_cache"})
 
 CALC = textwrap.dedent(
     """\
@@ -63,20 +67,10 @@ def calc_project(root: Path, *, extra: dict[str, str] | None = None) -> Path:
     )
 
 
-def git_init(root: Path) -> Path:
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "init")
-    return root
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, by relative path."""
+def tree_hashes(root: Path, *, leave_out: Collection[str] = NOT_PROJECT_FILES) -> dict[str, str]:
+    """sha256 of every file under root by relative path, but those below a LEAVE_OUT name."""
     return {
         path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and ".git" not in path.relative_to(root).parts
+        if path.is_file() and not set(leave_out) & set(path.relative_to(root).parts)
     }

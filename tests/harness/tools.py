@@ -1,5 +1,6 @@
-"""Running the command-line tools tests drive (kubectl, helm, tarscli): one way to run a
-tool that fails with the tool's output in the message."""
+"""Running the command-line tools tests drive (kubectl, helm, tarscli, git): one way to run
+a tool that fails with the tool's output in the message, and git with the identity its
+commits need, including the repository every project fixture starts from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
+
+# Test machines need not have a git identity configured; commits must not depend on one.
+GIT_IDENTITY = ("-c", "user.name=t", "-c", "user.email=t@example.com")
 
 
 class ToolError(subprocess.CalledProcessError):
@@ -31,3 +35,16 @@ def run_tool(
     if check and result.returncode != 0:
         raise ToolError(result.returncode, result.args, result.stdout, result.stderr)
     return result
+
+
+def git(root: Path, *arguments: str) -> str:
+    """`git ARGUMENTS` in the repository at ROOT; its stdout."""
+    return run_tool(["git", "-C", str(root), *GIT_IDENTITY, *arguments]).stdout
+
+
+def git_init(root: Path, message: str = "init") -> Path:
+    """Make ROOT a git repository on branch main with everything in it in one commit."""
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return root

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,9 @@ from tars_engine.core.learning import LearningStore
 from tars_engine.core.state import RunOptions, StateStore, WorkflowState
 from tars_engine.core.workflow import EventCallback
 from tars_engine.transports.embedded import local_workflow
+
+from tests.harness.projects import write_tree
+from tests.harness.tools import git, git_init
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SAMPLE_PROJECT = REPOSITORY / "examples" / "sample-project"
@@ -107,58 +109,16 @@ SHOP_FILES = {
 }
 
 
-def git(root: Path, *arguments: str) -> str:
-    completed = subprocess.run(
-        ["git", "-C", str(root), *arguments], capture_output=True, text=True, check=True
-    )
-    return completed.stdout
-
-
-def git_repository(root: Path) -> Path:
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(
-        root,
-        "-c",
-        "user.name=Tester",
-        "-c",
-        "user.email=tester@example.com",
-        "commit",
-        "-qm",
-        "init",
-    )
-    return root
-
-
-def write_files(root: Path, files: dict[str, str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-    return root
-
-
 def shop_project(root: Path, *, repository: bool = True) -> Path:
-    write_files(root, SHOP_FILES)
-    return git_repository(root) if repository else root
+    write_tree(root, SHOP_FILES)
+    return git_init(root) if repository else root
 
 
 def sample_project(root: Path) -> Path:
     shutil.copytree(
         SAMPLE_PROJECT, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache")
     )
-    return git_repository(root)
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every project file (the run's own .tars/ and .git/ left out)."""
-    return {
-        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-        and not {".git", ".tars", "__pycache__", ".pytest_cache"}
-        & set(path.relative_to(root).parts)
-    }
+    return git_init(root)
 
 
 def run_workflow(
