@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install tools dev-up dev-down crds test demo kind-demo
+.PHONY: help install tools ollama dev-up dev-down crds test demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml
 
 tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
 	@hack/build-tools.sh
+
+ollama: install ## Build the pinned Ollama server and prepare the small test model (tars-gemma3-270m)
+	@PYTHON=$(PY) hack/build-ollama.sh
 
 dev-up: install tools ## Start etcd, kube-apiserver and kube-controller-manager on loopback; writes .dev/kubeconfig
 	@TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m tests.harness.controlplane up --state-dir .dev
