@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--kubeconfig FILE] [--concurrency 1]
 
-Without --kubeconfig it starts its own control plane (hack/controlplane.py) with the tools
+Without --kubeconfig it starts its own control plane (tests.harness.controlplane) with the tools
 from TARS_TOOLS_DIR (or `hack/build-tools.sh`), and stops it afterwards.
 
 1. Baseline: create the same Deployments and Services the operator would build, with the
