@@ -36,9 +36,11 @@ dev-down: ## Stop what dev-up started
 crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds
 
-test: install tools ## Run the whole test suite against a real control plane
+test: install tools ollama ## Run the whole test suite against a real control plane and Ollama
 	$(VENV)/bin/lint-imports
-	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m pytest $(PYTEST_ARGS)
+	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
+	TARS_OLLAMA_DIR="$$(PYTHON=$(PY) hack/build-ollama.sh | tail -n 1)" \
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 kind-demo: install ## The demo in a new kind cluster (needs docker, kind, helm): images, chart, a volume run
 	$(VENV)/bin/tarscli demo self-code-demo --kind

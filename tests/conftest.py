@@ -1,9 +1,10 @@
-"""Fixtures for tests against a real control plane (etcd, kube-apiserver, kube-controller-manager).
+"""Fixtures for tests against real components: the control plane (etcd, kube-apiserver,
+kube-controller-manager) and an Ollama server with a small model.
 
-The control plane is started once per session, and only when a test asks for one of
-its fixtures; tests that don't need it never start it. The binaries come from
-`make tools` through TARS_TOOLS_DIR (`make test` sets it). Without them these tests
-skip, except under CI=true where they fail.
+Each is started once per session, and only when a test asks for one of its fixtures;
+tests that don't need it never start it. The builds come from `make tools` through
+TARS_TOOLS_DIR and from `make ollama` through TARS_OLLAMA_DIR (`make test` sets both).
+Without them these tests skip, except under CI=true where they fail.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, podrunner
+from tests.harness import controlplane, ollama, podrunner
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import run_tool
 
@@ -33,30 +34,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.controlplane)
 
 
-def _tools_dir_or_skip() -> Path:
-    value = os.environ.get("TARS_TOOLS_DIR", "")
+def _build_or_skip(variable: str, problem_with: Callable[[Path], str | None], make: str) -> Path:
+    """The directory `variable` names, once it holds what the tests need.
+
+    Without it a test skips, except under CI=true, where a missing real component fails.
+    """
+    value = os.environ.get(variable, "")
     if not value:
-        problem = "TARS_TOOLS_DIR is not set; run the tests with `make test` (it builds the tools)"
+        problem = f"{variable} is not set; run the tests with `make test` (it runs `{make}`)"
     else:
-        missing = controlplane.missing_binaries(Path(value))
-        problem = f"{value} lacks {', '.join(missing)}; run `make tools`" if missing else ""
+        problem = problem_with(Path(value)) or ""
     if problem:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"the control plane is required under CI=true: {problem}")
+            pytest.fail(f"required under CI=true: {problem}")
         pytest.skip(problem)
     return Path(value)
+
+
+def _missing_tools(tools_dir: Path) -> str | None:
+    missing = controlplane.missing_binaries(tools_dir)
+    return f"{tools_dir} lacks {', '.join(missing)}; run `make tools`" if missing else None
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.ControlPlane]:
     """A running control plane: `.kubeconfig` (admin), `.server`, `.tools_dir`, `.state_dir`."""
-    tools_dir = _tools_dir_or_skip()
+    tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     state_dir = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.up(state_dir, tools_dir)
     try:
         yield plane
     finally:
         controlplane.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def ollama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ollama.OllamaServer]:
+    """A real `ollama serve` on loopback with the small test model (`ollama.TEST_MODEL`)."""
+    ollama_dir = _build_or_skip("TARS_OLLAMA_DIR", ollama.missing_build, "make ollama")
+    log = tmp_path_factory.mktemp("ollama") / "serve.log"
+    with ollama.running(ollama_dir, log) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
