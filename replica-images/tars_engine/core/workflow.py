@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import enum
 import shlex
 import threading
 import time
@@ -37,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying
 from tars_engine.core.budget import BudgetGuard, StopRequested
+from tars_engine.core.events import EventCallback, EventKind, WorkflowEvent, one_line
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
     AnalysisReport,
@@ -84,7 +83,6 @@ from tars_engine.core.state import (
 )
 from tars_engine.core.validation import candidate_rejection
 
-MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
 BASELINE_LABEL = "baseline, no change"
@@ -176,38 +174,6 @@ class RolePool(Generic[RoleT]):
                 self._condition.notify()
 
 
-class EventKind(enum.StrEnum):
-    started = "started"
-    stage = "stage"
-    file = "file"
-    file_done = "file-done"
-    tested = "tested"
-    finished = "finished"
-
-
-class WorkflowEvent(BaseModel):
-    """A change observers may show (the CLI) or mirror (a SelfCodingRun's status)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: EventKind
-    phase: RunPhase
-    stage: RunStage
-    current_file: str | None
-    files_done: int
-    files_total: int
-    statistics: RunStatistics
-    path: str | None = None
-    message: str = ""
-
-    @property
-    def progress(self) -> str:
-        return f"{self.files_done}/{self.files_total}"
-
-
-EventCallback = Callable[[WorkflowEvent], None]
-
-
 def actionable_findings(
     report: AnalysisReport, engine: EngineName, allow_unsafe: bool
 ) -> list[Finding]:
@@ -223,11 +189,6 @@ def actionable_findings(
     ]
 
 
-def _one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def describe_failure(result: TestResult) -> str:
     if result.apply_error:
         return f"did not apply: {result.apply_error}"
@@ -236,7 +197,7 @@ def describe_failure(result: TestResult) -> str:
     if result.tests_run:
         return f"tests failed: {result.failures} failures, {result.errors} errors of {result.tests_run}"
     last_lines = [line for line in result.output.strip().splitlines() if line.strip()][-3:]
-    return "tests failed: " + (_one_line(" / ".join(last_lines), 300) or "no output")
+    return "tests failed: " + (one_line(" / ".join(last_lines), 300) or "no output")
 
 
 class Workflow:
@@ -361,7 +322,7 @@ class Workflow:
     def _finish_file(self, record: FileRecord, outcome: FileOutcome, message: str) -> None:
         with self._lock:
             record.outcome = outcome
-            record.message = _one_line(message)
+            record.message = one_line(message)
             record.finished_at = now()
             if self._s.current_file == record.path:
                 self._s.current_file = None
@@ -436,7 +397,7 @@ class Workflow:
             state.phase = phase
             state.stage = RunStage.done
             state.current_file = None
-            state.message = _one_line(message)
+            state.message = one_line(message)
             state.completed_at = now()
         self._commit_state(EventKind.finished, message=self._s.message)
 
@@ -686,7 +647,7 @@ class Workflow:
                 engine=options.engine,
                 model=options.model if options.engine is EngineName.ollama else None,
                 accepted=False,
-                rejection=_one_line(reason, 500),
+                rejection=one_line(reason, 500),
             )
         )
         # A deterministic engine answers the same again; a model may do better with feedback.
