@@ -45,7 +45,7 @@ from tars_engine.core.state import (
     WorkflowState,
 )
 from tars_engine.core.validation import is_test_file
-from tars_engine.core.workflow import WorkflowError
+from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,

@@ -1,9 +1,8 @@
 """The coordinator's workflow: select, analyze, generate, test, apply, learn.
 
 The workflow reaches the roles only through the interfaces in `tars_engine.core.role_set`;
-whether a role runs in this process or behind HTTP is not its concern. Each role
-may have several instances: work is handed to whichever instance is idle, in
-turn, so as many files are in flight as there are instances.
+whether a role runs in this process or behind HTTP is not its concern, and how its
+work is spread over a role's instances is `tars_engine.core.role_pool`'s.
 
 Test gating. Candidates are tested in batches, all of a batch's candidates
 applied together on top of the candidates already accepted. A batch that passes
@@ -31,10 +30,8 @@ import shlex
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName
@@ -55,14 +52,8 @@ from tars_engine.core.models import (
     TestRequest,
     TestResult,
 )
-from tars_engine.core.role_set import (
-    AnalyzerRole,
-    GeneratorRole,
-    RoleError,
-    RoleSet,
-    SnapshotMissingError,
-    TesterRole,
-)
+from tars_engine.core.role_pool import RolePool, WorkerRoles
+from tars_engine.core.role_set import RoleError, SnapshotMissingError, TesterRole
 from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
@@ -82,96 +73,18 @@ from tars_engine.core.state import (
     now,
 )
 from tars_engine.core.validation import candidate_rejection
+from tars_engine.core.workflow_errors import WorkflowError
 
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
 BASELINE_LABEL = "baseline, no change"
 EPHEMERAL_SAVE_INTERVAL_SECONDS = 1.0
-LEASE_POLL_SECONDS = 0.5
 # How often a running test is checked for a stop; a stop cancels it on the tester.
 STOP_POLL_SECONDS = 0.25
-
-RoleT = TypeVar("RoleT")
-
-
-class WorkflowError(RuntimeError):
-    """The run cannot start or cannot go on; the message says why in one line."""
 
 
 class BaselineFailedError(WorkflowError):
     """The project's tests fail before any change: no candidate could be proven safe."""
-
-
-RoleSupply = Callable[[], Sequence[RoleT]]
-"""The instances of a role ready now; asked at every lease, so scaled replicas are used at once."""
-
-
-@dataclass(frozen=True)
-class WorkerRoles:
-    """Where the workflow finds each worker role's instances.
-
-    `max_parallel` is None for a fixed set of instances, all used at once; a set that
-    grows and shrinks mid-run (discovered replicas) runs each stage with up to
-    `max_parallel` workers, each waiting for an idle instance.
-    """
-
-    analyzers: RoleSupply[AnalyzerRole]
-    generators: RoleSupply[GeneratorRole]
-    testers: RoleSupply[TesterRole]
-    max_parallel: int | None = None
-
-    @classmethod
-    def of(cls, role_sets: Iterable[RoleSet]) -> WorkerRoles:
-        sets = list(role_sets)
-        if not sets:
-            raise WorkflowError("no role instances available")
-        analyzers = tuple(s.analyzer for s in sets)
-        generators = tuple(s.generator for s in sets)
-        testers = tuple(s.tester for s in sets)
-        return cls(
-            analyzers=lambda: analyzers, generators=lambda: generators, testers=lambda: testers
-        )
-
-
-class RolePool(Generic[RoleT]):
-    """Lends idle role instances, longest-idle first: round-robin under load.
-
-    Waiting for an instance (all busy, or none ready) calls `check` between polls, so
-    a stop or a deadline ends the wait.
-    """
-
-    def __init__(self, supply: RoleSupply[RoleT], max_parallel: int | None) -> None:
-        self._supply = supply
-        self._max_parallel = max_parallel
-        self._condition = threading.Condition()
-        self._busy: set[int] = set()
-        self._last_lease: dict[int, int] = {}
-        self._leases = 0
-
-    @property
-    def parallelism(self) -> int:
-        """Workers a stage runs with: every instance of a fixed set, else the ceiling."""
-        return self._max_parallel or max(len(self._supply()), 1)
-
-    @contextlib.contextmanager
-    def lease(self, check: Callable[[], None]) -> Iterator[RoleT]:
-        with self._condition:
-            while True:
-                idle = [role for role in self._supply() if id(role) not in self._busy]
-                if idle:
-                    role = min(idle, key=lambda r: self._last_lease.get(id(r), -1))
-                    break
-                check()
-                self._condition.wait(timeout=LEASE_POLL_SECONDS)
-            self._leases += 1
-            self._busy.add(id(role))
-            self._last_lease[id(role)] = self._leases
-        try:
-            yield role
-        finally:
-            with self._condition:
-                self._busy.discard(id(role))
-                self._condition.notify()
 
 
 def actionable_findings(
