@@ -2,19 +2,8 @@
 
 The workflow reaches the roles only through the interfaces in `tars_engine.core.role_set`;
 whether a role runs in this process or behind HTTP is not its concern, and how its
-work is spread over a role's instances is `tars_engine.core.role_pool`'s.
-
-Test gating. Candidates are tested in batches, all of a batch's candidates
-applied together on top of the candidates already accepted. A batch that passes
-proves its candidates. When a batch fails, the untouched project is tested first
-(the baseline): if its own tests fail too, nothing can be proven and the run
-stops saying so; otherwise the batch is bisected.
-A failing batch is bisected: the first half is tested on its own; when it passes,
-the failure is known to lie in the second half, which is split without testing
-it again. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. With `baseline_first` the baseline is verified
-before anything is accepted, running alongside the first batch when there are
-two or more testers; that costs a test run, which the default saves.
+work is spread over a role's instances is `tars_engine.core.role_pool`'s. Which
+candidates pass the project's tests is decided by `tars_engine.core.gating`.
 
 State. Every step is persisted (see `tars_engine.core.state`); a run that was stopped,
 or whose process died, resumes where it left off, and an improvement is never
@@ -25,8 +14,6 @@ in a trailer of their commit.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import shlex
 import threading
 import time
 import uuid
@@ -39,6 +26,7 @@ from tars_api.vocabulary import EngineName
 from tars_engine.core import applying
 from tars_engine.core.budget import BudgetGuard, StopRequested
 from tars_engine.core.events import EventCallback, EventKind, WorkflowEvent, one_line
+from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
     AnalysisReport,
@@ -47,13 +35,11 @@ from tars_engine.core.models import (
     Finding,
     FindingSource,
     GenerateRequest,
-    SnapshotRef,
     SourceFile,
-    TestRequest,
     TestResult,
 )
 from tars_engine.core.role_pool import RolePool, WorkerRoles
-from tars_engine.core.role_set import RoleError, SnapshotMissingError, TesterRole
+from tars_engine.core.role_set import RoleError
 from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
@@ -63,7 +49,7 @@ from tars_engine.core.selection import (
     resolve_targets,
     select_files,
 )
-from tars_engine.core.snapshot import archive_digest, pack_project
+from tars_engine.core.snapshot import pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
@@ -77,14 +63,7 @@ from tars_engine.core.workflow_errors import WorkflowError
 
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
-BASELINE_LABEL = "baseline, no change"
 EPHEMERAL_SAVE_INTERVAL_SECONDS = 1.0
-# How often a running test is checked for a stop; a stop cancels it on the tester.
-STOP_POLL_SECONDS = 0.25
-
-
-class BaselineFailedError(WorkflowError):
-    """The project's tests fail before any change: no candidate could be proven safe."""
 
 
 def actionable_findings(
@@ -100,17 +79,6 @@ def actionable_findings(
         and finding.fix_available
         and (finding.fix_safe or allow_unsafe)
     ]
-
-
-def describe_failure(result: TestResult) -> str:
-    if result.apply_error:
-        return f"did not apply: {result.apply_error}"
-    if result.timed_out:
-        return f"tests timed out after {result.duration_seconds:g}s"
-    if result.tests_run:
-        return f"tests failed: {result.failures} failures, {result.errors} errors of {result.tests_run}"
-    last_lines = [line for line in result.output.strip().splitlines() if line.strip()][-3:]
-    return "tests failed: " + (one_line(" / ".join(last_lines), 300) or "no output")
 
 
 class Workflow:
@@ -152,10 +120,6 @@ class Workflow:
         self._saved_at = 0.0
         self._event_lock = threading.Lock()
         self._state: WorkflowState | None = None
-        self._snapshot: SnapshotRef | None = None
-        self._archive = b""
-        self._in_snapshot: set[str] = set()
-        self._baseline: concurrent.futures.Future[TestResult] | None = None
         self._feedback: dict[str, str] = {}
         # Per file: diffs that failed their tests, and why.
         self._failed_diffs: dict[str, dict[str, str]] = {}
@@ -344,9 +308,8 @@ class Workflow:
             self._recover_applied()
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
-        self._take_snapshot()
-        if self._s.baseline is None and self._s.options.baseline_first:
-            self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
+        gate = self._open_gate()
+        gate.start_baseline(executor)
         self._enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
@@ -365,11 +328,11 @@ class Workflow:
             guard.check()
             if candidates:
                 self._enter(RunStage.testing)
-                self._test_in_batches(candidates)
-        self._require_baseline()
+                gate.test_in_batches(candidates)
+        gate.require_baseline()
         self._enter(RunStage.learning)
 
-    # -- select and snapshot ----------------------------------------------
+    # -- resume -----------------------------------------------------------
 
     def _recover_applied(self) -> None:
         """After a crash: improvements committed (or accepted) whose state was not saved yet."""
@@ -393,15 +356,6 @@ class Workflow:
             for candidate in list(self._s.accepted):
                 if not self._s.is_applied(candidate.id):
                     self._apply(candidate, None)
-
-    def _take_snapshot(self) -> None:
-        self._archive = pack_project(self.root)
-        self._snapshot = SnapshotRef(digest=archive_digest(self._archive))
-        # What the snapshot already holds need not be layered on top of it again.
-        self._in_snapshot = {change.candidate_id for change in self._s.applied}
-
-    def _test_base(self) -> list[Candidate]:
-        return [c for c in self._s.accepted if c.id not in self._in_snapshot]
 
     # -- analyze ----------------------------------------------------------
 
@@ -593,103 +547,37 @@ class Workflow:
 
     # -- test -------------------------------------------------------------
 
-    def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:
-        assert self._snapshot is not None
-        options = self._s.options
-        request = TestRequest(
-            snapshot=self._snapshot,
-            candidates=candidates,
-            test_command=options.test_command,
-            timeout_seconds=options.test_timeout_seconds,
+    def _open_gate(self) -> CandidateGate:
+        assert self._guard is not None
+        archive = pack_project(self.root)
+        # What the snapshot already holds need not be layered on top of it again.
+        in_snapshot = {change.candidate_id for change in self._s.applied}
+        hooks = GateHooks(
+            proven=lambda: [c for c in self._s.accepted if c.id not in in_snapshot],
+            testing=lambda: self._enter(RunStage.testing),
+            tested=self._tested,
+            baseline=self._record_baseline,
+            accept=self._accept,
+            reject=self._reject,
         )
-        with self._testers.lease(self._check) as tester:
-            if not tester.has_snapshot(self._snapshot):
-                tester.put_snapshot(self._archive)
-            try:
-                result = self._tests_until_stop(tester, request)
-            except SnapshotMissingError:
-                # The tester lost its cache (restarted) between the check and the run.
-                tester.put_snapshot(self._archive)
-                result = self._tests_until_stop(tester, request)
+        return CandidateGate(
+            archive,
+            self._testers,
+            self._s.options,
+            self._guard,
+            hooks,
+            baseline_recorded=self._s.baseline is not None,
+        )
+
+    def _tested(self, message: str) -> None:
         with self._lock:
             self._s.statistics.test_runs += 1
-        verdict = "passed" if result.passed else describe_failure(result)
-        self._commit_state(EventKind.tested, message=f"{label}: {verdict}")
-        return result
+        self._commit_state(EventKind.tested, message=message)
 
-    def _tests_until_stop(self, tester: TesterRole, request: TestRequest) -> TestResult:
-        """The tester's answer; a stop (or the deadline) meanwhile cancels the test run and raises."""
-        request = request.model_copy(update={"request_id": uuid.uuid4().hex})
-        assert request.request_id is not None and self._guard is not None
-        waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tars-test")
-        try:
-            future = waiter.submit(tester.run_tests, request)
-            while True:
-                try:
-                    return future.result(timeout=STOP_POLL_SECONDS)
-                except concurrent.futures.TimeoutError:
-                    stop = self._guard.stop_reason()
-                    if stop is not None:
-                        with contextlib.suppress(RoleError):
-                            tester.cancel_tests(request.request_id)
-                        raise stop from None
-        finally:
-            waiter.shutdown(wait=False)
-
-    def _require_baseline(self, *, run_if_missing: bool = False) -> None:
-        """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""
-        if self._baseline is not None:
-            result = self._baseline.result()
-            self._baseline = None
-        elif run_if_missing and self._s.baseline is None:
-            result = self._run_tests([], BASELINE_LABEL)
-        else:
-            return
+    def _record_baseline(self, result: TestResult) -> None:
         with self._lock:
             self._s.baseline = result
         self._commit_state(EventKind.tested)
-        if not result.passed:
-            raise BaselineFailedError(
-                "the project's tests fail before any change, so no change can be proven safe "
-                f"({describe_failure(result)}; ran: {shlex.join(result.command) or 'nothing'}); "
-                "fix the tests, install their dependencies for that Python, or give a working "
-                "test command"
-            )
-
-    def _test_in_batches(self, candidates: list[Candidate]) -> None:
-        batch_size = self._s.options.batch_size
-        for start in range(0, len(candidates), batch_size):
-            assert self._guard is not None
-            self._guard.check()
-            self._bisect(candidates[start : start + batch_size], self._test_base())
-
-    def _bisect(
-        self, group: list[Candidate], base: list[Candidate], known: TestResult | None = None
-    ) -> list[Candidate]:
-        """Accept what passes with `base`, reject the culprits; returns the accepted ones."""
-        if known is None:
-            self._enter(RunStage.testing)
-        result = (
-            known
-            if known is not None
-            else self._run_tests(base + group, f"{len(group)} candidates on {len(base)} accepted")
-        )
-        # Nothing is decided before a baseline started alongside has passed; and a failure
-        # means something only when the untouched project passes its tests.
-        self._require_baseline(run_if_missing=not result.passed)
-        if result.passed:
-            for candidate in group:
-                self._accept(candidate, result)
-            return group
-        if len(group) == 1:
-            self._reject(group[0], result)
-            return []
-        half = len(group) // 2
-        first = self._bisect(group[:half], base)
-        if len(first) == half:
-            # base + first passed and base + group failed: the culprit is in the rest.
-            return first + self._bisect(group[half:], base + first, known=result)
-        return first + self._bisect(group[half:], base + first)
 
     # -- apply and learn --------------------------------------------------
 
