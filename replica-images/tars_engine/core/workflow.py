@@ -5,8 +5,8 @@ whether a role runs in this process or behind HTTP is not its concern, and how i
 work is spread over a role's instances is `tars_engine.core.role_pool`'s. Which
 candidates pass the project's tests is decided by `tars_engine.core.gating`.
 
-State. Every step is persisted (see `tars_engine.core.state`); a run that was stopped,
-or whose process died, resumes where it left off, and an improvement is never
+State. Every step is persisted (see `tars_engine.core.journal`); a run that was
+stopped, or whose process died, resumes where it left off, and an improvement is never
 applied twice: applied candidates are recorded in the state and, with auto-apply,
 in a trailer of their commit.
 """
@@ -14,8 +14,6 @@ in a trailer of their commit.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +23,9 @@ from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying
 from tars_engine.core.budget import BudgetGuard, StopRequested
-from tars_engine.core.events import EventCallback, EventKind, WorkflowEvent, one_line
+from tars_engine.core.events import EventCallback, EventKind, one_line
 from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
+from tars_engine.core.journal import RunJournal
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
     AnalysisReport,
@@ -63,7 +62,6 @@ from tars_engine.core.workflow_errors import WorkflowError
 
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
-EPHEMERAL_SAVE_INTERVAL_SECONDS = 1.0
 
 
 def actionable_findings(
@@ -111,104 +109,30 @@ class Workflow:
             )
         self.store = store
         self.learning = learning
-        self._on_event = on_event
         self._stop_requested = stop_requested
         self._analyzers = RolePool(roles.analyzers, roles.max_parallel)
         self._generators = RolePool(roles.generators, roles.max_parallel)
         self._testers = RolePool(roles.testers, roles.max_parallel)
-        self._lock = threading.RLock()
-        self._saved_at = 0.0
-        self._event_lock = threading.Lock()
-        self._state: WorkflowState | None = None
+        self._journal = RunJournal(store, on_event, self._tokens_used)
         self._feedback: dict[str, str] = {}
         # Per file: diffs that failed their tests, and why.
         self._failed_diffs: dict[str, dict[str, str]] = {}
         self._reports: dict[str, AnalysisReport] = {}
         self._guard: BudgetGuard | None = None
 
-    # -- state and events -------------------------------------------------
+    # -- state ------------------------------------------------------------
 
     @property
     def state(self) -> WorkflowState:
         """A copy of the current state, safe to read from any thread."""
-        with self._lock:
-            if self._state is None:
-                raise WorkflowError("the run has not started")
-            return self._state.model_copy(deep=True)
+        return self._journal.copy()
 
     @property
     def _s(self) -> WorkflowState:
-        assert self._state is not None
-        return self._state
+        return self._journal.state
 
-    def _refresh_statistics(self) -> None:
-        state = self._s
-        statistics = state.statistics
-        statistics.files_total = len(state.files)
-        statistics.files_processed = sum(1 for r in state.files if r.outcome is not None)
-        statistics.files_failed = sum(
-            1 for r in state.files if r.outcome in (FileOutcome.failed, FileOutcome.rejected)
-        )
-        statistics.improvements_applied = len(state.applied)
-        statistics.improvements_accepted = len(state.accepted)
-        if self._guard is not None:
-            statistics.tokens_used = max(statistics.tokens_used, self._guard.tokens_used)
-
-    def _commit_state(
-        self,
-        kind: EventKind,
-        *,
-        path: str | None = None,
-        message: str = "",
-        durable: bool = True,
-    ) -> None:
-        """Persist the state, then tell the observer; every change goes through here.
-
-        A change that is not `durable` (which file is current) is written at most once
-        a second: on a large project, writing the whole state per file started would
-        cost more than the work.
-        """
-        with self._lock:
-            self._refresh_statistics()
-            if durable or time.monotonic() - self._saved_at >= EPHEMERAL_SAVE_INTERVAL_SECONDS:
-                self.store.save(self._s)
-                self._saved_at = time.monotonic()
-            state = self._s
-            event = WorkflowEvent(
-                kind=kind,
-                phase=state.phase,
-                stage=state.stage,
-                current_file=state.current_file,
-                files_done=state.statistics.files_processed,
-                files_total=state.statistics.files_total,
-                statistics=state.statistics.model_copy(),
-                path=path,
-                message=message,
-            )
-        if self._on_event is not None:
-            with self._event_lock:
-                self._on_event(event)
-
-    def _enter(self, stage: RunStage, message: str = "") -> None:
-        with self._lock:
-            if self._s.stage is stage:
-                return
-            self._s.stage = stage
-        self._commit_state(EventKind.stage, message=message)
-
-    def _finish_file(self, record: FileRecord, outcome: FileOutcome, message: str) -> None:
-        with self._lock:
-            record.outcome = outcome
-            record.message = one_line(message)
-            record.finished_at = now()
-            if self._s.current_file == record.path:
-                self._s.current_file = None
-        self._commit_state(EventKind.file_done, path=record.path, message=record.message)
-
-    def _set_current(self, path: str) -> None:
-        with self._lock:
-            self._s.current_file = path
-        self._commit_state(EventKind.file, path=path, durable=False)
+    def _tokens_used(self) -> int | None:
+        return self._guard.tokens_used if self._guard is not None else None
 
     def _check(self) -> None:
         assert self._guard is not None
@@ -244,13 +168,12 @@ class Workflow:
     def run(self) -> WorkflowState:
         """Run to the end, a stop or a failure; the returned state says which."""
         with self.store.exclusive():
-            with self._lock:
-                self._state = self._load_or_start()
+            self._journal.begin(self._load_or_start())
             self.store.clear_stop()
             self._guard = BudgetGuard(
                 self._s.options.budget, self.store.stop_file, self._stop_requested
             )
-            self._commit_state(EventKind.started, message=self._s.message)
+            self._journal.commit(EventKind.started, message=self._s.message)
             executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._testers.parallelism, thread_name_prefix="tars-baseline"
             )
@@ -269,14 +192,14 @@ class Workflow:
             return self.state
 
     def _end(self, phase: RunPhase, message: str) -> None:
-        with self._lock:
+        with self._journal.lock:
             state = self._s
             state.phase = phase
             state.stage = RunStage.done
             state.current_file = None
             state.message = one_line(message)
             state.completed_at = now()
-        self._commit_state(EventKind.finished, message=self._s.message)
+        self._journal.commit(EventKind.finished, message=self._s.message)
 
     def _summary(self) -> str:
         statistics = self._s.statistics
@@ -296,13 +219,13 @@ class Workflow:
         assert guard is not None
         resumed = bool(self._s.files)
         if not resumed:
-            self._enter(RunStage.scanning)
+            self._journal.enter(RunStage.scanning)
             selection = select_files(
                 self.root, self._s.options.targets, refuse_dirty=self._s.options.auto_apply
             )
-            with self._lock:
+            with self._journal.lock:
                 self._s.skipped = list(selection.skipped)
-            self._commit_state(EventKind.stage, message=f"{len(selection.files)} files selected")
+            self._journal.commit(EventKind.stage, message=f"{len(selection.files)} files selected")
             candidates_paths = selection.files
         else:
             self._recover_applied()
@@ -310,27 +233,29 @@ class Workflow:
         guard.check()
         gate = self._open_gate()
         gate.start_baseline(executor)
-        self._enter(RunStage.analyzing)
+        self._journal.enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
             self._choose_files(self._reports)
         else:
             for record in self._s.files:
                 if record.outcome is None and not self._actionable(record.path):
-                    self._finish_file(record, FileOutcome.skipped, "nothing left to improve")
+                    self._journal.finish_file(
+                        record, FileOutcome.skipped, "nothing left to improve"
+                    )
         while True:
             pending = [r for r in self._s.files if r.outcome is None]
             if not pending:
                 break
             guard.check()
-            self._enter(RunStage.generating)
+            self._journal.enter(RunStage.generating)
             candidates = self._generate(pending)
             guard.check()
             if candidates:
-                self._enter(RunStage.testing)
+                self._journal.enter(RunStage.testing)
                 gate.test_in_batches(candidates)
         gate.require_baseline()
-        self._enter(RunStage.learning)
+        self._journal.enter(RunStage.learning)
 
     # -- resume -----------------------------------------------------------
 
@@ -339,7 +264,7 @@ class Workflow:
         committed = applying.committed_candidates(self.root) if self.git else {}
         for record in self._s.files:
             if record.candidate_id in committed and not self._s.is_applied(record.candidate_id):
-                with self._lock:
+                with self._journal.lock:
                     self._s.applied.append(
                         AppliedChange(
                             candidate_id=record.candidate_id,
@@ -349,7 +274,7 @@ class Workflow:
                         )
                     )
                     record.commit = committed[record.candidate_id]
-                self._finish_file(
+                self._journal.finish_file(
                     record, FileOutcome.applied, "applied (recovered from its commit)"
                 )
         if self._s.options.auto_apply:
@@ -369,7 +294,7 @@ class Workflow:
     def _analyze_one(self, path: str) -> AnalysisReport:
         assert self._guard is not None
         self._guard.check()
-        self._set_current(path)
+        self._journal.set_current(path)
         try:
             content = applying.read_source(self.root, path)
         except (OSError, UnicodeDecodeError) as exc:
@@ -395,7 +320,7 @@ class Workflow:
             futures = {pool.submit(self._analyze_one, path): path for path in paths}
             for future in concurrent.futures.as_completed(futures):
                 reports[futures[future]] = future.result()
-        with self._lock:
+        with self._journal.lock:
             self._s.current_file = None
         return {path: reports[path] for path in paths}
 
@@ -417,7 +342,7 @@ class Workflow:
         ordered = prioritize(workable, boosts)
         if options.budget.max_files is not None:
             ordered = ordered[: options.budget.max_files]
-        with self._lock:
+        with self._journal.lock:
             self._s.skipped.extend(unanalysable)
             self._s.files = [
                 FileRecord(
@@ -427,7 +352,7 @@ class Workflow:
                 )
                 for path in ordered
             ]
-        self._commit_state(EventKind.stage, message=f"{len(ordered)} files to improve")
+        self._journal.commit(EventKind.stage, message=f"{len(ordered)} files to improve")
 
     # -- generate ---------------------------------------------------------
 
@@ -436,12 +361,12 @@ class Workflow:
         guard = self._guard
         assert guard is not None
         guard.check()
-        self._set_current(record.path)
+        self._journal.set_current(record.path)
         findings = self._actionable(record.path)
         try:
             content = applying.read_source(self.root, record.path)
         except (OSError, UnicodeDecodeError) as exc:
-            self._finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
+            self._journal.finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
             return None
         # Any engine's accepted change shows the model what passes this project's bar.
         examples = (
@@ -454,7 +379,7 @@ class Workflow:
             if options.budget.max_tokens
             else None
         )
-        with self._lock:
+        with self._journal.lock:
             record.attempts += 1
             attempt = record.attempts
         request = GenerateRequest(
@@ -473,7 +398,7 @@ class Workflow:
             with self._generators.lease(self._check) as generator:
                 result = generator.generate(request)
         except RoleError as exc:
-            self._finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
+            self._journal.finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
             return None
         guard.add_tokens(result.tokens_used)
         if result.candidate is None:
@@ -483,11 +408,11 @@ class Workflow:
         if problem is not None:
             self._no_candidate(record, findings, problem)
             return None
-        with self._lock:
+        with self._journal.lock:
             self._s.statistics.improvements_proposed += 1
             record.candidate_id = result.candidate.id
             record.rules = list(result.candidate.rules)
-        self._commit_state(EventKind.file, path=record.path)
+        self._journal.commit(EventKind.file, path=record.path)
         return result.candidate
 
     def _unsafe_candidate(self, candidate: Candidate, path: str, content: str) -> str | None:
@@ -530,7 +455,7 @@ class Workflow:
             if record.attempts == 1 and not self._feedback.get(record.path)
             else FileOutcome.rejected
         )
-        self._finish_file(record, outcome, reason)
+        self._journal.finish_file(record, outcome, reason)
 
     def _generate(self, records: list[FileRecord]) -> list[Candidate]:
         candidates: dict[str, Candidate] = {}
@@ -554,7 +479,7 @@ class Workflow:
         in_snapshot = {change.candidate_id for change in self._s.applied}
         hooks = GateHooks(
             proven=lambda: [c for c in self._s.accepted if c.id not in in_snapshot],
-            testing=lambda: self._enter(RunStage.testing),
+            testing=lambda: self._journal.enter(RunStage.testing),
             tested=self._tested,
             baseline=self._record_baseline,
             accept=self._accept,
@@ -570,21 +495,21 @@ class Workflow:
         )
 
     def _tested(self, message: str) -> None:
-        with self._lock:
+        with self._journal.lock:
             self._s.statistics.test_runs += 1
-        self._commit_state(EventKind.tested, message=message)
+        self._journal.commit(EventKind.tested, message=message)
 
     def _record_baseline(self, result: TestResult) -> None:
-        with self._lock:
+        with self._journal.lock:
             self._s.baseline = result
-        self._commit_state(EventKind.tested)
+        self._journal.commit(EventKind.tested)
 
     # -- apply and learn --------------------------------------------------
 
     def _accept(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
-        self._enter(RunStage.applying)
-        with self._lock:
+        self._journal.enter(RunStage.applying)
+        with self._journal.lock:
             self._s.accepted.append(candidate)
         self.learning.record(
             Outcome.of_candidate(
@@ -594,9 +519,11 @@ class Workflow:
         if self._s.options.auto_apply:
             self._apply(candidate, result)
             return
-        with self._lock:
+        with self._journal.lock:
             self._s.patch_path = str(applying.write_patch(self._patch_file(), self._s.accepted))
-        self._finish_file(record, FileOutcome.accepted, "passed the tests; added to the patch")
+        self._journal.finish_file(
+            record, FileOutcome.accepted, "passed the tests; added to the patch"
+        )
 
     def _patch_file(self) -> Path:
         return self.store.state_dir / "patches" / f"{self._s.run_id}.patch"
@@ -608,9 +535,9 @@ class Workflow:
         try:
             commit = applying.commit_improvement(self.root, candidate, result)
         except applying.ApplyError as exc:
-            self._finish_file(record, FileOutcome.failed, str(exc))
+            self._journal.finish_file(record, FileOutcome.failed, str(exc))
             return
-        with self._lock:
+        with self._journal.lock:
             self._s.applied.append(
                 AppliedChange(
                     candidate_id=candidate.id,
@@ -620,7 +547,7 @@ class Workflow:
                 )
             )
             record.commit = commit
-        self._finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
+        self._journal.finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
 
     def _reject(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
@@ -635,7 +562,7 @@ class Workflow:
                 tests_passed=False,
             )
         )
-        with self._lock:
+        with self._journal.lock:
             self._failed_diffs.setdefault(candidate.path, {})[candidate.diff] = reason
             self._feedback[candidate.path] = (
                 f"The previous change failed the project's tests ({reason}). Test output:\n"
@@ -643,6 +570,6 @@ class Workflow:
             )
             record.candidate_id = None
         if record.attempts >= self._s.options.budget.max_attempts_per_file:
-            self._finish_file(record, FileOutcome.rejected, reason)
+            self._journal.finish_file(record, FileOutcome.rejected, reason)
         else:
-            self._commit_state(EventKind.file, path=record.path, message=f"{reason}; retrying")
+            self._journal.commit(EventKind.file, path=record.path, message=f"{reason}; retrying")
