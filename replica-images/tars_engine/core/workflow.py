@@ -231,7 +231,7 @@ class Workflow:
             self._recover_applied()
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
-        gate = self._open_gate()
+        gate = self._open_gate(guard)
         gate.start_baseline(executor)
         self._journal.enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
@@ -472,8 +472,8 @@ class Workflow:
 
     # -- test -------------------------------------------------------------
 
-    def _open_gate(self) -> CandidateGate:
-        assert self._guard is not None
+    def _open_gate(self, guard: BudgetGuard) -> CandidateGate:
+        """A gate over a snapshot of the project as it is now."""
         archive = pack_project(self.root)
         # What the snapshot already holds need not be layered on top of it again.
         in_snapshot = {change.candidate_id for change in self._s.applied}
@@ -489,7 +489,7 @@ class Workflow:
             archive,
             self._testers,
             self._s.options,
-            self._guard,
+            guard,
             hooks,
             baseline_recorded=self._s.baseline is not None,
         )
