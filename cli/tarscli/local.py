@@ -34,6 +34,7 @@ from rich.table import Table
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 from tars_engine.core.budget import Budget
+from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.core.state import (
@@ -44,7 +45,7 @@ from tars_engine.core.state import (
     WorkflowState,
 )
 from tars_engine.core.validation import is_test_file
-from tars_engine.core.workflow import EventKind, WorkflowError, WorkflowEvent
+from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,

@@ -10,7 +10,7 @@ from kubernetes import client
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tars_engine.cluster.discovery import ClusterDiscovery, RoleDirectory, static_endpoints
-from tars_engine.core.workflow import RolePool
+from tars_engine.core.role_pool import RolePool
 
 WAIT_SECONDS = 60
 

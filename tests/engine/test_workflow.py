@@ -15,12 +15,15 @@ import pytest
 from tars_api.run import FileOutcome, RunPhase
 from tars_api.vocabulary import Role
 from tars_engine.core.applying import committed_candidates
+from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.learning import LearningStore
+from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.role_set import RoleSet
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.state import RunOptions, StateStore
 from tars_engine.core.validation import is_test_file
-from tars_engine.core.workflow import EventKind, WorkerRoles, Workflow, WorkflowError, WorkflowEvent
+from tars_engine.core.workflow import Workflow
+from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
 from tars_engine.transports.server import create_app, serve_in_thread
 

@@ -9,9 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tars_engine.core.events import EventCallback
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.state import RunOptions, StateStore, WorkflowState
-from tars_engine.core.workflow import EventCallback
 from tars_engine.transports.embedded import local_workflow
 
 from tests.harness.projects import write_tree

@@ -62,9 +62,11 @@ from tars_engine.core import applying
 from tars_engine.core.budget import Budget
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.models import RoleInfo
+from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.settings import ConfigurationError, ReplicaSettings
 from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState, now
-from tars_engine.core.workflow import WorkerRoles, Workflow, WorkflowError
+from tars_engine.core.workflow import Workflow
+from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.transports.server import RoleService
 
 # Workers per stage when replicas come and go; each waits for an idle replica.

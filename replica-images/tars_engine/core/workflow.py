@@ -1,24 +1,12 @@
 """The coordinator's workflow: select, analyze, generate, test, apply, learn.
 
 The workflow reaches the roles only through the interfaces in `tars_engine.core.role_set`;
-whether a role runs in this process or behind HTTP is not its concern. Each role
-may have several instances: work is handed to whichever instance is idle, in
-turn, so as many files are in flight as there are instances.
+whether a role runs in this process or behind HTTP is not its concern, and how its
+work is spread over a role's instances is `tars_engine.core.role_pool`'s. Which
+candidates pass the project's tests is decided by `tars_engine.core.gating`.
 
-Test gating. Candidates are tested in batches, all of a batch's candidates
-applied together on top of the candidates already accepted. A batch that passes
-proves its candidates. When a batch fails, the untouched project is tested first
-(the baseline): if its own tests fail too, nothing can be proven and the run
-stops saying so; otherwise the batch is bisected.
-A failing batch is bisected: the first half is tested on its own; when it passes,
-the failure is known to lie in the second half, which is split without testing
-it again. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. With `baseline_first` the baseline is verified
-before anything is accepted, running alongside the first batch when there are
-two or more testers; that costs a test run, which the default saves.
-
-State. Every step is persisted (see `tars_engine.core.state`); a run that was stopped,
-or whose process died, resumes where it left off, and an improvement is never
+State. Every step is persisted (see `tars_engine.core.journal`); a run that was
+stopped, or whose process died, resumes where it left off, and an improvement is never
 applied twice: applied candidates are recorded in the state and, with auto-apply,
 in a trailer of their commit.
 """
@@ -26,23 +14,18 @@ in a trailer of their commit.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import enum
-import shlex
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-from tars_api.run import FileOutcome, RunPhase, RunStage, RunStatistics
+from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying
 from tars_engine.core.budget import BudgetGuard, StopRequested
+from tars_engine.core.events import EventCallback, EventKind, one_line
+from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
+from tars_engine.core.journal import RunJournal
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
     AnalysisReport,
@@ -51,19 +34,11 @@ from tars_engine.core.models import (
     Finding,
     FindingSource,
     GenerateRequest,
-    SnapshotRef,
     SourceFile,
-    TestRequest,
     TestResult,
 )
-from tars_engine.core.role_set import (
-    AnalyzerRole,
-    GeneratorRole,
-    RoleError,
-    RoleSet,
-    SnapshotMissingError,
-    TesterRole,
-)
+from tars_engine.core.role_pool import RolePool, WorkerRoles
+from tars_engine.core.role_set import RoleError
 from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
@@ -73,7 +48,7 @@ from tars_engine.core.selection import (
     resolve_targets,
     select_files,
 )
-from tars_engine.core.snapshot import archive_digest, pack_project
+from tars_engine.core.snapshot import pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
@@ -83,129 +58,10 @@ from tars_engine.core.state import (
     now,
 )
 from tars_engine.core.validation import candidate_rejection
+from tars_engine.core.workflow_errors import WorkflowError
 
-MAX_MESSAGE_CHARS = 1024
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
-BASELINE_LABEL = "baseline, no change"
-EPHEMERAL_SAVE_INTERVAL_SECONDS = 1.0
-LEASE_POLL_SECONDS = 0.5
-# How often a running test is checked for a stop; a stop cancels it on the tester.
-STOP_POLL_SECONDS = 0.25
-
-RoleT = TypeVar("RoleT")
-
-
-class WorkflowError(RuntimeError):
-    """The run cannot start or cannot go on; the message says why in one line."""
-
-
-class BaselineFailedError(WorkflowError):
-    """The project's tests fail before any change: no candidate could be proven safe."""
-
-
-RoleSupply = Callable[[], Sequence[RoleT]]
-"""The instances of a role ready now; asked at every lease, so scaled replicas are used at once."""
-
-
-@dataclass(frozen=True)
-class WorkerRoles:
-    """Where the workflow finds each worker role's instances.
-
-    `max_parallel` is None for a fixed set of instances, all used at once; a set that
-    grows and shrinks mid-run (discovered replicas) runs each stage with up to
-    `max_parallel` workers, each waiting for an idle instance.
-    """
-
-    analyzers: RoleSupply[AnalyzerRole]
-    generators: RoleSupply[GeneratorRole]
-    testers: RoleSupply[TesterRole]
-    max_parallel: int | None = None
-
-    @classmethod
-    def of(cls, role_sets: Iterable[RoleSet]) -> WorkerRoles:
-        sets = list(role_sets)
-        if not sets:
-            raise WorkflowError("no role instances available")
-        analyzers = tuple(s.analyzer for s in sets)
-        generators = tuple(s.generator for s in sets)
-        testers = tuple(s.tester for s in sets)
-        return cls(
-            analyzers=lambda: analyzers, generators=lambda: generators, testers=lambda: testers
-        )
-
-
-class RolePool(Generic[RoleT]):
-    """Lends idle role instances, longest-idle first: round-robin under load.
-
-    Waiting for an instance (all busy, or none ready) calls `check` between polls, so
-    a stop or a deadline ends the wait.
-    """
-
-    def __init__(self, supply: RoleSupply[RoleT], max_parallel: int | None) -> None:
-        self._supply = supply
-        self._max_parallel = max_parallel
-        self._condition = threading.Condition()
-        self._busy: set[int] = set()
-        self._last_lease: dict[int, int] = {}
-        self._leases = 0
-
-    @property
-    def parallelism(self) -> int:
-        """Workers a stage runs with: every instance of a fixed set, else the ceiling."""
-        return self._max_parallel or max(len(self._supply()), 1)
-
-    @contextlib.contextmanager
-    def lease(self, check: Callable[[], None]) -> Iterator[RoleT]:
-        with self._condition:
-            while True:
-                idle = [role for role in self._supply() if id(role) not in self._busy]
-                if idle:
-                    role = min(idle, key=lambda r: self._last_lease.get(id(r), -1))
-                    break
-                check()
-                self._condition.wait(timeout=LEASE_POLL_SECONDS)
-            self._leases += 1
-            self._busy.add(id(role))
-            self._last_lease[id(role)] = self._leases
-        try:
-            yield role
-        finally:
-            with self._condition:
-                self._busy.discard(id(role))
-                self._condition.notify()
-
-
-class EventKind(enum.StrEnum):
-    started = "started"
-    stage = "stage"
-    file = "file"
-    file_done = "file-done"
-    tested = "tested"
-    finished = "finished"
-
-
-class WorkflowEvent(BaseModel):
-    """A change observers may show (the CLI) or mirror (a SelfCodingRun's status)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: EventKind
-    phase: RunPhase
-    stage: RunStage
-    current_file: str | None
-    files_done: int
-    files_total: int
-    statistics: RunStatistics
-    path: str | None = None
-    message: str = ""
-
-    @property
-    def progress(self) -> str:
-        return f"{self.files_done}/{self.files_total}"
-
-
-EventCallback = Callable[[WorkflowEvent], None]
 
 
 def actionable_findings(
@@ -221,22 +77,6 @@ def actionable_findings(
         and finding.fix_available
         and (finding.fix_safe or allow_unsafe)
     ]
-
-
-def _one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def describe_failure(result: TestResult) -> str:
-    if result.apply_error:
-        return f"did not apply: {result.apply_error}"
-    if result.timed_out:
-        return f"tests timed out after {result.duration_seconds:g}s"
-    if result.tests_run:
-        return f"tests failed: {result.failures} failures, {result.errors} errors of {result.tests_run}"
-    last_lines = [line for line in result.output.strip().splitlines() if line.strip()][-3:]
-    return "tests failed: " + (_one_line(" / ".join(last_lines), 300) or "no output")
 
 
 class Workflow:
@@ -269,108 +109,30 @@ class Workflow:
             )
         self.store = store
         self.learning = learning
-        self._on_event = on_event
         self._stop_requested = stop_requested
         self._analyzers = RolePool(roles.analyzers, roles.max_parallel)
         self._generators = RolePool(roles.generators, roles.max_parallel)
         self._testers = RolePool(roles.testers, roles.max_parallel)
-        self._lock = threading.RLock()
-        self._saved_at = 0.0
-        self._event_lock = threading.Lock()
-        self._state: WorkflowState | None = None
-        self._snapshot: SnapshotRef | None = None
-        self._archive = b""
-        self._in_snapshot: set[str] = set()
-        self._baseline: concurrent.futures.Future[TestResult] | None = None
+        self._journal = RunJournal(store, on_event, self._tokens_used)
         self._feedback: dict[str, str] = {}
         # Per file: diffs that failed their tests, and why.
         self._failed_diffs: dict[str, dict[str, str]] = {}
         self._reports: dict[str, AnalysisReport] = {}
         self._guard: BudgetGuard | None = None
 
-    # -- state and events -------------------------------------------------
+    # -- state ------------------------------------------------------------
 
     @property
     def state(self) -> WorkflowState:
         """A copy of the current state, safe to read from any thread."""
-        with self._lock:
-            if self._state is None:
-                raise WorkflowError("the run has not started")
-            return self._state.model_copy(deep=True)
+        return self._journal.copy()
 
     @property
     def _s(self) -> WorkflowState:
-        assert self._state is not None
-        return self._state
+        return self._journal.state
 
-    def _refresh_statistics(self) -> None:
-        state = self._s
-        statistics = state.statistics
-        statistics.files_total = len(state.files)
-        statistics.files_processed = sum(1 for r in state.files if r.outcome is not None)
-        statistics.files_failed = sum(
-            1 for r in state.files if r.outcome in (FileOutcome.failed, FileOutcome.rejected)
-        )
-        statistics.improvements_applied = len(state.applied)
-        statistics.improvements_accepted = len(state.accepted)
-        if self._guard is not None:
-            statistics.tokens_used = max(statistics.tokens_used, self._guard.tokens_used)
-
-    def _commit_state(
-        self,
-        kind: EventKind,
-        *,
-        path: str | None = None,
-        message: str = "",
-        durable: bool = True,
-    ) -> None:
-        """Persist the state, then tell the observer; every change goes through here.
-
-        A change that is not `durable` (which file is current) is written at most once
-        a second: on a large project, writing the whole state per file started would
-        cost more than the work.
-        """
-        with self._lock:
-            self._refresh_statistics()
-            if durable or time.monotonic() - self._saved_at >= EPHEMERAL_SAVE_INTERVAL_SECONDS:
-                self.store.save(self._s)
-                self._saved_at = time.monotonic()
-            state = self._s
-            event = WorkflowEvent(
-                kind=kind,
-                phase=state.phase,
-                stage=state.stage,
-                current_file=state.current_file,
-                files_done=state.statistics.files_processed,
-                files_total=state.statistics.files_total,
-                statistics=state.statistics.model_copy(),
-                path=path,
-                message=message,
-            )
-        if self._on_event is not None:
-            with self._event_lock:
-                self._on_event(event)
-
-    def _enter(self, stage: RunStage, message: str = "") -> None:
-        with self._lock:
-            if self._s.stage is stage:
-                return
-            self._s.stage = stage
-        self._commit_state(EventKind.stage, message=message)
-
-    def _finish_file(self, record: FileRecord, outcome: FileOutcome, message: str) -> None:
-        with self._lock:
-            record.outcome = outcome
-            record.message = _one_line(message)
-            record.finished_at = now()
-            if self._s.current_file == record.path:
-                self._s.current_file = None
-        self._commit_state(EventKind.file_done, path=record.path, message=record.message)
-
-    def _set_current(self, path: str) -> None:
-        with self._lock:
-            self._s.current_file = path
-        self._commit_state(EventKind.file, path=path, durable=False)
+    def _tokens_used(self) -> int | None:
+        return self._guard.tokens_used if self._guard is not None else None
 
     def _check(self) -> None:
         assert self._guard is not None
@@ -406,13 +168,12 @@ class Workflow:
     def run(self) -> WorkflowState:
         """Run to the end, a stop or a failure; the returned state says which."""
         with self.store.exclusive():
-            with self._lock:
-                self._state = self._load_or_start()
+            self._journal.begin(self._load_or_start())
             self.store.clear_stop()
             self._guard = BudgetGuard(
                 self._s.options.budget, self.store.stop_file, self._stop_requested
             )
-            self._commit_state(EventKind.started, message=self._s.message)
+            self._journal.commit(EventKind.started, message=self._s.message)
             executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._testers.parallelism, thread_name_prefix="tars-baseline"
             )
@@ -431,14 +192,14 @@ class Workflow:
             return self.state
 
     def _end(self, phase: RunPhase, message: str) -> None:
-        with self._lock:
+        with self._journal.lock:
             state = self._s
             state.phase = phase
             state.stage = RunStage.done
             state.current_file = None
-            state.message = _one_line(message)
+            state.message = one_line(message)
             state.completed_at = now()
-        self._commit_state(EventKind.finished, message=self._s.message)
+        self._journal.commit(EventKind.finished, message=self._s.message)
 
     def _summary(self) -> str:
         statistics = self._s.statistics
@@ -458,51 +219,52 @@ class Workflow:
         assert guard is not None
         resumed = bool(self._s.files)
         if not resumed:
-            self._enter(RunStage.scanning)
+            self._journal.enter(RunStage.scanning)
             selection = select_files(
                 self.root, self._s.options.targets, refuse_dirty=self._s.options.auto_apply
             )
-            with self._lock:
+            with self._journal.lock:
                 self._s.skipped = list(selection.skipped)
-            self._commit_state(EventKind.stage, message=f"{len(selection.files)} files selected")
+            self._journal.commit(EventKind.stage, message=f"{len(selection.files)} files selected")
             candidates_paths = selection.files
         else:
             self._recover_applied()
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
-        self._take_snapshot()
-        if self._s.baseline is None and self._s.options.baseline_first:
-            self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
-        self._enter(RunStage.analyzing)
+        gate = self._open_gate(guard)
+        gate.start_baseline(executor)
+        self._journal.enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
             self._choose_files(self._reports)
         else:
             for record in self._s.files:
                 if record.outcome is None and not self._actionable(record.path):
-                    self._finish_file(record, FileOutcome.skipped, "nothing left to improve")
+                    self._journal.finish_file(
+                        record, FileOutcome.skipped, "nothing left to improve"
+                    )
         while True:
             pending = [r for r in self._s.files if r.outcome is None]
             if not pending:
                 break
             guard.check()
-            self._enter(RunStage.generating)
+            self._journal.enter(RunStage.generating)
             candidates = self._generate(pending)
             guard.check()
             if candidates:
-                self._enter(RunStage.testing)
-                self._test_in_batches(candidates)
-        self._require_baseline()
-        self._enter(RunStage.learning)
+                self._journal.enter(RunStage.testing)
+                gate.test_in_batches(candidates)
+        gate.require_baseline()
+        self._journal.enter(RunStage.learning)
 
-    # -- select and snapshot ----------------------------------------------
+    # -- resume -----------------------------------------------------------
 
     def _recover_applied(self) -> None:
         """After a crash: improvements committed (or accepted) whose state was not saved yet."""
         committed = applying.committed_candidates(self.root) if self.git else {}
         for record in self._s.files:
             if record.candidate_id in committed and not self._s.is_applied(record.candidate_id):
-                with self._lock:
+                with self._journal.lock:
                     self._s.applied.append(
                         AppliedChange(
                             candidate_id=record.candidate_id,
@@ -512,22 +274,13 @@ class Workflow:
                         )
                     )
                     record.commit = committed[record.candidate_id]
-                self._finish_file(
+                self._journal.finish_file(
                     record, FileOutcome.applied, "applied (recovered from its commit)"
                 )
         if self._s.options.auto_apply:
             for candidate in list(self._s.accepted):
                 if not self._s.is_applied(candidate.id):
                     self._apply(candidate, None)
-
-    def _take_snapshot(self) -> None:
-        self._archive = pack_project(self.root)
-        self._snapshot = SnapshotRef(digest=archive_digest(self._archive))
-        # What the snapshot already holds need not be layered on top of it again.
-        self._in_snapshot = {change.candidate_id for change in self._s.applied}
-
-    def _test_base(self) -> list[Candidate]:
-        return [c for c in self._s.accepted if c.id not in self._in_snapshot]
 
     # -- analyze ----------------------------------------------------------
 
@@ -541,7 +294,7 @@ class Workflow:
     def _analyze_one(self, path: str) -> AnalysisReport:
         assert self._guard is not None
         self._guard.check()
-        self._set_current(path)
+        self._journal.set_current(path)
         try:
             content = applying.read_source(self.root, path)
         except (OSError, UnicodeDecodeError) as exc:
@@ -567,7 +320,7 @@ class Workflow:
             futures = {pool.submit(self._analyze_one, path): path for path in paths}
             for future in concurrent.futures.as_completed(futures):
                 reports[futures[future]] = future.result()
-        with self._lock:
+        with self._journal.lock:
             self._s.current_file = None
         return {path: reports[path] for path in paths}
 
@@ -589,7 +342,7 @@ class Workflow:
         ordered = prioritize(workable, boosts)
         if options.budget.max_files is not None:
             ordered = ordered[: options.budget.max_files]
-        with self._lock:
+        with self._journal.lock:
             self._s.skipped.extend(unanalysable)
             self._s.files = [
                 FileRecord(
@@ -599,7 +352,7 @@ class Workflow:
                 )
                 for path in ordered
             ]
-        self._commit_state(EventKind.stage, message=f"{len(ordered)} files to improve")
+        self._journal.commit(EventKind.stage, message=f"{len(ordered)} files to improve")
 
     # -- generate ---------------------------------------------------------
 
@@ -608,12 +361,12 @@ class Workflow:
         guard = self._guard
         assert guard is not None
         guard.check()
-        self._set_current(record.path)
+        self._journal.set_current(record.path)
         findings = self._actionable(record.path)
         try:
             content = applying.read_source(self.root, record.path)
         except (OSError, UnicodeDecodeError) as exc:
-            self._finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
+            self._journal.finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
             return None
         # Any engine's accepted change shows the model what passes this project's bar.
         examples = (
@@ -626,7 +379,7 @@ class Workflow:
             if options.budget.max_tokens
             else None
         )
-        with self._lock:
+        with self._journal.lock:
             record.attempts += 1
             attempt = record.attempts
         request = GenerateRequest(
@@ -645,7 +398,7 @@ class Workflow:
             with self._generators.lease(self._check) as generator:
                 result = generator.generate(request)
         except RoleError as exc:
-            self._finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
+            self._journal.finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
             return None
         guard.add_tokens(result.tokens_used)
         if result.candidate is None:
@@ -655,11 +408,11 @@ class Workflow:
         if problem is not None:
             self._no_candidate(record, findings, problem)
             return None
-        with self._lock:
+        with self._journal.lock:
             self._s.statistics.improvements_proposed += 1
             record.candidate_id = result.candidate.id
             record.rules = list(result.candidate.rules)
-        self._commit_state(EventKind.file, path=record.path)
+        self._journal.commit(EventKind.file, path=record.path)
         return result.candidate
 
     def _unsafe_candidate(self, candidate: Candidate, path: str, content: str) -> str | None:
@@ -686,7 +439,7 @@ class Workflow:
                 engine=options.engine,
                 model=options.model if options.engine is EngineName.ollama else None,
                 accepted=False,
-                rejection=_one_line(reason, 500),
+                rejection=one_line(reason, 500),
             )
         )
         # A deterministic engine answers the same again; a model may do better with feedback.
@@ -702,7 +455,7 @@ class Workflow:
             if record.attempts == 1 and not self._feedback.get(record.path)
             else FileOutcome.rejected
         )
-        self._finish_file(record, outcome, reason)
+        self._journal.finish_file(record, outcome, reason)
 
     def _generate(self, records: list[FileRecord]) -> list[Candidate]:
         candidates: dict[str, Candidate] = {}
@@ -719,110 +472,44 @@ class Workflow:
 
     # -- test -------------------------------------------------------------
 
-    def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:
-        assert self._snapshot is not None
-        options = self._s.options
-        request = TestRequest(
-            snapshot=self._snapshot,
-            candidates=candidates,
-            test_command=options.test_command,
-            timeout_seconds=options.test_timeout_seconds,
+    def _open_gate(self, guard: BudgetGuard) -> CandidateGate:
+        """A gate over a snapshot of the project as it is now."""
+        archive = pack_project(self.root)
+        # What the snapshot already holds need not be layered on top of it again.
+        in_snapshot = {change.candidate_id for change in self._s.applied}
+        hooks = GateHooks(
+            proven=lambda: [c for c in self._s.accepted if c.id not in in_snapshot],
+            testing=lambda: self._journal.enter(RunStage.testing),
+            tested=self._tested,
+            baseline=self._record_baseline,
+            accept=self._accept,
+            reject=self._reject,
         )
-        with self._testers.lease(self._check) as tester:
-            if not tester.has_snapshot(self._snapshot):
-                tester.put_snapshot(self._archive)
-            try:
-                result = self._tests_until_stop(tester, request)
-            except SnapshotMissingError:
-                # The tester lost its cache (restarted) between the check and the run.
-                tester.put_snapshot(self._archive)
-                result = self._tests_until_stop(tester, request)
-        with self._lock:
+        return CandidateGate(
+            archive,
+            self._testers,
+            self._s.options,
+            guard,
+            hooks,
+            baseline_recorded=self._s.baseline is not None,
+        )
+
+    def _tested(self, message: str) -> None:
+        with self._journal.lock:
             self._s.statistics.test_runs += 1
-        verdict = "passed" if result.passed else describe_failure(result)
-        self._commit_state(EventKind.tested, message=f"{label}: {verdict}")
-        return result
+        self._journal.commit(EventKind.tested, message=message)
 
-    def _tests_until_stop(self, tester: TesterRole, request: TestRequest) -> TestResult:
-        """The tester's answer; a stop (or the deadline) meanwhile cancels the test run and raises."""
-        request = request.model_copy(update={"request_id": uuid.uuid4().hex})
-        assert request.request_id is not None and self._guard is not None
-        waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tars-test")
-        try:
-            future = waiter.submit(tester.run_tests, request)
-            while True:
-                try:
-                    return future.result(timeout=STOP_POLL_SECONDS)
-                except concurrent.futures.TimeoutError:
-                    stop = self._guard.stop_reason()
-                    if stop is not None:
-                        with contextlib.suppress(RoleError):
-                            tester.cancel_tests(request.request_id)
-                        raise stop from None
-        finally:
-            waiter.shutdown(wait=False)
-
-    def _require_baseline(self, *, run_if_missing: bool = False) -> None:
-        """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""
-        if self._baseline is not None:
-            result = self._baseline.result()
-            self._baseline = None
-        elif run_if_missing and self._s.baseline is None:
-            result = self._run_tests([], BASELINE_LABEL)
-        else:
-            return
-        with self._lock:
+    def _record_baseline(self, result: TestResult) -> None:
+        with self._journal.lock:
             self._s.baseline = result
-        self._commit_state(EventKind.tested)
-        if not result.passed:
-            raise BaselineFailedError(
-                "the project's tests fail before any change, so no change can be proven safe "
-                f"({describe_failure(result)}; ran: {shlex.join(result.command) or 'nothing'}); "
-                "fix the tests, install their dependencies for that Python, or give a working "
-                "test command"
-            )
-
-    def _test_in_batches(self, candidates: list[Candidate]) -> None:
-        batch_size = self._s.options.batch_size
-        for start in range(0, len(candidates), batch_size):
-            assert self._guard is not None
-            self._guard.check()
-            self._bisect(candidates[start : start + batch_size], self._test_base())
-
-    def _bisect(
-        self, group: list[Candidate], base: list[Candidate], known: TestResult | None = None
-    ) -> list[Candidate]:
-        """Accept what passes with `base`, reject the culprits; returns the accepted ones."""
-        if known is None:
-            self._enter(RunStage.testing)
-        result = (
-            known
-            if known is not None
-            else self._run_tests(base + group, f"{len(group)} candidates on {len(base)} accepted")
-        )
-        # Nothing is decided before a baseline started alongside has passed; and a failure
-        # means something only when the untouched project passes its tests.
-        self._require_baseline(run_if_missing=not result.passed)
-        if result.passed:
-            for candidate in group:
-                self._accept(candidate, result)
-            return group
-        if len(group) == 1:
-            self._reject(group[0], result)
-            return []
-        half = len(group) // 2
-        first = self._bisect(group[:half], base)
-        if len(first) == half:
-            # base + first passed and base + group failed: the culprit is in the rest.
-            return first + self._bisect(group[half:], base + first, known=result)
-        return first + self._bisect(group[half:], base + first)
+        self._journal.commit(EventKind.tested)
 
     # -- apply and learn --------------------------------------------------
 
     def _accept(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
-        self._enter(RunStage.applying)
-        with self._lock:
+        self._journal.enter(RunStage.applying)
+        with self._journal.lock:
             self._s.accepted.append(candidate)
         self.learning.record(
             Outcome.of_candidate(
@@ -832,9 +519,11 @@ class Workflow:
         if self._s.options.auto_apply:
             self._apply(candidate, result)
             return
-        with self._lock:
+        with self._journal.lock:
             self._s.patch_path = str(applying.write_patch(self._patch_file(), self._s.accepted))
-        self._finish_file(record, FileOutcome.accepted, "passed the tests; added to the patch")
+        self._journal.finish_file(
+            record, FileOutcome.accepted, "passed the tests; added to the patch"
+        )
 
     def _patch_file(self) -> Path:
         return self.store.state_dir / "patches" / f"{self._s.run_id}.patch"
@@ -846,9 +535,9 @@ class Workflow:
         try:
             commit = applying.commit_improvement(self.root, candidate, result)
         except applying.ApplyError as exc:
-            self._finish_file(record, FileOutcome.failed, str(exc))
+            self._journal.finish_file(record, FileOutcome.failed, str(exc))
             return
-        with self._lock:
+        with self._journal.lock:
             self._s.applied.append(
                 AppliedChange(
                     candidate_id=candidate.id,
@@ -858,7 +547,7 @@ class Workflow:
                 )
             )
             record.commit = commit
-        self._finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
+        self._journal.finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
 
     def _reject(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
@@ -873,7 +562,7 @@ class Workflow:
                 tests_passed=False,
             )
         )
-        with self._lock:
+        with self._journal.lock:
             self._failed_diffs.setdefault(candidate.path, {})[candidate.diff] = reason
             self._feedback[candidate.path] = (
                 f"The previous change failed the project's tests ({reason}). Test output:\n"
@@ -881,6 +570,6 @@ class Workflow:
             )
             record.candidate_id = None
         if record.attempts >= self._s.options.budget.max_attempts_per_file:
-            self._finish_file(record, FileOutcome.rejected, reason)
+            self._journal.finish_file(record, FileOutcome.rejected, reason)
         else:
-            self._commit_state(EventKind.file, path=record.path, message=f"{reason}; retrying")
+            self._journal.commit(EventKind.file, path=record.path, message=f"{reason}; retrying")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Protocol
 
 from tars_api.vocabulary import EngineName, Role
 
@@ -21,10 +20,11 @@ from tars_engine.core.models import (
     Location,
     RoleInfo,
     Severity,
-    SourceFile,
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.roles import ruff_tool
+from tars_engine.roles.model_review import ModelReviewer
+from tars_engine.roles.ollama_engine import OllamaEngine
 
 MAX_CONTENT_BYTES = 1_000_000
 COMPLEXITY_THRESHOLD = 10
@@ -267,19 +267,6 @@ def unanalysable_reason(content: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class ModelReviewOutcome:
-    findings: list[Finding]
-    tokens_used: int = 0
-    note: str | None = None
-
-
-class ModelReviewer(Protocol):
-    def review(
-        self, file: SourceFile, findings: list[Finding], model: str
-    ) -> ModelReviewOutcome: ...
-
-
 class Analyzer:
     """The analyzer role in-process."""
 
@@ -297,8 +284,6 @@ class Analyzer:
 
     def _model_reviewer(self) -> ModelReviewer:
         if self._reviewer is None:
-            from tars_engine.roles.ollama_engine import OllamaEngine
-
             self._reviewer = OllamaEngine(self.settings)
         return self._reviewer
 

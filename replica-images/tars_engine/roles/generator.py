@@ -22,6 +22,7 @@ from tars_engine.core.models import (
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.validation import finish_candidate, path_rejection, syntax_problem
 from tars_engine.roles import ruff_tool
+from tars_engine.roles.ollama_engine import OllamaEngine
 
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
 # is part of the same improvement. Any other new diagnostic means the fix made things worse.
@@ -161,8 +162,6 @@ class Generator:
 
     def _ollama(self) -> ModelGenerator:
         if self._model_generator is None:
-            from tars_engine.roles.ollama_engine import OllamaEngine
-
             self._model_generator = OllamaEngine(self.settings)
         return self._model_generator
 

@@ -31,7 +31,7 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.validation import finish_candidate
-from tars_engine.roles.analyzer import ModelReviewOutcome
+from tars_engine.roles.model_review import ModelReviewOutcome
 
 # Code tokenizes denser than prose: three characters per token errs on the large side.
 CHARS_PER_TOKEN = 3

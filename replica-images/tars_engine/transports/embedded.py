@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tars_api.vocabulary import EngineName
 
+from tars_engine.core.events import EventCallback
 from tars_engine.core.learning import LearningStore, default_learning_db
+from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.selection import is_git_repository
 from tars_engine.core.settings import ReplicaSettings, normalize_ollama_host
 from tars_engine.core.state import RunOptions, StateStore
-from tars_engine.core.workflow import EventCallback, WorkerRoles, Workflow
+from tars_engine.core.workflow import Workflow
 from tars_engine.roles.tester import detect_test_command
 
 STATE_DIR_NAME = ".tars"
