@@ -34,7 +34,8 @@ from tars_engine.cluster.run_api import (
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
-from tars_engine.transports.server import create_app, serve_in_thread
+from tars_engine.replica import create_app
+from tars_engine.transports.server import serve_in_thread
 
 from tests.harness.tools import git
 from tests.harness.workflow import shop_project

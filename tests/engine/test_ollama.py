@@ -19,11 +19,12 @@ from tars_engine.core.models import (
     SourceFile,
 )
 from tars_engine.core.settings import ReplicaSettings
+from tars_engine.replica import create_app
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
 from tars_engine.roles.ollama_engine import CONTEXT_STEP, OllamaEngine, estimate_tokens
 from tars_engine.transports.http_client import HttpGenerator
-from tars_engine.transports.server import create_app, serve_in_thread
+from tars_engine.transports.server import serve_in_thread
 
 from tests.engine.fake_ollama import FakeOllama, fake_ollama
 from tests.harness.projects import CALC

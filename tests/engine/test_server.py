@@ -31,10 +31,11 @@ from tars_engine.core.role_set import (
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
+from tars_engine.replica import cli, create_app
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
-from tars_engine.transports.server import cli, create_app, serve_in_thread
+from tars_engine.transports.server import serve_in_thread
 from typer.testing import CliRunner
 
 from tests.harness.projects import CALC, calc_project, tree_hashes
@@ -143,7 +144,7 @@ def test_serve_command_uses_env_defaults(tmp_path: Path) -> None:
         "TARS_MODEL": "codellama",
         "TARS_SCRATCH_DIR": str(tmp_path / "scratch"),
     }
-    command = [sys.executable, "-m", "tars_engine.transports.server", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "tars_engine.replica", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         analyzer = HttpAnalyzer(f"http://127.0.0.1:{port}")
@@ -177,7 +178,7 @@ def test_coordinator_with_malformed_volumes_env_fails_in_one_line(tmp_path: Path
     command = [
         sys.executable,
         "-m",
-        "tars_engine.transports.server",
+        "tars_engine.replica",
         "serve",
         "--role",
         "coordinator",

@@ -24,8 +24,9 @@ from tars_engine.core.state import RunOptions, StateStore
 from tars_engine.core.validation import is_test_file
 from tars_engine.core.workflow import Workflow
 from tars_engine.core.workflow_errors import WorkflowError
+from tars_engine.replica import create_app
 from tars_engine.transports.http_client import HttpAnalyzer, HttpGenerator, HttpTester
-from tars_engine.transports.server import create_app, serve_in_thread
+from tars_engine.transports.server import serve_in_thread
 
 from tests.harness.projects import tree_hashes, write_tree
 from tests.harness.tools import git

@@ -1,24 +1,21 @@
-"""The replica server: one FastAPI app per role, started by `tars-replica serve --role ROLE`.
+"""The replica server: one FastAPI app per role, around that role's `RoleService`.
 
-Every role serves GET /healthz, GET /info and GET /metrics; a role's own endpoints
-come from its `RoleService`. Built-in services cover the worker roles; a role
-whose service lives elsewhere (the coordinator) is found by module name and must
-define `service(settings: ReplicaSettings) -> RoleService`.
+Every role serves GET /healthz, GET /info and GET /metrics; a role's own endpoints come
+from its `RoleService`. The worker roles' services are here; the coordinator's is in
+`tars_engine.cluster.coordinator_service`, and `tars_engine.replica` (the `tars-replica`
+command) chooses among all four.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
 
-import typer
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from prometheus_client import (
@@ -30,8 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
-from tars_api.names import REPLICA_PORT, ReplicaEnv
-from tars_api.vocabulary import EngineName, Role
+from tars_api.vocabulary import Role
 
 from tars_engine.core.models import (
     AnalysisReport,
@@ -44,7 +40,7 @@ from tars_engine.core.models import (
     TestResult,
 )
 from tars_engine.core.role_set import SnapshotMissingError
-from tars_engine.core.settings import ConfigurationError, ReplicaSettings
+from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import SnapshotError
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
@@ -129,39 +125,15 @@ def tester_service(settings: ReplicaSettings) -> RoleService:
     return RoleService(router=router, info=tester.info)
 
 
-BUILT_IN_SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
+WORKER_SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
     Role.analyzer: analyzer_service,
     Role.generator: generator_service,
     Role.tester: tester_service,
 }
-# Roles served by another module, imported only when that role is asked for.
-SERVICE_MODULES: dict[Role, str] = {Role.coordinator: "tars_engine.cluster.coordinator_service"}
 
 
-class RoleNotServed(RuntimeError):
-    """This build cannot serve the requested role."""
-
-
-def role_service(role: Role, settings: ReplicaSettings) -> RoleService:
-    if role in BUILT_IN_SERVICES:
-        return BUILT_IN_SERVICES[role](settings)
-    module_name = SERVICE_MODULES.get(role)
-    try:
-        module = importlib.import_module(module_name) if module_name else None
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        module = None
-    if module is None:
-        raise RoleNotServed(f"role {role.value} cannot be served by this build")
-    service: RoleService = module.service(settings)
-    return service
-
-
-def create_app(role: Role, settings: ReplicaSettings | None = None) -> FastAPI:
+def role_app(role: Role, service: RoleService, settings: ReplicaSettings) -> FastAPI:
     """The HTTP API of one role: its service plus /healthz, /info and /metrics."""
-    settings = (settings or ReplicaSettings.from_env()).model_copy(update={"role": role})
-    service = role_service(role, settings)
     app = FastAPI(title=f"TARS {role.value} replica", version=service.info().version)
     registry = CollectorRegistry()
     requests_total = Counter(
@@ -231,71 +203,3 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
         server.should_exit = True
         thread.join(timeout=STARTUP_TIMEOUT_SECONDS)
         sock.close()
-
-
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="A TARS role replica.")
-
-
-@cli.callback()
-def _root() -> None:
-    """A TARS role replica (analyzer, generator, tester or coordinator)."""
-
-
-@cli.command()
-def serve(
-    role: Annotated[
-        Role | None, typer.Option(envvar=ReplicaEnv.role, help="Role to serve", show_default=False)
-    ] = None,
-    host: Annotated[str, typer.Option(envvar=ReplicaEnv.host, help="Address to listen on")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[
-        int, typer.Option(envvar=ReplicaEnv.port, help="Port to listen on")
-    ] = REPLICA_PORT,
-    engine: Annotated[
-        EngineName | None,
-        typer.Option(envvar=ReplicaEnv.engine, help="Default engine", show_default=False),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(envvar=ReplicaEnv.model, help="Default model", show_default=False)
-    ] = None,
-    ollama_host: Annotated[
-        str | None,
-        typer.Option(envvar=ReplicaEnv.ollama_host, help="Ollama URL", show_default=False),
-    ] = None,
-    scratch_dir: Annotated[
-        str | None,
-        typer.Option(
-            envvar=ReplicaEnv.scratch_dir, help="Writable cache and work dir", show_default=False
-        ),
-    ] = None,
-) -> None:
-    """Serve one role over HTTP until interrupted."""
-    try:
-        settings = ReplicaSettings.from_env(
-            role=role,
-            engine=engine,
-            model=model,
-            ollama_host=ollama_host,
-            scratch_dir=scratch_dir,
-        )
-    except ValueError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    if settings.role is None:
-        typer.echo(f"error: no role given; use --role or set {ReplicaEnv.role}", err=True)
-        raise typer.Exit(2)
-    try:
-        app = create_app(settings.role, settings)
-    except (RoleNotServed, ConfigurationError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()
