@@ -13,9 +13,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict
+from tars_api.names import CLI_LABELS, COORDINATOR_SERVICE_ACCOUNT
 
-COORDINATOR_ACCOUNT = "tars-coordinator"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "tarscli"}
+COORDINATOR_ACCOUNT = COORDINATOR_SERVICE_ACCOUNT
 
 
 class PolicyRule(BaseModel):
@@ -50,7 +50,7 @@ COORDINATOR_RULES = (
 
 def manifests(namespace: str) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding named `tars-coordinator` in `namespace`."""
-    metadata = {"name": COORDINATOR_ACCOUNT, "namespace": namespace, "labels": MANAGED_BY}
+    metadata = {"name": COORDINATOR_ACCOUNT, "namespace": namespace, "labels": CLI_LABELS}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
         {

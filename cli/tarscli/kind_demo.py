@@ -26,6 +26,7 @@ import typer
 import yaml
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
+from tars_api.names import CLI_LABELS
 from tars_api.replica import ReplicaVolume, TarsReplica
 from tars_api.run import SelfCodingRun
 from tars_api.vocabulary import Role
@@ -34,7 +35,6 @@ from tars_engine.core.settings import ENGINE_VERSION
 from tarscli import coordinator_access, local
 from tarscli.errors import fail
 from tarscli.kube import Cluster, ContextOption, KubeconfigOption, NamespaceOption, connect
-from tarscli.replica import MANAGED_BY_LABELS
 from tarscli.self_code import follow_run, report_patch, wait_for_replicas
 
 KIND_CLUSTER = "tars"
@@ -186,7 +186,7 @@ def run_manifest(repository: Path, namespace: str, project_path: str) -> SelfCod
 def coordinator_replica(namespace: str, project_path: str) -> TarsReplica:
     """The coordinator, with the project's node directory mounted where the run names it."""
     replica = TarsReplica.build(
-        Role.coordinator.value, Role.coordinator, namespace=namespace, labels=MANAGED_BY_LABELS
+        Role.coordinator.value, Role.coordinator, namespace=namespace, labels=CLI_LABELS
     )
     replica.spec.volumes = [ReplicaVolume(name=PROJECT_VOLUME, host_path=project_path)]
     return replica
@@ -208,7 +208,7 @@ def _prepare_replicas(
     for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
         console.print(line)
     wanted = [coordinator_replica(cluster.namespace, project_path)] + [
-        TarsReplica.build(role.value, role, namespace=cluster.namespace, labels=MANAGED_BY_LABELS)
+        TarsReplica.build(role.value, role, namespace=cluster.namespace, labels=CLI_LABELS)
         for role in (Role.analyzer, Role.generator, Role.tester)
     ]
     replicas = []

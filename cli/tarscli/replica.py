@@ -9,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 from rich.console import RenderableType
 from rich.table import Table
 from tars_api.meta import Condition
+from tars_api.names import CLI_LABELS
 from tars_api.replica import MAX_REPLICAS, TarsReplica
 from tars_api.vocabulary import EngineName, Role
 
@@ -28,7 +29,6 @@ NameArgument = Annotated[
     str, typer.Argument(metavar="NAME", help="Name of the TarsReplica.", show_default=False)
 ]
 OPERATOR_DEFAULT = "(the operator's default)"
-MANAGED_BY_LABELS = {"app.kubernetes.io/part-of": "tars", "app.kubernetes.io/managed-by": "tarscli"}
 
 
 def create_replica(cluster: Cluster, replica: TarsReplica) -> TarsReplica:
@@ -156,7 +156,7 @@ def create(
     replica = TarsReplica.build(
         name,
         role,
-        labels=MANAGED_BY_LABELS,
+        labels=CLI_LABELS,
         replicas=replicas,
         engine=engine,
         model=model,

@@ -28,8 +28,8 @@ from rich.progress import (
 from rich.table import Table
 from tars_api.crdgen import crd_manifests
 from tars_api.meta import ObjectMeta, find_condition
-from tars_api.names import DEFAULT_UPLOAD_KEY
-from tars_api.replica import ReplicaConditionType, ReplicaPhase, TarsReplica
+from tars_api.names import CLI_LABELS, DEFAULT_UPLOAD_KEY, PATCH_KEY, RUN_LABEL
+from tars_api.replica import ReplicaConditionType, TarsReplica
 from tars_api.run import RunConditionType, RunSource, SelfCodingRun, SelfCodingRunSpec, UploadSource
 from tars_api.vocabulary import EngineName, Role
 
@@ -45,7 +45,7 @@ from tarscli.kube import (
     NamespaceOption,
     connect,
 )
-from tarscli.replica import MANAGED_BY_LABELS, conditions_table
+from tarscli.replica import conditions_table
 from tarscli.upload import build_archive, project_root, resolve_targets
 
 app = typer.Typer(
@@ -58,7 +58,6 @@ app = typer.Typer(
 )
 
 DEFAULT_SETUP_TIMEOUT_SECONDS = 300
-RUN_LABEL = "tars.dev/run"
 CREATED_AT_ANNOTATION = "tars.dev/created-at"
 EXIT_INTERRUPTED = 130
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
@@ -118,10 +117,7 @@ def _wait_established(cluster: Cluster, name: str, deadline: float) -> None:
 
 
 def _is_ready(replica: TarsReplica | None) -> bool:
-    if replica is None or replica.status is None:
-        return False
-    ready = find_condition(replica.status.conditions, ReplicaConditionType.ready)
-    return ready.is_true if ready is not None else replica.status.phase is ReplicaPhase.ready
+    return replica is not None and replica.is_ready
 
 
 def _replica_state(replica: TarsReplica | None, *, with_message: bool = True) -> str:
@@ -222,7 +218,7 @@ def setup(
         cluster.require_crds()
     replicas: list[TarsReplica] = []
     for role in Role:
-        wanted = TarsReplica.build(role.value, role, labels=MANAGED_BY_LABELS)
+        wanted = TarsReplica.build(role.value, role, labels=CLI_LABELS)
         try:
             replicas.append(cluster.replicas.create(wanted))
             typer.echo(f"tarsreplica/{role.value} created")
@@ -354,7 +350,7 @@ def start(
     run = SelfCodingRun(
         metadata=ObjectMeta(
             generate_name=prefix,
-            labels=dict(MANAGED_BY_LABELS),
+            labels=dict(CLI_LABELS),
             annotations={
                 CREATED_AT_ANNOTATION: datetime.now(UTC).isoformat(timespec="microseconds")
             },
@@ -372,7 +368,7 @@ def start(
     cluster.core.create_namespaced_config_map(
         cluster.namespace,
         client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name=config_map, labels=dict(MANAGED_BY_LABELS)),
+            metadata=client.V1ObjectMeta(name=config_map, labels=dict(CLI_LABELS)),
             binary_data={DEFAULT_UPLOAD_KEY: base64.b64encode(archive.data).decode("ascii")},
         ),
         field_manager=FIELD_MANAGER,
@@ -525,10 +521,6 @@ def run_details(run: SelfCodingRun) -> RenderableType:
     return output.sections(*parts)
 
 
-def _is_terminal(run: SelfCodingRun) -> bool:
-    return run.status is not None and run.status.phase is not None and run.status.phase.is_terminal
-
-
 def _headline(run: SelfCodingRun) -> str:
     status = run.status
     if status is None or status.phase is None:
@@ -575,7 +567,7 @@ def follow_run(cluster: Cluster, name: str, console: Console) -> SelfCodingRun |
             if milestone != shown:
                 shown = milestone
                 progress.console.print(f"{time.strftime('%H:%M:%S')}  {_headline(run)}")
-            if _is_terminal(run):
+            if run.is_terminal:
                 break
     return last
 
@@ -586,7 +578,7 @@ def _follow_documents(cluster: Cluster, name: str, output_format: output.OutputF
         if event == "DELETED":
             raise CliError(f'SelfCodingRun "{name}" was deleted while being watched')
         output.print_document(output.document(run, SelfCodingRun), output_format)
-        if _is_terminal(run):
+        if run.is_terminal:
             return
 
 
@@ -660,7 +652,7 @@ def stop(
         return
     cluster = connect(kubeconfig, context, namespace)
     run = _resolve_run(cluster, run_name)
-    if _is_terminal(run):
+    if run.is_terminal:
         typer.echo(
             f"selfcodingrun/{run.name} has already ended ({_brief_phase(run)}); nothing to stop"
         )
@@ -674,15 +666,13 @@ def stop(
 
 # --- diff and apply --------------------------------------------------------------------
 
-REPORT_PATCH_KEY = "patch.diff"
-
 
 def report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
     """The accepted improvements of an ended run, from the ConfigMap it owns."""
     status = run.status
     if status is None or status.report_config_map is None:
         state = _brief_phase(run)
-        if _is_terminal(run):
+        if run.is_terminal:
             fail(f"selfcodingrun/{run.name} ({state}) has no report ConfigMap")
         fail(f"selfcodingrun/{run.name} has not ended yet ({state}); its patch comes at the end")
     try:
@@ -693,7 +683,7 @@ def report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
         if error.status == 404:
             fail(f"configmap/{status.report_config_map} of selfcodingrun/{run.name} is gone")
         raise
-    return str((config_map.data or {}).get(REPORT_PATCH_KEY, ""))
+    return str((config_map.data or {}).get(PATCH_KEY, ""))
 
 
 @app.command()
