@@ -1,11 +1,11 @@
 """The `tarscli` root: command groups and the console-script entry point.
 
-Groups:
+Groups (each a module of tarscli.commands):
 - `self-code`: runs of the self-coding workflow. In a cluster: `setup`, `start`,
-  `status`, `stop` (tarscli.self_code). On this machine: `run`, `improve` and
-  `status --local` (tarscli.local).
-- `replica`: the TarsReplica objects that serve the four roles (tarscli.replica).
-- `demo`: demonstrations: on this machine (tarscli.local), in kind or a cluster (tarscli.kind_demo).
+  `status`, `stop`, `diff`, `apply` (commands.self_code). On this machine: `run`,
+  `improve`, `status --local` and `stop --local` (commands.local).
+- `replica`: the TarsReplica objects that serve the four roles (commands.replica).
+- `demo`: demonstrations, on this machine, in kind or in a cluster (commands.demo).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from tarscli import kind_demo, local, replica, self_code
+from tarscli.commands import demo, local, replica, self_code
 from tarscli.errors import TarsGroup
 
 DISTRIBUTION = "tars-selfcoding"
@@ -39,18 +39,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-demo_app = typer.Typer(
-    help="Self-contained demonstrations of the self-coding workflow.",
-    no_args_is_help=True,
-)
-
 self_code.app.command("run")(local.run)
 self_code.app.command("improve")(local.improve)
-demo_app.command("self-code-demo")(kind_demo.self_code_demo)
 
 app.add_typer(self_code.app, name="self-code")
 app.add_typer(replica.app, name="replica")
-app.add_typer(demo_app, name="demo")
+app.add_typer(demo.app, name="demo")
 
 
 def _print_version(requested: bool) -> None:

@@ -1,4 +1,4 @@
-"""`tarscli demo self-code-demo --kind | --cluster`: the self-coding demo in a cluster.
+"""The self-coding demo in a cluster, for `tarscli demo self-code-demo --kind | --cluster`.
 
 `--kind` creates a kind cluster from examples/kind/cluster.yaml (it mounts the sample
 project on the node at /srv/tars/sample-project), builds the operator and replica images
@@ -20,11 +20,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 import yaml
-from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from tars_api.names import CLI_LABELS
 from tars_api.replica import ReplicaVolume, TarsReplica
@@ -32,10 +31,10 @@ from tars_api.run import SelfCodingRun
 from tars_api.vocabulary import Role
 from tars_engine.core.settings import ENGINE_VERSION
 
-from tarscli import coordinator_access, local
+from tarscli import coordinator_access
+from tarscli.cluster_ops import create_if_absent, follow_run, report_patch, wait_for_replicas
 from tarscli.errors import fail
-from tarscli.kube import Cluster, ContextOption, KubeconfigOption, NamespaceOption, connect
-from tarscli.self_code import follow_run, report_patch, wait_for_replicas
+from tarscli.kube import Cluster, connect
 
 KIND_CLUSTER = "tars"
 NODE_PROJECT_PATH = "/srv/tars/sample-project"
@@ -213,20 +212,19 @@ def _prepare_replicas(
     ]
     replicas = []
     for replica in wanted:
-        try:
-            replicas.append(cluster.replicas.create(replica))
+        created = create_if_absent(cluster, replica)
+        if created is not None:
+            replicas.append(created)
             console.print(f"tarsreplica/{replica.name} created")
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            volumes = [volume.to_dict() for volume in replica.spec.volumes]
-            if volumes:
-                replicas.append(
-                    cluster.replicas.merge_patch(replica.name, {"spec": {"volumes": volumes}})
-                )
-            else:
-                replicas.append(cluster.replicas.get(replica.name))
-            console.print(f"tarsreplica/{replica.name} exists")
+            continue
+        volumes = [volume.to_dict() for volume in replica.spec.volumes]
+        if volumes:
+            replicas.append(
+                cluster.replicas.merge_patch(replica.name, {"spec": {"volumes": volumes}})
+            )
+        else:
+            replicas.append(cluster.replicas.get(replica.name))
+        console.print(f"tarsreplica/{replica.name} exists")
     wait_for_replicas(cluster, replicas, timeout_seconds, time.monotonic() + timeout_seconds)
 
 
@@ -279,65 +277,3 @@ def repository_root() -> Path:
     if not (root / "charts" / "tars" / "Chart.yaml").is_file():
         fail(f"the cluster demo needs the TARS source tree (charts/tars is not under {root})")
     return root
-
-
-def self_code_demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the temporary repository and print where it is.")
-    ] = False,
-    engine: local.EngineOption = None,
-    model: local.ModelOption = local.DEFAULT_MODEL,
-    kind: Annotated[
-        bool,
-        typer.Option(
-            "--kind",
-            help="In a new kind cluster: build and load the images (docker), install the chart, "
-            "run on the sample project mounted in the node.",
-        ),
-    ] = False,
-    in_cluster: Annotated[
-        bool,
-        typer.Option(
-            "--cluster",
-            help="In the current kube-context: install the chart and run on a node directory "
-            "(--project-path).",
-        ),
-    ] = False,
-    project_path: Annotated[
-        str,
-        typer.Option("--project-path", help="The sample project's directory on the node."),
-    ] = NODE_PROJECT_PATH,
-    helm: Annotated[str, typer.Option("--helm", help="The helm executable.")] = "helm",
-    helm_set: Annotated[
-        list[str] | None,
-        typer.Option("--helm-set", help="KEY=VALUE for the chart (helm --set); repeatable."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the external commands and stop.")
-    ] = False,
-    timeout: Annotated[
-        int, typer.Option("--timeout", min=1, help="Seconds to wait for the replicas to be Ready.")
-    ] = REPLICAS_TIMEOUT_SECONDS,
-    kubeconfig: KubeconfigOption = None,
-    context: ContextOption = None,
-    namespace: NamespaceOption = None,
-) -> None:
-    """Improve the sample project: on this machine (default), in kind (--kind) or in the
-    current cluster (--cluster)."""
-    if not (kind or in_cluster):
-        local.demo(keep=keep, engine=engine, model=model)
-        return
-    if kind and in_cluster:
-        fail("--kind and --cluster exclude each other")
-    run_demo(
-        repository_root(),
-        kind=kind,
-        project_path=project_path,
-        namespace=namespace or DEMO_NAMESPACE,
-        helm=helm,
-        kubeconfig=kubeconfig,
-        context=context,
-        dry_run=dry_run,
-        settings=helm_set or (),
-        timeout_seconds=timeout,
-    )

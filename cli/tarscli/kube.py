@@ -1,10 +1,11 @@
 """Connecting to a cluster the way kubectl does, and typed access to the TARS objects.
 
-`connect()` reads `--kubeconfig` (else `$KUBECONFIG`, else ~/.kube/config, else the
-in-cluster service account), `--context` and `-n/--namespace` (else the context's
-namespace, else "default"). `Cluster.runs` and `Cluster.replicas` read and write
-SelfCodingRun and TarsReplica objects as the API models, and turn the API's
-"not found" answers into messages that say what is missing and how to fix it.
+`connect()` takes the options tarscli.options declares: `--kubeconfig` (else
+`$KUBECONFIG`, else ~/.kube/config, else the in-cluster service account), `--context` and
+`-n/--namespace` (else the context's namespace, else "default"). `Cluster.runs` and
+`Cluster.replicas` read and write SelfCodingRun and TarsReplica objects as the API models,
+and turn the API's "not found" answers into messages that say what is missing and how to
+fix it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-import typer
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -34,35 +34,6 @@ REQUEST_TIMEOUT = (10, 60)
 WATCH_WINDOW_SECONDS = 300
 TARS_KINDS: tuple[type[ApiObject], ...] = (TarsReplica, SelfCodingRun)
 INSTALL_HINT = 'run "tarscli self-code setup --install-crds" or "kubectl apply -f crds/"'
-
-KubeconfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--kubeconfig",
-        help="Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
-        show_default=False,
-        rich_help_panel="Cluster",
-    ),
-]
-ContextOption = Annotated[
-    str | None,
-    typer.Option(
-        "--context",
-        help="The kubeconfig context to use (default: its current context).",
-        show_default=False,
-        rich_help_panel="Cluster",
-    ),
-]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace",
-        "-n",
-        help='Namespace of the objects (default: the context\'s namespace, else "default").',
-        show_default=False,
-        rich_help_panel="Cluster",
-    ),
-]
 
 ObjectT = TypeVar("ObjectT", bound=ApiObject)
 WatchEvent = Literal["ADDED", "MODIFIED", "DELETED"]

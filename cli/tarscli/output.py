@@ -6,7 +6,7 @@ import enum
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 import yaml
@@ -23,17 +23,6 @@ class OutputFormat(enum.StrEnum):
     table = "table"
     json = "json"
     yaml = "yaml"
-
-
-OutputOption = Annotated[
-    OutputFormat,
-    typer.Option(
-        "--output",
-        "-o",
-        help="Output format: table (for people), json or yaml (the whole object, for tools).",
-        case_sensitive=False,
-    ),
-]
 
 
 def console(*, stderr: bool = False) -> Console:

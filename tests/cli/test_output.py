@@ -15,8 +15,8 @@ from kubernetes.client.exceptions import ApiException
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tarscli import output
+from tarscli.cluster_ops import name_prefix
 from tarscli.errors import CliError, describe_failure, one_line
-from tarscli.self_code import name_prefix
 
 from tests.harness.cli import invoke
 

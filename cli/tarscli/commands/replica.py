@@ -1,0 +1,164 @@
+"""`tarscli replica`: the TarsReplica objects that serve the four roles — list, create,
+start, stop, remove, status.
+
+Each command is one read or write of the objects through tarscli.kube; the tables come
+from tarscli.views.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from tars_api.names import CLI_LABELS
+from tars_api.replica import MAX_REPLICAS, TarsReplica
+from tars_api.vocabulary import EngineName, Role
+
+from tarscli import options, output, views
+from tarscli.cluster_ops import create_if_absent
+from tarscli.errors import CliError
+from tarscli.kube import Cluster, connect
+
+app = typer.Typer(
+    help=(
+        "Manage role replicas (TarsReplica objects): list, create, start, stop, remove, status. "
+        "The operator turns each into a Deployment and a Service."
+    ),
+    no_args_is_help=True,
+)
+
+NameArgument = Annotated[str, typer.Argument(help="Name of the TarsReplica.", show_default=False)]
+
+
+@app.command("list")
+def list_replicas(
+    output_format: options.OutputOption = output.OutputFormat.table,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """List the TarsReplicas in the namespace: role, desired and ready pods, phase, endpoint, age."""
+    cluster = connect(kubeconfig, context, namespace)
+    replicas = sorted(cluster.replicas.list(), key=lambda replica: replica.name)
+    if output_format is not output.OutputFormat.table:
+        output.print_document(output.document(replicas, TarsReplica), output_format)
+    elif not replicas:
+        typer.echo(
+            f'No TarsReplicas in namespace "{cluster.namespace}"; create them with "tarscli self-code setup".'
+        )
+    else:
+        output.console().print(views.replicas_table(replicas))
+
+
+@app.command("create")
+def create(
+    name: NameArgument,
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role",
+            "-r",
+            help="The role the pods serve.",
+            show_default=False,
+        ),
+    ],
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=0, max=MAX_REPLICAS, help="Number of pods.")
+    ] = 1,
+    engine: Annotated[
+        EngineName | None,
+        typer.Option(
+            help="Generation engine (default: the operator's configuration).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model for the ollama engine (default: the operator's configuration).",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Container image (default: the role's image).", show_default=False),
+    ] = None,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Create a TarsReplica: ROLE pods behind one Service."""
+    cluster = connect(kubeconfig, context, namespace)
+    replica = TarsReplica.build(
+        name,
+        role,
+        labels=CLI_LABELS,
+        replicas=replicas,
+        engine=engine,
+        model=model,
+        image=image,
+    )
+    created = create_if_absent(cluster, replica)
+    if created is None:
+        raise CliError(
+            f'TarsReplica "{replica.name}" already exists in namespace "{cluster.namespace}"'
+        )
+    typer.echo(f"tarsreplica/{created.name} created (role {role.value}, {replicas} replica(s))")
+
+
+def _set_suspend(name: str, suspend: bool, cluster: Cluster) -> TarsReplica:
+    return cluster.replicas.merge_patch(name, {"spec": {"suspend": suspend}})
+
+
+@app.command("start")
+def start(
+    name: NameArgument,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Resume a stopped TarsReplica (spec.suspend=false): its pods come back."""
+    replica = _set_suspend(name, False, connect(kubeconfig, context, namespace))
+    typer.echo(
+        f"tarsreplica/{replica.name} started (suspend=false, {replica.spec.replicas} replica(s))"
+    )
+
+
+@app.command("stop")
+def stop(
+    name: NameArgument,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Stop a TarsReplica without removing it (spec.suspend=true): scaled to zero pods."""
+    replica = _set_suspend(name, True, connect(kubeconfig, context, namespace))
+    typer.echo(f"tarsreplica/{replica.name} stopped (suspend=true, scaled to 0)")
+
+
+@app.command("remove")
+def remove(
+    name: NameArgument,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Delete a TarsReplica; its Deployment and Service go with it."""
+    connect(kubeconfig, context, namespace).replicas.delete(name)
+    typer.echo(f"tarsreplica/{name} removed")
+
+
+@app.command("status")
+def status(
+    name: NameArgument,
+    output_format: options.OutputOption = output.OutputFormat.table,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Show one TarsReplica: role, pods, phase, endpoint, capabilities and conditions."""
+    replica = connect(kubeconfig, context, namespace).replicas.get(name)
+    if output_format is output.OutputFormat.table:
+        output.console().print(views.replica_details(replica))
+    else:
+        output.print_document(output.document(replica, TarsReplica), output_format)

@@ -1,0 +1,343 @@
+"""`tarscli self-code`: SelfCodingRun objects in a cluster — setup, start, status, stop, diff, apply.
+
+The group also holds the commands that run on this machine (`run`, `improve`; tarscli.app
+adds them from tarscli.commands.local), and `status` and `stop` take `--local` for them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from kubernetes.client.exceptions import ApiException
+from tars_api.names import CLI_LABELS
+from tars_api.replica import TarsReplica
+from tars_api.run import SelfCodingRun
+from tars_api.vocabulary import EngineName, Role
+
+from tarscli import cluster_ops, coordinator_access, options, output, views
+from tarscli.commands import local as local_runs
+from tarscli.errors import CliError, fail
+from tarscli.kube import connect
+from tarscli.upload import build_archive, project_root, resolve_targets
+
+app = typer.Typer(
+    help=(
+        "Improve a codebase with the self-coding workflow. On this machine: `run` and `improve`. "
+        "In a cluster: `setup` the role replicas, then `start`, follow (`status --watch`) and "
+        "`stop` SelfCodingRuns."
+    ),
+    no_args_is_help=True,
+)
+
+DEFAULT_SETUP_TIMEOUT_SECONDS = 300
+EXIT_INTERRUPTED = 130
+
+RunArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Name of the SelfCodingRun (default: the latest in the namespace).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def setup(
+    install_crds_flag: Annotated[
+        bool,
+        typer.Option(
+            "--install-crds",
+            help="Install or update the TARS CRDs (server-side apply; needs rights on CRDs) before anything else.",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="Create the replicas and return without waiting for them."),
+    ] = False,
+    timeout: Annotated[
+        int,
+        typer.Option(
+            "--timeout", min=1, help="Seconds to wait for the replicas to be Ready before failing."
+        ),
+    ] = DEFAULT_SETUP_TIMEOUT_SECONDS,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Prepare a namespace for self-coding runs: the four role replicas, ready to work.
+
+    Checks that the CRDs are installed (--install-crds installs them), creates the
+    coordinator's ServiceAccount, Role and RoleBinding when absent, the
+    analyzer, generator, tester and coordinator TarsReplicas (existing ones are left
+    as they are), and waits until all four are Ready.
+    """
+    cluster = connect(kubeconfig, context, namespace)
+    deadline = time.monotonic() + timeout
+    if install_crds_flag:
+        cluster_ops.install_crds(cluster, deadline)
+    else:
+        cluster.require_crds()
+    replicas: list[TarsReplica] = []
+    for role in Role:
+        created = cluster_ops.create_if_absent(
+            cluster, TarsReplica.build(role.value, role, labels=CLI_LABELS)
+        )
+        if created is not None:
+            replicas.append(created)
+            typer.echo(f"tarsreplica/{role.value} created")
+            continue
+        existing = cluster.replicas.get(role.value)
+        replicas.append(existing)
+        note = (
+            ""
+            if existing.spec.role is role
+            else f", but it serves the {existing.spec.role.value} role"
+        )
+        typer.echo(f"tarsreplica/{role.value} already exists (left unchanged{note})")
+    # After the replicas: a user who may create those but not RBAC (the chart made the
+    # account) gets the replicas and a warning.
+    try:
+        for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+            typer.echo(line)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        typer.echo(
+            f"warning: cannot create the coordinator's {coordinator_access.COORDINATOR_ACCOUNT} "
+            "ServiceAccount and Role (forbidden); coordinator pods need them: install the chart "
+            "or ask an administrator",
+            err=True,
+        )
+    if no_wait:
+        return
+    cluster_ops.wait_for_replicas(cluster, replicas, timeout, deadline)
+    typer.echo(f'All {len(replicas)} role replicas are Ready in namespace "{cluster.namespace}".')
+
+
+@app.command()
+def start(
+    targets: options.TargetsOption,
+    auto_apply: Annotated[
+        bool,
+        typer.Option(
+            "--auto-apply",
+            "-a",
+            help="Apply accepted improvements instead of only producing a patch.",
+        ),
+    ] = False,
+    engine: Annotated[
+        EngineName | None,
+        typer.Option(
+            help="Generation engine: static (ruff fixes) or ollama (a local model).",
+            show_default="static",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model for the ollama engine.", show_default="llama3"),
+    ] = None,
+    max_files: Annotated[
+        int | None,
+        typer.Option("--max-files", min=1, help="Budget: files to work on.", show_default="20"),
+    ] = None,
+    test_command: Annotated[
+        str | None,
+        typer.Option(
+            "--test-command",
+            help='The project\'s test command, e.g. "pytest -q" (default: detected).',
+            show_default=False,
+        ),
+    ] = None,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Start a SelfCodingRun on the targets of this project; prints the run's name.
+
+    The project is the git work tree around the current directory (else the current
+    directory). Its files (git-tracked plus untracked, not ignored) are uploaded in a
+    ConfigMap that the run owns, so deleting the run removes the upload too.
+    """
+    cwd = Path.cwd()
+    root = project_root(cwd)
+    relative_targets = resolve_targets(root, cwd, targets)
+    try:
+        test_argv = shlex.split(test_command) if test_command is not None else None
+    except ValueError as error:
+        raise CliError(f"--test-command {test_command!r} cannot be parsed: {error}") from error
+    if test_argv == []:
+        raise CliError("--test-command must not be empty (leave it out to detect the test command)")
+    archive = build_archive(root, relative_targets)
+    run = cluster_ops.upload_run(
+        archive,
+        relative_targets,
+        auto_apply=auto_apply,
+        engine=engine,
+        model=model,
+        max_files=max_files,
+        test_command=test_argv,
+    )
+    cluster = connect(kubeconfig, context, namespace)
+    cluster.require_crds()
+    created = cluster_ops.create_with_upload(cluster, run, archive)
+    typer.echo(
+        f"Uploaded {len(archive.files)} files ({views.human_size(archive.size)}) from {root} to "
+        f"configmap/{cluster_ops.upload_of(run).config_map}; "
+        f'follow with "tarscli self-code status {created.name} --watch".',
+        err=True,
+    )
+    typer.echo(created.name)
+
+
+@app.command()
+def status(
+    run_name: RunArgument = None,
+    output_format: options.OutputOption = output.OutputFormat.table,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Follow the run with a progress bar until it ends (Ctrl-C to leave).",
+        ),
+    ] = False,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="Show the run made on this machine (`self-code run`) in this project."
+        ),
+    ] = False,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Show a run: phase, stage, current file, times, statistics, conditions, latest results.
+
+    Conditions say why a run is waiting (e.g. no coordinator replica is ready).
+    """
+    if local:
+        local_runs.status_local(output_format)
+        return
+    cluster = connect(kubeconfig, context, namespace)
+    run = cluster_ops.resolve_run(cluster, run_name)
+    if follow:
+        try:
+            if output_format is output.OutputFormat.table:
+                run = cluster_ops.follow_run(cluster, run.name, output.console()) or run
+            else:
+                cluster_ops.follow_documents(cluster, run.name, output_format)
+                return
+        except KeyboardInterrupt:
+            typer.echo(
+                f'Stopped watching; the run goes on ("tarscli self-code stop {run.name}" stops it).',
+                err=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    if output_format is output.OutputFormat.table:
+        output.console().print(views.run_details(run))
+    else:
+        output.print_document(output.document(run, SelfCodingRun), output_format)
+
+
+@app.command()
+def stop(
+    run_name: RunArgument = None,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Stop the run going on on this machine in this project."),
+    ] = False,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Ask a run to stop (spec.stop=true); improvements already accepted are kept."""
+    if local:
+        local_runs.stop_local()
+        return
+    cluster = connect(kubeconfig, context, namespace)
+    run = cluster_ops.resolve_run(cluster, run_name)
+    if run.is_terminal:
+        typer.echo(
+            f"selfcodingrun/{run.name} has already ended ({views.brief_phase(run)}); nothing to stop"
+        )
+        return
+    if run.spec.stop:
+        typer.echo(
+            f"selfcodingrun/{run.name}: stop was already requested ({views.brief_phase(run)})"
+        )
+        return
+    stopped = cluster.runs.merge_patch(run.name, {"spec": {"stop": True}})
+    typer.echo(f"selfcodingrun/{stopped.name}: stop requested ({views.brief_phase(stopped)})")
+
+
+@app.command()
+def diff(
+    run_name: RunArgument = None,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Print the patch of a run's accepted improvements (for review or `git apply`)."""
+    cluster = connect(kubeconfig, context, namespace)
+    patch = cluster_ops.report_patch(cluster, cluster_ops.resolve_run(cluster, run_name))
+    typer.echo(patch, nl=False)
+
+
+def _git_apply(project: Path, patch: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "apply", "--whitespace=nowarn", *extra, "-"],
+        cwd=project,
+        input=patch,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@app.command()
+def apply(
+    run_name: RunArgument = None,
+    project: Annotated[
+        Path,
+        typer.Option(
+            "--project",
+            "-C",
+            help="The local checkout the run was started from.",
+            file_okay=False,
+        ),
+    ] = Path("."),
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Apply a run's accepted improvements to the local tree, all or nothing.
+
+    The patch is checked first (`git apply --check`): when any hunk does not apply,
+    nothing is changed.
+    """
+    if not project.is_dir():
+        fail(f"{project} is not a directory")
+    # The patch's paths are relative to the project root the run was started from.
+    project = project_root(project)
+    cluster = connect(kubeconfig, context, namespace)
+    run = cluster_ops.resolve_run(cluster, run_name)
+    patch = cluster_ops.report_patch(cluster, run)
+    if not patch.strip():
+        typer.echo(f"selfcodingrun/{run.name} accepted no improvements; nothing to apply")
+        return
+    checked = _git_apply(project, patch, "--check")
+    if checked.returncode != 0:
+        reason = checked.stderr.strip().splitlines()[0] if checked.stderr.strip() else "rejected"
+        fail(
+            f"the patch of selfcodingrun/{run.name} does not apply to {project.resolve()}: {reason}"
+        )
+    applied = _git_apply(project, patch)
+    if applied.returncode != 0:
+        fail(f"git apply failed after its check passed: {applied.stderr.strip()}")
+    files = sorted({line[6:] for line in patch.splitlines() if line.startswith("+++ b/")})
+    typer.echo(f"selfcodingrun/{run.name}: applied to {len(files)} file(s): {', '.join(files)}")

@@ -1,0 +1,280 @@
+"""The workflow on this machine, for the commands that run it without a cluster.
+
+Which project a local run works on, the run's options from the command's (the engine
+chosen, the project's test command found), running the workflow with its roles
+in-process (tars_engine.transports.embedded) behind live progress, the run's persisted
+state, and the demo on a copy of the bundled sample project. What is shown comes from
+tarscli.views; failures a user can act on are CliErrors with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from tars_api.run import RunPhase
+from tars_api.vocabulary import EngineName
+from tars_engine.core.budget import Budget
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
+from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState
+from tars_engine.core.workflow_errors import WorkflowError
+from tars_engine.transports.embedded import (
+    default_engine,
+    local_workflow,
+    ollama_reachable,
+    project_test_command,
+    state_dir_for,
+)
+
+from tarscli import views
+from tarscli.errors import CliError
+from tarscli.options import WorkflowChoices
+from tarscli.upload import git_toplevel, project_root
+
+SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
+DEMO_TEST_TIMEOUT_SECONDS = 300
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", "tox.ini", "pytest.ini")
+
+# --- a run's project and options ----------------------------------------------------------------
+
+
+def _marked_project(start: Path) -> Path | None:
+    """The nearest directory at or above `start` that holds a Python project's configuration."""
+    for directory in (start, *start.parents):
+        if any((directory / marker).is_file() for marker in PROJECT_MARKERS):
+            return directory
+    return None
+
+
+def local_project_root(cwd: Path, targets: list[str]) -> Path:
+    """The project a local run works on.
+
+    The git top level around the working directory; else the git top level around
+    the first target; else, outside git, the nearest directory above the first
+    target with a pyproject.toml (or setup.py, setup.cfg, tox.ini, pytest.ini); else cwd.
+    """
+    toplevel = git_toplevel(cwd)
+    root = toplevel or cwd.resolve()
+    if toplevel is not None or not targets:
+        return root
+    first = Path(targets[0]) if Path(targets[0]).is_absolute() else cwd / targets[0]
+    if not first.exists():
+        return root
+    start = (first if first.is_dir() else first.parent).resolve()
+    return git_toplevel(start) or _marked_project(start) or root
+
+
+def choose_engine(requested: EngineName | None) -> EngineName:
+    if requested is None:
+        return default_engine()
+    host = os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
+    if requested is EngineName.ollama and not ollama_reachable(host):
+        raise CliError(
+            f"--engine ollama: no Ollama server answers at {host}; start one, set OLLAMA_HOST, "
+            "or use --engine static"
+        )
+    return requested
+
+
+def parse_test_command(command: str | None) -> list[str] | None:
+    if command is None:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise CliError(f"--test-command is not a valid command line: {exc}") from exc
+    if not argv:
+        raise CliError("--test-command must not be empty")
+    return argv
+
+
+def run_options(
+    root: Path, targets: list[str], choices: WorkflowChoices, budget: Budget | None = None
+) -> RunOptions:
+    """A local run's options: the engine chosen and the project's test command found when not given."""
+    return RunOptions(
+        targets=targets,
+        auto_apply=choices.auto_apply,
+        engine=choose_engine(choices.engine),
+        model=choices.model,
+        allow_unsafe_fixes=choices.unsafe_fixes,
+        test_command=parse_test_command(choices.test_command) or project_test_command(root),
+        test_timeout_seconds=choices.test_timeout,
+        budget=budget or Budget(),
+    )
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def execute(
+    root: Path, options: RunOptions, console: Console, learning: LearningStore | None = None
+) -> WorkflowState:
+    """Run the workflow with live progress; Ctrl-C asks it to stop after the current step."""
+    stop = threading.Event()
+    with views.LiveView(console) as view:
+        try:
+            workflow = local_workflow(
+                root, options, on_event=view, stop_requested=stop.is_set, learning=learning
+            )
+        except WorkflowError as exc:
+            raise CliError(str(exc)) from exc
+        outcome: dict[str, WorkflowState | BaseException] = {}
+
+        def drive() -> None:
+            try:
+                outcome["state"] = workflow.run()
+            # Handed to the main thread, which reports it or re-raises it there.
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=drive, name="tars-workflow")
+        worker.start()
+        while worker.is_alive():
+            try:
+                worker.join(0.2)
+            except KeyboardInterrupt:
+                stop.set()
+                console.print("[yellow]stopping after the current step (accepted work is kept)…[/]")
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, StateError):
+            raise CliError(str(error)) from error
+        if isinstance(error, OSError):
+            raise CliError(f"cannot keep the run's state in {root / '.tars'}: {error}") from error
+        raise error  # type: ignore[misc]
+    state = outcome["state"]
+    assert isinstance(state, WorkflowState)
+    return state
+
+
+def saved_run(project: Path | None) -> tuple[Path, StateStore, WorkflowState | None]:
+    """The project around `project` (else the working directory), its state store and run."""
+    root = project_root(project or Path.cwd())
+    store = StateStore(state_dir_for(root))
+    try:
+        return root, store, store.load()
+    except StateError as exc:
+        raise CliError(str(exc)) from exc
+
+
+# --- the demo -----------------------------------------------------------------------------------
+
+
+def sample_project() -> Path:
+    """The bundled sample project: $TARS_SAMPLE_PROJECT when set, else examples/ of this source tree."""
+    explicit = os.environ.get(SAMPLE_PROJECT_ENV)
+    candidate = (
+        Path(explicit)
+        if explicit
+        else Path(__file__).resolve().parents[2] / "examples" / "sample-project"
+    )
+    if (candidate / "pyproject.toml").is_file():
+        return candidate
+    if explicit:
+        raise CliError(
+            f"{SAMPLE_PROJECT_ENV}={explicit} is not the sample project (no pyproject.toml)"
+        )
+    raise CliError(
+        "the sample project is not found (this installation has no examples/ directory); "
+        f"set {SAMPLE_PROJECT_ENV} to a copy of examples/sample-project"
+    )
+
+
+def _captured(argv: list[str], **settings: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command for its text output; the caller judges its exit status."""
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **settings)
+
+
+def _git(root: Path, *arguments: str) -> str:
+    completed = _captured(["git", "-C", str(root), *arguments], timeout=120)
+    if completed.returncode != 0:
+        raise CliError(f"git {arguments[0]} failed in {root}: {completed.stderr.strip()}")
+    return completed.stdout
+
+
+def run_project_tests(root: Path, console: Console, when: str) -> None:
+    try:
+        completed = _captured(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=root,
+            timeout=DEMO_TEST_TIMEOUT_SECONDS,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CliError(
+            f"the sample project's tests {when} did not finish in {DEMO_TEST_TIMEOUT_SECONDS}s"
+        ) from exc
+    lines = [line for line in completed.stdout.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else completed.stderr.strip()
+    if completed.returncode != 0:
+        raise CliError(f"the sample project's tests fail {when}: {last}")
+    console.print(f"[green]✔ tests {when}:[/] {last}")
+
+
+def sample_demo(console: Console, *, keep: bool, engine: EngineName | None, model: str) -> None:
+    """Copy the sample project into a temporary git repository and improve it with auto-apply.
+
+    Shows the tests green before, every stage of the run, the diff and the statistics,
+    and the tests green after.
+    """
+    source = sample_project()
+    workspace = Path(tempfile.mkdtemp(prefix="tars-demo-"))
+    root = workspace / source.name
+    try:
+        shutil.copytree(
+            source, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".tars")
+        )
+        _git(workspace, "init", "--quiet", str(root))
+        _git(root, "add", "--all")
+        _git(
+            root, "-c", "user.name=TARS demo", "-c", "user.email=demo@localhost",
+            "-c", "commit.gpgsign=false", "commit", "--quiet", "-m", "Sample project as shipped",
+        )  # fmt: skip
+        start = _git(root, "rev-parse", "HEAD").strip()
+        console.rule("TARS self-coding demo")
+        console.print(f"Sample project copied to {root} (a fresh git repository).", markup=False)
+        run_project_tests(root, console, "before")
+        options = RunOptions(
+            targets=["ledgerly"],
+            auto_apply=True,
+            engine=choose_engine(engine),
+            model=model,
+            test_timeout_seconds=DEMO_TEST_TIMEOUT_SECONDS,
+        )
+        console.print(f"Running the workflow with auto-apply, engine {options.engine.value}…")
+        with tempfile.TemporaryDirectory(prefix="tars-demo-learning-") as learning_dir:
+            # The demo learns in its own store: showing it must not teach the user's.
+            learning = LearningStore(Path(learning_dir) / "learning.sqlite3")
+            state = execute(root, options, console, learning)
+        console.rule("What changed")
+        diff = (
+            _git(root, "diff", "--stat", start, "HEAD") + "\n" + _git(root, "diff", start, "HEAD")
+        )
+        console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+        console.print(
+            _git(root, "log", "--oneline", f"{start}..HEAD"), markup=False, highlight=False
+        )
+        console.rule("Statistics")
+        views.render_state(state, console, show_location=keep)
+        run_project_tests(root, console, "after")
+        if state.phase is not RunPhase.succeeded:
+            raise CliError(f"the demo run did not succeed: {state.message}")
+        if not state.applied:
+            raise CliError("the demo run applied no improvement")
+        console.print(f"[bold green]{len(state.applied)} improvements applied, tests green.[/]")
+    finally:
+        if keep:
+            console.print(f"The demo repository is kept at {root}", markup=False)
+        else:
+            shutil.rmtree(workspace, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""The options more than one command takes, each declared once with its help.
+
+Cluster commands take `--kubeconfig`, `--context` and `-n/--namespace` the way kubectl
+does (tarscli.kube reads them) and `-o/--output` for what they print; a run, local or in
+a cluster, takes `-t/--target`; the commands that run the workflow on this machine
+(`self-code run`, `improve`, the demo) share the engine, model, auto-apply and test
+options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ConfigDict
+from tars_api.vocabulary import EngineName
+
+from tarscli.output import OutputFormat
+
+CLUSTER_PANEL = "Cluster"
+
+
+def _cluster(*names: str, help: str) -> Any:
+    # Their defaults come from the kubeconfig, so the help says them in words.
+    return typer.Option(*names, help=help, show_default=False, rich_help_panel=CLUSTER_PANEL)
+
+
+KubeconfigOption = Annotated[
+    Path | None,
+    _cluster(
+        "--kubeconfig",
+        help="Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
+    ),
+]
+ContextOption = Annotated[
+    str | None,
+    _cluster(
+        "--context",
+        help="The kubeconfig context to use (default: its current context).",
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    _cluster(
+        "--namespace",
+        "-n",
+        help='Namespace of the objects (default: the context\'s namespace, else "default").',
+    ),
+]
+OutputOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output format: table (for people), json or yaml (the whole object, for tools).",
+        case_sensitive=False,
+    ),
+]
+
+TargetsOption = Annotated[
+    list[str],
+    typer.Option(
+        "--target",
+        "-t",
+        help="Directory to improve, inside the project (repeat for several).",
+        show_default=False,
+    ),
+]
+
+# --- the workflow on this machine -------------------------------------------------------
+
+EngineOption = Annotated[
+    EngineName | None,
+    typer.Option(
+        "--engine",
+        help="static (ruff's fixes) or ollama (a local model). "
+        "Default: ollama when OLLAMA_HOST answers, else static.",
+        case_sensitive=False,
+        show_default=False,
+    ),
+]
+ModelOption = Annotated[str, typer.Option("--model", help="Model for the ollama engine.")]
+AutoApplyOption = Annotated[
+    bool,
+    typer.Option(
+        "--auto-apply",
+        "-a",
+        help="Commit each accepted improvement (git repositories only); "
+        "without it the run writes a reviewable patch.",
+    ),
+]
+TestCommandOption = Annotated[
+    str | None,
+    typer.Option(
+        "--test-command",
+        help="The project's test command (default: pytest when the project uses it).",
+        show_default=False,
+    ),
+]
+TestTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--test-timeout", min=1, help="Seconds one test run may take before it is killed."
+    ),
+]
+UnsafeOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-fixes", help="Also use ruff's unsafe fixes (still proven by the tests)."
+    ),
+]
+
+
+class WorkflowChoices(BaseModel):
+    """How a run on this machine works: the values of the six options above.
+
+    A command that takes them all passes its parsed parameters (`ctx.params`); the
+    names are the options' parameter names, and a missing one fails validation.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    auto_apply: bool
+    engine: EngineName | None
+    model: str
+    unsafe_fixes: bool
+    test_command: str | None
+    test_timeout: float
