@@ -17,10 +17,11 @@ import typer
 
 from tarscli.commands import demo, local, replica, self_code
 from tarscli.errors import TarsGroup
+from tarscli.help_style import TarsTyper
 
 DISTRIBUTION = "tars-selfcoding"
 
-app = typer.Typer(
+app = TarsTyper(
     name="tarscli",
     cls=TarsGroup,
     help=(

@@ -19,7 +19,8 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from typer import _click
-from typer.core import TyperGroup
+
+from tarscli.help_style import HelpGroup
 
 EXIT_FAILURE = 1
 
@@ -125,7 +126,7 @@ def describe_failure(error: BaseException) -> str | None:
     return None
 
 
-class TarsGroup(TyperGroup):
+class TarsGroup(HelpGroup):
     """Root command class: every command below it fails through `describe_failure`.
 
     Doing this in the command tree (not around `app()`) means tests driving the

@@ -1,14 +1,17 @@
-"""The options more than one command takes, each declared once with its help.
+"""The options more than one command takes, each declared once with its help and metavar.
 
 Cluster commands take `--kubeconfig`, `--context` and `-n/--namespace` the way kubectl
 does (tarscli.kube reads them) and `-o/--output` for what they print; a run, local or in
 a cluster, takes `-t/--target`; the commands that run the workflow on this machine
 (`self-code run`, `improve`, the demo) share the engine, model, auto-apply and test
-options.
+options. Every option that takes a value names it in capitals (`SECONDS`, `NAME`) or lists
+its choices, for help in kubectl's style (tarscli.help_style); `seconds` and `count` make
+the two kinds of number options.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,15 +24,33 @@ from tarscli.output import OutputFormat
 CLUSTER_PANEL = "Cluster"
 
 
-def _cluster(*names: str, help: str) -> Any:
+def choices(kind: type[Enum]) -> str:
+    """A metavar listing an enum's values: `static|ollama`."""
+    return "|".join(str(member.value) for member in kind)
+
+
+def seconds(*names: str, help: str, **settings: Any) -> Any:
+    """An option that takes a duration: `--timeout SECONDS`, one at least."""
+    return typer.Option(*names, min=1, metavar="SECONDS", help=help, **settings)
+
+
+def count(*names: str, help: str, **settings: Any) -> Any:
+    """An option that takes a number of things: `--max-files N`."""
+    return typer.Option(*names, metavar="N", help=help, **settings)
+
+
+def _cluster(*names: str, metavar: str, help: str) -> Any:
     # Their defaults come from the kubeconfig, so the help says them in words.
-    return typer.Option(*names, help=help, show_default=False, rich_help_panel=CLUSTER_PANEL)
+    return typer.Option(
+        *names, metavar=metavar, help=help, show_default=False, rich_help_panel=CLUSTER_PANEL
+    )
 
 
 KubeconfigOption = Annotated[
     Path | None,
     _cluster(
         "--kubeconfig",
+        metavar="PATH",
         help="Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
     ),
 ]
@@ -37,6 +58,7 @@ ContextOption = Annotated[
     str | None,
     _cluster(
         "--context",
+        metavar="NAME",
         help="The kubeconfig context to use (default: its current context).",
     ),
 ]
@@ -45,6 +67,7 @@ NamespaceOption = Annotated[
     _cluster(
         "--namespace",
         "-n",
+        metavar="NAME",
         help='Namespace of the objects (default: the context\'s namespace, else "default").',
     ),
 ]
@@ -53,6 +76,7 @@ OutputOption = Annotated[
     typer.Option(
         "--output",
         "-o",
+        metavar=choices(OutputFormat),
         help="Output format: table (for people), json or yaml (the whole object, for tools).",
         case_sensitive=False,
     ),
@@ -63,6 +87,7 @@ TargetsOption = Annotated[
     typer.Option(
         "--target",
         "-t",
+        metavar="DIR",
         help="Directory to improve, inside the project (repeat for several).",
         show_default=False,
     ),
@@ -74,13 +99,16 @@ EngineOption = Annotated[
     EngineName | None,
     typer.Option(
         "--engine",
+        metavar=choices(EngineName),
         help="static (ruff's fixes) or ollama (a local model). "
         "Default: ollama when OLLAMA_HOST answers, else static.",
         case_sensitive=False,
         show_default=False,
     ),
 ]
-ModelOption = Annotated[str, typer.Option("--model", help="Model for the ollama engine.")]
+ModelOption = Annotated[
+    str, typer.Option("--model", metavar="NAME", help="Model for the ollama engine.")
+]
 AutoApplyOption = Annotated[
     bool,
     typer.Option(
@@ -94,15 +122,13 @@ TestCommandOption = Annotated[
     str | None,
     typer.Option(
         "--test-command",
+        metavar="COMMAND",
         help="The project's test command (default: pytest when the project uses it).",
         show_default=False,
     ),
 ]
 TestTimeoutOption = Annotated[
-    float,
-    typer.Option(
-        "--test-timeout", min=1, help="Seconds one test run may take before it is killed."
-    ),
+    float, seconds("--test-timeout", help="Seconds one test run may take before it is killed.")
 ]
 UnsafeOption = Annotated[
     bool,

@@ -13,9 +13,10 @@ from tars_api.vocabulary import DEFAULT_MODEL
 
 from tarscli import kind_demo, options, output
 from tarscli.errors import fail
+from tarscli.help_style import TarsTyper
 from tarscli.local_ops import sample_demo
 
-app = typer.Typer(
+app = TarsTyper(
     help="Self-contained demonstrations of the self-coding workflow.",
     no_args_is_help=True,
 )
@@ -46,13 +47,18 @@ def self_code_demo(
     ] = False,
     project_path: Annotated[
         str,
-        typer.Option("--project-path", help="The sample project's directory on the node."),
+        typer.Option(
+            "--project-path", metavar="PATH", help="The sample project's directory on the node."
+        ),
     ] = kind_demo.NODE_PROJECT_PATH,
-    helm: Annotated[str, typer.Option("--helm", help="The helm executable.")] = "helm",
+    helm: Annotated[
+        str, typer.Option("--helm", metavar="PATH", help="The helm executable.")
+    ] = "helm",
     helm_set: Annotated[
         list[str] | None,
         typer.Option(
             "--helm-set",
+            metavar="KEY=VALUE",
             help="KEY=VALUE for the chart (helm --set); repeatable.",
         ),
     ] = None,
@@ -60,7 +66,7 @@ def self_code_demo(
         bool, typer.Option("--dry-run", help="Print the external commands and stop.")
     ] = False,
     timeout: Annotated[
-        int, typer.Option("--timeout", min=1, help="Seconds to wait for the replicas to be Ready.")
+        int, options.seconds("--timeout", help="Seconds to wait for the replicas to be Ready.")
     ] = kind_demo.REPLICAS_TIMEOUT_SECONDS,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,

@@ -44,16 +44,14 @@ def run(
     model: options.ModelOption = DEFAULT_MODEL,
     max_files: Annotated[
         int | None,
-        typer.Option("--max-files", min=1, help="Work on at most N files.", show_default=False),
+        options.count("--max-files", min=1, help="Work on at most N files.", show_default=False),
     ] = None,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=1, max=10, help="Attempts per file.")
+        int, options.count("--max-attempts", min=1, max=10, help="Attempts per file.")
     ] = 2,
     deadline: Annotated[
         float | None,
-        typer.Option(
-            "--deadline", min=1, help="Seconds before the run gives up.", show_default=False
-        ),
+        options.seconds("--deadline", help="Seconds before the run gives up.", show_default=False),
     ] = None,
     test_command: options.TestCommandOption = None,
     test_timeout: options.TestTimeoutOption = DEFAULT_TEST_TIMEOUT_SECONDS,
@@ -81,7 +79,7 @@ def improve(
     ctx: typer.Context,
     file: Annotated[
         Path,
-        typer.Argument(help="The Python file to improve.", show_default=False),
+        typer.Argument(metavar="FILE", help="The Python file to improve.", show_default=False),
     ],
     auto_apply: options.AutoApplyOption = False,
     engine: options.EngineOption = None,

@@ -17,9 +17,10 @@ from tars_api.vocabulary import EngineName, Role
 from tarscli import options, output, views
 from tarscli.cluster_ops import create_if_absent
 from tarscli.errors import CliError
+from tarscli.help_style import TarsTyper
 from tarscli.kube import Cluster, connect
 
-app = typer.Typer(
+app = TarsTyper(
     help=(
         "Manage role replicas (TarsReplica objects): list, create, start, stop, remove, status. "
         "The operator turns each into a Deployment and a Service."
@@ -27,7 +28,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NameArgument = Annotated[str, typer.Argument(help="Name of the TarsReplica.", show_default=False)]
+NameArgument = Annotated[
+    str, typer.Argument(metavar="NAME", help="Name of the TarsReplica.", show_default=False)
+]
 
 
 @app.command("list")
@@ -58,16 +61,18 @@ def create(
         typer.Option(
             "--role",
             "-r",
+            metavar=options.choices(Role),
             help="The role the pods serve.",
             show_default=False,
         ),
     ],
     replicas: Annotated[
-        int, typer.Option("--replicas", min=0, max=MAX_REPLICAS, help="Number of pods.")
+        int, options.count("--replicas", min=0, max=MAX_REPLICAS, help="Number of pods.")
     ] = 1,
     engine: Annotated[
         EngineName | None,
         typer.Option(
+            metavar=options.choices(EngineName),
             help="Generation engine (default: the operator's configuration).",
             show_default=False,
         ),
@@ -75,13 +80,16 @@ def create(
     model: Annotated[
         str | None,
         typer.Option(
+            metavar="NAME",
             help="Model for the ollama engine (default: the operator's configuration).",
             show_default=False,
         ),
     ] = None,
     image: Annotated[
         str | None,
-        typer.Option(help="Container image (default: the role's image).", show_default=False),
+        typer.Option(
+            metavar="IMAGE", help="Container image (default: the role's image).", show_default=False
+        ),
     ] = None,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,

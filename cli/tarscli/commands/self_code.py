@@ -22,10 +22,11 @@ from tars_api.vocabulary import EngineName, Role
 from tarscli import cluster_ops, coordinator_access, options, output, views
 from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
+from tarscli.help_style import TarsTyper
 from tarscli.kube import connect
 from tarscli.upload import build_archive, project_root, resolve_targets
 
-app = typer.Typer(
+app = TarsTyper(
     help=(
         "Improve a codebase with the self-coding workflow. On this machine: `run` and `improve`. "
         "In a cluster: `setup` the role replicas, then `start`, follow (`status --watch`) and "
@@ -40,6 +41,7 @@ EXIT_INTERRUPTED = 130
 RunArgument = Annotated[
     str | None,
     typer.Argument(
+        metavar="RUN",
         help="Name of the SelfCodingRun (default: the latest in the namespace).",
         show_default=False,
     ),
@@ -61,8 +63,8 @@ def setup(
     ] = False,
     timeout: Annotated[
         int,
-        typer.Option(
-            "--timeout", min=1, help="Seconds to wait for the replicas to be Ready before failing."
+        options.seconds(
+            "--timeout", help="Seconds to wait for the replicas to be Ready before failing."
         ),
     ] = DEFAULT_SETUP_TIMEOUT_SECONDS,
     kubeconfig: options.KubeconfigOption = None,
@@ -133,22 +135,24 @@ def start(
     engine: Annotated[
         EngineName | None,
         typer.Option(
+            metavar=options.choices(EngineName),
             help="Generation engine: static (ruff fixes) or ollama (a local model).",
             show_default="static",
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model for the ollama engine.", show_default="llama3"),
+        typer.Option(metavar="NAME", help="Model for the ollama engine.", show_default="llama3"),
     ] = None,
     max_files: Annotated[
         int | None,
-        typer.Option("--max-files", min=1, help="Budget: files to work on.", show_default="20"),
+        options.count("--max-files", min=1, help="Budget: files to work on.", show_default="20"),
     ] = None,
     test_command: Annotated[
         str | None,
         typer.Option(
             "--test-command",
+            metavar="COMMAND",
             help='The project\'s test command, e.g. "pytest -q" (default: detected).',
             show_default=False,
         ),
@@ -307,6 +311,7 @@ def apply(
         typer.Option(
             "--project",
             "-C",
+            metavar="DIR",
             help="The local checkout the run was started from.",
             file_okay=False,
         ),
