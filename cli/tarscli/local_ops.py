@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.syntax import Syntax
 from tars_api.run import RunPhase
 from tars_api.vocabulary import EngineName
 from tars_engine.core.budget import Budget
@@ -258,6 +257,9 @@ def sample_demo(console: Console, *, keep: bool, engine: EngineName | None, mode
             learning = LearningStore(Path(learning_dir) / "learning.sqlite3")
             state = execute(root, options, console, learning)
         console.rule("What changed")
+        # Imported here: rich.syntax brings pygments, which only the demo's diff needs.
+        from rich.syntax import Syntax
+
         diff = (
             _git(root, "diff", "--stat", start, "HEAD") + "\n" + _git(root, "diff", start, "HEAD")
         )

@@ -12,18 +12,9 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Iterable
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from rich.console import Console, Group, RenderableType
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from tars_api.meta import Condition, find_condition
 from tars_api.replica import ReplicaConditionType, TarsReplica
@@ -33,6 +24,9 @@ from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.state import WorkflowState
 
 from tarscli import output
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 OPERATOR_DEFAULT = "(the operator's default)"
 NO_STATUS = "no status yet: is the operator running?"
@@ -50,6 +44,18 @@ def progress_bar(console: Console, *, transient: bool = True, detail: bool = Fal
 
     Transient bars vanish when done, leaving the lines printed above them.
     """
+    # Imported here: most commands never draw progress, and rich.progress (with its table
+    # of spinners) is one of the slower imports at start-up.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns: list[ProgressColumn] = [
         SpinnerColumn(),
         TextColumn("{task.description}"),
