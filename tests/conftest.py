@@ -69,9 +69,16 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
 
 
 @pytest.fixture(scope="session")
-def ollama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ollama.OllamaServer]:
+def ollama_dir() -> Path:
+    """The pinned Ollama build and its models directory (`make ollama`)."""
+    return _build_or_skip("TARS_OLLAMA_DIR", ollama.missing_build, "make ollama")
+
+
+@pytest.fixture(scope="session")
+def ollama_server(
+    ollama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ollama.OllamaServer]:
     """A real `ollama serve` on loopback with the small test model (`ollama.TEST_MODEL`)."""
-    ollama_dir = _build_or_skip("TARS_OLLAMA_DIR", ollama.missing_build, "make ollama")
     log = tmp_path_factory.mktemp("ollama") / "serve.log"
     with ollama.running(ollama_dir, log) as server:
         yield server

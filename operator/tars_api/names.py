@@ -60,7 +60,9 @@ class ReplicaEnv(enum.StrEnum):
     model = "TARS_MODEL"
     scratch_dir = "TARS_SCRATCH_DIR"
     ollama_host = "OLLAMA_HOST"
-    ollama_timeout = "TARS_OLLAMA_TIMEOUT"
+    ollama_num_ctx = "TARS_OLLAMA_NUM_CTX"
+    # Read as Ollama's own server reads it: how many requests it answers at once.
+    ollama_num_parallel = "OLLAMA_NUM_PARALLEL"
     host = "TARS_HOST"
     port = "TARS_PORT"
     # JSON map from a run's volume source key to where the volume is mounted (coordinator).

@@ -5,13 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tars_api.run import FileOutcome, RunPhase
+from tars_api.run import RunPhase
 from tars_api.vocabulary import EngineName
 from tars_engine.core.learning import LearningStore, Outcome
-from tars_engine.core.models import Finding, FindingKind, FindingSource, Location, Severity
-from tars_engine.roles.ollama_engine import GENERATE_SYSTEM_PROMPT
+from tars_engine.core.models import (
+    Finding,
+    FindingKind,
+    FindingSource,
+    GenerateRequest,
+    Location,
+    Severity,
+    SourceFile,
+)
+from tars_engine.roles.edit_protocol import plan_tasks
+from tars_engine.roles.ollama_engine import task_prompt
 
-from tests.engine.fake_ollama import fake_ollama
+from tests.harness.ollama import TEST_MODEL, OllamaServer
 from tests.harness.projects import tree_hashes
 from tests.harness.workflow import isolated_roles, learning, run_workflow, shop_project
 
@@ -88,36 +97,40 @@ def test_examples_are_recent_accepted_changes_one_per_rule(learning: LearningSto
     assert again.count() == 4
 
 
-def test_learned_examples_reach_the_model_and_bad_answers_change_nothing(
-    tmp_path: Path, learning: LearningStore, monkeypatch: pytest.MonkeyPatch
+def test_learned_examples_reach_the_models_prompt(tmp_path: Path, learning: LearningStore) -> None:
+    root = shop_project(tmp_path / "shop")
+    assert run_workflow(root, learning, targets=["shop"]).phase is RunPhase.succeeded
+    examples = learning.examples(["UP032"])
+    assert examples
+    content = (root / "shop" / "cart.py").read_text()
+    request = GenerateRequest(
+        file=SourceFile(path="shop/cart.py", content=content),
+        findings=[],
+        targets=["shop"],
+        engine=EngineName.ollama,
+        examples=examples,
+        attempt=2,
+        feedback="the tests failed: test_total",
+    )
+    [task] = plan_tasks(content, [finding("D103")])
+    prompt = task_prompt(request.file.path, content, task, request)
+    assert examples[0].diff.strip().splitlines()[-1] in prompt
+    assert "Your previous answer was refused: the tests failed: test_total" in prompt
+
+
+def test_a_run_with_a_real_model_changes_nothing_unproven(
+    tmp_path: Path,
+    learning: LearningStore,
+    monkeypatch: pytest.MonkeyPatch,
+    ollama_server: OllamaServer,
 ) -> None:
     root = shop_project(tmp_path / "shop")
-    first = run_workflow(root, learning, targets=["shop"])
-    assert first.phase is RunPhase.succeeded
-    learned = learning.examples(["UP032"])[0].diff
     before = tree_hashes(root)
-
-    with fake_ollama() as fake:
-        # Every answer edits a test file instead of the file asked about.
-        bad_answer = (
-            "Here is the fix.\n```diff\n--- a/tests/test_shop.py\n+++ b/tests/test_shop.py\n"
-            "@@ -1,1 +1,1 @@\n-from shop.cart import describe, total\n+from shop.cart import total\n```\n"
-        )
-        for _ in range(40):
-            fake.reply(bad_answer)
-        monkeypatch.setenv("OLLAMA_HOST", fake.url)
-        second = run_workflow(root, learning, targets=["shop"], engine="ollama", model="llama3")
-
-    assert second.phase is RunPhase.succeeded, second.message
-    assert second.files and all(r.outcome is FileOutcome.rejected for r in second.files)
-    assert all(r.attempts == 2 for r in second.files)
-    assert all("edits another file: tests/test_shop.py" in r.message for r in second.files)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    state = run_workflow(root, learning, targets=["shop"], engine="ollama", model=TEST_MODEL)
+    assert state.phase is RunPhase.succeeded, state.message
+    assert state.model_check is not None and state.model_check.problem is None
+    assert state.files and all(record.outcome is not None for record in state.files)
+    assert all(record.message for record in state.files)
+    # No auto-apply: the tree stays as it was, whatever was accepted into the patch.
     assert tree_hashes(root) == before
-    prompts = [
-        "\n".join(message["content"] for message in chat["messages"])
-        for chat in fake.chats
-        if chat["messages"][0]["content"] == GENERATE_SYSTEM_PROMPT
-    ]
-    assert prompts and any(learned.strip().splitlines()[-1] in prompt for prompt in prompts)
-    # The retry carried the refusal back to the model as feedback.
-    assert any("previous answer was refused" in prompt for prompt in prompts)

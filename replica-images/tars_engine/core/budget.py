@@ -7,13 +7,20 @@ already accounted for by the invocation that spent it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+# How often a role's call under way is checked for a stop; a stop cancels it on the role.
+STOP_POLL_SECONDS = 0.25
+T = TypeVar("T")
 
 
 class Budget(BaseModel):
@@ -79,3 +86,27 @@ class BudgetGuard:
         stop = self.stop_reason()
         if stop is not None:
             raise stop
+
+
+def call_until_stop(
+    call: Callable[[], T], guard: BudgetGuard, cancel: Callable[[], None], *, name: str
+) -> T:
+    """`call()`'s answer; a stop (or the deadline) meanwhile calls `cancel` and raises.
+
+    The call runs on a worker thread so that a stop is seen while a role is still busy
+    (a test run, a model's answer); `cancel` tells the role, whose thread then ends.
+    """
+    waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+    try:
+        future = waiter.submit(call)
+        while True:
+            try:
+                return future.result(timeout=STOP_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                stop = guard.stop_reason()
+                if stop is not None:
+                    with contextlib.suppress(Exception):
+                        cancel()
+                    raise stop from None
+    finally:
+        waiter.shutdown(wait=False)

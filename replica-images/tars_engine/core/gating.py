@@ -16,24 +16,21 @@ two or more testers; that costs a test run, which the default saves.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import shlex
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tars_engine.core.budget import BudgetGuard
+from tars_engine.core.budget import BudgetGuard, call_until_stop
 from tars_engine.core.events import one_line
 from tars_engine.core.models import Candidate, SnapshotRef, TestRequest, TestResult
 from tars_engine.core.role_pool import RolePool
-from tars_engine.core.role_set import RoleError, SnapshotMissingError, TesterRole
+from tars_engine.core.role_set import SnapshotMissingError, TesterRole
 from tars_engine.core.snapshot import archive_digest
 from tars_engine.core.state import RunOptions
 from tars_engine.core.workflow_errors import WorkflowError
 
 BASELINE_LABEL = "baseline, no change"
-# How often a running test is checked for a stop; a stop cancels it on the tester.
-STOP_POLL_SECONDS = 0.25
 
 
 class BaselineFailedError(WorkflowError):
@@ -117,22 +114,14 @@ class CandidateGate:
 
     def _tests_until_stop(self, tester: TesterRole, request: TestRequest) -> TestResult:
         """The tester's answer; a stop (or the deadline) meanwhile cancels the test run and raises."""
-        request = request.model_copy(update={"request_id": uuid.uuid4().hex})
-        assert request.request_id is not None
-        waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tars-test")
-        try:
-            future = waiter.submit(tester.run_tests, request)
-            while True:
-                try:
-                    return future.result(timeout=STOP_POLL_SECONDS)
-                except concurrent.futures.TimeoutError:
-                    stop = self._guard.stop_reason()
-                    if stop is not None:
-                        with contextlib.suppress(RoleError):
-                            tester.cancel_tests(request.request_id)
-                        raise stop from None
-        finally:
-            waiter.shutdown(wait=False)
+        request_id = uuid.uuid4().hex
+        request = request.model_copy(update={"request_id": request_id})
+        return call_until_stop(
+            lambda: tester.run_tests(request),
+            self._guard,
+            lambda: tester.cancel_tests(request_id),
+            name="tars-test",
+        )
 
     def require_baseline(self, *, run_if_missing: bool = False) -> None:
         """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""

@@ -109,6 +109,25 @@ class GenerateRequest(WireModel):
     attempt: int = Field(default=1, ge=1)
     feedback: str | None = Field(default=None, description="why the previous attempt failed")
     max_tokens: int | None = Field(default=None, ge=1)
+    request_id: str | None = Field(
+        default=None, max_length=64, description="names the generation, so a stop can cancel it"
+    )
+
+
+class ModelCheckRequest(WireModel):
+    model: str = Field(min_length=1)
+
+
+class ModelCheck(WireModel):
+    """A generator's preflight of its model server: what a run learns before any work."""
+
+    model: str
+    problem: str | None = Field(default=None, description="one line naming the fix; None: ok")
+    server_version: str | None = None
+    context_length: int | None = Field(default=None, description="the model's own limit")
+    num_ctx: int | None = Field(default=None, description="the context every request uses")
+    tokens_per_second: float | None = None
+    prompt_tokens_per_second: float | None = None
 
 
 class Candidate(WireModel):

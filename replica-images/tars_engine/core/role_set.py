@@ -14,6 +14,8 @@ from tars_engine.core.models import (
     AnalyzeRequest,
     GenerateRequest,
     GenerateResult,
+    ModelCheck,
+    ModelCheckRequest,
     RoleInfo,
     SnapshotRef,
     TestRequest,
@@ -31,6 +33,14 @@ class GeneratorRole(Protocol):
     def info(self) -> RoleInfo: ...
 
     def generate(self, request: GenerateRequest) -> GenerateResult: ...
+
+    def check_model(self, request: ModelCheckRequest) -> ModelCheck:
+        """The model server answers and has the model; its context and speed (ollama engine)."""
+        ...
+
+    def cancel_generation(self, request_id: str) -> None:
+        """Stop the generation named `request_id`; nothing if it is not running."""
+        ...
 
 
 class TesterRole(Protocol):

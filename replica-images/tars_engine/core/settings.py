@@ -25,7 +25,8 @@ ENVIRONMENT_VARIABLES = {
     ReplicaEnv.engine: "engine",
     ReplicaEnv.model: "model",
     ReplicaEnv.ollama_host: "ollama_host",
-    ReplicaEnv.ollama_timeout: "ollama_timeout_seconds",
+    ReplicaEnv.ollama_num_ctx: "ollama_num_ctx",
+    ReplicaEnv.ollama_num_parallel: "ollama_parallel",
     ReplicaEnv.scratch_dir: "scratch_dir",
 }
 
@@ -41,9 +42,13 @@ class ReplicaSettings(BaseModel):
     engine: EngineName = EngineName.static
     model: str = DEFAULT_MODEL
     ollama_host: str = DEFAULT_OLLAMA_HOST
-    ollama_timeout_seconds: float = Field(default=120, gt=0)
     ollama_connect_timeout_seconds: float = Field(default=5, gt=0)
-    max_context_tokens: int = Field(default=32768, ge=2048)
+    # One context length for every request of a run, so Ollama never reloads the model;
+    # capped by the model's own. 8k is where small models stop losing truncated prompts.
+    ollama_num_ctx: int = Field(default=8192, ge=2048)
+    # Requests in flight at once: the server's OLLAMA_NUM_PARALLEL, when set alike here.
+    ollama_parallel: int = Field(default=1, ge=1, le=64)
+    ollama_keep_alive: str = "10m"
     scratch_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "tars-scratch")
 
     @field_validator("ollama_host")

@@ -30,7 +30,7 @@ from tars_api.run import (
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName
 
 from tars_engine.core.budget import Budget
-from tars_engine.core.models import Candidate, TestResult
+from tars_engine.core.models import Candidate, ModelCheck, TestResult
 from tars_engine.core.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
@@ -100,6 +100,9 @@ class WorkflowState(StateModel):
     updated_at: datetime.datetime
     completed_at: datetime.datetime | None = None
     baseline: TestResult | None = None
+    model_check: ModelCheck | None = Field(
+        default=None, description="the ollama engine's preflight of its model server"
+    )
     files: list[FileRecord] = Field(default_factory=list, description="selected files, best first")
     skipped: list[SkippedFile] = Field(default_factory=list)
     accepted: list[Candidate] = Field(

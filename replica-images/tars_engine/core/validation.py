@@ -1,18 +1,23 @@
 """Candidate validation, the same for every engine: nobody sees a candidate that fails it.
 
 A candidate must touch exactly its own file, never a test file, stay inside the
-run's targets, apply to the content it was made for, change something, and leave
-a file that parses.
+run's targets, apply to the content it was made for, change more than whitespace,
+leave a file that parses, and keep every name the file defines (functions, classes,
+methods, module constants): a change that drops one is not an improvement, whatever
+the tests say.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import posixpath
+import tokenize
 
 from tars_api.vocabulary import EngineName
 
+from tars_engine.core import python_ast
 from tars_engine.core.diffs import PatchError, apply_unified_diff, diff_paths, make_unified_diff
 from tars_engine.core.models import (
     Candidate,
@@ -62,12 +67,47 @@ def is_inside_targets(path: str, targets: list[str]) -> bool:
 
 def syntax_problem(content: str) -> str | None:
     try:
-        ast.parse(content)
+        python_ast.parse(content)
     except SyntaxError as exc:
         return f"line {exc.lineno}: {exc.msg}"
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """Functions, classes, their methods, and module-level assigned names, as `Class.method`."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names.add(node.name)
+            names.update(
+                f"{node.name}.{member.name}"
+                for member in node.body
+                if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+    return names
+
+
+_LAYOUT_TOKENS = frozenset({tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT})
+
+
+def _significant_tokens(content: str) -> list[tuple[int, str]]:
+    tokens = tokenize.generate_tokens(io.StringIO(content).readline)
+    return [(token.type, token.string) for token in tokens if token.type not in _LAYOUT_TOKENS]
+
+
+def only_whitespace_changed(before: str, after: str) -> bool:
+    """The same tokens in the same order (comments and strings included): layout alone moved."""
+    try:
+        return _significant_tokens(before) == _significant_tokens(after)
+    except (tokenize.TokenError, SyntaxError):
+        return False
 
 
 def path_rejection(path: str, targets: list[str]) -> str | None:
@@ -102,6 +142,14 @@ def candidate_rejection(candidate: Candidate, source: SourceFile, targets: list[
     problem = syntax_problem(updated)
     if problem:
         return f"changed file does not parse ({problem})"
+    if only_whitespace_changed(source.content, updated):
+        return "changes only whitespace"
+    if syntax_problem(source.content) is None:
+        dropped = defined_names(python_ast.parse(source.content)) - defined_names(
+            python_ast.parse(updated)
+        )
+        if dropped:
+            return f"drops names the file defines: {', '.join(sorted(dropped))}"
     return None
 
 

@@ -22,7 +22,7 @@ from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying
-from tars_engine.core.budget import BudgetGuard, StopRequested
+from tars_engine.core.budget import BudgetGuard, StopRequested, call_until_stop
 from tars_engine.core.events import EventCallback, EventKind, one_line
 from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
 from tars_engine.core.journal import RunJournal
@@ -34,6 +34,7 @@ from tars_engine.core.models import (
     Finding,
     FindingSource,
     GenerateRequest,
+    ModelCheckRequest,
     SourceFile,
     TestResult,
 )
@@ -231,6 +232,8 @@ class Workflow:
             self._recover_applied()
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
+        if self._s.options.engine is EngineName.ollama:
+            self._check_model()
         gate = self._open_gate(guard)
         gate.start_baseline(executor)
         self._journal.enter(RunStage.analyzing)
@@ -256,6 +259,21 @@ class Workflow:
                 gate.test_in_batches(candidates)
         gate.require_baseline()
         self._journal.enter(RunStage.learning)
+
+    def _check_model(self) -> None:
+        """Before any work: the model server answers and has the model, or the run fails."""
+        model = self._s.options.model
+        with self._generators.lease(self._check) as generator:
+            check = generator.check_model(ModelCheckRequest(model=model))
+        with self._journal.lock:
+            self._s.model_check = check
+        if check.problem:
+            raise WorkflowError(check.problem)
+        self._journal.commit(
+            EventKind.stage,
+            message=f"model {model}: context {check.num_ctx} of {check.context_length} tokens, "
+            f"{check.tokens_per_second} tokens/s",
+        )
 
     # -- resume -----------------------------------------------------------
 
@@ -382,6 +400,7 @@ class Workflow:
         with self._journal.lock:
             record.attempts += 1
             attempt = record.attempts
+        request_id = uuid.uuid4().hex
         request = GenerateRequest(
             file=SourceFile(path=record.path, content=content),
             findings=findings,
@@ -393,10 +412,16 @@ class Workflow:
             attempt=attempt,
             feedback=self._feedback.get(record.path),
             max_tokens=remaining_tokens,
+            request_id=request_id,
         )
         try:
             with self._generators.lease(self._check) as generator:
-                result = generator.generate(request)
+                result = call_until_stop(
+                    lambda: generator.generate(request),
+                    guard,
+                    lambda: generator.cancel_generation(request_id),
+                    name="tars-generate",
+                )
         except RoleError as exc:
             self._journal.finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
             return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tars_api.vocabulary import EngineName, Role
 
+from tars_engine.core import python_ast
 from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
@@ -259,7 +260,7 @@ def unanalysable_reason(content: str) -> str | None:
     if "\x00" in content:
         return "file looks binary (contains NUL bytes)"
     try:
-        ast.parse(content)
+        python_ast.parse(content)
     except SyntaxError as exc:
         return f"syntax error at line {exc.lineno}: {exc.msg}"
     except ValueError as exc:
@@ -294,7 +295,7 @@ class Analyzer:
             return AnalysisReport(path=path, findings=[], priority=0, error=reason)
         notes: list[str] = []
         line_count = content.count("\n") + (0 if content.endswith("\n") or not content else 1)
-        functions = function_metrics(ast.parse(content))
+        functions = function_metrics(python_ast.parse(content))
         findings = metric_findings(functions, line_count)
         try:
             findings = ruff_findings(ruff_tool.check(path, content)) + findings

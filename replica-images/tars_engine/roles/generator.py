@@ -8,21 +8,24 @@ never leaves the generator.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol
 
 from tars_api.vocabulary import EngineName, Role
 
+from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.models import (
     Finding,
     FindingSource,
     GenerateRequest,
     GenerateResult,
+    ModelCheck,
+    ModelCheckRequest,
     RoleInfo,
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.validation import finish_candidate, path_rejection, syntax_problem
 from tars_engine.roles import ruff_tool
-from tars_engine.roles.ollama_engine import OllamaEngine
+from tars_engine.roles.ollama_client import OllamaError
+from tars_engine.roles.ollama_engine import OllamaEngine, model_findings
 
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
 # is part of the same improvement. Any other new diagnostic means the fix made things worse.
@@ -30,10 +33,6 @@ FOLLOW_UP_RULES = frozenset({"F401"})
 # Fixes that delete code: an import another module re-exports, a redefinition, an
 # assignment with side effects. When a change failed its tests, these go first.
 CODE_REMOVING_RULES = frozenset({"F401", "F811", "F841"})
-
-
-class ModelGenerator(Protocol):
-    def generate(self, request: GenerateRequest) -> GenerateResult: ...
 
 
 def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str], list[str]]:
@@ -146,29 +145,87 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
 
 
 class Generator:
-    """The generator role in-process; the request's engine picks static or ollama."""
+    """The generator role in-process; the request's engine picks static or ollama.
 
-    def __init__(
-        self, settings: ReplicaSettings | None = None, model_generator: ModelGenerator | None = None
-    ) -> None:
+    With the ollama engine the static engine still goes first: ruff's fixes for what
+    they cover, then the model's tasks for the rest, on top, in one candidate.
+    """
+
+    def __init__(self, settings: ReplicaSettings | None = None) -> None:
         self.settings = settings or ReplicaSettings.from_env()
-        self._model_generator = model_generator
+        self._model: OllamaEngine | None = None
 
     def info(self) -> RoleInfo:
         capabilities = ["ruff-fixes", "validation"]
         if self.settings.engine is EngineName.ollama:
-            capabilities += ["ollama", "whole-file-answers", "diff-answers", "few-shot-examples"]
+            capabilities += ["ollama", "search-replace-edits", "few-shot-examples"]
         return self.settings.role_info(Role.generator, capabilities)
 
-    def _ollama(self) -> ModelGenerator:
-        if self._model_generator is None:
-            self._model_generator = OllamaEngine(self.settings)
-        return self._model_generator
+    def model(self) -> OllamaEngine:
+        if self._model is None:
+            self._model = OllamaEngine(self.settings)
+        return self._model
+
+    def cancel_generation(self, request_id: str) -> None:
+        """Stop the model's answer for `request_id`, or the one it has yet to start."""
+        if self.settings.engine is EngineName.ollama or self._model is not None:
+            self.model().cancel(request_id)
+
+    def check_model(self, request: ModelCheckRequest) -> ModelCheck:
+        try:
+            profile = self.model().preflight(request.model)
+        except OllamaError as exc:
+            return ModelCheck(model=request.model, problem=str(exc))
+        return ModelCheck(
+            model=request.model,
+            server_version=profile.version,
+            context_length=profile.context_length,
+            num_ctx=profile.num_ctx,
+            tokens_per_second=round(profile.tokens_per_second, 1),
+            prompt_tokens_per_second=round(profile.prompt_tokens_per_second, 1),
+        )
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         rejection = path_rejection(request.file.path, request.targets)
         if rejection:
             return GenerateResult(candidate=None, rejection=rejection)
-        if request.engine is EngineName.ollama:
-            return self._ollama().generate(request)
-        return static_generate(request)
+        if request.engine is not EngineName.ollama:
+            return static_generate(request)
+        return self._static_then_model(request)
+
+    def _static_then_model(self, request: GenerateRequest) -> GenerateResult:
+        source = request.file
+        content, rationale, rules = source.content, [], []
+        static = static_generate(request)
+        if static.candidate is not None:
+            content = apply_unified_diff(source.content, static.candidate.diff, source.path)
+            rationale.append(static.candidate.rationale)
+            rules.extend(static.candidate.rules)
+        asked = model_findings(request.findings)
+        change = self.model().improve(request, content, asked) if asked else None
+        if change is not None and change.addressed:
+            content = change.content
+            rules.extend(sorted({finding.rule for finding in change.addressed}))
+            rationale.append(
+                "Model-proposed change: " + (" ".join(change.explanations) or "see the diff")
+            )
+        tokens = change.tokens_used if change is not None else 0
+        if change is not None and change.rejections:
+            rationale.append("Model tasks refused: " + "; ".join(change.rejections))
+        if content == source.content:
+            reasons = [r for r in [static.rejection, *(change.rejections if change else [])] if r]
+            return GenerateResult(
+                candidate=None,
+                rejection="; ".join(reasons) or "no change proposed",
+                tokens_used=tokens,
+            )
+        kinds = {f.kind for f in request.findings if f.rule in rules}
+        return finish_candidate(
+            request,
+            content,
+            rationale="\n\n".join(rationale),
+            rules=sorted(set(rules)),
+            kinds=sorted(kinds, key=lambda kind: kind.value),
+            model=request.model if change is not None and change.addressed else None,
+            tokens_used=tokens,
+        )

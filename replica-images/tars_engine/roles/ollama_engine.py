@@ -1,220 +1,157 @@
-"""The ollama engine: a local model's review (analyzer) and improvements (generator).
+"""The ollama engine: a local model's review (analyzer) and the changes ruff cannot make (generator).
 
-Ollama silently truncates a prompt longer than its context window, so every
-request sizes `num_ctx` to the prompt plus the output budget. Generation is
-bounded by `num_predict` and the client timeout; an unreachable or slow server
-yields a rejection (or, for the review, a note), never an exception or a hang.
+The model is asked only for what the static engine cannot do (docstrings, complexity,
+the review's findings), one focused task per request (`edit_protocol`), answered through
+Ollama's structured outputs. Each task's result must parse, keep every name the file
+defines and add no ruff finding, or it is dropped with its reason while the other tasks
+of the file go on. The server is reached through `OllamaClient`: a preflight per model,
+one context length, streamed answers with deadlines, and a stop that cancels the request
+in flight.
 """
 
 from __future__ import annotations
 
-import ast
-import math
-import re
-from dataclasses import dataclass
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
 
-import httpx
-import ollama
 from pydantic import BaseModel, Field, ValidationError
 
-from tars_engine.core.diffs import PatchError, apply_file_patch, parse_unified_diff
+from tars_engine.core import python_ast
 from tars_engine.core.models import (
     Finding,
     FindingKind,
     FindingSource,
     GenerateRequest,
-    GenerateResult,
     LearnedExample,
     Location,
     Severity,
     SourceFile,
 )
 from tars_engine.core.settings import ReplicaSettings
-from tars_engine.core.validation import finish_candidate
+from tars_engine.core.validation import defined_names, syntax_problem
+from tars_engine.roles import ruff_tool
+from tars_engine.roles.edit_protocol import (
+    EditAnswer,
+    EditError,
+    Task,
+    WholeFileAnswer,
+    apply_edits,
+    numbered,
+    parse_answer,
+    plan_tasks,
+    whole_file,
+)
 from tars_engine.roles.model_review import ModelReviewOutcome
+from tars_engine.roles.ollama_client import (
+    ModelProfile,
+    OllamaClient,
+    OllamaError,
+    estimate_tokens,
+)
 
-# Code tokenizes denser than prose: three characters per token errs on the large side.
-CHARS_PER_TOKEN = 3
-CONTEXT_STEP = 1024
-MIN_CONTEXT = 2048
-PROMPT_OVERHEAD_TOKENS = 256
-REVIEW_OUTPUT_TOKENS = 1024
+MAX_REVIEW_FINDINGS = 5
+MAX_REVIEW_MESSAGE = 200
+REVIEW_OUTPUT_TOKENS = 400
+# Room for an edit answer: the region again, its replacement and a sentence.
 MIN_OUTPUT_TOKENS = 256
-MAX_REVIEW_FINDINGS = 20
-MAX_PROMPT_FINDINGS = 40
-MAX_EXAMPLES = 3
-MAX_EXAMPLE_CHARS = 2000
-MAX_RATIONALE_CHARS = 600
-# A whole-file answer this much shorter than the file is a snippet, not the file.
-FRAGMENT_RATIO = 0.5
+MAX_EXAMPLES = 2
+MAX_EXAMPLE_CHARS = 1200
+MAX_REVIEW_FILE_LINES = 400
 
-_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+SYSTEM_PROMPT = """\
+You improve Python code without changing what it does. You are given one region of \
+a file with line numbers, and findings about it. Fix those findings only. Keep every \
+function, class, method and constant name. Never change tests. Answer with JSON only, \
+in exactly the format you are given."""
 
-GENERATE_SYSTEM_PROMPT = """\
-You improve one Python file of a project without changing its behaviour.
-Address the findings you are given; keep every public name, signature and \
-behaviour; never touch tests or other files.
-Answer with the complete improved file in a single ```python block, or with a \
-unified diff of this file in a single ```diff block. Put a one-paragraph \
-explanation before the block."""
+EDIT_FORMAT = """\
+Answer format (JSON): {"explanation": "one sentence", "edits": [{"search": "lines \
+copied exactly from the region, without the line numbers", "replace": "the new \
+lines"}]}"""
+
+WHOLE_FILE_FORMAT = """\
+Answer format (JSON): {"explanation": "one sentence", "content": "the complete \
+improved file"}"""
 
 REVIEW_SYSTEM_PROMPT = """\
-You review one Python file for real problems a linter misses: bugs, security \
-issues, performance traps, needless complexity, missing documentation of \
-public behaviour. Report only concrete problems, each with the line it is on. \
-Answer in the JSON format you are given; an empty list is a fine answer."""
+You review one Python file for real problems a linter misses: bugs, security issues, \
+performance traps, needless complexity. Report at most five, each with its line and a \
+short message. An empty list is a fine answer. Answer with JSON only."""
 
 
 class ReviewedProblem(BaseModel):
     line: int = Field(ge=1)
     kind: FindingKind
     severity: Severity
-    message: str = Field(min_length=1, max_length=400)
+    message: str = Field(min_length=1, max_length=MAX_REVIEW_MESSAGE)
 
 
 class ModelReview(BaseModel):
-    """The structured output a model review must follow (sent as `format`)."""
+    """The structured output a review must follow (sent as `format`): bounded, so a small
+    model that starts repeating itself is stopped by the schema, not by the token limit."""
 
-    findings: list[ReviewedProblem]
-
-
-class AnswerError(ValueError):
-    """A model answer that is not a usable change; the message is the rejection."""
+    findings: list[ReviewedProblem] = Field(max_length=MAX_REVIEW_FINDINGS)
 
 
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def context_size(prompt_tokens: int, output_tokens: int, cap: int) -> int | None:
-    """num_ctx for a request: prompt plus output, rounded up; None when over the cap."""
-    needed = prompt_tokens + output_tokens + PROMPT_OVERHEAD_TOKENS
-    if needed > cap:
-        return None
-    return max(MIN_CONTEXT, math.ceil(needed / CONTEXT_STEP) * CONTEXT_STEP)
-
-
-def _finding_lines(findings: list[Finding]) -> str:
-    lines = [
-        f"- line {f.location.line} [{f.rule}] {f.kind.value}/{f.severity.value}: {f.message}"
-        for f in findings[:MAX_PROMPT_FINDINGS]
+def model_findings(findings: list[Finding]) -> list[Finding]:
+    """What the model is asked for: everything the static engine's ruff fixes do not cover."""
+    return [
+        finding
+        for finding in findings
+        if not (finding.source is FindingSource.ruff and finding.fix_available)
     ]
-    if len(findings) > MAX_PROMPT_FINDINGS:
-        lines.append(f"- ... and {len(findings) - MAX_PROMPT_FINDINGS} more")
-    return "\n".join(lines) or "- none"
 
 
-def _example_text(examples: list[LearnedExample]) -> str:
-    parts = []
-    for example in examples[:MAX_EXAMPLES]:
-        diff = example.diff[:MAX_EXAMPLE_CHARS]
-        parts.append(
-            f"Accepted before for [{example.rule}] ({example.kind.value}):\n```diff\n{diff}```"
-        )
-    return "\n\n".join(parts)
-
-
-def generation_prompt(request: GenerateRequest) -> str:
-    sections = [
-        f"File: {request.file.path}",
-        f"Findings to address:\n{_finding_lines(request.findings)}",
-    ]
-    if request.examples:
-        sections.append(
-            "Improvements of this kind that passed the project's tests before:\n\n"
-            + _example_text(request.examples)
-        )
-    if request.feedback:
-        sections.append(
-            f"Your previous attempt (#{request.attempt - 1}) failed: {request.feedback}"
-        )
-    sections.append(f"The file:\n```python\n{request.file.content}```")
-    return "\n\n".join(sections)
-
-
-def review_prompt(file: SourceFile, findings: list[Finding]) -> str:
-    return (
-        f"File: {file.path}\n\nThe linter already reported:\n{_finding_lines(findings)}\n\n"
-        f"The file:\n```python\n{file.content}```"
+def _finding_lines(findings: tuple[Finding, ...] | list[Finding]) -> str:
+    return "\n".join(
+        f"- line {f.location.line} [{f.rule}] {f.kind.value}: {f.message}" for f in findings
     )
 
 
-def _top_level_names(content: str) -> set[str]:
-    return {
-        node.name
-        for node in ast.parse(content).body
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-    }
+def _example_text(examples: list[LearnedExample]) -> str:
+    return "\n\n".join(
+        f"Accepted before for [{example.rule}]:\n{example.diff[:MAX_EXAMPLE_CHARS]}"
+        for example in examples[:MAX_EXAMPLES]
+    )
 
 
-def _same_file(header_path: str, path: str) -> bool:
-    """Models often name the file relative to its directory: `calc.py` for `pkg/calc.py`."""
-    return header_path == path or path.endswith(f"/{header_path}")
-
-
-def _apply_model_diff(diff: str, source: SourceFile) -> str:
-    try:
-        patches = parse_unified_diff(diff, lenient=True)
-    except PatchError as exc:
-        raise AnswerError(f"model's diff is unreadable: {exc}") from exc
-    content = source.content
-    for patch in patches:
-        for header in (patch.old_path, patch.new_path):
-            if not _same_file(header, source.path):
-                raise AnswerError(f"model's diff edits another file: {header}")
-        try:
-            content = apply_file_patch(content, patch, lenient=True)
-        except PatchError as exc:
-            raise AnswerError(f"model's diff does not apply: {exc}") from exc
-    return content
-
-
-def _looks_like_diff(text: str) -> bool:
-    return text.lstrip().startswith(("--- ", "diff --git")) or "\n@@ " in text
-
-
-def new_content_from_answer(answer: str, source: SourceFile) -> tuple[str, str]:
-    """(new file content, the model's explanation) from a whole-file or diff answer."""
-    if not answer.strip():
-        raise AnswerError("model answered nothing")
-    blocks = _FENCE.findall(answer)
-    explanation = _FENCE.sub("", answer).strip()[:MAX_RATIONALE_CHARS]
-    diff_blocks = [
-        body for lang, body in blocks if lang in ("diff", "patch") or _looks_like_diff(body)
+def task_prompt(path: str, content: str, task: Task, request: GenerateRequest) -> str:
+    line_count = len(content.splitlines())
+    where = "the whole file" if task.whole_file else f"lines {task.first}-{task.last}"
+    sections = [
+        f"File: {path} ({line_count} lines); region: {where}.",
+        f"Findings to fix:\n{_finding_lines(task.findings)}",
     ]
-    code_blocks = [body for lang, body in blocks if lang in ("python", "py", "python3", "")]
-    if diff_blocks:
-        content = _apply_model_diff(diff_blocks[0], source)
-    elif code_blocks:
-        content = max(code_blocks, key=len)
-    elif _looks_like_diff(answer):
-        content, explanation = _apply_model_diff(answer, source), ""
-    else:
-        raise AnswerError("model answer holds neither a python block nor a diff")
-    if source.content.endswith("\n") and not content.endswith("\n"):
-        content += "\n"
-    try:
-        kept = _top_level_names(content)
-    except SyntaxError as exc:
-        raise AnswerError(f"model's file does not parse (line {exc.lineno}: {exc.msg})") from exc
-    dropped = _top_level_names(source.content) - kept
-    if dropped:
-        raise AnswerError(f"model's answer drops definitions: {', '.join(sorted(dropped))}")
-    if len(content.strip()) < FRAGMENT_RATIO * len(source.content.strip()):
-        raise AnswerError("model's file is much shorter than the original (a fragment?)")
-    return content, explanation
+    if request.examples:
+        sections.append(
+            "Changes like these passed the project's tests:\n" + _example_text(request.examples)
+        )
+    if request.feedback:
+        sections.append(f"Your previous answer was refused: {request.feedback}")
+    sections.append(f"Region:\n{numbered(content, task.first, task.last)}")
+    sections.append(WHOLE_FILE_FORMAT if task.whole_file else EDIT_FORMAT)
+    return "\n\n".join(sections)
 
 
-@dataclass(frozen=True)
-class OllamaStatus:
-    reachable: bool
-    version: str | None = None
-    models: tuple[str, ...] = ()
-    error: str | None = None
+class TaskFailed(Exception):
+    """A task the model answered unusably; the tokens it spent still count."""
 
-    def has_model(self, model: str) -> bool:
-        wanted = model if ":" in model else f"{model}:latest"
-        return any(name in (model, wanted) for name in self.models)
+    def __init__(self, reason: str, tokens: int) -> None:
+        super().__init__(reason)
+        self.tokens = tokens
+
+
+@dataclass
+class ModelChange:
+    """What the model's tasks made of one file: the new content and what each task did."""
+
+    content: str
+    addressed: list[Finding] = field(default_factory=list)
+    explanations: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+    tokens_used: int = 0
 
 
 class OllamaEngine:
@@ -222,119 +159,199 @@ class OllamaEngine:
 
     def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
-        self.host = settings.ollama_host
-        self._client = ollama.Client(
-            host=self.host,
-            timeout=httpx.Timeout(
-                settings.ollama_timeout_seconds, connect=settings.ollama_connect_timeout_seconds
-            ),
+        self.client = OllamaClient(
+            settings.ollama_host,
+            connect_timeout=settings.ollama_connect_timeout_seconds,
+            keep_alive=settings.ollama_keep_alive,
+            parallel=settings.ollama_parallel,
         )
+        self._profiles: dict[str, ModelProfile] = {}
+        self._lock = threading.Lock()
+        self._cancels: dict[str, threading.Event] = {}
 
-    def status(self) -> OllamaStatus:
-        """Whether the server answers, its version and the models it has pulled."""
-        try:
-            answer = httpx.get(
-                f"{self.host}/api/version", timeout=self.settings.ollama_connect_timeout_seconds
-            )
-            answer.raise_for_status()
-            version = answer.json().get("version")
-            models = tuple(model.model or "" for model in self._client.list().models)
-        except (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError) as exc:
-            return OllamaStatus(reachable=False, error=f"ollama unreachable at {self.host}: {exc}")
-        return OllamaStatus(reachable=True, version=version, models=models)
+    def preflight(self, model: str) -> ModelProfile:
+        """The model's profile, checked once per model and then reused for every request."""
+        with self._lock:
+            profile = self._profiles.get(model)
+        if profile is None:
+            profile = self.client.preflight(model, wanted_context=self.settings.ollama_num_ctx)
+            with self._lock:
+                self._profiles[model] = profile
+        return profile
 
-    def _chat(
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            event = self._cancels.setdefault(request_id, threading.Event())
+        event.set()
+
+    def _ask(
         self,
-        model: str,
+        profile: ModelProfile,
         system: str,
         prompt: str,
-        output_tokens: int,
-        response_format: dict[str, object] | None = None,
+        num_predict: int,
+        schema: type[BaseModel],
+        cancel: threading.Event | None,
     ) -> tuple[str, int]:
-        """(answer text, tokens used); raises AnswerError with the reason on any failure."""
-        prompt_tokens = estimate_tokens(system) + estimate_tokens(prompt)
-        num_ctx = context_size(prompt_tokens, output_tokens, self.settings.max_context_tokens)
-        if num_ctx is None:
-            raise AnswerError(
-                f"request needs about {prompt_tokens + output_tokens} tokens, more than the "
-                f"context cap of {self.settings.max_context_tokens}"
-            )
-        try:
-            response = self._client.chat(
-                model=model,
-                messages=[
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": prompt},
-                ],
-                format=response_format,
-                options={"num_ctx": num_ctx, "num_predict": output_tokens, "temperature": 0.2},
-                stream=False,
-            )
-        except ollama.ResponseError as exc:
-            raise AnswerError(f"ollama at {self.host} refused: {exc.error}") from exc
-        except (ConnectionError, httpx.HTTPError, OSError) as exc:
-            raise AnswerError(
-                f"ollama unreachable at {self.host}: {exc or type(exc).__name__}"
-            ) from exc
-        tokens = (response.prompt_eval_count or 0) + (response.eval_count or 0)
-        if response.done_reason == "length":
-            raise AnswerError(f"model answer was cut off at {output_tokens} tokens")
-        return response.message.content or "", tokens
-
-    def generate(self, request: GenerateRequest) -> GenerateResult:
-        source = request.file
-        prompt = generation_prompt(request)
-        # Room for the whole file again, with slack for the explanation and edits.
-        file_tokens = estimate_tokens(source.content)
-        output_tokens = file_tokens + file_tokens // 2 + 512
-        if request.max_tokens is not None:
-            # max_tokens is what the run may still spend: prompt and answer together.
-            prompt_tokens = estimate_tokens(GENERATE_SYSTEM_PROMPT) + estimate_tokens(prompt)
-            available = request.max_tokens - prompt_tokens
-            if available < MIN_OUTPUT_TOKENS:
-                return GenerateResult(
-                    candidate=None,
-                    rejection=f"token budget too small: {request.max_tokens} left, the prompt "
-                    f"alone needs about {prompt_tokens}",
-                )
-            output_tokens = min(output_tokens, available)
-        tokens = 0
-        try:
-            answer, tokens = self._chat(
-                request.model, GENERATE_SYSTEM_PROMPT, prompt, output_tokens
-            )
-            content, explanation = new_content_from_answer(answer, source)
-        except AnswerError as exc:
-            return GenerateResult(candidate=None, rejection=str(exc), tokens_used=tokens)
-        rules = sorted({finding.rule for finding in request.findings})
-        return finish_candidate(
-            request,
-            content,
-            rationale=explanation or f"Model-proposed change addressing {', '.join(rules)}",
-            rules=rules,
-            kinds=sorted({f.kind for f in request.findings}, key=lambda kind: kind.value),
-            model=request.model,
-            tokens_used=tokens,
+        """(the answer, tokens spent); a cut-off answer is a TaskFailed that counts its tokens."""
+        answer = self.client.chat(
+            profile,
+            [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+            num_predict=num_predict,
+            response_format=schema.model_json_schema(),
+            cancel=cancel,
         )
+        if answer.cut_off:
+            raise TaskFailed(f"model answer was cut off at {num_predict} tokens", answer.tokens)
+        return answer.text, answer.tokens
+
+    def _output_budget(self, profile: ModelProfile, prompt: str, region: str) -> int:
+        prompt_tokens = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(prompt)
+        # JSON escapes every newline and quote of the code it carries: half again as long.
+        wanted = max(MIN_OUTPUT_TOKENS, 3 * estimate_tokens(region) + 256)
+        available = profile.num_ctx - prompt_tokens
+        if available < MIN_OUTPUT_TOKENS:
+            raise EditError(
+                f"the task needs about {prompt_tokens} prompt tokens, more than the run's "
+                f"context of {profile.num_ctx} allows"
+            )
+        return min(wanted, available)
+
+    def _task_content(
+        self,
+        profile: ModelProfile,
+        request: GenerateRequest,
+        content: str,
+        task: Task,
+        cancel: threading.Event,
+    ) -> tuple[str, str, int]:
+        """(new content, explanation, tokens) for one task; EditError or OllamaError says why not."""
+        prompt = task_prompt(request.file.path, content, task, request)
+        region = "\n".join(content.splitlines()[task.first - 1 : task.last])
+        num_predict = self._output_budget(profile, prompt, region)
+        schema: type[BaseModel] = WholeFileAnswer if task.whole_file else EditAnswer
+        text, tokens = self._ask(profile, SYSTEM_PROMPT, prompt, num_predict, schema, cancel)
+        try:
+            if task.whole_file:
+                answer = parse_answer(text, WholeFileAnswer)
+                new, explanation = whole_file(content, answer), answer.explanation
+            else:
+                edits = parse_answer(text, EditAnswer)
+                new, explanation = apply_edits(content, task, edits), edits.explanation
+            self._check_task_result(request.file.path, content, new)
+        except EditError as exc:
+            raise TaskFailed(str(exc), tokens) from exc
+        return new, explanation.strip(), tokens
+
+    @staticmethod
+    def _check_task_result(path: str, before: str, after: str) -> None:
+        if after == before:
+            raise EditError("the model's edits change nothing")
+        problem = syntax_problem(after)
+        if problem:
+            raise EditError(f"the edited file does not parse ({problem})")
+        dropped = defined_names(python_ast.parse(before)) - defined_names(python_ast.parse(after))
+        if dropped:
+            raise EditError(f"the edits drop names: {', '.join(sorted(dropped))}")
+        try:
+            was = Counter(d.code for d in ruff_tool.check(path, before))
+            now = Counter(d.code for d in ruff_tool.check(path, after))
+        except ruff_tool.RuffError as exc:
+            raise EditError(f"ruff could not check the edits: {exc}") from exc
+        added = sorted(code for code in now if now[code] > was[code])
+        if added:
+            raise EditError(f"the edits add ruff findings: {', '.join(added)}")
+
+    def improve(
+        self, request: GenerateRequest, content: str, findings: list[Finding]
+    ) -> ModelChange:
+        """Each task of the file in turn, on top of `content`; a failed task is dropped."""
+        change = ModelChange(content=content)
+        try:
+            profile = self.preflight(request.model)
+        except OllamaError as exc:
+            change.rejections.append(str(exc))
+            return change
+        cancel = self._cancel_event(request.request_id)
+        try:
+            for task in plan_tasks(content, findings):
+                try:
+                    new, explanation, tokens = self._task_content(
+                        profile, request, change.content, task, cancel
+                    )
+                except (TaskFailed, EditError, OllamaError) as exc:
+                    change.tokens_used += getattr(exc, "tokens", 0)
+                    change.rejections.append(f"lines {task.first}-{task.last}: {exc}")
+                    if cancel.is_set():
+                        break
+                    continue
+                change.content = new
+                change.tokens_used += tokens
+                change.addressed.extend(task.findings)
+                if explanation:
+                    change.explanations.append(explanation)
+        finally:
+            self._forget_cancel(request.request_id)
+        return change
+
+    def _cancel_event(self, request_id: str | None) -> threading.Event:
+        if request_id is None:
+            return threading.Event()
+        with self._lock:
+            return self._cancels.setdefault(request_id, threading.Event())
+
+    def _forget_cancel(self, request_id: str | None) -> None:
+        if request_id is not None:
+            with self._lock:
+                self._cancels.pop(request_id, None)
 
     def review(self, file: SourceFile, findings: list[Finding], model: str) -> ModelReviewOutcome:
-        try:
-            answer, tokens = self._chat(
-                model,
-                REVIEW_SYSTEM_PROMPT,
-                review_prompt(file, findings),
-                REVIEW_OUTPUT_TOKENS,
-                response_format=ModelReview.model_json_schema(),
+        lines = file.content.splitlines()
+        if len(lines) > MAX_REVIEW_FILE_LINES:
+            return ModelReviewOutcome(
+                findings=[], note=f"model review skipped: over {MAX_REVIEW_FILE_LINES} lines"
             )
-        except AnswerError as exc:
-            return ModelReviewOutcome(findings=[], note=f"model review skipped: {exc}")
+        prompt = (
+            f"File: {file.path}\n\nThe linter already reported:\n"
+            f"{_finding_lines(findings[:20]) or '- nothing'}\n\n"
+            f"The file:\n{numbered(file.content, 1, max(1, len(lines)))}\n\n"
+            'Answer format (JSON): {"findings": [{"line": 1, "kind": "reliability", '
+            '"severity": "medium", "message": "..."}]}'
+        )
         try:
-            review = ModelReview.model_validate_json(answer)
-        except ValidationError as exc:
-            note = f"model review unusable: {exc.error_count()} schema errors"
-            return ModelReviewOutcome(findings=[], tokens_used=tokens, note=note)
-        last_line = max(1, file.content.count("\n") + 1)
-        reviewed = [
+            profile = self.preflight(model)
+            text, tokens = self._ask(
+                profile, REVIEW_SYSTEM_PROMPT, prompt, REVIEW_OUTPUT_TOKENS, ModelReview, None
+            )
+        except TaskFailed as exc:
+            note = f"model review skipped: {exc}"
+            return ModelReviewOutcome(findings=[], tokens_used=exc.tokens, note=note)
+        except (EditError, OllamaError) as exc:
+            return ModelReviewOutcome(findings=[], note=f"model review skipped: {exc}")
+        reviewed, dropped = _review_items(text, max(1, len(lines)))
+        note = f"model review: {dropped} unusable items dropped" if dropped else None
+        return ModelReviewOutcome(findings=reviewed, tokens_used=tokens, note=note)
+
+
+def _review_items(text: str, last_line: int) -> tuple[list[Finding], int]:
+    """The review's usable items; one bad item drops that item, not the review."""
+    try:
+        items = json.loads(text).get("findings", [])
+    except (ValueError, AttributeError):
+        return [], 1
+    if not isinstance(items, list):
+        return [], 1
+    findings: list[Finding] = []
+    dropped = 0
+    for item in items[:MAX_REVIEW_FINDINGS]:
+        if isinstance(item, dict) and isinstance(item.get("message"), str):
+            item = {**item, "message": item["message"][:MAX_REVIEW_MESSAGE]}
+        try:
+            problem = ReviewedProblem.model_validate(item)
+        except ValidationError:
+            dropped += 1
+            continue
+        findings.append(
             Finding(
                 kind=problem.kind,
                 severity=problem.severity,
@@ -343,6 +360,5 @@ class OllamaEngine:
                 message=problem.message,
                 location=Location(line=min(problem.line, last_line)),
             )
-            for problem in review.findings[:MAX_REVIEW_FINDINGS]
-        ]
-        return ModelReviewOutcome(findings=reviewed, tokens_used=tokens)
+        )
+    return findings, dropped

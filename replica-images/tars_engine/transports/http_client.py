@@ -18,6 +18,8 @@ from tars_engine.core.models import (
     AnalyzeRequest,
     GenerateRequest,
     GenerateResult,
+    ModelCheck,
+    ModelCheckRequest,
     RoleInfo,
     SnapshotRef,
     TestRequest,
@@ -125,6 +127,13 @@ class HttpGenerator(HttpRole):
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
         return self._call("/v1/generate", request, GenerateResult)
+
+    def check_model(self, request: ModelCheckRequest) -> ModelCheck:
+        return self._call("/v1/model-check", request, ModelCheck)
+
+    def cancel_generation(self, request_id: str) -> None:
+        response = self._send("DELETE", f"/v1/generate/{request_id}")
+        self._raise_for_refusal(response, "DELETE /v1/generate")
 
 
 class HttpTester(HttpRole):

@@ -34,6 +34,8 @@ from tars_engine.core.models import (
     AnalyzeRequest,
     GenerateRequest,
     GenerateResult,
+    ModelCheck,
+    ModelCheckRequest,
     RoleInfo,
     SnapshotRef,
     TestRequest,
@@ -77,6 +79,15 @@ def generator_service(settings: ReplicaSettings) -> RoleService:
     @router.post("/generate", name="generate")
     def generate(request: GenerateRequest) -> GenerateResult:
         return generator.generate(request)
+
+    @router.post("/model-check", name="check_model")
+    def check_model(request: ModelCheckRequest) -> ModelCheck:
+        return generator.check_model(request)
+
+    @router.delete("/generate/{request_id}", name="cancel_generation", status_code=204)
+    def cancel_generation(request_id: str) -> Response:
+        generator.cancel_generation(request_id)
+        return Response(status_code=204)
 
     return RoleService(router=router, info=generator.info)
 
