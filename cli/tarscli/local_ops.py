@@ -30,6 +30,7 @@ from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,
+    ollama_problem,
     ollama_reachable,
     project_test_command,
     state_dir_for,
@@ -73,15 +74,25 @@ def local_project_root(cwd: Path, targets: list[str]) -> Path:
     return git_toplevel(start) or _marked_project(start) or root
 
 
-def choose_engine(requested: EngineName | None) -> EngineName:
-    if requested is None:
-        return default_engine()
+def choose_engine(requested: EngineName | None, model: str) -> EngineName:
+    """The engine a run uses; `--engine ollama` with a server or model that cannot serve
+    the run is refused here, in one line, before any work."""
     host = os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST
-    if requested is EngineName.ollama and not ollama_reachable(host):
-        raise CliError(
-            f"--engine ollama: no Ollama server answers at {host}; start one, set OLLAMA_HOST, "
-            "or use --engine static"
-        )
+    if requested is None:
+        # Chosen for the user: the model must be there too, or the static engine runs.
+        engine = default_engine()
+        if engine is EngineName.ollama and ollama_problem(host, model):
+            return EngineName.static
+        return engine
+    if requested is EngineName.ollama:
+        if not ollama_reachable(host):
+            raise CliError(
+                f"--engine ollama: no Ollama server answers at {host}; start one, set "
+                "OLLAMA_HOST, or use --engine static"
+            )
+        problem = ollama_problem(host, model)
+        if problem:
+            raise CliError(f"--engine ollama: {problem}")
     return requested
 
 
@@ -104,7 +115,7 @@ def run_options(
     return RunOptions(
         targets=targets,
         auto_apply=choices.auto_apply,
-        engine=choose_engine(choices.engine),
+        engine=choose_engine(choices.engine, choices.model),
         model=choices.model,
         allow_unsafe_fixes=choices.unsafe_fixes,
         test_command=parse_test_command(choices.test_command) or project_test_command(root),
@@ -247,7 +258,7 @@ def sample_demo(console: Console, *, keep: bool, engine: EngineName | None, mode
         options = RunOptions(
             targets=["ledgerly"],
             auto_apply=True,
-            engine=choose_engine(engine),
+            engine=choose_engine(engine, model),
             model=model,
             test_timeout_seconds=DEMO_TEST_TIMEOUT_SECONDS,
         )

@@ -17,6 +17,7 @@ import pytest
 from tars_api.run import RunPhase
 from tars_engine.core.state import StateStore
 
+from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
 from tests.harness.tools import git, git_init
 from tests.harness.workflow import project_tests_pass, sample_project, shop_project
@@ -141,6 +142,20 @@ def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
         assert_one_line_error(tarscli(cwd, variables, "self-code", *arguments), *fragments)
     closed_port.close()
     assert tree_hashes(root) == before and tree_hashes(plain) == plain_before
+
+
+def test_a_model_the_server_lacks_is_refused_before_any_work(
+    tmp_path: Path, env: dict[str, str], ollama_server: OllamaServer
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+    with_ollama = {**env, "OLLAMA_HOST": ollama_server.url}
+    result = tarscli(
+        root, with_ollama, "self-code", "run", "-t", "shop", "--engine", "ollama", "--model", "nope"
+    )
+    assert_one_line_error(result, "model nope is not on the Ollama server", "ollama pull nope")
+    assert not (root / ".tars" / "workflow-state.json").exists()
+    assert tree_hashes(root) == before
 
 
 def test_bad_files_are_reported_and_left_alone(tmp_path: Path, env: dict[str, str]) -> None:

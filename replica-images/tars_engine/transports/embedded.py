@@ -92,6 +92,33 @@ def project_test_command(root: Path) -> list[str] | None:
     return None
 
 
+def ollama_problem(host: str, model: str) -> str | None:
+    """Why `model` on the Ollama server at `host` cannot serve a run, in one line; None: it can.
+
+    The same checks as the run's preflight, less the speed probe, so a command can refuse
+    before it starts any work.
+    """
+    from tars_engine.roles.ollama_client import (
+        MIN_CONTEXT,
+        ContextTooSmall,
+        OllamaClient,
+        OllamaError,
+    )
+
+    client = OllamaClient(normalize_ollama_host(host))
+    try:
+        client.version()
+        length = client.context_length(model)
+        if length < MIN_CONTEXT:
+            raise ContextTooSmall(
+                f"model {model} has a context of {length} tokens; TARS needs at least "
+                f"{MIN_CONTEXT}: choose a larger model with --model"
+            )
+    except OllamaError as exc:
+        return str(exc)
+    return None
+
+
 def default_engine() -> EngineName:
     return EngineName.ollama if ollama_reachable() else EngineName.static
 
