@@ -214,3 +214,22 @@ def test_missing_model_and_unreachable_errors_are_typed(
         OllamaClient(ollama_server.url).context_length("no-such-model")
     with pytest.raises(OllamaUnreachable):
         OllamaClient(f"http://127.0.0.1:{free_port()}").version()
+
+
+def test_answers_already_given_are_not_asked_again(
+    ollama_server: OllamaServer, tmp_path: Path
+) -> None:
+    source = SourceFile(path="pkg/calc.py", content=CALC)
+    request = GenerateRequest(
+        file=source,
+        findings=[documentation_finding(5)],
+        targets=["pkg"],
+        engine=EngineName.ollama,
+        model=TEST_MODEL,
+    )
+    settings = settings_for(ollama_server.url, tmp_path)
+    first = Generator(settings).generate(request)
+    # A new generator, as after a restart, with the same scratch directory.
+    again = Generator(settings).generate(request)
+    assert first.tokens_used > 0 and again.tokens_used == 0
+    assert (again.candidate, again.rejection) == (first.candidate, first.rejection)

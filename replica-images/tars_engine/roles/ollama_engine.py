@@ -11,6 +11,7 @@ in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import Counter
@@ -30,6 +31,7 @@ from tars_engine.core.models import (
     SourceFile,
 )
 from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.state import write_atomically
 from tars_engine.core.validation import defined_names, syntax_problem
 from tars_engine.roles import ruff_tool
 from tars_engine.roles.edit_protocol import (
@@ -135,6 +137,16 @@ def task_prompt(path: str, content: str, task: Task, request: GenerateRequest) -
     return "\n\n".join(sections)
 
 
+def _answer_key(
+    profile: ModelProfile,
+    messages: list[dict[str, str]],
+    num_predict: int,
+    response_format: dict[str, object],
+) -> str:
+    asked = [profile.model, profile.num_ctx, num_predict, messages, response_format]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
 class TaskFailed(Exception):
     """A task the model answered unusably; the tokens it spent still count."""
 
@@ -166,6 +178,7 @@ class OllamaEngine:
             parallel=settings.ollama_parallel,
         )
         self._profiles: dict[str, ModelProfile] = {}
+        self._answers = settings.scratch_dir / "model-answers"
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
 
@@ -193,17 +206,32 @@ class OllamaEngine:
         schema: type[BaseModel],
         cancel: threading.Event | None,
     ) -> tuple[str, int]:
-        """(the answer, tokens spent); a cut-off answer is a TaskFailed that counts its tokens."""
-        answer = self.client.chat(
-            profile,
-            [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-            num_predict=num_predict,
-            response_format=schema.model_json_schema(),
-            cancel=cancel,
-        )
-        if answer.cut_off:
-            raise TaskFailed(f"model answer was cut off at {num_predict} tokens", answer.tokens)
-        return answer.text, answer.tokens
+        """(the answer, tokens spent); a cut-off answer is a TaskFailed that counts its tokens.
+
+        Answers are kept by what was asked: a run resumed after a stop or a crash gets the
+        answers it already paid for without asking again (and spends no tokens on them).
+        """
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        response_format = schema.model_json_schema()
+        key = _answer_key(profile, messages, num_predict, response_format)
+        cached = self._answers / f"{key}.json"
+        if cached.is_file():
+            stored = json.loads(cached.read_text(encoding="utf-8"))
+            text, cut_off, tokens = stored["text"], stored["cutOff"], 0
+        else:
+            answer = self.client.chat(
+                profile,
+                messages,
+                num_predict=num_predict,
+                response_format=response_format,
+                cancel=cancel,
+            )
+            text, cut_off, tokens = answer.text, answer.cut_off, answer.tokens
+            stored = {"text": text, "cutOff": cut_off}
+            write_atomically(cached, json.dumps(stored).encode(), mode=0o600)
+        if cut_off:
+            raise TaskFailed(f"model answer was cut off at {num_predict} tokens", tokens)
+        return text, tokens
 
     def _output_budget(self, profile: ModelProfile, prompt: str, region: str) -> int:
         prompt_tokens = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(prompt)
