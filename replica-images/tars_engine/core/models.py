@@ -74,6 +74,9 @@ class AnalyzeRequest(WireModel):
     file: SourceFile
     engine: EngineName = EngineName.static
     model: str = DEFAULT_MODEL
+    request_id: str | None = Field(
+        default=None, max_length=64, description="names the analysis, so a stop can cancel it"
+    )
 
 
 class AnalysisReport(WireModel):

@@ -28,6 +28,10 @@ class AnalyzerRole(Protocol):
 
     def analyze(self, request: AnalyzeRequest) -> AnalysisReport: ...
 
+    def cancel_analysis(self, request_id: str) -> None:
+        """Stop the analysis named `request_id` (its model review); nothing if not running."""
+        ...
+
 
 class GeneratorRole(Protocol):
     def info(self) -> RoleInfo: ...

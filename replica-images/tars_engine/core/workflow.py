@@ -318,15 +318,20 @@ class Workflow:
         except (OSError, UnicodeDecodeError) as exc:
             return AnalysisReport(path=path, findings=[], priority=0, error=f"unreadable: {exc}")
         options = self._s.options
+        request_id = uuid.uuid4().hex
+        request = AnalyzeRequest(
+            file=SourceFile(path=path, content=content),
+            engine=options.engine,
+            model=options.model,
+            request_id=request_id,
+        )
         with self._analyzers.lease(self._check) as analyzer:
-            report = analyzer.analyze(
-                AnalyzeRequest(
-                    file=SourceFile(path=path, content=content),
-                    engine=options.engine,
-                    model=options.model,
-                )
+            report = call_until_stop(
+                lambda: analyzer.analyze(request),
+                self._guard,
+                lambda: analyzer.cancel_analysis(request_id),
+                name="tars-analyze",
             )
-        assert self._guard is not None
         self._guard.add_tokens(report.tokens_used)
         return report
 

@@ -288,6 +288,11 @@ class Analyzer:
             self._reviewer = OllamaEngine(self.settings)
         return self._reviewer
 
+    def cancel_analysis(self, request_id: str) -> None:
+        """Stop the model's review for `request_id`, or the one it has yet to start."""
+        if self.settings.engine is EngineName.ollama or self._reviewer is not None:
+            self._model_reviewer().cancel(request_id)
+
     def analyze(self, request: AnalyzeRequest) -> AnalysisReport:
         path, content = request.file.path, request.file.content
         reason = unanalysable_reason(content)
@@ -303,7 +308,9 @@ class Analyzer:
             notes.append(f"ruff findings unavailable: {exc}")
         tokens_used = 0
         if request.engine is EngineName.ollama:
-            outcome = self._model_reviewer().review(request.file, findings, request.model)
+            outcome = self._model_reviewer().review(
+                request.file, findings, request.model, request.request_id
+            )
             findings = findings + outcome.findings
             tokens_used = outcome.tokens_used
             if outcome.note:

@@ -21,5 +21,7 @@ class ModelReviewOutcome:
 
 class ModelReviewer(Protocol):
     def review(
-        self, file: SourceFile, findings: list[Finding], model: str
+        self, file: SourceFile, findings: list[Finding], model: str, request_id: str | None
     ) -> ModelReviewOutcome: ...
+
+    def cancel(self, request_id: str) -> None: ...

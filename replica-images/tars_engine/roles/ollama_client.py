@@ -160,7 +160,9 @@ class OllamaClient:
             raise OllamaError(f"Ollama at {self.host} does not say model {model}'s context length")
         return length
 
-    def preflight(self, model: str, *, wanted_context: int) -> ModelProfile:
+    def preflight(
+        self, model: str, *, wanted_context: int, cancel: threading.Event | None = None
+    ) -> ModelProfile:
         """Check server and model before any work; measure speed with one short probe."""
         version = self.version()
         length = self.context_length(model)
@@ -176,7 +178,7 @@ class OllamaClient:
             options={"num_ctx": num_ctx, "num_predict": PROBE_TOKENS, "temperature": 0},
             # Loading the model is most of the probe's time; a minute covers a slow disk.
             deadline_seconds=120,
-            cancel=None,
+            cancel=cancel,
         )
         return ModelProfile(
             model=model,
@@ -241,16 +243,21 @@ class OllamaClient:
             body["format"] = dict(response_format)
         streamed = _Streamed(started=time.monotonic())
         finished = threading.Event()
-        replies: list[httpx.Response] = []
+        connection = _Connection()
         failures: list[BaseException] = []
         timeout = httpx.Timeout(deadline_seconds, connect=self._connect_timeout)
 
         def read() -> None:
             try:
-                with httpx.stream(
-                    "POST", f"{self.host}/api/chat", json=body, timeout=timeout
-                ) as reply:
-                    replies.append(reply)
+                with (
+                    httpx.Client(timeout=timeout) as client,
+                    client.stream(
+                        "POST",
+                        f"{self.host}/api/chat",
+                        json=body,
+                        extensions={"trace": connection.trace},
+                    ) as reply,
+                ):
                     self._read(reply, streamed, model)
             except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failures.append(exc)
@@ -262,8 +269,7 @@ class OllamaClient:
         while not finished.wait(ANSWER_POLL_SECONDS):
             stopped = cancel is not None and cancel.is_set()
             if stopped or time.monotonic() >= ends:
-                for reply in replies:
-                    _hang_up(reply)
+                connection.hang_up()
                 if stopped:
                     raise AnswerCancelled("stopped while the model was answering")
                 raise self._timed_out(streamed, deadline_seconds)
@@ -307,19 +313,30 @@ class OllamaClient:
         )
 
 
-def _hang_up(reply: httpx.Response) -> None:
-    """Shut the connection down under the reading thread, so Ollama sees the client leave.
+class _Connection:
+    """The request's socket, caught as it connects, so that another thread can hang up.
 
-    `close()` from another thread does not wake a read blocked in the worker, and Ollama
-    stops generating only once its client is gone; shutting the socket down does both.
+    Ollama sends no headers until the model has read the prompt, so the response (and
+    the socket httpx keeps behind it) is not there yet when a stop comes early; httpcore's
+    trace hands over the socket as soon as it is connected. Closing it from another
+    thread would not wake the blocked read; shutting it down does, and Ollama stops
+    generating once it sees its client leave.
     """
-    stream = reply.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    with contextlib.suppress(OSError):
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(Exception):
-        reply.close()
+
+    def __init__(self) -> None:
+        self._sockets: list[socket.socket] = []
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                self._sockets.append(sock)
+
+    def hang_up(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass

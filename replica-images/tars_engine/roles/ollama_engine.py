@@ -147,6 +147,11 @@ def _answer_key(
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
 
 
+# Preflights done in this process, by (server, model, wanted context).
+_PROFILES: dict[tuple[str, str, int], ModelProfile] = {}
+_PREFLIGHTS = threading.Lock()
+
+
 class TaskFailed(Exception):
     """A task the model answered unusably; the tokens it spent still count."""
 
@@ -177,19 +182,24 @@ class OllamaEngine:
             keep_alive=settings.ollama_keep_alive,
             parallel=settings.ollama_parallel,
         )
-        self._profiles: dict[str, ModelProfile] = {}
         self._answers = settings.scratch_dir / "model-answers"
         self._lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
 
-    def preflight(self, model: str) -> ModelProfile:
-        """The model's profile, checked once per model and then reused for every request."""
-        with self._lock:
-            profile = self._profiles.get(model)
-        if profile is None:
-            profile = self.client.preflight(model, wanted_context=self.settings.ollama_num_ctx)
-            with self._lock:
-                self._profiles[model] = profile
+    def preflight(self, model: str, cancel: threading.Event | None = None) -> ModelProfile:
+        """The model's profile, checked once per server and model in this process.
+
+        The analyzer's and the generator's engines share it, and a preflight under way
+        makes the others wait for it rather than probe the server too.
+        """
+        key = (self.client.host, model, self.settings.ollama_num_ctx)
+        with _PREFLIGHTS:
+            profile = _PROFILES.get(key)
+            if profile is None:
+                profile = self.client.preflight(
+                    model, wanted_context=self.settings.ollama_num_ctx, cancel=cancel
+                )
+                _PROFILES[key] = profile
         return profile
 
     def cancel(self, request_id: str) -> None:
@@ -295,12 +305,13 @@ class OllamaEngine:
     ) -> ModelChange:
         """Each task of the file in turn, on top of `content`; a failed task is dropped."""
         change = ModelChange(content=content)
+        cancel = self._cancel_event(request.request_id)
         try:
-            profile = self.preflight(request.model)
+            profile = self.preflight(request.model, cancel)
         except OllamaError as exc:
+            self._forget_cancel(request.request_id)
             change.rejections.append(str(exc))
             return change
-        cancel = self._cancel_event(request.request_id)
         try:
             for task in plan_tasks(content, findings):
                 try:
@@ -333,7 +344,9 @@ class OllamaEngine:
             with self._lock:
                 self._cancels.pop(request_id, None)
 
-    def review(self, file: SourceFile, findings: list[Finding], model: str) -> ModelReviewOutcome:
+    def review(
+        self, file: SourceFile, findings: list[Finding], model: str, request_id: str | None = None
+    ) -> ModelReviewOutcome:
         lines = file.content.splitlines()
         if len(lines) > MAX_REVIEW_FILE_LINES:
             return ModelReviewOutcome(
@@ -346,16 +359,19 @@ class OllamaEngine:
             'Answer format (JSON): {"findings": [{"line": 1, "kind": "reliability", '
             '"severity": "medium", "message": "..."}]}'
         )
+        cancel = self._cancel_event(request_id)
         try:
-            profile = self.preflight(model)
+            profile = self.preflight(model, cancel)
             text, tokens = self._ask(
-                profile, REVIEW_SYSTEM_PROMPT, prompt, REVIEW_OUTPUT_TOKENS, ModelReview, None
+                profile, REVIEW_SYSTEM_PROMPT, prompt, REVIEW_OUTPUT_TOKENS, ModelReview, cancel
             )
         except TaskFailed as exc:
             note = f"model review skipped: {exc}"
             return ModelReviewOutcome(findings=[], tokens_used=exc.tokens, note=note)
         except (EditError, OllamaError) as exc:
             return ModelReviewOutcome(findings=[], note=f"model review skipped: {exc}")
+        finally:
+            self._forget_cancel(request_id)
         reviewed, dropped = _review_items(text, max(1, len(lines)))
         note = f"model review: {dropped} unusable items dropped" if dropped else None
         return ModelReviewOutcome(findings=reviewed, tokens_used=tokens, note=note)

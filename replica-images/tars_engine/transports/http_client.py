@@ -119,6 +119,10 @@ class HttpAnalyzer(HttpRole):
     def analyze(self, request: AnalyzeRequest) -> AnalysisReport:
         return self._call("/v1/analyze", request, AnalysisReport)
 
+    def cancel_analysis(self, request_id: str) -> None:
+        response = self._send("DELETE", f"/v1/analyze/{request_id}")
+        self._raise_for_refusal(response, "DELETE /v1/analyze")
+
 
 class HttpGenerator(HttpRole):
     role_name = "generator"

@@ -69,6 +69,11 @@ def analyzer_service(settings: ReplicaSettings) -> RoleService:
     def analyze(request: AnalyzeRequest) -> AnalysisReport:
         return analyzer.analyze(request)
 
+    @router.delete("/analyze/{request_id}", name="cancel_analysis", status_code=204)
+    def cancel_analysis(request_id: str) -> Response:
+        analyzer.cancel_analysis(request_id)
+        return Response(status_code=204)
+
     return RoleService(router=router, info=analyzer.info)
 
 
