@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
+from tars_api.vocabulary import EngineName
 
-from tars_engine.core.models import AnalysisReport
+from tars_engine.core.models import AnalysisReport, Finding, FindingSource
 from tars_engine.core.validation import is_test_file
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
@@ -232,3 +233,18 @@ def prioritize(
     return sorted(
         workable, key=lambda path: (-(reports[path].priority + boosts.get(path, 0.0)), path)
     )
+
+
+def actionable_findings(
+    report: AnalysisReport, engine: EngineName, allow_unsafe: bool
+) -> list[Finding]:
+    """What the generator can act on: ruff's fixes for the static engine, everything for a model."""
+    if engine is EngineName.ollama:
+        return list(report.findings)
+    return [
+        finding
+        for finding in report.findings
+        if finding.source is FindingSource.ruff
+        and finding.fix_available
+        and (finding.fix_safe or allow_unsafe)
+    ]

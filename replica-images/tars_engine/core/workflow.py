@@ -32,7 +32,6 @@ from tars_engine.core.models import (
     AnalyzeRequest,
     Candidate,
     Finding,
-    FindingSource,
     GenerateRequest,
     ModelCheckRequest,
     SourceFile,
@@ -44,6 +43,7 @@ from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
     SkipReason,
+    actionable_findings,
     is_git_repository,
     prioritize,
     resolve_targets,
@@ -63,21 +63,6 @@ from tars_engine.core.workflow_errors import WorkflowError
 
 FEEDBACK_OUTPUT_CHARS = 4000
 EXAMPLES_PER_REQUEST = 3
-
-
-def actionable_findings(
-    report: AnalysisReport, engine: EngineName, allow_unsafe: bool
-) -> list[Finding]:
-    """What the generator can act on: ruff's fixes for the static engine, everything for a model."""
-    if engine is EngineName.ollama:
-        return list(report.findings)
-    return [
-        finding
-        for finding in report.findings
-        if finding.source is FindingSource.ruff
-        and finding.fix_available
-        and (finding.fix_safe or allow_unsafe)
-    ]
 
 
 class Workflow:
