@@ -140,6 +140,7 @@ def execute(
         except WorkflowError as exc:
             raise CliError(str(exc)) from exc
         outcome: dict[str, WorkflowState | BaseException] = {}
+        finished = threading.Event()
 
         def drive() -> None:
             try:
@@ -147,15 +148,20 @@ def execute(
             # Handed to the main thread, which reports it or re-raises it there.
             except BaseException as exc:  # noqa: BLE001
                 outcome["error"] = exc
+            finally:
+                finished.set()
 
         worker = threading.Thread(target=drive, name="tars-workflow")
         worker.start()
-        while worker.is_alive():
+        # Waiting on an Event, not on join(): a Ctrl-C that interrupts Thread.join can
+        # leave the thread looking finished while it still runs.
+        while not finished.is_set():
             try:
-                worker.join(0.2)
+                finished.wait(0.2)
             except KeyboardInterrupt:
                 stop.set()
                 console.print("[yellow]stopping after the current step (accepted work is kept)…[/]")
+        worker.join()
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(error, StateError):

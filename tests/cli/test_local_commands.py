@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +157,41 @@ def test_a_model_the_server_lacks_is_refused_before_any_work(
     )
     assert_one_line_error(result, "model nope is not on the Ollama server", "ollama pull nope")
     assert not (root / ".tars" / "workflow-state.json").exists()
+    assert tree_hashes(root) == before
+
+
+def test_ctrl_c_during_testing_stops_the_run_with_exit_130(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+    # A test command that is still running when the interrupt comes.
+    slow = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    run = subprocess.Popen(
+        [str(TARSCLI), "self-code", "run", "-t", "shop", "--test-command", slow],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        state_file = root / ".tars" / "workflow-state.json"
+        for _ in range(600):
+            if state_file.exists() and '"stage":"Testing"' in state_file.read_text().replace(
+                " ", ""
+            ):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the run never reached Testing")
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    assert StateStore(root / ".tars").load().phase is RunPhase.stopped  # type: ignore[union-attr]
     assert tree_hashes(root) == before
 
 
