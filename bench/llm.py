@@ -51,23 +51,10 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST, ReplicaSettings, normalize_ollama_host
 from tars_engine.core.state import RunOptions, WorkflowState
+from tars_engine.roles import edit_protocol
 from tars_engine.roles.analyzer import Analyzer
-from tars_engine.roles.edit_protocol import (
-    EditAnswer,
-    EditError,
-    Task,
-    WholeFileAnswer,
-    apply_edits,
-    parse_answer,
-    plan_tasks,
-    whole_file,
-)
-from tars_engine.roles.ollama_client import (
-    ModelProfile,
-    OllamaClient,
-    OllamaError,
-    estimate_tokens,
-)
+from tars_engine.roles.edit_protocol import EditAnswer, EditError, Task, WholeFileAnswer
+from tars_engine.roles.ollama_client import ModelProfile, OllamaClient, OllamaError, estimate_tokens
 from tars_engine.roles.ollama_engine import (
     MIN_OUTPUT_TOKENS,
     SYSTEM_PROMPT,
@@ -148,7 +135,7 @@ def documentation_tasks(profile: ModelProfile, model: str, only: str | None) -> 
             engine=EngineName.ollama,
             model=model,
         )
-        for task in plan_tasks(source.content, findings):
+        for task in edit_protocol.plan_tasks(source.content, findings):
             if not any(f.kind is FindingKind.documentation for f in task.findings):
                 continue
             prompt = task_prompt(path, source.content, task, request)
@@ -224,14 +211,14 @@ def well_formed(bench: BenchTask, call: Call) -> tuple[bool, bool]:
     if call.error is not None:
         return False, False
     try:
-        answer = parse_answer(call.text, bench.schema)
+        answer = edit_protocol.parse_answer(call.text, bench.schema)
     except EditError:
         return False, False
     try:
         if isinstance(answer, EditAnswer):
-            apply_edits(bench.content, bench.task, answer)
+            edit_protocol.apply_edits(bench.content, bench.task, answer)
         elif isinstance(answer, WholeFileAnswer):
-            whole_file(bench.content, answer)
+            edit_protocol.whole_file(bench.content, answer)
     except EditError:
         return True, False
     return True, True
