@@ -15,7 +15,9 @@ that has --model (default tars-gemma3-270m); without them it exits 2 with one li
   rounds after one warm-up of each. The engine's client fixes temperature 0.2 and sets
   no seed, so the two cannot be made to answer alike: the comparison is of the wall
   time per output token (the raw call uses temperature 0 and a fixed seed). Medians,
-  the ratio engine/raw and the overhead (goal: 5% or less);
+  the ratio engine/raw and the overhead (goal: 5% or less).
+  A task whose schema the server refuses is reported (`refused:`) and the next task
+  of the other schema is measured instead;
 - the share of well-formed answers among the engine's calls: parsed as the task's
   schema, and (for search/replace edits) applied to the file without an EditError;
   below it, Aider's published whole-file figures as an anchor (not measured here);
