@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 from pydantic import BaseModel
+from tars_api.names import ReplicaEnv
 from tars_api.vocabulary import EngineName
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.models import (
@@ -365,6 +366,8 @@ def sample_run(host: str, model: str) -> None:
     os.environ["OLLAMA_HOST"] = host
     with tempfile.TemporaryDirectory(prefix="tars-bench-llm-") as scratch:
         workspace = Path(scratch)
+        # A scratch directory of its own: nothing an earlier run left there is reused.
+        os.environ[ReplicaEnv.scratch_dir] = str(workspace / "scratch")
         root = fresh_copy(SAMPLE_PROJECT, workspace / SAMPLE_PROJECT.name)
         workflow = local_workflow(
             root,
