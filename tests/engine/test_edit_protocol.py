@@ -25,6 +25,7 @@ from tars_engine.roles.edit_protocol import (
     plan_tasks,
     whole_file,
 )
+from tars_engine.roles.generator import moved_findings
 
 HEAD = '"""Shop totals."""\n\nimport math\n\nRATE = 0.2\n\n\n'
 TOTAL = textwrap.dedent(
@@ -159,3 +160,10 @@ def test_names_and_layout_that_validation_guards() -> None:
     assert "math" not in names
     assert only_whitespace_changed(SOURCE, SOURCE.replace("result = 0", "result  =  0"))
     assert not only_whitespace_changed(SOURCE, SOURCE.replace("result = 0", "result = 0  # sum"))
+
+
+def test_findings_follow_their_lines_after_the_static_fixes() -> None:
+    before = "import os\nimport sys\n\n\ndef add(a, b):\n    return a + b\n"
+    after = "\n\ndef add(a, b):\n    return a + b\n"
+    moved = moved_findings([finding(5), finding(6)], before, after)
+    assert [f.location.line for f in moved] == [3, 4]

@@ -233,3 +233,22 @@ def test_answers_already_given_are_not_asked_again(
     again = Generator(settings).generate(request)
     assert first.tokens_used > 0 and again.tokens_used == 0
     assert (again.candidate, again.rejection) == (first.candidate, first.rejection)
+
+
+def test_an_edit_task_on_a_larger_file_is_asked_under_a_schema_the_server_takes(
+    ollama_server: OllamaServer, tmp_path: Path
+) -> None:
+    helpers = "".join(f"\n\ndef helper_{n}(x):\n    return x + {n}\n" for n in range(15))
+    content = CALC + helpers
+    line = next(n for n, text in enumerate(content.splitlines(), 1) if "def helper_3" in text)
+    request = GenerateRequest(
+        file=SourceFile(path="pkg/calc.py", content=content),
+        findings=[documentation_finding(line)],
+        targets=["pkg"],
+        engine=EngineName.ollama,
+        model=TEST_MODEL,
+    )
+    result = Generator(settings_for(ollama_server.url, tmp_path)).generate(request)
+    # The model answered (well or not): Ollama did not refuse the edit schema.
+    assert result.tokens_used > 0, result.rejection
+    assert "refused" not in (result.rejection or ""), result.rejection

@@ -27,7 +27,8 @@ from tars_engine.core.models import Finding
 WHOLE_FILE_MAX_LINES = 40
 MAX_TASKS_PER_FILE = 2
 MAX_EDITS = 4
-MAX_REGION_LINES = 120
+# A region this long fits in one search text (MAX_SCHEMA_STRING) at about 30 characters a line.
+MAX_REGION_LINES = 60
 MAX_FINDINGS_PER_TASK = 8
 MAX_EXPLANATION_CHARS = 400
 
@@ -36,9 +37,18 @@ _FENCE_CLOSE = re.compile(r"\n?\s*```\s*$")
 _LINE_NUMBER = re.compile(r"^\s*\d+\s?\| ?")
 
 
+# Ollama turns a schema into a grammar that refuses more than 2000 repeats of anything
+# ("failed to load model vocabulary required for format"): no string may be longer.
+MAX_SCHEMA_STRING = 2000
+
+
 class SearchReplace(BaseModel):
-    search: str = Field(max_length=8000, description="lines copied exactly from the region")
-    replace: str = Field(max_length=12000, description="the lines to put in their place")
+    search: str = Field(
+        max_length=MAX_SCHEMA_STRING, description="lines copied exactly from the region"
+    )
+    replace: str = Field(
+        max_length=MAX_SCHEMA_STRING, description="the lines to put in their place"
+    )
 
 
 class EditAnswer(BaseModel):

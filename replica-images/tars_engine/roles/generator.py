@@ -7,6 +7,7 @@ never leaves the generator.
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 
 from tars_api.vocabulary import EngineName, Role
@@ -17,6 +18,7 @@ from tars_engine.core.models import (
     FindingSource,
     GenerateRequest,
     GenerateResult,
+    Location,
     ModelCheck,
     ModelCheckRequest,
     RoleInfo,
@@ -144,6 +146,34 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     )
 
 
+def moved_findings(findings: list[Finding], before: str, after: str) -> list[Finding]:
+    """`findings` about `before`, placed on the lines they stand on in `after`.
+
+    The static fixes go first and may delete or add lines (F401 drops imports); the
+    model's tasks are cut from the fixed content, so their findings must point into it.
+    A finding on a line that was rewritten moves to where the rewrite stands.
+    """
+    if before == after:
+        return findings
+    old_lines, new_lines = before.splitlines(), after.splitlines()
+    matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+    new_line: dict[int, int] = {}
+    for _, old_start, old_end, new_start, new_end in matcher.get_opcodes():
+        for offset, old in enumerate(range(old_start, old_end)):
+            new_line[old + 1] = min(new_start + offset, max(new_end - 1, new_start)) + 1
+    last = max(1, len(new_lines))
+    return [
+        finding.model_copy(
+            update={
+                "location": Location(
+                    line=min(new_line.get(finding.location.line, finding.location.line), last)
+                )
+            }
+        )
+        for finding in findings
+    ]
+
+
 class Generator:
     """The generator role in-process; the request's engine picks static or ollama.
 
@@ -201,7 +231,7 @@ class Generator:
             content = apply_unified_diff(source.content, static.candidate.diff, source.path)
             rationale.append(static.candidate.rationale)
             rules.extend(static.candidate.rules)
-        asked = model_findings(request.findings)
+        asked = moved_findings(model_findings(request.findings), source.content, content)
         change = self.model().improve(request, content, asked) if asked else None
         if change is not None and change.addressed:
             content = change.content

@@ -31,6 +31,13 @@ CHARS_PER_TOKEN = 3
 MIN_CONTEXT = 4096
 PROBE_PROMPT = "Reply with the word ok."
 PROBE_TOKENS = 16
+# Answers that must follow a schema come slower than free text: the probe uses one too.
+PROBE_FORMAT = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 40}},
+    "required": ["answer"],
+}
+SEED = 42
 # A deadline is this many times the expected time, plus a fixed allowance for loading.
 DEADLINE_SLACK = 2.0
 DEADLINE_ALLOWANCE_SECONDS = 20.0
@@ -179,6 +186,7 @@ class OllamaClient:
             # Loading the model is most of the probe's time; a minute covers a slow disk.
             deadline_seconds=120,
             cancel=cancel,
+            response_format=PROBE_FORMAT,
         )
         return ModelProfile(
             model=model,
@@ -209,6 +217,8 @@ class OllamaClient:
                     "num_ctx": profile.num_ctx,
                     "num_predict": num_predict,
                     "temperature": 0.2,
+                    # The same question gets the same answer: runs can be reproduced.
+                    "seed": SEED,
                 },
                 deadline_seconds=deadline,
                 cancel=cancel,
