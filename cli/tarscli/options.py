@@ -101,7 +101,7 @@ EngineOption = Annotated[
         "--engine",
         metavar=choices(EngineName),
         help="static (ruff's fixes) or ollama (a local model). "
-        "Default: ollama when OLLAMA_HOST answers, else static.",
+        "Default: ollama when OLLAMA_HOST answers and has the model, else static.",
         case_sensitive=False,
         show_default=False,
     ),
