@@ -31,7 +31,6 @@ from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,
     ollama_problem,
-    ollama_reachable,
     project_test_command,
     state_dir_for,
 )
@@ -85,11 +84,7 @@ def choose_engine(requested: EngineName | None, model: str) -> EngineName:
             return EngineName.static
         return engine
     if requested is EngineName.ollama:
-        if not ollama_reachable(host):
-            raise CliError(
-                f"--engine ollama: no Ollama server answers at {host}; start one, set "
-                "OLLAMA_HOST, or use --engine static"
-            )
+        # One look at the server: its own message names what to do when it is not there.
         problem = ollama_problem(host, model)
         if problem:
             raise CliError(f"--engine ollama: {problem}")

@@ -167,10 +167,8 @@ class OllamaClient:
             raise OllamaError(f"Ollama at {self.host} does not say model {model}'s context length")
         return length
 
-    def preflight(
-        self, model: str, *, wanted_context: int, cancel: threading.Event | None = None
-    ) -> ModelProfile:
-        """Check server and model before any work; measure speed with one short probe."""
+    def check_model(self, model: str) -> tuple[str, int]:
+        """(server version, the model's context) when the model can serve a run; else raises."""
         version = self.version()
         length = self.context_length(model)
         if length < MIN_CONTEXT:
@@ -178,6 +176,13 @@ class OllamaClient:
                 f"model {model} has a context of {length} tokens; TARS needs at least "
                 f"{MIN_CONTEXT}: choose a larger model with --model"
             )
+        return version, length
+
+    def preflight(
+        self, model: str, *, wanted_context: int, cancel: threading.Event | None = None
+    ) -> ModelProfile:
+        """Check server and model before any work; measure speed with one short probe."""
+        version, length = self.check_model(model)
         num_ctx = min(length, max(wanted_context, MIN_CONTEXT))
         probe = self._stream(
             model,

@@ -98,22 +98,10 @@ def ollama_problem(host: str, model: str) -> str | None:
     The same checks as the run's preflight, less the speed probe, so a command can refuse
     before it starts any work.
     """
-    from tars_engine.roles.ollama_client import (
-        MIN_CONTEXT,
-        ContextTooSmall,
-        OllamaClient,
-        OllamaError,
-    )
+    from tars_engine.roles.ollama_client import OllamaClient, OllamaError
 
-    client = OllamaClient(normalize_ollama_host(host))
     try:
-        client.version()
-        length = client.context_length(model)
-        if length < MIN_CONTEXT:
-            raise ContextTooSmall(
-                f"model {model} has a context of {length} tokens; TARS needs at least "
-                f"{MIN_CONTEXT}: choose a larger model with --model"
-            )
+        OllamaClient(normalize_ollama_host(host)).check_model(model)
     except OllamaError as exc:
         return str(exc)
     return None
