@@ -57,11 +57,11 @@ from tars_engine.core.state import RunOptions, WorkflowState
 from tars_engine.roles import edit_protocol
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.edit_protocol import EditAnswer, EditError, Task, WholeFileAnswer
-from tars_engine.roles.ollama_client import ModelProfile, OllamaClient, OllamaError, estimate_tokens
+from tars_engine.roles.ollama_client import ModelProfile, OllamaClient, OllamaError
 from tars_engine.roles.ollama_engine import (
-    MIN_OUTPUT_TOKENS,
     SYSTEM_PROMPT,
     model_findings,
+    output_budget,
     task_prompt,
 )
 from tars_engine.transports.embedded import local_workflow
@@ -143,9 +143,10 @@ def documentation_tasks(profile: ModelProfile, model: str, only: str | None) -> 
                 continue
             prompt = task_prompt(path, source.content, task, request)
             region = source.content.splitlines()[task.first - 1 : task.last]
-            # As the engine budgets an answer: the region three times over, within the context.
-            wanted = max(MIN_OUTPUT_TOKENS, 3 * estimate_tokens("\n".join(region)) + 256)
-            room = profile.num_ctx - estimate_tokens(SYSTEM_PROMPT) - estimate_tokens(prompt)
+            try:
+                num_predict = output_budget(profile, prompt, "\n".join(region))
+            except EditError:
+                continue
             tasks.append(
                 BenchTask(
                     path=path,
@@ -156,7 +157,7 @@ def documentation_tasks(profile: ModelProfile, model: str, only: str | None) -> 
                         {"role": "user", "content": prompt},
                     ],
                     schema=WholeFileAnswer if task.whole_file else EditAnswer,
-                    num_predict=max(1, min(wanted, room)),
+                    num_predict=num_predict,
                 )
             )
     return tasks

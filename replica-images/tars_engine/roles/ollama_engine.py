@@ -152,6 +152,20 @@ _PROFILES: dict[tuple[str, str, int], ModelProfile] = {}
 _PREFLIGHTS = threading.Lock()
 
 
+def output_budget(profile: ModelProfile, prompt: str, region: str) -> int:
+    """num_predict for a task's answer: the region three times over, within the context."""
+    prompt_tokens = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(prompt)
+    # JSON escapes every newline and quote of the code it carries: half again as long.
+    wanted = max(MIN_OUTPUT_TOKENS, 3 * estimate_tokens(region) + 256)
+    available = profile.num_ctx - prompt_tokens
+    if available < MIN_OUTPUT_TOKENS:
+        raise EditError(
+            f"the task needs about {prompt_tokens} prompt tokens, more than the run's "
+            f"context of {profile.num_ctx} allows"
+        )
+    return min(wanted, available)
+
+
 class TaskFailed(Exception):
     """A task the model answered unusably; the tokens it spent still count."""
 
@@ -243,18 +257,6 @@ class OllamaEngine:
             raise TaskFailed(f"model answer was cut off at {num_predict} tokens", tokens)
         return text, tokens
 
-    def _output_budget(self, profile: ModelProfile, prompt: str, region: str) -> int:
-        prompt_tokens = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(prompt)
-        # JSON escapes every newline and quote of the code it carries: half again as long.
-        wanted = max(MIN_OUTPUT_TOKENS, 3 * estimate_tokens(region) + 256)
-        available = profile.num_ctx - prompt_tokens
-        if available < MIN_OUTPUT_TOKENS:
-            raise EditError(
-                f"the task needs about {prompt_tokens} prompt tokens, more than the run's "
-                f"context of {profile.num_ctx} allows"
-            )
-        return min(wanted, available)
-
     def _task_content(
         self,
         profile: ModelProfile,
@@ -266,7 +268,7 @@ class OllamaEngine:
         """(new content, explanation, tokens) for one task; EditError or OllamaError says why not."""
         prompt = task_prompt(request.file.path, content, task, request)
         region = "\n".join(content.splitlines()[task.first - 1 : task.last])
-        num_predict = self._output_budget(profile, prompt, region)
+        num_predict = output_budget(profile, prompt, region)
         schema: type[BaseModel] = WholeFileAnswer if task.whole_file else EditAnswer
         text, tokens = self._ask(profile, SYSTEM_PROMPT, prompt, num_predict, schema, cancel)
         try:
