@@ -19,22 +19,33 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import urllib3.exceptions
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from tars_api.crdgen import crd_manifests
 from tars_api.meta import ObjectMeta
-from tars_api.names import CLI_LABELS, DEFAULT_UPLOAD_KEY, PATCH_KEY, RUN_LABEL
+from tars_api.names import (
+    CLI_LABELS,
+    DEFAULT_UPLOAD_KEY,
+    PATCH_KEY,
+    REPLICA_PORT_NAME,
+    RUN_LABEL,
+)
 from tars_api.replica import TarsReplica
 from tars_api.run import RunSource, SelfCodingRun, SelfCodingRunSpec, UploadSource
+from tars_engine.core.models import ModelCheck, ModelCheckRequest
 
 from tarscli import output, views
-from tarscli.errors import CliError, fail, report
+from tarscli.errors import CliError, describe_failure, fail, report
 from tarscli.kube import FIELD_MANAGER, REQUEST_TIMEOUT, Cluster
 from tarscli.upload import ProjectArchive
 
 CREATED_AT_ANNOTATION = "tars.dev/created-at"
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
+# The check loads the model and times a short answer: slower than an API request.
+MODEL_CHECK_TIMEOUT = (10, 300)
+ENDPOINTS_WAIT_SECONDS = 30
 # A run's name is also a label value (63 characters at most) and part of its children's names.
 _NAME_PREFIX_LENGTH = 40
 
@@ -118,6 +129,46 @@ def wait_for_replicas(
         f"{name} ({views.replica_state(item)})" for name, item in latest.items() if not _ready(item)
     )
     raise CliError(f"timed out after {timeout}s waiting for replicas to be Ready: {waiting}")
+
+
+def model_report(cluster: Cluster, generator: TarsReplica, model: str | None) -> tuple[bool, str]:
+    """Whether the generator's Ollama server has `model` (None: the generator's own), as
+    the line `setup` prints. The generator answers through the API server's service proxy."""
+    endpoints_deadline = time.monotonic() + ENDPOINTS_WAIT_SECONDS
+    while True:
+        try:
+            # The operator names a replica's Service after the replica.
+            check = cluster.call_service(
+                f"{generator.name}:{REPLICA_PORT_NAME}",
+                "POST",
+                "/v1/model-check",
+                ModelCheckRequest(model=model),
+                ModelCheck,
+                timeout=MODEL_CHECK_TIMEOUT,
+            )
+            break
+        except ApiException as error:
+            # A pod is Ready a moment before its Service's endpoints list it.
+            if error.status != 503 or time.monotonic() > endpoints_deadline:
+                return False, _model_check_failure(generator, error)
+            time.sleep(0.5)
+        except urllib3.exceptions.HTTPError as error:
+            return False, _model_check_failure(generator, error)
+    if check.problem:
+        return False, (
+            f"the ollama engine cannot run here yet: {check.problem} (static runs are unaffected)"
+        )
+    return True, (
+        f"Model {check.model} is ready on Ollama {check.server_version}: context "
+        f"{check.num_ctx} of {check.context_length} tokens, {check.tokens_per_second} tokens/s."
+    )
+
+
+def _model_check_failure(generator: TarsReplica, error: Exception) -> str:
+    return (
+        f'cannot ask the generator replica "{generator.name}" about its model: '
+        f"{describe_failure(error)}"
+    )
 
 
 # --- starting a run on an upload ----------------------------------------------------------------

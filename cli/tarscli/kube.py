@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import pydantic
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -36,6 +37,7 @@ TARS_KINDS: tuple[type[ApiObject], ...] = (TarsReplica, SelfCodingRun)
 INSTALL_HINT = 'run "tarscli self-code setup --install-crds" or "kubectl apply -f crds/"'
 
 ObjectT = TypeVar("ObjectT", bound=ApiObject)
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 WatchEvent = Literal["ADDED", "MODIFIED", "DELETED"]
 
 
@@ -128,6 +130,37 @@ class Cluster:
         missing = self.missing_crds()
         if missing:
             raise CliError(crds_missing_message(missing))
+
+    def call_service(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        body: pydantic.BaseModel,
+        answer: type[ModelT],
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> ModelT:
+        """`method path` on the namespace's Service `service` (`NAME:PORT_NAME` for a named
+        port) through the API server's service proxy: from outside the cluster, with the user's credentials and RBAC
+        (`create` on `services/proxy`). An error answer raises ApiException."""
+        _, url, headers, _, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=f"/api/v1/namespaces/{self.namespace}/services/{service}/proxy/"
+            + path.lstrip("/"),
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(
+            method,
+            url,
+            header_params=headers,
+            body=body.model_dump(mode="json"),
+            _request_timeout=timeout,
+        )
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return answer.model_validate_json(data)
 
 
 def connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> Cluster:

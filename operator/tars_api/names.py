@@ -28,6 +28,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # --- what the operator's children and the CLI's setup agree on --------------------------
 # The port every replica serves its role's HTTP API on, and its Service exposes.
 REPLICA_PORT = 8080
+# The name of that port on the pods and Services (the service proxy and discovery use it).
+REPLICA_PORT_NAME = "http"
 # The coordinator's ServiceAccount: it alone reads the API (TarsReplica status, sources).
 COORDINATOR_SERVICE_ACCOUNT = "tars-coordinator"
 

@@ -20,6 +20,7 @@ from tars_api.names import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY_OPERATOR,
+    REPLICA_PORT_NAME,
     ReplicaEnv,
 )
 from tars_api.replica import (
@@ -39,7 +40,6 @@ Manifest = dict[str, Any]
 APP_NAME = "tars-replica"
 GENERATION_ANNOTATION = "tars.dev/replica-generation"
 SUSPENDED_ANNOTATION = "tars.dev/suspended"
-PORT_NAME = "http"
 SCRATCH_VOLUME = "scratch"
 # Prefixed so a volume of the spec can never be named like the scratch volume.
 USER_VOLUME_PREFIX = "vol-"
@@ -172,10 +172,10 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "--port",
             str(config.port),
         ],
-        "ports": [{"name": PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
+        "ports": [{"name": REPLICA_PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
         "env": _environment(replica, config),
-        "readinessProbe": config.readiness_probe.to_k8s(PORT_NAME),
-        "livenessProbe": config.liveness_probe.to_k8s(PORT_NAME),
+        "readinessProbe": config.readiness_probe.to_k8s(REPLICA_PORT_NAME),
+        "livenessProbe": config.liveness_probe.to_k8s(REPLICA_PORT_NAME),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -253,7 +253,12 @@ def desired_service(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "type": "ClusterIP",
             "selector": selector_labels(name),
             "ports": [
-                {"name": PORT_NAME, "port": config.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+                {
+                    "name": REPLICA_PORT_NAME,
+                    "port": config.port,
+                    "targetPort": REPLICA_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tars_operator.config import ENV_PREFIX
 
 from tests.harness.e2e import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace
+from tests.harness.ollama import TEST_MODEL, OllamaServer
 from tests.harness.operator_process import OperatorProcess, wait_for
 from tests.harness.tools import git_init
 
@@ -32,6 +35,26 @@ def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
     return name
 
 
+@contextmanager
+def operated_namespace(
+    kubeconfig: Path,
+    kubectl: Callable[..., Any],
+    prefix: str,
+    log_dir: Path,
+    operator_environment: Mapping[str, str] | None = None,
+) -> Iterator[Workspace]:
+    """A fresh namespace with an operator watching it; both gone afterwards."""
+    namespace = _create_namespace(kubectl, prefix)
+    operator = OperatorProcess(kubeconfig, namespace, log_dir, operator_environment)
+    operator.start()
+    try:
+        yield Workspace(kubeconfig, namespace, operator)
+    finally:
+        operator.stop()
+        print(f"--- {operator.log_path}\n{operator.log()}")
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
 def workspace(
     kubeconfig: Path,
@@ -41,17 +64,11 @@ def workspace(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Workspace]:
     """A namespace prepared by `tarscli self-code setup` (which waits until the replicas are Ready)."""
-    namespace = _create_namespace(kubectl, "e2e")
-    operator = OperatorProcess(kubeconfig, namespace, tmp_path_factory.mktemp("operator"))
-    operator.start()
-    workspace = Workspace(kubeconfig, namespace, operator)
-    try:
+    with operated_namespace(
+        kubeconfig, kubectl, "e2e", tmp_path_factory.mktemp("operator")
+    ) as workspace:
         workspace.tarscli("self-code", "setup", "--timeout", SETUP_TIMEOUT_SECONDS)
         yield workspace
-    finally:
-        operator.stop()
-        print(f"--- {operator.log_path}\n{operator.log()}")
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -63,15 +80,27 @@ def bare_workspace(
     tmp_path: Path,
 ) -> Iterator[Workspace]:
     """A namespace with only the operator: no replicas."""
-    namespace = _create_namespace(kubectl, "e2e-bare")
-    operator = OperatorProcess(kubeconfig, namespace, tmp_path)
-    operator.start()
-    try:
-        yield Workspace(kubeconfig, namespace, operator)
-    finally:
-        operator.stop()
-        print(f"--- {operator.log_path}\n{operator.log()}")
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with operated_namespace(kubeconfig, kubectl, "e2e-bare", tmp_path) as workspace:
+        yield workspace
+
+
+@pytest.fixture
+def ollama_workspace(
+    kubeconfig: Path,
+    kubectl: Callable[..., Any],
+    tars_crds: list[str],
+    pod_runner: object,
+    ollama_server: OllamaServer,
+    tmp_path: Path,
+) -> Iterator[Workspace]:
+    """A namespace whose operator points the replicas at the real Ollama and its test model
+    (the server listens on loopback, which the pod runner's replica processes share)."""
+    environment = {
+        f"{ENV_PREFIX}OLLAMA_HOST": ollama_server.url,
+        f"{ENV_PREFIX}MODEL": TEST_MODEL,
+    }
+    with operated_namespace(kubeconfig, kubectl, "e2e-model", tmp_path, environment) as workspace:
+        yield workspace
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,10 +58,18 @@ def http_get(url: str) -> tuple[int, str]:
 class OperatorProcess:
     """One `tars-operator` subprocess watching one namespace; restartable after a kill."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_dir: Path,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_dir = log_dir
+        # On top of the test session's own environment (TARS_OPERATOR_* configure it).
+        self.environment = dict(environment or {})
         self.liveness_port = controlplane.free_port()
         self.metrics_port = controlplane.free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,7 +99,10 @@ class OperatorProcess:
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.environment},
             )
         wait_for(self._live, f"the operator's liveness endpoint (log: {self.log_path})")
 

@@ -67,6 +67,13 @@ def setup(
             "--timeout", help="Seconds to wait for the replicas to be Ready before failing."
         ),
     ] = DEFAULT_SETUP_TIMEOUT_SECONDS,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model to look for on the generator's Ollama server (default: the generator's own).",
+            show_default=False,
+        ),
+    ] = None,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
     namespace: options.NamespaceOption = None,
@@ -76,7 +83,8 @@ def setup(
     Checks that the CRDs are installed (--install-crds installs them), creates the
     coordinator's ServiceAccount, Role and RoleBinding when absent, the
     analyzer, generator, tester and coordinator TarsReplicas (existing ones are left
-    as they are), and waits until all four are Ready.
+    as they are), waits until all four are Ready, and reports whether the generator's
+    Ollama server has the model that runs with --engine ollama need.
     """
     cluster = connect(kubeconfig, context, namespace)
     deadline = time.monotonic() + timeout
@@ -119,6 +127,10 @@ def setup(
         return
     cluster_ops.wait_for_replicas(cluster, replicas, timeout, deadline)
     typer.echo(f'All {len(replicas)} role replicas are Ready in namespace "{cluster.namespace}".')
+    generator = next((item for item in replicas if item.spec.role is Role.generator), None)
+    if generator is not None:
+        model_ready, line = cluster_ops.model_report(cluster, generator, model)
+        typer.echo(line if model_ready else f"warning: {line}", err=not model_ready)
 
 
 @app.command()

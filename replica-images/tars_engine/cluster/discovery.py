@@ -23,7 +23,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import GROUP, VERSION
-from tars_api.names import SERVICE_NAME_LABEL, ReplicaEnv
+from tars_api.names import REPLICA_PORT_NAME, SERVICE_NAME_LABEL, ReplicaEnv
 from tars_api.replica import TARS_REPLICA_PLURAL
 from tars_api.vocabulary import WORKER_ROLES, Role
 
@@ -37,7 +37,6 @@ from tars_engine.transports.http_client import (
 
 log = logging.getLogger(__name__)
 
-PORT_NAME = "http"
 WATCH_TIMEOUT_SECONDS = 30
 # The client gives up a little after the server should have closed the watch.
 REQUEST_TIMEOUT_SECONDS = WATCH_TIMEOUT_SECONDS + 10
@@ -145,7 +144,7 @@ def slice_ready_urls(endpoint_slice: dict[str, Any]) -> list[str]:
     ports = [
         port["port"]
         for port in endpoint_slice.get("ports") or []
-        if port.get("port") is not None and port.get("name") in (PORT_NAME, None, "")
+        if port.get("port") is not None and port.get("name") in (REPLICA_PORT_NAME, None, "")
     ]
     if not ports:
         return []

@@ -118,7 +118,9 @@ class GenerateRequest(WireModel):
 
 
 class ModelCheckRequest(WireModel):
-    model: str = Field(min_length=1)
+    model: str | None = Field(
+        default=None, min_length=1, description="None: the model the replica is configured with"
+    )
 
 
 class ModelCheck(WireModel):

@@ -202,12 +202,13 @@ class Generator:
             self.model().cancel(request_id)
 
     def check_model(self, request: ModelCheckRequest) -> ModelCheck:
+        model = request.model or self.settings.model
         try:
-            profile = self.model().preflight(request.model)
+            profile = self.model().preflight(model)
         except OllamaError as exc:
-            return ModelCheck(model=request.model, problem=str(exc))
+            return ModelCheck(model=model, problem=str(exc))
         return ModelCheck(
-            model=request.model,
+            model=model,
             server_version=profile.version,
             context_length=profile.context_length,
             num_ctx=profile.num_ctx,
