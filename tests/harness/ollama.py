@@ -58,17 +58,21 @@ def start(ollama_dir: Path, log: Path, *, parallel: int = 1) -> OllamaServer:
     address = f"127.0.0.1:{free_port()}"
     environment = {
         **os.environ,
-        "OLLAMA_HOST": address,
         "OLLAMA_MODELS": str(ollama_dir / "models"),
         "OLLAMA_NUM_PARALLEL": str(parallel),
         # One model at a time: the machine has two cores and the tests use one model.
         "OLLAMA_MAX_LOADED_MODELS": "1",
         "OLLAMA_NOPRUNE": "1",
     }
+    return serve([str(ollama_dir / "bin" / "ollama"), "serve"], environment, address, log)
+
+
+def serve(command: list[str], environment: dict[str, str], address: str, log: Path) -> OllamaServer:
+    """Start `command` (an `ollama serve`) listening on `address`; return once it answers."""
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [str(ollama_dir / "bin" / "ollama"), "serve"],
-            env=environment,
+            command,
+            env={**environment, "OLLAMA_HOST": address},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,12 +7,16 @@ server-side dry run.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tarfile
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import tars_operator
 import yaml
@@ -22,6 +26,7 @@ from tars_operator import replicas
 from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
 from tars_operator.main import build_parser
 
+from tests.harness import controlplane, ollama
 from tests.harness.chart import (
     CHART,
     REPOSITORY,
@@ -311,6 +316,91 @@ def test_ollama_serves_the_replicas_and_pulls_the_model(render: Render, tmp_path
 
     external = operator_config(render("ollama.host=http://gpu-box:11434"), tmp_path)
     assert external.ollama_host == "http://gpu-box:11434"
+
+
+MODEL_VOLUME = "ollama.modelVolume.persistentVolumeClaim.claimName=models"
+
+
+def test_ollama_serves_models_from_a_volume_without_pulling(render: Render, helm: Helm) -> None:
+    manifests = render("ollama.enabled=true", "ollama.modelSource=volume", MODEL_VOLUME)
+    assert not find(manifests, "Job") and not find(manifests, "PersistentVolumeClaim")
+    pod = one(manifests, "Deployment", "tars-ollama")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["models"] == {"name": "models", "persistentVolumeClaim": {"claimName": "models"}}
+    (container,) = pod["containers"]
+    (mount,) = [item for item in container["volumeMounts"] if item["name"] == "models"]
+    assert mount["readOnly"] is True
+    environment = {item["name"]: item["value"] for item in container["env"]}
+    assert environment["OLLAMA_MODELS"] == mount["mountPath"]
+
+    refused = helm(
+        "template", "tars", str(CHART), "--set", "ollama.enabled=true",
+        "--set", "ollama.modelSource=volume", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "ollama.modelVolume is empty" in refused.stderr, refused.stderr
+
+
+def test_chart_runs_the_ollama_the_project_builds_and_tests() -> None:
+    pinned = (REPOSITORY / "hack" / "tools" / "ollama" / "go.mod").read_text(encoding="utf-8")
+    assert f"github.com/ollama/ollama v{VALUES['ollama']['image']['tag']} " in pinned
+
+
+def test_ollama_serves_a_read_only_model_volume_as_the_chart_runs_it(
+    render: Render, ollama_dir: Path
+) -> None:
+    """The chart's own command, environment and user, on the real server: the models are
+    a copy of the test build's that the server's user cannot write to."""
+    manifests = render("ollama.enabled=true", "ollama.modelSource=volume", MODEL_VOLUME)
+    pod = one(manifests, "Deployment", "tars-ollama")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    user = pod["securityContext"]["runAsUser"]
+    # Not under pytest's tmp_path: that is private to this user, and the server runs as `user`.
+    root = Path(tempfile.mkdtemp(prefix="tars-ollama-volume-"))
+    try:
+        root.chmod(0o755)
+        (root / "bin").mkdir()
+        binary = shutil.copy2(ollama_dir / "bin" / "ollama", root / "bin" / "ollama")
+        # Hard links: no copy of the model's bytes; the directories are the server's to not write.
+        models = root / "models"
+        shutil.copytree(ollama_dir / "models", models, copy_function=os.link)
+        for directory in [models, *(path for path in models.rglob("*") if path.is_dir())]:
+            directory.chmod(0o555)
+        home = root / "home"
+        home.mkdir()
+        environment = {item["name"]: item["value"] for item in container["env"]}
+        environment.update(PATH="/usr/bin:/bin", OLLAMA_MODELS=str(models), HOME=str(home))
+        command = [str(binary), *container["command"][1:]]
+        if os.geteuid() == 0:
+            os.chown(home, user, user)
+            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+        before = sorted(
+            (path.relative_to(models), path.stat().st_mtime) for path in models.rglob("*")
+        )
+        address = f"127.0.0.1:{controlplane.free_port()}"
+        server = ollama.serve(command, environment, address, root / "serve.log")
+        try:
+            tags = httpx.get(f"{server.url}/api/tags", timeout=10).json()
+            assert f"{ollama.TEST_MODEL}:latest" in [model["name"] for model in tags["models"]]
+            answer = httpx.post(
+                f"{server.url}/api/generate",
+                json={"model": ollama.TEST_MODEL, "prompt": "def add(a, b):", "stream": False,
+                      "options": {"num_predict": 8}},
+                timeout=120,
+            )  # fmt: skip
+            assert answer.is_success, (answer.text, (root / "serve.log").read_text())
+            assert answer.json()["eval_count"] > 0
+        finally:
+            server.stop()
+        after = sorted(
+            (path.relative_to(models), path.stat().st_mtime) for path in models.rglob("*")
+        )
+        assert after == before
+    finally:
+        for directory in root.rglob("*"):
+            if directory.is_dir():
+                directory.chmod(0o755)
+        shutil.rmtree(root)
 
 
 # --- the real API server ------------------------------------------------------------------
