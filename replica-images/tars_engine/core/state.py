@@ -27,10 +27,10 @@ from tars_api.run import (
     RunStatistics,
     SelfCodingRunStatus,
 )
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName, SandboxMode
 
 from tars_engine.core.budget import Budget
-from tars_engine.core.models import Candidate, ModelCheck, TestResult
+from tars_engine.core.models import Candidate, EnvName, ModelCheck, SandboxUse, TestResult
 from tars_engine.core.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
@@ -58,6 +58,11 @@ class RunOptions(StateModel):
     test_timeout_seconds: float = Field(default=DEFAULT_TEST_TIMEOUT_SECONDS, gt=0)
     budget: Budget = Field(default_factory=Budget)
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
+    sandbox: SandboxMode = SandboxMode.auto
+    test_network: bool = Field(default=False, description="the tests may reach the network")
+    test_env: list[EnvName] = Field(
+        default_factory=list, description="variables passed on to the tests, by name"
+    )
     baseline_first: bool = Field(
         default=False,
         description="test the untouched project before accepting anything; "
@@ -100,6 +105,9 @@ class WorkflowState(StateModel):
     updated_at: datetime.datetime
     completed_at: datetime.datetime | None = None
     baseline: TestResult | None = None
+    sandbox: SandboxUse | None = Field(
+        default=None, description="how the latest test run was isolated"
+    )
     model_check: ModelCheck | None = Field(
         default=None, description="the ollama engine's preflight of its model server"
     )

@@ -1,0 +1,302 @@
+"""The tester's sandbox against a hostile project, with the real bwrap and real processes.
+
+The hostile project's tests each try one escape: write the user's tree by absolute path,
+write through `../` into the tester's scratch directory, overwrite another run's cached
+snapshot, read an exported secret and the real HOME, reach the network, and leave a
+process behind. Under bwrap each of its tests passes only if its escape failed; the same
+project run with the sandbox off shows that the attempts are real.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from tars_api.vocabulary import SandboxMode
+from tars_engine.core.models import TestRequest, TestResult
+from tars_engine.core.role_set import SnapshotMissingError
+from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.snapshot import pack_project
+from tars_engine.roles import sandbox
+from tars_engine.roles.sandbox import SandboxPolicy, bwrap_argv
+from tars_engine.roles.tester import Tester
+
+from tests.harness.projects import calc_project, tree_hashes
+
+SECRET_VARIABLE = "MY_SECRET_TOKEN"
+SECRET = "s3cret-" + uuid.uuid4().hex
+HOSTILE_TESTS = 6
+
+
+@pytest.fixture(scope="module")
+def bwrap() -> str:
+    """A working bwrap: missing, it skips, except under CI=true, where it fails."""
+    found, where = sandbox.find_bwrap(os.environ.get("PATH"))
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"required under CI=true: {where}")
+        pytest.skip(where)
+    return found
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port on loopback that accepts connections (the backlog answers without accept)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(SECRET_VARIABLE, SECRET)
+    return SECRET
+
+
+def hostile_project(root: Path, scratch: Path, port: int, marker: str) -> Path:
+    original = root.resolve()
+    escapes = textwrap.dedent(
+        f"""\
+        import os, pathlib, socket, subprocess, sys
+
+        ORIGINAL = pathlib.Path({str(original)!r})
+        SCRATCH = pathlib.Path({str(scratch.resolve())!r})
+        REAL_HOME = pathlib.Path({str(Path.home())!r})
+
+
+        def refused(write):
+            try:
+                write()
+            except OSError:
+                return True
+            return False
+
+
+        def test_cannot_write_the_users_tree():
+            assert refused(lambda: (ORIGINAL / "calc.py").write_text("owned"))
+
+
+        def test_cannot_plant_in_the_scratch_directory():
+            assert refused(lambda: pathlib.Path("../../../planted.txt").write_text("x"))
+            assert refused(lambda: (SCRATCH / "planted.txt").write_text("x"))
+
+
+        def test_cannot_overwrite_another_runs_snapshot():
+            archives = list(SCRATCH.rglob("*.tar.gz")) if SCRATCH.is_dir() else []
+            for archive in archives:
+                assert refused(lambda: archive.write_bytes(b"planted"))
+
+
+        def test_sees_no_secret_and_no_real_home():
+            assert "{SECRET_VARIABLE}" not in os.environ, os.environ["{SECRET_VARIABLE}"]
+            assert pathlib.Path(os.environ["HOME"]) != REAL_HOME
+            assert refused(lambda: (REAL_HOME / "planted.txt").write_text("x"))
+
+
+        def test_cannot_reach_the_network():
+            assert refused(lambda: socket.create_connection(("127.0.0.1", {port}), timeout=10))
+
+
+        def test_leaves_a_process_behind():
+            subprocess.Popen(
+                ["setsid", sys.executable, "-c", "import time; time.sleep(600)", "{marker}"],
+                start_new_session=True,
+            )
+        """
+    )
+    return calc_project(root, extra={"tests/test_escapes.py": escapes})
+
+
+def leftovers(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if marker in (process.info["cmdline"] or []) and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def hostile_run(tmp_path: Path, port: int, mode: SandboxMode, **request: object):
+    """The hostile project tested once in `mode`: the result, its marker, tree and scratch."""
+    marker = f"tars-leftover-{uuid.uuid4().hex}"
+    scratch = tmp_path / "scratch"
+    project = hostile_project(tmp_path / "project", scratch, port, marker)
+    tester = Tester(ReplicaSettings(scratch_dir=scratch))
+    other = tester.put_snapshot("other-run", pack_project(calc_project(tmp_path / "other")))
+    ref = tester.put_snapshot("this-run", pack_project(project))
+    before = tree_hashes(project)
+    result = tester.run_tests(
+        TestRequest(snapshot=ref, candidates=[], sandbox=mode, timeout_seconds=300, **request)
+    )
+    return result, marker, project, before, tester, other
+
+
+def one_sandboxed_run(tmp_path: Path, project: Path, **request: object) -> TestResult:
+    """`project` tested once in the required sandbox by a tester of its own."""
+    tester = Tester(ReplicaSettings(scratch_dir=tmp_path / "scratch"))
+    ref = tester.put_snapshot("this-run", pack_project(project))
+    return tester.run_tests(
+        TestRequest(snapshot=ref, candidates=[], sandbox=SandboxMode.required, **request)
+    )
+
+
+def test_every_escape_fails_inside_the_sandbox(
+    bwrap: str, tmp_path: Path, listener: int, secret: str
+) -> None:
+    result, marker, project, before, tester, other = hostile_run(
+        tmp_path, listener, SandboxMode.required
+    )
+    assert result.passed and result.tests_run == HOSTILE_TESTS + 3, result.output
+    assert result.sandbox is not None and result.sandbox.isolated and not result.sandbox.network
+    assert bwrap in result.sandbox.detail
+    assert tree_hashes(project) == before
+    assert secret not in result.output
+    assert leftovers(marker) == []
+    assert not list((tmp_path / "scratch").rglob("planted.txt"))
+    # The other run's snapshot is untouched: it still verifies against its digest.
+    tester.run_tests(TestRequest(snapshot=other, candidates=[], sandbox=SandboxMode.required))
+
+
+def test_without_the_sandbox_the_same_escapes_succeed(
+    tmp_path: Path, listener: int, secret: str
+) -> None:
+    result, marker, project, before, _, _ = hostile_run(tmp_path, listener, SandboxMode.off)
+    try:
+        assert result.sandbox is not None and not result.sandbox.isolated
+        assert "turned it off" in result.sandbox.detail
+        assert not result.passed
+        assert tree_hashes(project) != before
+        assert secret not in result.output  # the allowlist holds without bwrap too
+        assert leftovers(marker)
+    finally:
+        for process in leftovers(marker):
+            process.kill()
+
+
+def test_a_named_variable_and_the_network_when_the_run_opts_in(
+    bwrap: str, tmp_path: Path, listener: int, secret: str
+) -> None:
+    project = calc_project(
+        tmp_path / "project",
+        extra={
+            "tests/test_opted_in.py": textwrap.dedent(
+                f"""\
+                import os, socket
+
+
+                def test_gets_what_the_run_names():
+                    assert os.environ["{SECRET_VARIABLE}"] == "{secret}"
+                    socket.create_connection(("127.0.0.1", {listener}), timeout=10).close()
+                """
+            )
+        },
+    )
+    result = one_sandboxed_run(tmp_path, project, network=True, env_names=[SECRET_VARIABLE])
+    assert result.passed, result.output
+    assert result.sandbox is not None and result.sandbox.isolated and result.sandbox.network
+    assert "network allowed" in result.sandbox.detail
+
+
+def test_the_projects_own_virtualenv_runs_inside(bwrap: str, tmp_path: Path) -> None:
+    """A project venv whose base interpreter lies under the hidden HOME is bound back."""
+    project = calc_project(tmp_path / "project")
+    venv = tmp_path / "project-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # pytest comes from the tester's own site-packages, named in a .pth as a project would.
+    (next(venv.glob("lib/python3*/site-packages")) / "tester.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n"
+    )
+    python = venv / "bin" / "python"
+    result = one_sandboxed_run(tmp_path, project, test_command=[str(python), "-m", "pytest", "-q"])
+    assert result.passed and result.tests_run == 3, result.output
+
+
+def test_required_without_bwrap_refuses_and_auto_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PATH without bwrap: the real way a machine lacks it.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    project = calc_project(tmp_path / "project")
+    tester = Tester(ReplicaSettings(scratch_dir=tmp_path / "scratch"))
+    ref = tester.put_snapshot("this-run", pack_project(project))
+    refused = tester.run_tests(
+        TestRequest(snapshot=ref, candidates=[], sandbox=SandboxMode.required)
+    )
+    assert not refused.passed and refused.sandbox is not None and refused.sandbox.refused
+    assert "bwrap is not on PATH" in refused.output and refused.tests_run == 0
+    auto = tester.run_tests(TestRequest(snapshot=ref, candidates=[], sandbox=SandboxMode.auto))
+    assert auto.passed, auto.output
+    assert auto.sandbox is not None and not auto.sandbox.isolated
+    assert "no sandbox: bwrap is not on PATH" in auto.sandbox.detail
+
+
+def test_a_snapshot_changed_on_disk_is_dropped_not_run(tmp_path: Path) -> None:
+    tester = Tester(ReplicaSettings(scratch_dir=tmp_path / "scratch"))
+    ref = tester.put_snapshot("this-run", pack_project(calc_project(tmp_path / "project")))
+    planted = pack_project(calc_project(tmp_path / "planted", extra={"evil.py": "x = 1\n"}))
+    archive = tester.snapshot_dir / ref.run_id / f"{ref.digest}.tar.gz"
+    archive.write_bytes(planted)
+    with pytest.raises(SnapshotMissingError, match="changed since it was stored"):
+        tester.run_tests(TestRequest(snapshot=ref, candidates=[]))
+    assert not archive.exists()
+    # Put again, it runs.
+    assert tester.put_snapshot("this-run", pack_project(tmp_path / "project")) == ref
+    assert tester.run_tests(TestRequest(snapshot=ref, candidates=[])).passed
+
+
+def test_snapshots_are_private_to_their_run_and_pruned(tmp_path: Path) -> None:
+    tester = Tester(ReplicaSettings(scratch_dir=tmp_path / "scratch"))
+    project = calc_project(tmp_path / "project")
+    refs = []
+    for number in range(6):
+        (project / "version.py").write_text(f"VERSION = {number}\n")
+        refs.append(tester.put_snapshot("this-run", pack_project(project)))
+    assert not tester.has_snapshot(refs[-1].model_copy(update={"run_id": "other-run"}))
+    kept = [ref for ref in refs if tester.has_snapshot(ref)]
+    assert kept == refs[-4:]
+    assert (tester.snapshot_dir.stat().st_mode & 0o777) == 0o700
+    assert ((tester.snapshot_dir / "this-run").stat().st_mode & 0o777) == 0o700
+    # A run idle for longer than the limit loses its snapshots when another run stores one.
+    idle = tester.put_snapshot("idle-run", pack_project(project))
+    long_ago = 1_000_000.0
+    os.utime(tester.snapshot_dir / "idle-run", (long_ago, long_ago))
+    tester.put_snapshot("this-run", pack_project(calc_project(tmp_path / "again")))
+    assert not tester.has_snapshot(idle)
+
+
+def test_policy_argv_hides_and_binds_in_order() -> None:
+    policy = SandboxPolicy(
+        run_dir=Path("/scratch/runs/run-1"),
+        workdir=Path("/scratch/runs/run-1/project"),
+        private_tmp=Path("/scratch/runs/run-1/tmp"),
+        hidden=(Path("/scratch"), Path("/home/u")),
+        readable=(Path("/home/u/.pyenv/versions/3.11"), Path("/usr"), Path("/home")),
+        network=False,
+    )
+    argv = bwrap_argv("/usr/bin/bwrap", policy, ["python", "-m", "pytest"])
+    assert argv[-4:] == ["--", "python", "-m", "pytest"]
+    assert "--share-net" not in argv and "--unshare-all" in argv and "--die-with-parent" in argv
+    joined = " ".join(argv)
+    # Under a hidden directory only, never / nor a parent of a hidden one.
+    assert "--ro-bind /home/u/.pyenv/versions/3.11 /home/u/.pyenv/versions/3.11" in joined
+    assert "--ro-bind /usr" not in joined and "--ro-bind /home /home" not in joined
+    assert joined.index("--tmpfs /home/u") < joined.index("--ro-bind /home/u/.pyenv")
+    assert joined.index("--bind /scratch/runs/run-1 /scratch/runs/run-1") < joined.index(
+        "--remount-ro /scratch"
+    )
+    shared = bwrap_argv("bwrap", policy.model_copy(update={"network": True}), ["true"])
+    assert "--share-net" in shared
+
+
+def test_scratch_default_is_the_users_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TARS_SCRATCH_DIR", raising=False)
+    scratch = ReplicaSettings.from_env().scratch_dir
+    assert scratch == tmp_path / "cache" / "tars-selfcoding" / "scratch"
