@@ -391,6 +391,14 @@ def where_the_work_is(state: WorkflowState) -> str:
     return "No improvement passed the tests; nothing to apply."
 
 
+def sandbox_text(state: WorkflowState) -> str:
+    """How the tests ran, as the latest test run said; before any, what the run asked for."""
+    if state.sandbox is not None:
+        return state.sandbox.detail
+    network = ", network allowed" if state.options.test_network else ""
+    return f"{state.options.sandbox.value}{network} (no test has run yet)"
+
+
 def render_state(state: WorkflowState, console: Console, *, show_location: bool = True) -> None:
     rows = [
         ("Run", state.run_id),
@@ -398,6 +406,7 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
         ("Targets", ", ".join(state.options.targets)),
         ("Engine", state.options.engine.value
          + (f" (model {state.options.model})" if state.options.engine is EngineName.ollama else "")),
+        ("Sandbox", sandbox_text(state)),
         ("Phase", state.phase.value),
         ("Stage", state.stage.value),
         ("Progress", state.progress),

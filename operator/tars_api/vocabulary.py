@@ -34,3 +34,7 @@ class SandboxMode(str, enum.Enum):
     required = "required"
     """No test runs without bwrap."""
     off = "off"
+
+
+# A variable a run passes on to its tests by name (spec.testEnv, --test-env).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"

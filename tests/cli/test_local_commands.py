@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -298,3 +299,41 @@ def test_run_uses_the_projects_own_virtualenv_for_its_tests(
     assert result.returncode == 0, result.stderr + result.stdout
     assert "import os" not in (root / "shop" / "prices.py").read_text(encoding="utf-8")
     assert git(root, "status", "--porcelain") == ""
+
+
+def test_sandbox_required_without_bwrap_and_an_unset_test_env_are_refused(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+    # A PATH without bwrap, the real way a machine lacks it: only git, which the CLI needs.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (bin_dir / "git").symlink_to(git_path)
+    without_bwrap = {**env, "PATH": str(bin_dir)}
+    refused = tarscli(
+        root, without_bwrap, "self-code", "run", "-t", "shop", "--sandbox", "required"
+    )
+    assert_one_line_error(refused, "--sandbox required", "bwrap is not on PATH", "bubblewrap")
+    unset = {key: value for key, value in env.items() if key != "TARS_UNSET_FOR_TEST"}
+    missing = tarscli(
+        root, unset, "self-code", "run", "-t", "shop", "--test-env", "TARS_UNSET_FOR_TEST"
+    )
+    assert_one_line_error(missing, "--test-env TARS_UNSET_FOR_TEST", "not set")
+    bad_name = tarscli(root, env, "self-code", "run", "-t", "shop", "--test-env", "A-B")
+    assert_one_line_error(bad_name, "is not a variable name")
+    assert tree_hashes(root) == before
+
+
+def test_a_sandboxed_run_shows_its_sandbox_in_the_status(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    result = tarscli(root, env, "self-code", "run", "-t", "shop", "--sandbox", "required")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Sandbox" in result.stdout and "bwrap" in result.stdout
+    status = tarscli(root, env, "self-code", "status", "--local", "-o", "json")
+    sandbox = json.loads(status.stdout)["sandbox"]
+    assert sandbox["isolated"] and sandbox["mode"] == "required" and not sandbox["network"]

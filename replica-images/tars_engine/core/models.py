@@ -11,7 +11,13 @@ import hashlib
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role, SandboxMode
+from tars_api.vocabulary import (
+    DEFAULT_MODEL,
+    ENV_NAME_PATTERN,
+    EngineName,
+    Role,
+    SandboxMode,
+)
 
 
 class WireModel(BaseModel):
@@ -156,7 +162,7 @@ class GenerateResult(WireModel):
 
 # Run and request ids go into paths and URLs: letters, digits and dashes only.
 ID_PATTERN = r"^[0-9a-zA-Z-]{1,64}$"
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 
 
 class SnapshotRef(WireModel):

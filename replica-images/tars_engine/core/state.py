@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from tars_api.run import (
     MAX_LATEST_RESULTS,
+    SANDBOX_DETAIL_MAX_LENGTH,
     FileOutcome,
     FileResult,
     RunPhase,
@@ -145,6 +146,7 @@ class WorkflowState(StateModel):
             current_file=self.current_file,
             progress=self.progress,
             statistics=self.statistics.model_copy(),
+            sandbox=self.sandbox.detail[:SANDBOX_DETAIL_MAX_LENGTH] if self.sandbox else None,
             start_time=self.started_at.replace(microsecond=0),
             completion_time=self.completed_at.replace(microsecond=0) if self.completed_at else None,
             latest_results=[
