@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from tars_api.run import RunPhase
 from tars_engine.core.state import StateStore
 
+from tests.harness.hostile import HOSTILE_TEST_FILE, SECRET_VARIABLE, hostile_tests, leftovers
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
 from tests.harness.tools import git, git_init
@@ -337,3 +339,33 @@ def test_a_sandboxed_run_shows_its_sandbox_in_the_status(
     status = tarscli(root, env, "self-code", "status", "--local", "-o", "json")
     sandbox = json.loads(status.stdout)["sandbox"]
     assert sandbox["isolated"] and sandbox["mode"] == "required" and not sandbox["network"]
+
+
+def test_a_hostile_projects_escapes_fail_and_its_tree_stays_as_it_was(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A copy of the sample project with tests that try every escape; MY_SECRET_TOKEN exported."""
+    root = tmp_path / "sample"
+    marker = f"tars-leftover-{uuid.uuid4().hex}"
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        escapes = hostile_tests(
+            root, Path(env["TARS_SCRATCH_DIR"]), listener.getsockname()[1], marker
+        )
+        sample_project(root)
+        write_tree(root, {HOSTILE_TEST_FILE: escapes})
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "hostile tests")
+        before = tree_hashes(root)
+        result = tarscli(
+            root, {**env, SECRET_VARIABLE: secret}, "self-code", "run", "-t", "ledgerly"
+        )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "bwrap" in result.stdout
+    assert tree_hashes(root) == before  # no auto-apply: the improvements are in a patch
+    state = StateStore(root / ".tars").load()
+    assert state is not None and state.accepted, result.stdout
+    assert state.sandbox is not None and state.sandbox.isolated
+    written = result.stdout + result.stderr + (root / ".tars" / "workflow-state.json").read_text()
+    assert secret not in written
+    assert leftovers(marker) == []

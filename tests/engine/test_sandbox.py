@@ -30,11 +30,16 @@ from tars_engine.roles import sandbox
 from tars_engine.roles.sandbox import SandboxPolicy, bwrap_argv
 from tars_engine.roles.tester import Tester
 
+from tests.harness.hostile import (
+    HOSTILE_TEST_COUNT,
+    HOSTILE_TEST_FILE,
+    SECRET_VARIABLE,
+    hostile_tests,
+    leftovers,
+)
 from tests.harness.projects import calc_project, tree_hashes
 
-SECRET_VARIABLE = "MY_SECRET_TOKEN"
 SECRET = "s3cret-" + uuid.uuid4().hex
-HOSTILE_TESTS = 6
 
 
 @pytest.fixture(scope="module")
@@ -61,73 +66,14 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> str:
     return SECRET
 
 
-def hostile_project(root: Path, scratch: Path, port: int, marker: str) -> Path:
-    original = root.resolve()
-    escapes = textwrap.dedent(
-        f"""\
-        import os, pathlib, socket, subprocess, sys
-
-        ORIGINAL = pathlib.Path({str(original)!r})
-        SCRATCH = pathlib.Path({str(scratch.resolve())!r})
-        REAL_HOME = pathlib.Path({str(Path.home())!r})
-
-
-        def refused(write):
-            try:
-                write()
-            except OSError:
-                return True
-            return False
-
-
-        def test_cannot_write_the_users_tree():
-            assert refused(lambda: (ORIGINAL / "calc.py").write_text("owned"))
-
-
-        def test_cannot_plant_in_the_scratch_directory():
-            assert refused(lambda: pathlib.Path("../../../planted.txt").write_text("x"))
-            assert refused(lambda: (SCRATCH / "planted.txt").write_text("x"))
-
-
-        def test_cannot_overwrite_another_runs_snapshot():
-            archives = list(SCRATCH.rglob("*.tar.gz")) if SCRATCH.is_dir() else []
-            for archive in archives:
-                assert refused(lambda: archive.write_bytes(b"planted"))
-
-
-        def test_sees_no_secret_and_no_real_home():
-            assert "{SECRET_VARIABLE}" not in os.environ, os.environ["{SECRET_VARIABLE}"]
-            assert pathlib.Path(os.environ["HOME"]) != REAL_HOME
-            assert refused(lambda: (REAL_HOME / "planted.txt").write_text("x"))
-
-
-        def test_cannot_reach_the_network():
-            assert refused(lambda: socket.create_connection(("127.0.0.1", {port}), timeout=10))
-
-
-        def test_leaves_a_process_behind():
-            subprocess.Popen(
-                ["setsid", sys.executable, "-c", "import time; time.sleep(600)", "{marker}"],
-                start_new_session=True,
-            )
-        """
-    )
-    return calc_project(root, extra={"tests/test_escapes.py": escapes})
-
-
-def leftovers(marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if marker in (process.info["cmdline"] or []) and process.status() != psutil.STATUS_ZOMBIE:
-            found.append(process)
-    return found
-
-
 def hostile_run(tmp_path: Path, port: int, mode: SandboxMode, **request: object):
     """The hostile project tested once in `mode`: the result, its marker, tree and scratch."""
     marker = f"tars-leftover-{uuid.uuid4().hex}"
     scratch = tmp_path / "scratch"
-    project = hostile_project(tmp_path / "project", scratch, port, marker)
+    original = tmp_path / "project"
+    project = calc_project(
+        original, extra={HOSTILE_TEST_FILE: hostile_tests(original, scratch, port, marker)}
+    )
     tester = Tester(ReplicaSettings(scratch_dir=scratch))
     other = tester.put_snapshot("other-run", pack_project(calc_project(tmp_path / "other")))
     ref = tester.put_snapshot("this-run", pack_project(project))
@@ -153,7 +99,7 @@ def test_every_escape_fails_inside_the_sandbox(
     result, marker, project, before, tester, other = hostile_run(
         tmp_path, listener, SandboxMode.required
     )
-    assert result.passed and result.tests_run == HOSTILE_TESTS + 3, result.output
+    assert result.passed and result.tests_run == HOSTILE_TEST_COUNT + 3, result.output
     assert result.sandbox is not None and result.sandbox.isolated and not result.sandbox.network
     assert bwrap in result.sandbox.detail
     assert tree_hashes(project) == before
@@ -300,3 +246,27 @@ def test_scratch_default_is_the_users_own(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.delenv("TARS_SCRATCH_DIR", raising=False)
     scratch = ReplicaSettings.from_env().scratch_dir
     assert scratch == tmp_path / "cache" / "tars-selfcoding" / "scratch"
+
+
+def test_a_timed_out_sandboxed_run_leaves_no_process(bwrap: str, tmp_path: Path) -> None:
+    marker = f"tars-leftover-{uuid.uuid4().hex}"
+    hanging = textwrap.dedent(
+        f"""\
+        import subprocess, sys, time
+
+
+        def test_hangs_with_a_child_in_its_own_session():
+            subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(600)", "{marker}"],
+                start_new_session=True,
+            )
+            time.sleep(600)
+        """
+    )
+    project = calc_project(tmp_path / "project", extra={"tests/test_hang.py": hanging})
+    # Long enough for pytest to start and spawn the child on a busy machine.
+    result = one_sandboxed_run(tmp_path, project, timeout_seconds=8)
+    assert result.timed_out and not result.passed
+    # The sandbox's PID namespace ends with its killed init; the kernel reaps what was in it.
+    _, alive = psutil.wait_procs(leftovers(marker), timeout=60)
+    assert alive == []
