@@ -10,6 +10,7 @@ project run with the sandbox off shows that the attempts are real.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import socket
 import subprocess
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tars_api.run import RunPhase
 from tars_api.vocabulary import SandboxMode
+from tars_engine.core.learning import LearningStore
 from tars_engine.core.models import TestRequest, TestResult
 from tars_engine.core.role_set import SnapshotMissingError
 from tars_engine.core.settings import ReplicaSettings
@@ -38,6 +41,9 @@ from tests.harness.hostile import (
     leftovers,
 )
 from tests.harness.projects import calc_project, tree_hashes
+from tests.harness.workflow import isolated_roles, learning, run_workflow, sample_project
+
+__all__ = ["isolated_roles", "learning"]
 
 SECRET = "s3cret-" + uuid.uuid4().hex
 
@@ -270,3 +276,23 @@ def test_a_timed_out_sandboxed_run_leaves_no_process(bwrap: str, tmp_path: Path)
     # The sandbox's PID namespace ends with its killed init; the kernel reaps what was in it.
     _, alive = psutil.wait_procs(leftovers(marker), timeout=60)
     assert alive == []
+
+
+def test_a_run_requiring_a_sandbox_the_tester_lacks_fails_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learning: LearningStore
+) -> None:
+    """What a cluster run gets when the tester pod cannot run bwrap (no CLI checks first)."""
+    root = sample_project(tmp_path / "ledgerly")
+    before = tree_hashes(root)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (bin_dir / "git").symlink_to(git_path)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    state = run_workflow(
+        root, learning, targets=["ledgerly"], auto_apply=True, sandbox=SandboxMode.required
+    )
+    assert state.phase is RunPhase.failed
+    assert "sandbox required" in state.message and "bwrap is not on PATH" in state.message
+    assert state.accepted == [] and tree_hashes(root) == before

@@ -187,6 +187,6 @@ def tester_hidden_paths(scratch_dir: Path) -> tuple[Path, ...]:
     """What a test command must not see: every run and snapshot, and the tester's HOME."""
     hidden = [scratch_dir.resolve()]
     home = Path.home().resolve()
-    if home != Path(home.anchor):
+    if home.is_dir() and home != Path(home.anchor):
         hidden.append(home)
     return tuple(hidden)
