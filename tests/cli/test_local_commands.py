@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from tars_engine.core.state import StateStore
 from tests.harness.hostile import HOSTILE_TEST_FILE, SECRET_VARIABLE, hostile_tests, leftovers
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
-from tests.harness.tools import git, git_init
+from tests.harness.tools import git, git_init, path_with_only_git
 from tests.harness.workflow import project_tests_pass, sample_project, shop_project
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
@@ -309,12 +308,7 @@ def test_sandbox_required_without_bwrap_and_an_unset_test_env_are_refused(
     root = shop_project(tmp_path / "shop")
     before = tree_hashes(root)
     # A PATH without bwrap, the real way a machine lacks it: only git, which the CLI needs.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    git_path = shutil.which("git")
-    assert git_path is not None
-    (bin_dir / "git").symlink_to(git_path)
-    without_bwrap = {**env, "PATH": str(bin_dir)}
+    without_bwrap = {**env, "PATH": path_with_only_git(tmp_path / "bin")}
     refused = tarscli(
         root, without_bwrap, "self-code", "run", "-t", "shop", "--sandbox", "required"
     )

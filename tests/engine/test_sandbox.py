@@ -10,7 +10,6 @@ project run with the sandbox off shows that the attempts are real.
 from __future__ import annotations
 
 import os
-import shutil
 import site
 import socket
 import subprocess
@@ -41,6 +40,7 @@ from tests.harness.hostile import (
     leftovers,
 )
 from tests.harness.projects import calc_project, tree_hashes
+from tests.harness.tools import path_with_only_git
 from tests.harness.workflow import isolated_roles, learning, run_workflow, sample_project
 
 __all__ = ["isolated_roles", "learning"]
@@ -284,12 +284,7 @@ def test_a_run_requiring_a_sandbox_the_tester_lacks_fails_saying_so(
     """What a cluster run gets when the tester pod cannot run bwrap (no CLI checks first)."""
     root = sample_project(tmp_path / "ledgerly")
     before = tree_hashes(root)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    git_path = shutil.which("git")
-    assert git_path is not None
-    (bin_dir / "git").symlink_to(git_path)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PATH", path_with_only_git(tmp_path / "bin"))
     state = run_workflow(
         root, learning, targets=["ledgerly"], auto_apply=True, sandbox=SandboxMode.required
     )
