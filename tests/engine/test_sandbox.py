@@ -209,7 +209,11 @@ def test_snapshots_are_private_to_their_run_and_pruned(tmp_path: Path) -> None:
     refs = []
     for number in range(6):
         (project / "version.py").write_text(f"VERSION = {number}\n")
-        refs.append(tester.put_snapshot("this-run", pack_project(project)))
+        ref = tester.put_snapshot("this-run", pack_project(project))
+        # Each stored a second after the one before, whatever the clock's granularity.
+        stored = tester.snapshot_dir / ref.run_id / f"{ref.digest}.tar.gz"
+        os.utime(stored, (1_000_000.0 + number, 1_000_000.0 + number))
+        refs.append(ref)
     assert not tester.has_snapshot(refs[-1].model_copy(update={"run_id": "other-run"}))
     kept = [ref for ref in refs if tester.has_snapshot(ref)]
     assert kept == refs[-4:]

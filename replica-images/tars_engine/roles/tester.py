@@ -167,6 +167,14 @@ def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
     return totals[0], totals[1], totals[2], totals[3]
 
 
+def _mtime(path: Path) -> float | None:
+    """When `path` was last used; None once another tester of this scratch dir removed it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -266,20 +274,18 @@ class Tester:
 
     def _prune(self, run_id: str) -> None:
         """Keep the run's newest snapshots only, and nothing of runs idle too long."""
-        own = sorted(
-            (self.snapshot_dir / run_id).glob("*.tar.gz"),
-            key=lambda path: path.stat().st_mtime,
-            reverse=True,
-        )
-        for stale in own[MAX_SNAPSHOTS_PER_RUN:]:
+        used = {path: _mtime(path) or 0.0 for path in (self.snapshot_dir / run_id).glob("*.tar.gz")}
+        for stale in sorted(used, key=used.__getitem__, reverse=True)[MAX_SNAPSHOTS_PER_RUN:]:
             stale.unlink(missing_ok=True)
         idle_since = time.time() - IDLE_RUN_SECONDS
         for other in self.snapshot_dir.iterdir():
-            if other.name != run_id and other.stat().st_mtime < idle_since:
-                if other.is_dir():
-                    shutil.rmtree(other, ignore_errors=True)
-                else:
-                    other.unlink(missing_ok=True)
+            used = _mtime(other)
+            if other.name == run_id or used is None or used >= idle_since:
+                continue
+            if other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+            else:
+                other.unlink(missing_ok=True)
 
     def run_tests(self, request: TestRequest) -> TestResult:
         archive = self._verified_archive(request.snapshot)
