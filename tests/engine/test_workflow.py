@@ -72,8 +72,9 @@ def test_auto_apply_on_the_sample_commits_each_improvement(
     # The run's own files never show up in git.
     assert git(root, "status", "--porcelain") == ""
     assert project_tests_pass(root)
-    # Batching: one test run for the whole sample (the batch passed: no baseline needed).
-    assert state.statistics.test_runs == 1 and state.baseline is None
+    # Batching: one test run for the whole sample, and the baseline whose tests it must run.
+    assert state.statistics.test_runs == 2
+    assert state.baseline is not None and state.baseline.executed > 0
     assert state.statistics.improvements_applied == len(applied)
     stages = [event.stage.value for event in events if event.kind is EventKind.stage]
     assert stages[:5] == ["Scanning", "Scanning", "Analyzing", "Analyzing", "Generating"]

@@ -184,11 +184,20 @@ class TestResult(WireModel):
     failures: int = 0
     errors: int = 0
     skipped: int = 0
+    executed: int = Field(default=0, description="tests that ran: not skipped, not deselected")
+    executed_digest: str | None = Field(
+        default=None,
+        description="sha256 of the sorted ids of the tests that ran: the same set, the same digest",
+    )
     duration_seconds: float = 0
     timed_out: bool = False
     output: str = Field(default="", description="trimmed output of the test command")
     apply_error: str | None = Field(
         default=None, description="a candidate did not apply to the snapshot"
+    )
+    unproven: str | None = Field(
+        default=None,
+        description="set by the gate: the test command passed, but proves nothing, and why",
     )
 
 

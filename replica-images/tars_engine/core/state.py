@@ -60,8 +60,8 @@ class RunOptions(StateModel):
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
     baseline_first: bool = Field(
         default=False,
-        description="test the untouched project before accepting anything; "
-        "otherwise only when a batch fails (a passing batch proves its candidates)",
+        description="test the untouched project first, alongside generation; otherwise "
+        "after the first batch (every run tests it once: a pass proves only its tests)",
     )
 
 

@@ -242,7 +242,7 @@ class Workflow:
             if candidates:
                 self._journal.enter(RunStage.testing)
                 gate.test_in_batches(candidates)
-        gate.require_baseline()
+        gate.require_baseline(run_if_missing=False)
         self._journal.enter(RunStage.learning)
 
     def _check_model(self) -> None:
@@ -506,7 +506,7 @@ class Workflow:
             self._s.options,
             guard,
             hooks,
-            baseline_recorded=self._s.baseline is not None,
+            baseline=self._s.baseline,
         )
 
     def _tested(self, message: str) -> None:

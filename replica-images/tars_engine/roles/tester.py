@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -132,8 +133,23 @@ def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[st
     return env
 
 
-def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
-    """(tests, failures, errors, skipped) summed over the report's test suites."""
+@dataclass(frozen=True)
+class JunitReport:
+    """What pytest's JUnit XML says ran: totals over its test suites, and the tests that ran."""
+
+    tests: int
+    failures: int
+    errors: int
+    skipped: int
+    executed_ids: frozenset[str]
+
+    @property
+    def executed_digest(self) -> str:
+        return hashlib.sha256("\n".join(sorted(self.executed_ids)).encode()).hexdigest()
+
+
+def read_junit(junit_path: Path) -> JunitReport | None:
+    """The report pytest wrote, or None when there is none (another runner, or a crash)."""
     if not junit_path.is_file():
         return None
     try:
@@ -142,10 +158,14 @@ def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
         return None
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     totals = [0, 0, 0, 0]
+    executed: set[str] = set()
     for suite in suites:
         for index, attribute in enumerate(("tests", "failures", "errors", "skipped")):
             totals[index] += int(suite.get(attribute, "0") or 0)
-    return totals[0], totals[1], totals[2], totals[3]
+        for case in suite.iter("testcase"):
+            if case.find("skipped") is None:
+                executed.add(f"{case.get('classname', '')}::{case.get('name', '')}")
+    return JunitReport(*totals, executed_ids=frozenset(executed))
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -305,14 +325,16 @@ class Tester:
         output = log_path.read_bytes().decode("utf-8", errors="replace")
         if timed_out:
             output += f"\n[timed out after {timeout:g}s; the process group was killed]"
-        counts = _junit_counts(junit_path) or (0, 0, 0, 0)
+        report = read_junit(junit_path)
         return TestResult(
             passed=returncode == 0 and not timed_out,
             command=command,
-            tests_run=counts[0],
-            failures=counts[1],
-            errors=counts[2],
-            skipped=counts[3],
+            tests_run=report.tests if report else 0,
+            failures=report.failures if report else 0,
+            errors=report.errors if report else 0,
+            skipped=report.skipped if report else 0,
+            executed=len(report.executed_ids) if report else 0,
+            executed_digest=report.executed_digest if report else None,
             duration_seconds=round(duration, 3),
             timed_out=timed_out,
             output=trim_output(output),
