@@ -73,7 +73,8 @@ def refused_url_reason(url: str, *, allow_file: bool) -> str | None:
     allowed = allowed_protocols(allow_file=allow_file)
     scheme = _URL_SCHEME.match(url)
     if scheme is not None:
-        transport = scheme.group(1).lower()
+        # As git does: case-sensitively (to git, `FILE://` names a remote helper).
+        transport = scheme.group(1)
         transport = "ssh" if transport in _SSH_SCHEMES else transport
         if transport in allowed:
             return None
