@@ -241,7 +241,11 @@ def test_server_fills_in_the_defaults(
         "stop": False,
     }
     git = get_json(kubectl, namespace, "scr", "git")
-    assert git["spec"]["source"]["git"] == {"url": "https://example.org/p.git", "ref": "HEAD"}
+    assert git["spec"]["source"]["git"] == {
+        "url": "https://example.org/p.git",
+        "ref": "HEAD",
+        "allowFileProtocol": False,
+    }
     assert SelfCodingRun.model_validate(git).spec.source.git is not None
 
 

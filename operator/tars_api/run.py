@@ -186,6 +186,11 @@ class GitSource(ApiModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="Secret with the credentials (username/password or ssh-privatekey)",
     )
+    allow_file_protocol: bool = Field(
+        default=False,
+        description="Allow a file:// URL, a repository on the coordinator's own filesystem "
+        "(otherwise only https, ssh and git transports)",
+    )
 
 
 class UploadSource(ApiModel):

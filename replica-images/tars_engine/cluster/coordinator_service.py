@@ -60,6 +60,7 @@ from tars_engine.cluster.sources import (
 )
 from tars_engine.core import applying
 from tars_engine.core.budget import Budget
+from tars_engine.core.git import GitError
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.models import RoleInfo
 from tars_engine.core.role_pool import WorkerRoles
@@ -73,6 +74,16 @@ from tars_engine.transports.server import RoleService
 MAX_PARALLEL_PER_ROLE = 8
 ROLES_POLL_SECONDS = 1.0
 RUNS_DIR = "runs"
+STOPPED_BEFORE_START = "stop requested before the run started"
+
+
+def _preparation_failed(exc: Exception, *, stopped: bool) -> tuple[RunPhase, str]:
+    """How a run ends whose preparation raised: a killed git is no failure when stop asked it."""
+    if stopped:
+        return RunPhase.stopped, STOPPED_BEFORE_START
+    if isinstance(exc, SourceError | GitError | WorkflowError | StateError | OSError):
+        return RunPhase.failed, str(exc)
+    return RunPhase.failed, f"internal error while preparing the run: {type(exc).__name__}: {exc}"
 
 
 def run_options(spec: SelfCodingRunSpec) -> RunOptions:
@@ -327,13 +338,13 @@ class Coordinator:
             handle.message = "preparing the source"
         try:
             workspace = self._workspace(handle)
-            directory = self._wait_for_roles(handle)
+            directory = None if handle.stop.is_set() else self._wait_for_roles(handle)
             if directory is None:
-                handle.end(RunPhase.stopped, "stop requested before the run started")
+                handle.end(RunPhase.stopped, STOPPED_BEFORE_START)
                 return
             workflow = self._workflow(handle, workspace, directory)
-        except (SourceError, WorkflowError, StateError, OSError) as exc:
-            handle.end(RunPhase.failed, str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the run must end
+            handle.end(*_preparation_failed(exc, stopped=handle.stop.is_set()))
             return
         with handle.lock:
             handle.workflow = workflow
@@ -364,6 +375,9 @@ class Coordinator:
             work_dir=handle.work_dir,
             api=self.api,
             volumes=self._volumes,
+            limits=self.settings.archive_limits,
+            git_timeout_seconds=self.settings.git_timeout_seconds,
+            stop=handle.stop,
         )
         with handle.lock:
             handle.branch = workspace.branch

@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from tars_engine.core.diffs import PatchError, apply_unified_diff
+from tars_engine.core.git import GitError, GitOptions, run_git
 from tars_engine.core.models import Candidate, TestResult
 from tars_engine.core.state import write_atomically
 
@@ -72,27 +72,26 @@ def write_improvement(root: Path, candidate: Candidate) -> bytes:
 
 
 def _git(root: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
-    completed = subprocess.run(
-        ["git", "-C", str(root), "-c", "commit.gpgsign=false", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        env=env,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise ApplyError(f"git {arguments[0]} failed: {completed.stderr.strip()[:500]}")
+    try:
+        completed = run_git(
+            root, *arguments, options=GitOptions(env=env or {}, timeout_seconds=GIT_TIMEOUT_SECONDS)
+        )
+    except GitError as exc:
+        raise ApplyError(str(exc)) from exc
+    if not completed.ok:
+        raise ApplyError(f"git {arguments[0]} failed: {completed.stderr[:500]}")
     return completed.stdout
 
 
 @functools.cache
 def _has_identity(root: Path) -> bool:
     """Whether git knows who commits in `root` (asked once per repository and process)."""
-    configured = subprocess.run(
-        ["git", "-C", str(root), "config", "--get-regexp", r"^user\.(name|email)$"],
-        capture_output=True,
-        text=True,
-        check=False,
+    configured = run_git(
+        root,
+        "config",
+        "--get-regexp",
+        r"^user\.(name|email)$",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
     )
     keys = {line.split(" ", 1)[0] for line in configured.stdout.splitlines()}
     return {"user.name", "user.email"} <= keys
@@ -143,24 +142,25 @@ def commit_improvement(root: Path, candidate: Candidate, test_result: TestResult
         return _git(root, "rev-parse", "HEAD").strip()
     except BaseException:
         write_atomically(target, original, mode=target.stat().st_mode & 0o7777)
-        subprocess.run(
-            ["git", "-C", str(root), "reset", "--quiet", "--", candidate.path],
-            capture_output=True,
-            check=False,
+        run_git(
+            root,
+            "reset",
+            "--quiet",
+            "--",
+            candidate.path,
+            options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
         )
         raise
 
 
 def committed_candidates(root: Path) -> dict[str, str]:
     """Candidate id -> commit, for improvements already committed to the current branch."""
-    completed = subprocess.run(
-        ["git", "-C", str(root), "log", "--format=%H %(trailers:key=" + CANDIDATE_TRAILER
-         + ",valueonly,separator=%x2C)"],
-        capture_output=True,
-        text=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=False,
-    )  # fmt: skip
+    completed = run_git(
+        root,
+        "log",
+        "--format=%H %(trailers:key=" + CANDIDATE_TRAILER + ",valueonly,separator=%x2C)",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
+    )
     found: dict[str, str] = {}
     for line in completed.stdout.splitlines():
         commit, _, ids = line.partition(" ")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 from tars_api.vocabulary import EngineName
 
+from tars_engine.core.git import GitOptions, git, run_git
 from tars_engine.core.models import AnalysisReport, Finding, FindingSource
 from tars_engine.core.validation import is_test_file
 
@@ -79,14 +79,13 @@ class SelectionError(ValueError):
 
 
 def is_git_repository(root: Path) -> bool:
-    completed = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--show-toplevel"],
-        capture_output=True,
-        text=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=False,
+    completed = run_git(
+        root,
+        "rev-parse",
+        "--show-toplevel",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
     )
-    return completed.returncode == 0 and Path(completed.stdout.strip()).resolve() == root.resolve()
+    return completed.ok and Path(completed.stdout.strip()).resolve() == root.resolve()
 
 
 def resolve_targets(root: Path, targets: Iterable[str]) -> list[str]:
@@ -109,14 +108,11 @@ def resolve_targets(root: Path, targets: Iterable[str]) -> list[str]:
 
 
 def _git_files(root: Path, targets: list[str]) -> list[str]:
-    completed = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
-         "--", *targets],
-        capture_output=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=True,
+    listed = git(
+        root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *targets,
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
     )  # fmt: skip
-    names = completed.stdout.decode("utf-8", "surrogateescape").split("\0")
+    names = listed.split("\0")
     # --cached lists files deleted from the worktree too; they are nothing to improve.
     return sorted({name for name in names if name and (root / name).is_file()})
 
@@ -139,13 +135,11 @@ def _walked_files(root: Path, targets: list[str]) -> list[str]:
 
 def _dirty_files(root: Path) -> set[str]:
     """Files that differ from HEAD, untracked ones included: auto-apply must not commit them."""
-    completed = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
-        capture_output=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=True,
-    )
-    entries = completed.stdout.decode("utf-8", "surrogateescape").split("\0")
+    status = git(
+        root, "status", "--porcelain=v1", "-z", "--untracked-files=all",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
+    )  # fmt: skip
+    entries = status.split("\0")
     dirty: set[str] = set()
     renamed_source_follows = False
     for entry in entries:

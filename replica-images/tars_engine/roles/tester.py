@@ -230,7 +230,7 @@ class Tester:
         path = self._archive_path(ref.digest)
         if path.is_file():
             return ref
-        verify_archive(archive)
+        verify_archive(archive, self.settings.archive_limits)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         # Written aside and renamed, so a concurrent reader never sees half an archive.
         handle, partial = tempfile.mkstemp(dir=self.snapshot_dir, suffix=".partial")
@@ -248,7 +248,7 @@ class Tester:
         try:
             project = run_dir / "project"
             project.mkdir()
-            extract_snapshot(archive, project)
+            extract_snapshot(archive, project, self.settings.archive_limits)
             apply_error = apply_candidates(project, request.candidates)
             command = resolve_command(request.test_command or detect_test_command(project) or [])
             if apply_error is not None:
