@@ -56,6 +56,7 @@ def run(
     test_command: options.TestCommandOption = None,
     test_timeout: options.TestTimeoutOption = DEFAULT_TEST_TIMEOUT_SECONDS,
     unsafe_fixes: options.UnsafeOption = False,
+    no_learning: options.NoLearningOption = False,
 ) -> None:
     """Run the whole workflow on this machine (roles in-process), with live progress.
 
@@ -87,6 +88,7 @@ def improve(
     test_command: options.TestCommandOption = None,
     test_timeout: options.TestTimeoutOption = DEFAULT_TEST_TIMEOUT_SECONDS,
     unsafe_fixes: options.UnsafeOption = False,
+    no_learning: options.NoLearningOption = False,
 ) -> None:
     """Improve one file with the same pipeline: analyze, generate, prove with the tests, apply."""
     cwd = Path.cwd()

@@ -169,6 +169,7 @@ def start(
             show_default=False,
         ),
     ] = None,
+    no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
     namespace: options.NamespaceOption = None,
@@ -197,6 +198,7 @@ def start(
         model=model,
         max_files=max_files,
         test_command=test_argv,
+        learning=False if no_learning else None,
     )
     cluster = connect(kubeconfig, context, namespace)
     cluster.require_crds()

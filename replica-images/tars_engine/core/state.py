@@ -57,6 +57,11 @@ class RunOptions(StateModel):
     test_command: list[str] | None = None
     test_timeout_seconds: float = Field(default=DEFAULT_TEST_TIMEOUT_SECONDS, gt=0)
     budget: Budget = Field(default_factory=Budget)
+    learning: bool = Field(
+        default=True,
+        description="use the learning store and record the run's outcomes in it; "
+        "False: the run neither reads nor writes it",
+    )
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
     baseline_first: bool = Field(
         default=False,
