@@ -21,7 +21,7 @@ from tars_engine.core.validation import is_test_file
 from tarscli import options, output, views
 from tarscli.errors import CliError
 from tarscli.local_ops import execute, local_project_root, run_options, saved_run
-from tarscli.upload import resolve_targets
+from tarscli.upload import require_python_files, resolve_targets
 
 EXIT_STOPPED = 130
 
@@ -66,6 +66,7 @@ def run(
     cwd = Path.cwd()
     root = local_project_root(cwd, targets)
     relative = resolve_targets(root, cwd, targets)
+    require_python_files(root, relative)
     budget = Budget(
         max_files=max_files, max_attempts_per_file=max_attempts, deadline_seconds=deadline
     )

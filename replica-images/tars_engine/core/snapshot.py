@@ -162,9 +162,20 @@ def pack_files(root: Path, files: Iterable[str], *, limit: int | None = None) ->
 
 
 def pack_project(root: Path) -> bytes:
-    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository)."""
+    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository).
+
+    A project whose files add up to more than a snapshot may expand to is refused here,
+    before any of it is read, rather than by the tester after it has all been packed.
+    """
     root = root.resolve()
-    return pack_files(root, project_files(root))
+    files = project_files(root)
+    total = sum((root / name).lstat().st_size for name in files if not (root / name).is_symlink())
+    if total > MAX_EXTRACTED_BYTES:
+        raise SnapshotError(
+            f"the project {root} holds {total:,} bytes of files, above the {MAX_EXTRACTED_BYTES:,} "
+            "bytes a test snapshot may hold; git-ignore the large files its tests do not need"
+        )
+    return pack_files(root, files)
 
 
 def _checked_members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:

@@ -49,7 +49,7 @@ from tars_engine.core.selection import (
     resolve_targets,
     select_files,
 )
-from tars_engine.core.snapshot import pack_project
+from tars_engine.core.snapshot import SnapshotError, pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
@@ -171,7 +171,7 @@ class Workflow:
                 self._end(RunPhase.succeeded, self._summary())
             except StopRequested as stop:
                 self._end(RunPhase.failed if stop.failed else RunPhase.stopped, stop.reason)
-            except (WorkflowError, RoleError, applying.ApplyError, OSError) as exc:
+            except (WorkflowError, RoleError, applying.ApplyError, SnapshotError, OSError) as exc:
                 self._end(RunPhase.failed, str(exc))
             except BaseException as exc:
                 self._end(RunPhase.failed, f"internal error: {type(exc).__name__}: {exc}")
