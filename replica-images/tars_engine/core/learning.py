@@ -218,7 +218,8 @@ class LearningStore:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise LearningError(
                 f"cannot use the learning database {path}: {reason}; "
-                f"set {LEARNING_DB_ENV} to a file it can use, or run without learning"
+                f"set {LEARNING_DB_ENV} to a file it can use, or keep the run out of learning "
+                "(--no-learning)"
             ) from exc
 
     def _open(self) -> None:
