@@ -238,6 +238,7 @@ def test_server_fills_in_the_defaults(
         "maxFiles": 20,
         "maxAttemptsPerFile": 2,
         "deadlineSeconds": 3600,
+        "learning": True,
         "stop": False,
     }
     git = get_json(kubectl, namespace, "scr", "git")
@@ -462,6 +463,7 @@ BAD_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
     ),
     "autoApply": (run_manifest(), {"autoApply": True}, "spec.autoApply", "immutable"),
     "engine": (run_manifest(), {"engine": "ollama"}, "spec.engine", "immutable"),
+    "learning": (run_manifest(), {"learning": False}, "spec.learning", "immutable"),
     "stop unset": (run_manifest(stop=True), {"stop": False}, "spec.stop", "cannot be unset"),
     "role": (replica_manifest(), {"role": "tester"}, "spec.role", "immutable"),
 }

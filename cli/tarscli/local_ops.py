@@ -19,11 +19,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from tars_api.run import RunPhase
 from tars_api.vocabulary import EngineName
 from tars_engine.core.budget import Budget
-from tars_engine.core.learning import LearningStore
+from tars_engine.core.learning import LearningError, LearningStore
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState
 from tars_engine.core.workflow_errors import WorkflowError
@@ -116,6 +117,7 @@ def run_options(
         test_command=parse_test_command(choices.test_command) or project_test_command(root),
         test_timeout_seconds=choices.test_timeout,
         budget=budget or Budget(),
+        learning=not choices.no_learning,
     )
 
 
@@ -132,8 +134,10 @@ def execute(
             workflow = local_workflow(
                 root, options, on_event=view, stop_requested=stop.is_set, learning=learning
             )
-        except WorkflowError as exc:
+        except (WorkflowError, LearningError) as exc:
             raise CliError(str(exc)) from exc
+        if workflow.learning is not None and workflow.learning.set_aside is not None:
+            typer.echo(f"warning: {workflow.learning.set_aside.warning}", err=True)
         outcome: dict[str, WorkflowState | BaseException] = {}
         finished = threading.Event()
 

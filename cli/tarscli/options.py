@@ -130,6 +130,14 @@ TestCommandOption = Annotated[
 TestTimeoutOption = Annotated[
     float, seconds("--test-timeout", help="Seconds one test run may take before it is killed.")
 ]
+NoLearningOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-learning",
+        help="Keep this run out of the learning store: nothing is read from it, "
+        "nothing is recorded in it.",
+    ),
+]
 UnsafeOption = Annotated[
     bool,
     typer.Option(
@@ -139,7 +147,7 @@ UnsafeOption = Annotated[
 
 
 class WorkflowChoices(BaseModel):
-    """How a run on this machine works: the values of the six options above.
+    """How a run on this machine works: the values of the seven options above.
 
     A command that takes them all passes its parsed parameters (`ctx.params`); the
     names are the options' parameter names, and a missing one fails validation.
@@ -151,5 +159,6 @@ class WorkflowChoices(BaseModel):
     engine: EngineName | None
     model: str
     unsafe_fixes: bool
+    no_learning: bool
     test_command: str | None
     test_timeout: float

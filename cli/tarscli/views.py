@@ -228,6 +228,10 @@ def _source(run: SelfCodingRun) -> str:
     return "-"
 
 
+def learning_mode(learning: bool) -> str:
+    return "on" if learning else "off (nothing read from the learning store, nothing recorded)"
+
+
 def run_details(run: SelfCodingRun) -> RenderableType:
     spec, status = run.spec, run.status
     rows = [
@@ -241,6 +245,7 @@ def run_details(run: SelfCodingRun) -> RenderableType:
         ("Source", _source(run)),
         ("Engine", f"{spec.engine.value} (model {spec.model})"),
         ("Auto-apply", "yes" if spec.auto_apply else "no (a patch)"),
+        ("Learning", learning_mode(spec.learning)),
         ("Started", output.timestamp(status.start_time if status else None)),
         ("Completed", output.timestamp(status.completion_time if status else None)),
         (
@@ -398,6 +403,7 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
         ("Targets", ", ".join(state.options.targets)),
         ("Engine", state.options.engine.value
          + (f" (model {state.options.model})" if state.options.engine is EngineName.ollama else "")),
+        ("Learning", learning_mode(state.options.learning)),
         ("Phase", state.phase.value),
         ("Stage", state.stage.value),
         ("Progress", state.progress),

@@ -306,6 +306,11 @@ class SelfCodingRunSpec(ApiModel):
         max_length=64,
         description="The project's test command as argv; detected when empty",
     )
+    learning: Annotated[bool, _immutable("learning")] = Field(
+        default=True,
+        description="Use what the coordinator's learning store holds and record this run's "
+        "outcomes in it; false keeps the run out of it (nothing read, nothing written)",
+    )
     max_files: int = Field(default=20, ge=1, le=10000, description="Budget: files to work on")
     max_attempts_per_file: int = Field(
         default=2, ge=1, le=10, description="Budget: generation attempts per file"

@@ -35,6 +35,7 @@ from tars_engine.cluster.run_api import (
     RunNotFoundError,
     RunReport,
 )
+from tars_engine.core.learning import LEARNING_DB_FILENAME, LearningStore
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
 from tars_engine.replica import create_app
@@ -150,6 +151,27 @@ def test_volume_run_applies_commits_and_reports(
     assert results.test_runs_per_change.accepted_changes == applied
     assert f'endpoint="{workers[Role.generator]}"' in metrics
     assert "tars_coordinator_requests_total{endpoint=" in metrics
+
+
+def test_a_run_without_learning_leaves_the_coordinators_store_alone(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop_project(tmp_path / "projects" / "shop")
+    volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+    store = LearningStore(tmp_path / "scratch" / LEARNING_DB_FILENAME)
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, volumes=volumes) as api:
+        unlearned = assignment("unlearned", volume_spec(learning=False))
+        api.assign(unlearned)
+        report = wait_until(api, unlearned.uid)
+        assert report.status.phase is RunPhase.succeeded, report.message
+        assert report.status.statistics.improvements_accepted > 0
+        assert report.message.endswith("; learning off")
+        assert store.count() == 0
+
+        learned = assignment("learned", volume_spec())
+        api.assign(learned)
+        assert wait_until(api, learned.uid).status.phase is RunPhase.succeeded
+        assert store.count() > 0
 
 
 def test_unmounted_volume_fails_naming_it(

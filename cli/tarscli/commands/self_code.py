@@ -24,7 +24,7 @@ from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
 from tarscli.kube import connect
-from tarscli.upload import build_archive, project_root, resolve_targets
+from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
 
 app = TarsTyper(
     help=(
@@ -169,6 +169,7 @@ def start(
             show_default=False,
         ),
     ] = None,
+    no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
     namespace: options.NamespaceOption = None,
@@ -182,6 +183,7 @@ def start(
     cwd = Path.cwd()
     root = project_root(cwd)
     relative_targets = resolve_targets(root, cwd, targets)
+    require_python_files(root, relative_targets)
     try:
         test_argv = shlex.split(test_command) if test_command is not None else None
     except ValueError as error:
@@ -197,6 +199,7 @@ def start(
         model=model,
         max_files=max_files,
         test_command=test_argv,
+        learning=False if no_learning else None,
     )
     cluster = connect(kubeconfig, context, namespace)
     cluster.require_crds()

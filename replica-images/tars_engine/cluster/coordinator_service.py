@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from tars_engine.cluster.sources import (
 from tars_engine.core import applying
 from tars_engine.core.budget import Budget
 from tars_engine.core.git import GitError
-from tars_engine.core.learning import LearningStore
+from tars_engine.core.learning import LEARNING_DB_FILENAME, LearningStore
 from tars_engine.core.models import RoleInfo
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.settings import ConfigurationError, ReplicaSettings
@@ -86,6 +87,9 @@ def _preparation_failed(exc: Exception, *, stopped: bool) -> tuple[RunPhase, str
     return RunPhase.failed, f"internal error while preparing the run: {type(exc).__name__}: {exc}"
 
 
+log = logging.getLogger(__name__)
+
+
 def run_options(spec: SelfCodingRunSpec) -> RunOptions:
     return RunOptions(
         targets=spec.targets,
@@ -93,6 +97,7 @@ def run_options(spec: SelfCodingRunSpec) -> RunOptions:
         engine=spec.engine,
         model=spec.model,
         test_command=spec.test_command or None,
+        learning=spec.learning,
         budget=Budget(
             max_files=spec.max_files,
             max_attempts_per_file=spec.max_attempts_per_file,
@@ -237,7 +242,9 @@ class Coordinator:
         self._directories: dict[str, RoleDirectory] = {}
         # Held while a namespace's discovery starts, so two runs cannot start two.
         self._discovery_lock = threading.Lock()
-        self.learning = LearningStore(settings.scratch_dir / "learning.sqlite3")
+        self.learning = LearningStore(settings.scratch_dir / LEARNING_DB_FILENAME)
+        if self.learning.set_aside is not None:
+            log.warning("%s", self.learning.set_aside.warning)
 
     def _observe(self, role: str, endpoint: str, operation: str) -> None:
         self.requests_total.labels(role, endpoint, operation).inc()

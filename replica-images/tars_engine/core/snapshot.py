@@ -195,10 +195,22 @@ def pack_files(root: Path, files: Iterable[str], *, limit: int | None = None) ->
     return buffer.getvalue()
 
 
-def pack_project(root: Path) -> bytes:
-    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository)."""
+def pack_project(root: Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> bytes:
+    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository).
+
+    A project whose files add up to more than a snapshot may expand to is refused here,
+    before any of it is read, rather than by the tester after it has all been packed.
+    """
     root = root.resolve()
-    return pack_files(root, project_files(root))
+    files = project_files(root)
+    total = sum((root / name).lstat().st_size for name in files if not (root / name).is_symlink())
+    if total > limits.max_bytes:
+        raise SnapshotError(
+            f"the project {root} holds {total:,} bytes of files, above the {limits.max_bytes:,} "
+            "bytes a test snapshot may hold; git-ignore the large files its tests do not need "
+            f"({ReplicaEnv.archive_max_bytes} sets the limit)"
+        )
+    return pack_files(root, files)
 
 
 def _member_path(name: str) -> str:

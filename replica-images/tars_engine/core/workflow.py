@@ -49,7 +49,7 @@ from tars_engine.core.selection import (
     resolve_targets,
     select_files,
 )
-from tars_engine.core.snapshot import pack_project
+from tars_engine.core.snapshot import SnapshotError, pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
@@ -75,7 +75,7 @@ class Workflow:
         roles: WorkerRoles,
         *,
         store: StateStore,
-        learning: LearningStore,
+        learning: LearningStore | None,
         on_event: EventCallback | None = None,
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
@@ -94,7 +94,10 @@ class Workflow:
                 "could not be reviewed or undone; run without auto-apply to get a patch instead"
             )
         self.store = store
-        self.learning = learning
+        if self.options.learning and learning is None:
+            raise ValueError("a run that learns needs a learning store")
+        # Off, the run neither reads nor writes the store: None keeps it out of reach.
+        self.learning = learning if self.options.learning else None
         self._stop_requested = stop_requested
         self._analyzers = RolePool(roles.analyzers, roles.max_parallel)
         self._generators = RolePool(roles.generators, roles.max_parallel)
@@ -168,7 +171,7 @@ class Workflow:
                 self._end(RunPhase.succeeded, self._summary())
             except StopRequested as stop:
                 self._end(RunPhase.failed if stop.failed else RunPhase.stopped, stop.reason)
-            except (WorkflowError, RoleError, applying.ApplyError, OSError) as exc:
+            except (WorkflowError, RoleError, applying.ApplyError, SnapshotError, OSError) as exc:
                 self._end(RunPhase.failed, str(exc))
             except BaseException as exc:
                 self._end(RunPhase.failed, f"internal error: {type(exc).__name__}: {exc}")
@@ -198,6 +201,7 @@ class Workflow:
         return (
             f"{count} improvements {verb} in {statistics.files_processed} files, "
             f"{statistics.test_runs} test runs"
+            + ("" if self._s.options.learning else "; learning off")
         )
 
     def _execute(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
@@ -339,13 +343,15 @@ class Workflow:
             for path, report in reports.items()
             if report.error is not None
         ]
-        records = self.learning.rule_records(options.engine)
-        own_history = self.learning.file_records(str(self.root))
         actionable = {path: self._actionable(path) for path in reports}
-        boosts = {
-            path: self.learning.priority_boost(findings, records, own_history.get(path))
-            for path, findings in actionable.items()
-        }
+        boosts: dict[str, float] = {}
+        if self.learning is not None:
+            records = self.learning.rule_records(options.engine)
+            own_history = self.learning.file_records(str(self.root))
+            boosts = {
+                path: self.learning.priority_boost(findings, records, own_history.get(path))
+                for path, findings in actionable.items()
+            }
         workable = {path: reports[path] for path, findings in actionable.items() if findings}
         ordered = prioritize(workable, boosts)
         if options.budget.max_files is not None:
@@ -379,7 +385,7 @@ class Workflow:
         # Any engine's accepted change shows the model what passes this project's bar.
         examples = (
             self.learning.examples([f.rule for f in findings], limit=EXAMPLES_PER_REQUEST)
-            if options.engine is EngineName.ollama
+            if options.engine is EngineName.ollama and self.learning is not None
             else []
         )
         remaining_tokens = (
@@ -444,7 +450,7 @@ class Workflow:
 
     def _no_candidate(self, record: FileRecord, findings: list[Finding], reason: str) -> None:
         options = self._s.options
-        self.learning.record(
+        self._learn(
             Outcome(
                 run_id=self._s.run_id,
                 project=str(self.root),
@@ -521,12 +527,16 @@ class Workflow:
 
     # -- apply and learn --------------------------------------------------
 
+    def _learn(self, outcome: Outcome) -> None:
+        if self.learning is not None:
+            self.learning.record(outcome)
+
     def _accept(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
         self._journal.enter(RunStage.applying)
         with self._journal.lock:
             self._s.accepted.append(candidate)
-        self.learning.record(
+        self._learn(
             Outcome.of_candidate(
                 self._s.run_id, str(self.root), candidate, accepted=True, tests_passed=True
             )
@@ -567,7 +577,7 @@ class Workflow:
     def _reject(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
         reason = describe_failure(result)
-        self.learning.record(
+        self._learn(
             Outcome.of_candidate(
                 self._s.run_id,
                 str(self.root),
