@@ -193,7 +193,8 @@ def test_unmounted_volume_fails_naming_it(
 
 
 def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
-    """Passes, except: the first run fails, and run number `hang_on` hangs until killed."""
+    """The project's pytest, except: the first run fails, and run number `hang_on` hangs
+    until killed."""
     script = (
         "import os, pathlib, sys, time\n"
         f"counter = pathlib.Path({str(counter)!r})\n"
@@ -203,6 +204,7 @@ def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
         f"if n == {hang_on}:\n"
         f"    pathlib.Path({str(pids)!r}).write_text(str(os.getpid()))\n"
         "    time.sleep(3600)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'])\n"
     )
     return [sys.executable, "-c", script]
 
