@@ -25,9 +25,9 @@ from tars_engine.core.ruff_config import (
     selectors_overlap,
 )
 from tars_engine.core.selection import SkipReason
+from tars_engine.roles import ruff_tool
 from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.generator import Generator
-from tars_engine.roles.ruff_tool import project_arguments
 
 from tests.harness.projects import write_tree
 from tests.harness.tools import git, git_init
@@ -146,7 +146,7 @@ def test_no_fix_needs_a_newer_python_than_requires_python(
 
 
 def test_without_a_configuration_ruff_chooses_the_target_version() -> None:
-    assert "--target-version" not in project_arguments(RuleChoice())
+    assert "--target-version" not in ruff_tool.project_arguments(RuleChoice())
     named = RuleChoice(target_version="py310", requires_python=">=3.8, <4")
     assert capped_target_version(named) == "py38"
     assert capped_target_version(named.model_copy(update={"requires_python": ">=3.10"})) is None
@@ -213,6 +213,46 @@ def test_a_file_with_a_byte_order_mark_is_analysed() -> None:
     report = Analyzer().analyze(AnalyzeRequest(file=source))
     assert report.error is None
     assert {"F401", "F541"} <= {finding.rule for finding in report.findings}
+
+
+def test_ruff_gives_back_line_endings_and_byte_order_mark_as_they_went_in() -> None:
+    content = "\ufeff" + UNUSED_IMPORT_AND_FSTRING.replace("\n", "\r\n")
+    source = SourceFile(path="pkg/mod.py", content=content)
+    fixed, _ = ruff_tool.fix(source, ["F541"], unsafe=False)
+    assert fixed == content.replace('f"tars"', '"tars"')
+
+
+def test_a_users_own_ruff_configuration_does_not_judge_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica has no user configuration; a local run must judge the same way.
+    user_config = '[lint.per-file-ignores]\n"*.py" = ["F541"]\n'
+    write_tree(tmp_path / "config", {"ruff/ruff.toml": user_config})
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    write_tree(tmp_path / "project", {"pkg/mod.py": UNUSED_IMPORT_AND_FSTRING})
+    assert "F541" in rules_in(tmp_path / "project", "pkg/mod.py")
+
+
+def test_a_cleanup_the_project_declares_unfixable_is_not_made(tmp_path: Path) -> None:
+    # UP006 leaves `List` unused; removing it (F401) is the engine's usual follow-up, but
+    # this project lets no one fix F401 automatically, so the change would add a finding.
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": pyproject(">=3.9", '[tool.ruff.lint]\nunfixable = ["F401"]\n'),
+            "pkg/mod.py": OLD_TYPING,
+        },
+    )
+    findings = [f for f in findings_in(tmp_path, "pkg/mod.py") if f.rule == "UP006"]
+    assert findings
+    source = SourceFile(
+        path="pkg/mod.py", content=OLD_TYPING, lint=lint_context(tmp_path, "pkg/mod.py")
+    )
+    result = Generator().generate(
+        GenerateRequest(file=source, findings=findings, targets=["pkg"], allow_unsafe_fixes=True)
+    )
+    assert result.candidate is None
+    assert result.rejection == "ruff's fixes would introduce F401"
 
 
 def _mode(root: Path, path: str) -> str:
