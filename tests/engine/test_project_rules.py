@@ -178,6 +178,28 @@ def test_the_nearest_configuration_governs_over_what_it_extends(tmp_path: Path) 
     assert "F401" not in rules_in(tmp_path, "pkg/sub/mod.py")
 
 
+def test_import_order_knows_the_projects_own_packages(tmp_path: Path) -> None:
+    # Sorted as ruff sorts with `pkg` first-party: without the project's layout ruff
+    # would take `pkg` for a third-party package and call the order wrong (I001).
+    content = "import os\n\nimport requests\n\nimport pkg.other\n\nprint(os, requests, pkg)\n"
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": '[tool.ruff.lint]\nselect = ["I"]\n',
+            "src/pkg/__init__.py": "",
+            "src/pkg/other.py": "",
+            "src/pkg/mod.py": content,
+        },
+    )
+    context = lint_context(tmp_path, "src/pkg/mod.py")
+    assert {"src/pkg/", "src/pkg/__init__.py"} <= set(context.layout)
+    assert rules_in(tmp_path, "src/pkg/mod.py") == set()
+    without_layout = SourceFile(
+        path="src/pkg/mod.py", content=content, lint=context.model_copy(update={"layout": []})
+    )
+    assert [diagnostic.code for diagnostic in ruff_tool.check(without_layout)] == ["I001"]
+
+
 @pytest.mark.parametrize(
     ("first", "second", "overlap"),
     [
