@@ -44,7 +44,6 @@ class RuleChoice(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    config: str | None = None
     selects: bool = False
     selected: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
@@ -201,7 +200,6 @@ def rule_choice(context: LintContext, path: str) -> RuleChoice:
             selected += _selectors(table.get("select")) + _selectors(table.get("extend-select"))
             ignored += _selectors(table.get("ignore")) + _selectors(table.get("extend-ignore"))
     return RuleChoice(
-        config=governing,
         selects=selects,
         selected=tuple(selected),
         ignored=tuple(ignored),
