@@ -59,15 +59,42 @@ class Finding(WireModel):
     fix_safe: bool = False
 
 
+class ProjectFile(WireModel):
+    path: str = Field(description="project-relative POSIX path")
+    content: str
+
+
+class LintContext(WireModel):
+    """What ruff reads of the project besides the file itself, so that a role without the
+    project checks the file as `ruff check` in the project would."""
+
+    configs: list[ProjectFile] = Field(
+        default_factory=list,
+        description="pyproject.toml, ruff.toml and .ruff.toml from the file's directory up to "
+        "the project root, and the files they extend",
+    )
+    layout: list[str] = Field(
+        default_factory=list,
+        description="paths that exist in the project (a directory ends in /), for ruff's "
+        "package and first-party detection: the __init__.py of the file's directory and its "
+        "ancestors, and the modules at the top of the source roots",
+    )
+
+
 class SourceFile(WireModel):
     """One file's content, sent by the coordinator, which alone owns the workspace."""
 
     path: str = Field(description="project-relative POSIX path")
     content: str
+    lint: LintContext = Field(default_factory=LintContext)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.content.encode()).hexdigest()
+
+    def with_content(self, content: str) -> SourceFile:
+        """The same file, under the same project rules, holding `content`."""
+        return self.model_copy(update={"content": content})
 
 
 class AnalyzeRequest(WireModel):

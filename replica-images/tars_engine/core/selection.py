@@ -57,6 +57,7 @@ class SkipReason(enum.StrEnum):
     unreadable = "unreadable"
     uncommitted = "uncommitted-changes"
     unanalysable = "unanalysable"
+    symlink = "symlink"
 
 
 class SkippedFile(BaseModel):
@@ -152,6 +153,18 @@ def _dirty_files(root: Path) -> set[str]:
     return dirty
 
 
+def _symlink_detail(root: Path, path: str) -> str:
+    # Writing through the link would commit a regular file in place of the link.
+    target = os.readlink(root / path)
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        return f"a link to {target}, outside the project; the link is left as it is"
+    return (
+        f"a link to {resolved.relative_to(root.resolve()).as_posix()}; the link is left as it "
+        "is, the file it points to is improved where it is selected itself"
+    )
+
+
 def _skip_reason(root: Path, path: str, max_file_bytes: int) -> tuple[SkipReason, str] | None:
     pure = PurePosixPath(path)
     if any(part in VENDORED_DIRS for part in pure.parts[:-1]):
@@ -161,6 +174,8 @@ def _skip_reason(root: Path, path: str, max_file_bytes: int) -> tuple[SkipReason
     if is_test_file(path):
         return SkipReason.test_file, "tests are never changed"
     full = root / path
+    if full.is_symlink():
+        return SkipReason.symlink, _symlink_detail(root, path)
     try:
         size = full.stat().st_size
         if size > max_file_bytes:

@@ -39,6 +39,7 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.role_pool import RolePool, WorkerRoles
 from tars_engine.core.role_set import RoleError
+from tars_engine.core.ruff_config import lint_context
 from tars_engine.core.selection import (
     SelectionError,
     SkippedFile,
@@ -309,7 +310,7 @@ class Workflow:
         options = self._s.options
         request_id = uuid.uuid4().hex
         request = AnalyzeRequest(
-            file=SourceFile(path=path, content=content),
+            file=SourceFile(path=path, content=content, lint=lint_context(self.root, path)),
             engine=options.engine,
             model=options.model,
             request_id=request_id,
@@ -398,7 +399,9 @@ class Workflow:
             attempt = record.attempts
         request_id = uuid.uuid4().hex
         request = GenerateRequest(
-            file=SourceFile(path=record.path, content=content),
+            file=SourceFile(
+                path=record.path, content=content, lint=lint_context(self.root, record.path)
+            ),
             findings=findings,
             targets=options.targets,
             engine=options.engine,
