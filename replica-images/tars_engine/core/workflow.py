@@ -8,7 +8,11 @@ candidates pass the project's tests is decided by `tars_engine.core.gating`.
 State. Every step is persisted (see `tars_engine.core.journal`); a run that was
 stopped, or whose process died, resumes where it left off, and an improvement is never
 applied twice: applied candidates are recorded in the state and, with auto-apply,
-in a trailer of their commit.
+in a trailer of their commit. A candidate is saved as accepted before its file or the
+patch changes, so a resumed run finishes applying whatever a crash interrupted
+(`_recover`), and with auto-apply it leaves alone, uncommitted, a file edited since the
+run selected it. `tars_engine.core.crash_points` names the step boundaries a test kills
+a run at to prove it.
 """
 
 from __future__ import annotations
