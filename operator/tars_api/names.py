@@ -79,3 +79,6 @@ class ReplicaEnv(enum.StrEnum):
     pod_name = "POD_NAME"
     pod_namespace = "POD_NAMESPACE"
     pod_ip = "POD_IP"
+    # Test-only, never set by the operator: "N:SIGNAL" makes a run send itself SIGNAL at its
+    # Nth step boundary (tars_engine.core.crash_points), for the fault-injection test.
+    kill_at = "TARS_TEST_KILL_AT"

@@ -21,12 +21,11 @@ from tars_engine.core.learning import LearningStore
 from tars_engine.core.snapshot import DEFAULT_MAX_EXTRACTED_BYTES
 from tars_engine.core.state import StateStore
 
+from tests.harness.cli import TARSCLI, tarscli
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
 from tests.harness.tools import git, git_init
 from tests.harness.workflow import project_tests_pass, sample_project, shop_project
-
-TARSCLI = Path(sys.executable).parent / "tarscli"
 
 
 @pytest.fixture
@@ -38,18 +37,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return variables
-
-
-def tarscli(cwd: Path, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TARSCLI), *arguments],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -120,7 +120,8 @@ class GitResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     returncode: int
-    stdout: str
+    output: bytes
+    """Exactly what git wrote: file contents keep their line endings."""
     stderr: str
     """Scrubbed of the call's secrets."""
 
@@ -128,8 +129,12 @@ class GitResult(BaseModel):
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def stdout(self) -> str:
+        return self.output.decode("utf-8", "surrogateescape")
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -138,8 +143,8 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
 
 
 def _communicate(
-    process: subprocess.Popen[str], subcommand: str, timeout: float, stop: threading.Event | None
-) -> tuple[str, str]:
+    process: subprocess.Popen[bytes], subcommand: str, timeout: float, stop: threading.Event | None
+) -> tuple[bytes, bytes]:
     """Wait for git's output; kill its process group past `timeout` or once `stop` is set."""
     remaining = timeout
     while True:
@@ -175,9 +180,6 @@ def run_git(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="surrogateescape",
             env=_environment(options),
             # Its own process group: a timeout kills the helpers git started too.
             start_new_session=True,
@@ -186,7 +188,9 @@ def run_git(
         raise GitError(f"git {subcommand}: cannot run git: {exc.strerror}") from exc
     stdout, stderr = _communicate(process, subcommand, options.timeout_seconds, stop)
     return GitResult(
-        returncode=process.returncode, stdout=stdout, stderr=scrub(stderr, options.secrets)
+        returncode=process.returncode,
+        output=stdout,
+        stderr=scrub(stderr.decode("utf-8", "replace"), options.secrets),
     )
 
 

@@ -22,6 +22,7 @@ from tars_engine.core.models import AnalysisReport, Finding, FindingSource
 from tars_engine.core.validation import is_test_file
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
+UNCOMMITTED_DETAIL = "has uncommitted changes"
 GIT_TIMEOUT_SECONDS = 60
 # How much of a file's head is searched for a "generated" marker.
 GENERATED_HEADER_BYTES = 2048
@@ -134,7 +135,7 @@ def _walked_files(root: Path, targets: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _dirty_files(root: Path) -> set[str]:
+def uncommitted_files(root: Path) -> set[str]:
     """Files that differ from HEAD, untracked ones included: auto-apply must not commit them."""
     status = git(
         root, "status", "--porcelain=v1", "-z", "--untracked-files=all",
@@ -211,7 +212,7 @@ def select_files(
     """
     git = is_git_repository(root)
     listed = _git_files(root, targets) if git else _walked_files(root, targets)
-    dirty = _dirty_files(root) if git and refuse_dirty else set()
+    dirty = uncommitted_files(root) if git and refuse_dirty else set()
     files: list[str] = []
     skipped: list[SkippedFile] = []
     for path in listed:
@@ -219,7 +220,7 @@ def select_files(
             continue
         reason = _skip_reason(root, path, max_file_bytes)
         if reason is None and path in dirty:
-            reason = SkipReason.uncommitted, "has uncommitted changes"
+            reason = SkipReason.uncommitted, UNCOMMITTED_DETAIL
         if reason is None:
             files.append(path)
         else:
