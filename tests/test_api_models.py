@@ -261,7 +261,9 @@ def test_run_status_refuses_malformed_progress_and_too_many_results() -> None:
 
 def test_git_source_writes_its_default_ref() -> None:
     spec = SelfCodingRunSpec(targets=["src"], source=RunSource(git=GitSource(url="git@host:r.git")))
-    assert spec.to_dict()["source"] == {"git": {"url": "git@host:r.git", "ref": "HEAD"}}
+    assert spec.to_dict()["source"] == {
+        "git": {"url": "git@host:r.git", "ref": "HEAD", "allowFileProtocol": False}
+    }
 
 
 def test_resource_names() -> None:

@@ -240,10 +240,15 @@ def test_server_fills_in_the_defaults(
         "deadlineSeconds": 3600,
         "sandbox": "auto",
         "testNetwork": False,
+        "learning": True,
         "stop": False,
     }
     git = get_json(kubectl, namespace, "scr", "git")
-    assert git["spec"]["source"]["git"] == {"url": "https://example.org/p.git", "ref": "HEAD"}
+    assert git["spec"]["source"]["git"] == {
+        "url": "https://example.org/p.git",
+        "ref": "HEAD",
+        "allowFileProtocol": False,
+    }
     assert SelfCodingRun.model_validate(git).spec.source.git is not None
 
 
@@ -460,6 +465,7 @@ BAD_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
     ),
     "autoApply": (run_manifest(), {"autoApply": True}, "spec.autoApply", "immutable"),
     "engine": (run_manifest(), {"engine": "ollama"}, "spec.engine", "immutable"),
+    "learning": (run_manifest(), {"learning": False}, "spec.learning", "immutable"),
     "stop unset": (run_manifest(stop=True), {"stop": False}, "spec.stop", "cannot be unset"),
     "role": (replica_manifest(), {"role": "tester"}, "spec.role", "immutable"),
 }

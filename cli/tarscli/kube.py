@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import pydantic
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -25,7 +26,7 @@ from tars_api.meta import GROUP, VERSION, ApiObject
 from tars_api.replica import TarsReplica
 from tars_api.run import SelfCodingRun
 
-from tarscli.errors import CliError, api_status
+from tarscli.errors import CliError, api_status, one_line
 
 DEFAULT_NAMESPACE = "default"
 FIELD_MANAGER = "tarscli"
@@ -43,6 +44,35 @@ WatchEvent = Literal["ADDED", "MODIFIED", "DELETED"]
 
 def crds_missing_message(missing: list[str]) -> str:
     return f"the TARS CRDs are not installed in this cluster (missing {', '.join(missing)}); {INSTALL_HINT}"
+
+
+def _check_kubeconfig_file(path: Path) -> None:
+    """A one-line CliError unless `path` is UTF-8 YAML holding a mapping, as a kubeconfig is.
+
+    The Kubernetes client would fail on such a file with a decoding, YAML or type error
+    from deep inside its loader.
+    """
+    not_a_kubeconfig = f"the kubeconfig {path} is not a kubeconfig"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"{not_a_kubeconfig}: byte {error.object[error.start]:#04x} at offset {error.start} "
+            "is not UTF-8 text"
+        ) from error
+    except OSError as error:
+        raise CliError(f"cannot read the kubeconfig {path}: {error.strerror}") from error
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise CliError(f"{not_a_kubeconfig}: not YAML ({where}{problem})") from error
+    if document is not None and not isinstance(document, dict):
+        raise CliError(
+            f"{not_a_kubeconfig}: it holds a YAML {type(document).__name__}, not a mapping"
+        )
 
 
 def _kubeconfig_paths(explicit: Path | None) -> str | None:
@@ -175,13 +205,24 @@ def connect(kubeconfig: Path | None, context: str | None, namespace: str | None)
             in_cluster_namespace.read_text().strip() if in_cluster_namespace.is_file() else None
         )
     else:
+        for path in config_files.split(os.pathsep):
+            if path and Path(path).expanduser().is_file():
+                _check_kubeconfig_file(Path(path).expanduser())
         try:
             default_namespace = _context_namespace(config_files, context)
             api_client = config.new_client_from_config(
                 config_file=config_files, context=context, persist_config=False
             )
+        # A mapping of the wrong shape (a list where a mapping belongs, a number for a
+        # name) surfaces from the client's loader as one of these.
         except ConfigException as error:
             raise CliError(f"cannot use the kubeconfig {config_files}: {error}") from error
+        except (TypeError, AttributeError, KeyError, ValueError) as error:
+            reason = one_line(str(error)) or type(error).__name__
+            raise CliError(
+                f"cannot use the kubeconfig {config_files}: an entry is not what a kubeconfig "
+                f"holds there ({reason})"
+            ) from error
     return Cluster(
         api_client=api_client, namespace=namespace or default_namespace or DEFAULT_NAMESPACE
     )

@@ -9,22 +9,26 @@ tarscli.views; failures a user can act on are CliErrors with one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from tars_api.run import RunPhase
 from tars_api.vocabulary import ENV_NAME_PATTERN, EngineName, SandboxMode
 from tars_engine.core.budget import Budget
-from tars_engine.core.learning import LearningStore
+from tars_engine.core.learning import LearningError, LearningStore
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState
 from tars_engine.core.workflow_errors import WorkflowError
@@ -44,6 +48,9 @@ from tarscli.upload import git_toplevel, project_root
 
 SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
 DEMO_TEST_TIMEOUT_SECONDS = 300
+# What asks a local run to stop after its current step: Ctrl-C, and `kill` or a service
+# manager's stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", "tox.ini", "pytest.ini")
 
 # --- a run's project and options ----------------------------------------------------------------
@@ -146,57 +153,75 @@ def run_options(
         test_env=check_test_env(choices.test_env),
         test_network=choices.test_network,
         budget=budget or Budget(),
+        learning=not choices.no_learning,
     )
 
 
 # --- running ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM set `stop` instead of raising where the main thread is.
+
+    A KeyboardInterrupt can land anywhere, in the middle of the code that hands the run's
+    outcome over or shows it; a handler that only sets an event cannot.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def execute(
     root: Path, options: RunOptions, console: Console, learning: LearningStore | None = None
 ) -> WorkflowState:
-    """Run the workflow with live progress; Ctrl-C asks it to stop after the current step."""
+    """Run the workflow with live progress; Ctrl-C or SIGTERM ask it to stop after the current step."""
     stop = threading.Event()
-    with views.LiveView(console) as view:
+    with views.LiveView(console) as view, stop_on_signals(stop):
         try:
             workflow = local_workflow(
                 root, options, on_event=view, stop_requested=stop.is_set, learning=learning
             )
-        except WorkflowError as exc:
+        except (WorkflowError, LearningError) as exc:
             raise CliError(str(exc)) from exc
-        outcome: dict[str, WorkflowState | BaseException] = {}
+        if workflow.learning is not None and workflow.learning.set_aside is not None:
+            typer.echo(f"warning: {workflow.learning.set_aside.warning}", err=True)
+        outcome: list[WorkflowState | BaseException] = []
         finished = threading.Event()
 
         def drive() -> None:
             try:
-                outcome["state"] = workflow.run()
+                outcome.append(workflow.run())
             # Handed to the main thread, which reports it or re-raises it there.
             except BaseException as exc:  # noqa: BLE001
-                outcome["error"] = exc
+                outcome.append(exc)
             finally:
                 finished.set()
 
         worker = threading.Thread(target=drive, name="tars-workflow")
         worker.start()
-        # Waiting on an Event, not on join(): a Ctrl-C that interrupts Thread.join can
-        # leave the thread looking finished while it still runs.
-        while not finished.is_set():
-            try:
-                finished.wait(0.2)
-            except KeyboardInterrupt:
-                stop.set()
+        announced = False
+        while not finished.wait(0.2):
+            if stop.is_set() and not announced:
+                announced = True
                 console.print("[yellow]stopping after the current step (accepted work is kept)…[/]")
         worker.join()
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, StateError):
-            raise CliError(str(error)) from error
-        if isinstance(error, OSError):
-            raise CliError(f"cannot keep the run's state in {root / '.tars'}: {error}") from error
-        raise error  # type: ignore[misc]
-    state = outcome["state"]
-    assert isinstance(state, WorkflowState)
-    return state
+    result = outcome[0]
+    if isinstance(result, StateError):
+        raise CliError(str(result)) from result
+    if isinstance(result, OSError):
+        raise CliError(f"cannot keep the run's state in {root / '.tars'}: {result}") from result
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def saved_run(project: Path | None) -> tuple[Path, StateStore, WorkflowState | None]:

@@ -154,6 +154,14 @@ TestNetworkOption = Annotated[
     bool,
     typer.Option("--test-network", help="Let the tests reach the network (cut off by default)."),
 ]
+NoLearningOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-learning",
+        help="Keep this run out of the learning store: nothing is read from it, "
+        "nothing is recorded in it.",
+    ),
+]
 UnsafeOption = Annotated[
     bool,
     typer.Option(
@@ -163,7 +171,7 @@ UnsafeOption = Annotated[
 
 
 class WorkflowChoices(BaseModel):
-    """How a run on this machine works: the values of the nine options above.
+    """How a run on this machine works: the values of the ten options above.
 
     A command that takes them all passes its parsed parameters (`ctx.params`); the
     names are the options' parameter names, and a missing one fails validation.
@@ -175,6 +183,7 @@ class WorkflowChoices(BaseModel):
     engine: EngineName | None
     model: str
     unsafe_fixes: bool
+    no_learning: bool
     test_command: str | None
     test_timeout: float
     sandbox: SandboxMode

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
+from tars_engine.core.selection import select_files
 from tars_engine.core.snapshot import SnapshotTooLarge, pack_files, project_files
 
 from tarscli.errors import CliError
@@ -94,6 +95,17 @@ def resolve_targets(root: Path, cwd: Path, targets: list[str]) -> list[str]:
         if path not in relative:
             relative.append(path)
     return relative
+
+
+def require_python_files(root: Path, targets: list[str]) -> None:
+    """Refuse targets that hold no Python file a run would look at: such a run would
+    succeed having done nothing, which reads as "nothing to improve" when it is a wrong -t."""
+    selection = select_files(root, targets)
+    if not selection.files and not selection.skipped:
+        raise CliError(
+            f"no Python files in {', '.join(repr(target) for target in targets)} "
+            "(none there, or all ignored by git): nothing to improve"
+        )
 
 
 def pack(root: Path, files: Sequence[str], *, limit: int = ARCHIVE_LIMIT) -> bytes:

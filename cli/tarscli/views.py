@@ -228,6 +228,10 @@ def _source(run: SelfCodingRun) -> str:
     return "-"
 
 
+def learning_mode(learning: bool) -> str:
+    return "on" if learning else "off (nothing read from the learning store, nothing recorded)"
+
+
 def run_details(run: SelfCodingRun) -> RenderableType:
     spec, status = run.spec, run.status
     rows = [
@@ -245,6 +249,7 @@ def run_details(run: SelfCodingRun) -> RenderableType:
             "Sandbox",
             sandbox_text(status.sandbox if status else None, spec.sandbox, spec.test_network),
         ),
+        ("Learning", learning_mode(spec.learning)),
         ("Started", output.timestamp(status.start_time if status else None)),
         ("Completed", output.timestamp(status.completion_time if status else None)),
         (
@@ -413,6 +418,7 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
             state.sandbox.detail if state.sandbox else None,
             state.options.sandbox, state.options.test_network,
         )),
+        ("Learning", learning_mode(state.options.learning)),
         ("Phase", state.phase.value),
         ("Stage", state.stage.value),
         ("Progress", state.progress),

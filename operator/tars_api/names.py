@@ -71,6 +71,14 @@ class ReplicaEnv(enum.StrEnum):
     volumes = "TARS_VOLUMES"
     # TARS_ENDPOINTS_<ROLE>: fixed worker endpoints instead of discovery (coordinator).
     endpoints_prefix = "TARS_ENDPOINTS_"
+    # Caps on a project archive once extracted (tester snapshots, coordinator uploads).
+    archive_max_entries = "TARS_ARCHIVE_MAX_ENTRIES"
+    archive_max_bytes = "TARS_ARCHIVE_MAX_BYTES"
+    # Seconds a git command reaching a remote may take before it is killed (coordinator).
+    git_timeout_seconds = "TARS_GIT_TIMEOUT_SECONDS"
     pod_name = "POD_NAME"
     pod_namespace = "POD_NAMESPACE"
     pod_ip = "POD_IP"
+    # Test-only, never set by the operator: "N:SIGNAL" makes a run send itself SIGNAL at its
+    # Nth step boundary (tars_engine.core.crash_points), for the fault-injection test.
+    kill_at = "TARS_TEST_KILL_AT"

@@ -187,6 +187,11 @@ class GitSource(ApiModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="Secret with the credentials (username/password or ssh-privatekey)",
     )
+    allow_file_protocol: bool = Field(
+        default=False,
+        description="Allow a file:// URL, a repository on the coordinator's own filesystem "
+        "(otherwise only https, ssh and git transports)",
+    )
 
 
 class UploadSource(ApiModel):
@@ -318,6 +323,11 @@ class SelfCodingRunSpec(ApiModel):
     )
     test_network: Annotated[bool, _immutable("testNetwork")] = Field(
         default=False, description="Let the tests reach the network (cut off by default)"
+    )
+    learning: Annotated[bool, _immutable("learning")] = Field(
+        default=True,
+        description="Use what the coordinator's learning store holds and record this run's "
+        "outcomes in it; false keeps the run out of it (nothing read, nothing written)",
     )
     max_files: int = Field(default=20, ge=1, le=10000, description="Budget: files to work on")
     max_attempts_per_file: int = Field(

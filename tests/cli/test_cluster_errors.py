@@ -55,6 +55,34 @@ def test_missing_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "KUBECONFIG names" in from_environment.stderr
 
 
+GARBAGE_KUBECONFIGS = {
+    "not-utf-8": (b"\xec\x9f\x00\xff binary noise", "byte 0xec at offset 0 is not UTF-8 text"),
+    "not-yaml": (b"clusters: [unclosed\n", "not YAML (line 2, column 1: expected ',' or ']'"),
+    "a-list": (b"- apiVersion: v1\n", "it holds a YAML list, not a mapping"),
+    "wrong-shape": (
+        b"apiVersion: v1\ncurrent-context: c\ncontexts: 5\n",
+        "an entry is not what a kubeconfig holds there",
+    ),
+    "empty": (b"", "file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", GARBAGE_KUBECONFIGS, ids=list(GARBAGE_KUBECONFIGS))
+def test_a_garbage_kubeconfig_is_one_line(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content, fragment = GARBAGE_KUBECONFIGS[case]
+    garbage = tmp_path / "kubeconfig"
+    garbage.write_bytes(content)
+    explicit = invoke("replica", "list", "--kubeconfig", str(garbage))
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'absent'}{os.pathsep}{garbage}")
+    from_environment = invoke("self-code", "status")
+    for result in (explicit, from_environment):
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert str(garbage) in result.stderr and fragment in result.stderr, result.stderr
+
+
 def test_unreachable_cluster(tmp_path: Path, kubeconfig: Path) -> None:
     port = closed_port()
     unreachable = json.loads(kubeconfig.read_text())

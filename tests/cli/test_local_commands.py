@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pytest
 from tars_api.run import RunPhase
+from tars_engine.core.learning import LearningStore
+from tars_engine.core.snapshot import DEFAULT_MAX_EXTRACTED_BYTES
 from tars_engine.core.state import StateStore
 
+from tests.harness.cli import TARSCLI, tarscli
 from tests.harness.hostile import HOSTILE_TEST_FILE, SECRET_VARIABLE, hostile_tests, leftovers
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
 from tests.harness.tools import git, git_init, path_with_only_git
 from tests.harness.workflow import project_tests_pass, sample_project, shop_project
-
-TARSCLI = Path(sys.executable).parent / "tarscli"
 
 
 @pytest.fixture
@@ -38,18 +39,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return variables
-
-
-def tarscli(cwd: Path, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TARSCLI), *arguments],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -116,6 +105,7 @@ def test_improve_one_file(tmp_path: Path, env: dict[str, str]) -> None:
 def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
     root = shop_project(tmp_path / "shop")
     plain = shop_project(tmp_path / "plain", repository=False)
+    write_tree(root, {"docs/README.md": "How to shop\n"})
     before, plain_before = tree_hashes(root), tree_hashes(plain)
     closed_port = socket.socket()
     closed_port.bind(("127.0.0.1", 0))
@@ -123,6 +113,7 @@ def test_bad_targets_and_options(tmp_path: Path, env: dict[str, str]) -> None:
 
     cases = [
         (root, env, ["run", "-t", "shop/names.py"], ["is not a directory"]),
+        (root, env, ["run", "-t", "docs"], ["no Python files in 'docs'", "nothing to improve"]),
         (root, env, ["run", "-t", "nowhere"], ["does not exist"]),
         (root, env, ["run", "-t", str(tmp_path)], ["outside the project"]),
         (plain, env, ["run", "-t", "shop", "-a"], ["auto-apply refused", "not a git repository"]),
@@ -363,3 +354,94 @@ def test_a_hostile_projects_escapes_fail_and_its_tree_stays_as_it_was(
     written = result.stdout + result.stderr + (root / ".tars" / "workflow-state.json").read_text()
     assert secret not in written
     assert leftovers(marker) == []
+
+
+def test_a_corrupt_learning_database_is_moved_aside_and_the_run_goes_on(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    database = Path(env["TARS_LEARNING_DB"])
+    garbage = b"SQLite format 3\x00" + bytes(range(256)) * 8
+    database.write_bytes(garbage)
+
+    result = tarscli(root, env, "self-code", "run", "-t", "shop")
+
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.strip()]
+    [moved] = tmp_path.glob("learning.sqlite3.corrupt-*")
+    assert warning.startswith(f"warning: the learning database {database} is corrupt")
+    assert f"moved it to {moved} and started a fresh one" in warning
+    assert moved.read_bytes() == garbage
+    # The run learned in the fresh store, which only its owner can read.
+    assert LearningStore(database).count() > 0
+    assert database.stat().st_mode & 0o777 == 0o600
+
+
+def test_no_learning_keeps_the_run_out_of_the_learning_store(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    # A store that would fail any read or write, and be moved aside if it were opened.
+    database = Path(env["TARS_LEARNING_DB"])
+    database.write_bytes(b"not a database")
+
+    result = tarscli(root, env, "self-code", "run", "-t", "shop", "--no-learning")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    assert database.read_bytes() == b"not a database"
+    assert not list(tmp_path.glob("learning.sqlite3.corrupt-*"))
+    assert "learning off" in result.stdout
+    shown = tarscli(root, env, "self-code", "status", "--local")
+    assert "Learning      off" in shown.stdout
+    document = json.loads(tarscli(root, env, "self-code", "status", "--local", "-o", "json").stdout)
+    assert document["options"]["learning"] is False
+    assert document["message"].endswith("; learning off")
+
+
+def test_an_unusable_learning_database_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+    Path(env["TARS_LEARNING_DB"]).mkdir()
+    result = tarscli(root, env, "self-code", "run", "-t", "shop")
+    assert_one_line_error(
+        result, f"cannot use the learning database {env['TARS_LEARNING_DB']}: Is a directory"
+    )
+    assert tree_hashes(root) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'\xff\xfe{"runId": "r1"}', "byte 0xff at offset 0 is not UTF-8 text"),
+        (b'{"version": 1, "runId": ', "not JSON (line 1, column 25"),
+        (b'{"version": 99, "runId": "r1"}', "written by a newer TARS (state version 99"),
+        (b'{"version": 1, "runId": 7}', "runId: Input should be a valid string"),
+    ],
+    ids=["not-utf-8", "not-json", "newer-version", "wrong-field"],
+)
+def test_an_unusable_state_file_is_one_line(
+    tmp_path: Path, env: dict[str, str], content: bytes, fragment: str
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    state_file = root / ".tars" / "workflow-state.json"
+    state_file.parent.mkdir()
+    state_file.write_bytes(content)
+    for command in (["status", "--local"], ["run", "-t", "shop"], ["stop", "--local"]):
+        result = tarscli(root, env, "self-code", *command)
+        assert_one_line_error(result, str(state_file), fragment, "move it away to start afresh")
+    assert state_file.read_bytes() == content
+
+
+def test_a_project_above_the_snapshot_limit_is_one_line(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    # Sparse: 2 GiB and a byte as the project's files count, nothing on the disk.
+    with open(root / "recording.bin", "wb") as huge:
+        huge.truncate(DEFAULT_MAX_EXTRACTED_BYTES + 1)
+    result = tarscli(root, env, "self-code", "run", "-t", "shop")
+    assert_one_line_error(
+        result, f"the project {root} holds", f"above the {DEFAULT_MAX_EXTRACTED_BYTES:,} bytes"
+    )
+    assert "internal error" not in result.stderr + result.stdout

@@ -191,6 +191,7 @@ def test_start_uploads_the_project_and_creates_a_run(
     assert spec["autoApply"] is True and spec["maxFiles"] == 5 and spec["engine"] == "static"
     assert spec["testCommand"] == ["python", "-m", "pytest", "-q"]
     assert spec["sandbox"] == "auto" and spec["testNetwork"] is False and spec["testEnv"] == []
+    assert spec["learning"] is True
     upload = spec["source"]["upload"]
     config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
         upload["configMap"], namespace
@@ -227,6 +228,19 @@ def test_start_uploads_the_project_and_creates_a_run(
     with pytest.raises(ApiException) as gone:
         core.read_namespaced_config_map(upload["configMap"], namespace)
     assert gone.value.status == 404
+
+
+def test_start_with_no_learning_keeps_the_run_out_of_learning(
+    cli: Cli, project: Path, api_client: client.ApiClient, namespace: str
+) -> None:
+    result = cli("self-code", "start", "-t", "src", "--no-learning")
+    assert result.exit_code == 0, result.output
+    name = result.stdout.strip()
+    assert get_object(api_client, namespace, RUNS, name)["spec"]["learning"] is False
+    shown = cli("self-code", "status", name)
+    assert (
+        "Learning" in shown.stdout and "off (nothing read from the learning store" in shown.stdout
+    )
 
 
 def test_start_from_a_subdirectory_uses_the_project_root(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import json
 import os
 import subprocess
@@ -19,8 +20,10 @@ from kubernetes import client
 from tars_api.replica import TarsReplica
 from tars_api.run import (
     GitSource,
+    RunConditionType,
     RunPhase,
     RunSource,
+    SelfCodingRun,
     SelfCodingRunSpec,
     UploadSource,
     VolumeSource,
@@ -32,13 +35,16 @@ from tars_engine.cluster.run_api import (
     RunNotFoundError,
     RunReport,
 )
+from tars_engine.core.learning import LEARNING_DB_FILENAME, LearningStore
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.snapshot import pack_project
 from tars_engine.replica import create_app
 from tars_engine.transports.server import serve_in_thread
+from tars_operator.run_driver import mirrored_status
 
+from tests.harness.silent_server import silent_server
 from tests.harness.tools import git
-from tests.harness.workflow import shop_project
+from tests.harness.workflow import shop_origin, shop_project
 
 # A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.
 RUN_WAIT_SECONDS = 300
@@ -63,9 +69,12 @@ def coordinator(
     *,
     volumes: dict[str, str] | None = None,
     kubeconfig: Path | None = None,
+    git_timeout_seconds: float | None = None,
 ) -> Iterator[CoordinatorClient]:
     """A coordinator replica configured the way the operator configures its pods: by env."""
     with monkeypatch.context() as env:
+        if git_timeout_seconds is not None:
+            env.setenv("TARS_GIT_TIMEOUT_SECONDS", str(git_timeout_seconds))
         for role in (Role.analyzer, Role.generator, Role.tester):
             name = f"TARS_ENDPOINTS_{role.value.upper()}"
             if workers:
@@ -75,7 +84,7 @@ def coordinator(
         env.setenv("TARS_VOLUMES", json.dumps(volumes or {}))
         if kubeconfig is not None:
             env.setenv("KUBECONFIG", str(kubeconfig))
-        app = create_app(Role.coordinator, ReplicaSettings(scratch_dir=scratch))
+        app = create_app(Role.coordinator, ReplicaSettings.from_env(scratch_dir=scratch))
     with serve_in_thread(app) as url, CoordinatorClient(url) as api:
         yield api
 
@@ -144,6 +153,27 @@ def test_volume_run_applies_commits_and_reports(
     assert "tars_coordinator_requests_total{endpoint=" in metrics
 
 
+def test_a_run_without_learning_leaves_the_coordinators_store_alone(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop_project(tmp_path / "projects" / "shop")
+    volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+    store = LearningStore(tmp_path / "scratch" / LEARNING_DB_FILENAME)
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, volumes=volumes) as api:
+        unlearned = assignment("unlearned", volume_spec(learning=False))
+        api.assign(unlearned)
+        report = wait_until(api, unlearned.uid)
+        assert report.status.phase is RunPhase.succeeded, report.message
+        assert report.status.statistics.improvements_accepted > 0
+        assert report.message.endswith("; learning off")
+        assert store.count() == 0
+
+        learned = assignment("learned", volume_spec())
+        api.assign(learned)
+        assert wait_until(api, learned.uid).status.phase is RunPhase.succeeded
+        assert store.count() > 0
+
+
 def test_unmounted_volume_fails_naming_it(
     tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,7 +193,8 @@ def test_unmounted_volume_fails_naming_it(
 
 
 def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
-    """Passes, except: the first run fails, and run number `hang_on` hangs until killed.
+    """The project's pytest, except: the first run fails, and run number `hang_on` hangs
+    until killed.
 
     It keeps its count and its PID outside the copy, which the sandbox forbids
     (tests/engine/test_sandbox.py): the runs that use it turn the sandbox off.
@@ -177,6 +208,7 @@ def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
         f"if n == {hang_on}:\n"
         f"    pathlib.Path({str(pids)!r}).write_text(str(os.getpid()))\n"
         "    time.sleep(3600)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'])\n"
     )
     return [sys.executable, "-c", script]
 
@@ -225,20 +257,13 @@ def test_stop_kills_the_test_run_and_a_new_coordinator_resumes_without_reapplyin
     assert len(trailers) > len(kept)
 
 
-def bare_repository(tmp_path: Path) -> Path:
-    project = shop_project(tmp_path / "origin-work")
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(bare)], check=True)
-    return bare
-
-
 def test_git_source_commits_on_a_branch_and_pushes_it(
     tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bare = bare_repository(tmp_path)
+    bare = shop_origin(tmp_path)
     spec = SelfCodingRunSpec(
         targets=["shop"],
-        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main")),
+        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main", allow_file_protocol=True)),
         auto_apply=True,
     )
     with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
@@ -261,7 +286,8 @@ def test_unreachable_git_url_fails_the_run_clearly(
 ) -> None:
     missing = tmp_path / "no-such-repository.git"
     spec = SelfCodingRunSpec(
-        targets=["shop"], source=RunSource(git=GitSource(url=f"file://{missing}"))
+        targets=["shop"],
+        source=RunSource(git=GitSource(url=f"file://{missing}", allow_file_protocol=True)),
     )
     with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
         run = assignment("unreachable", spec)
@@ -269,6 +295,67 @@ def test_unreachable_git_url_fails_the_run_clearly(
         report = wait_until(api, run.uid)
     assert report.status.phase is RunPhase.failed
     assert report.message.startswith(f"cannot fetch file://{missing}")
+
+
+def git_spec(url: str, **source: object) -> SelfCodingRunSpec:
+    return SelfCodingRunSpec(targets=["shop"], source=RunSource(git=GitSource(url=url, **source)))
+
+
+def test_a_file_url_fails_the_run_unless_the_run_allows_it(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = shop_origin(tmp_path)
+    with coordinator(tmp_path / "scratch", workers, monkeypatch) as api:
+        run = assignment("file-url", git_spec(f"file://{bare}"))
+        api.assign(run)
+        report = wait_until(api, run.uid)
+    assert report.status.phase is RunPhase.failed
+    assert report.message == (
+        f"spec.source.git.url file://{bare} is refused: "
+        "file:// URLs are allowed only when the git source sets allowFileProtocol"
+    )
+
+
+def test_a_git_server_that_never_answers_fails_the_run_at_the_timeout(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        silent_server() as server,
+        coordinator(tmp_path / "scratch", workers, monkeypatch, git_timeout_seconds=2) as api,
+    ):
+        run = assignment("silent-git", git_spec(server.git_url()))
+        api.assign(run)
+        report = wait_until(api, run.uid)
+    assert server.accepted.is_set()
+    assert report.status.phase is RunPhase.failed
+    assert report.message == f"cannot fetch {server.git_url()}: git fetch timed out after 2s"
+    # What the operator makes of it: the run's Complete condition says why it failed.
+    scr = SelfCodingRun.build(run.name, ["shop"], run.spec.source, namespace="default")
+    status = mirrored_status(scr, report, "coordinator", now=datetime.datetime.now(datetime.UTC))
+    complete = next(c for c in status.conditions if c.type == RunConditionType.complete)
+    assert (complete.status, complete.reason, complete.message) == (
+        "True",
+        "Failed",
+        report.message,
+    )
+
+
+def test_stop_ends_a_run_whose_source_is_still_being_fetched(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        silent_server() as server,
+        coordinator(tmp_path / "scratch", workers, monkeypatch) as api,
+    ):
+        run = assignment("stopped-fetch", git_spec(server.git_url()))
+        api.assign(run)
+        assert server.accepted.wait(RUN_WAIT_SECONDS)
+        preparing = api.report(run.uid)
+        api.stop(run.uid)
+        report = wait_until(api, run.uid)
+    assert (preparing.finished, preparing.message) == (False, "preparing the source")
+    assert report.status.phase is RunPhase.stopped
+    assert report.message == "stop requested before the run started"
 
 
 def test_upload_source_from_a_configmap_yields_a_patch_that_applies(
@@ -399,12 +486,12 @@ def test_work_spreads_over_every_discovered_replica(
 def test_git_run_resumed_by_a_new_coordinator_continues_its_pushed_branch(
     tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bare = bare_repository(tmp_path)
+    bare = shop_origin(tmp_path)
     hanging = tmp_path / "hanging.pid"
     command = counting_test_command(tmp_path / "count", hanging, hang_on=3)
     spec = SelfCodingRunSpec(
         targets=["shop"],
-        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main")),
+        source=RunSource(git=GitSource(url=f"file://{bare}", ref="main", allow_file_protocol=True)),
         auto_apply=True,
         test_command=command,
         sandbox=SandboxMode.off,

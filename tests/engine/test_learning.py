@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tars_api.run import RunPhase
 from tars_api.vocabulary import EngineName
-from tars_engine.core.learning import LearningStore, Outcome
+from tars_engine.core.learning import LearningError, LearningStore, Outcome, user_learning_store
 from tars_engine.core.models import (
     Finding,
     FindingKind,
@@ -17,8 +17,10 @@ from tars_engine.core.models import (
     Severity,
     SourceFile,
 )
+from tars_engine.core.state import RunOptions
 from tars_engine.roles.edit_protocol import plan_tasks
 from tars_engine.roles.ollama_engine import task_prompt
+from tars_engine.transports.embedded import local_workflow
 
 from tests.harness.ollama import TEST_MODEL, OllamaServer
 from tests.harness.projects import tree_hashes
@@ -134,3 +136,102 @@ def test_a_run_with_a_real_model_changes_nothing_unproven(
     assert all(record.message for record in state.files)
     # No auto-apply: the tree stays as it was, whatever was accepted into the patch.
     assert tree_hashes(root) == before
+
+
+def mode_of(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    fresh = LearningStore(tmp_path / "made" / "for-it" / "learning.sqlite3")
+    fresh.record(outcome("a.py", ["UP032"], True, diff="-x\n+y\n"))
+    assert mode_of(fresh.path) == 0o600
+    assert mode_of(fresh.path.parent) == 0o700
+
+    # A store an older version left world-readable is closed when it is next opened.
+    shared_dir = tmp_path / "shared"
+    shared_dir.mkdir(mode=0o755)
+    old = shared_dir / "learning.sqlite3"
+    LearningStore(old)
+    old.chmod(0o644)
+    LearningStore(old)
+    assert mode_of(old) == 0o600
+    # ... but a directory the user chose is theirs: only TARS's own directory is closed.
+    assert mode_of(shared_dir) == 0o755
+
+
+def test_the_per_user_directory_is_closed_even_when_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TARS_LEARNING_DB")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    made_by_an_older_version = tmp_path / "state" / "tars"
+    made_by_an_older_version.mkdir(parents=True, mode=0o755)
+    store = user_learning_store()
+    assert store.path == made_by_an_older_version / "learning.sqlite3"
+    assert mode_of(made_by_an_older_version) == 0o700
+    assert mode_of(store.path) == 0o600
+
+
+def damaged_copy(path: Path, store: LearningStore) -> bytes:
+    """A real SQLite file with one of its pages overwritten, as a failing disk leaves it."""
+    for index in range(200):
+        store.record(outcome(f"f{index}.py", ["UP032"], True, diff="+x\n" * 50))
+    data = bytearray(store.path.read_bytes())
+    page = 4096
+    data[page * 2 : page * 3] = b"\x0d" + b"\xff" * (page - 1)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "damaged-page"])
+def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "learning.sqlite3"
+    if damage == "not-a-database":
+        original = b"this is not a SQLite database, whatever its name says\n" * 20
+        path.write_bytes(original)
+    else:
+        original = damaged_copy(path, LearningStore(tmp_path / "source.sqlite3"))
+
+    store = LearningStore(path)
+
+    assert store.set_aside is not None
+    moved = store.set_aside.moved_to
+    assert moved.parent == tmp_path and moved.name.startswith("learning.sqlite3.corrupt-")
+    assert moved.read_bytes() == original
+    assert mode_of(moved) == 0o600
+    assert str(path) in store.set_aside.warning and str(moved) in store.set_aside.warning
+    assert store.count() == 0
+    store.record(outcome("a.py", ["UP032"], True))
+    assert LearningStore(path).count() == 1 and LearningStore(path).set_aside is None
+
+
+def test_a_path_that_cannot_hold_a_database_is_one_clear_error(tmp_path: Path) -> None:
+    directory = tmp_path / "learning.sqlite3"
+    directory.mkdir()
+    with pytest.raises(
+        LearningError, match=r"^cannot use the learning database .*: Is a directory;"
+    ):
+        LearningStore(directory)
+    assert directory.is_dir() and not any(directory.iterdir())
+
+
+def test_a_run_without_learning_neither_reads_nor_writes_the_store(
+    tmp_path: Path, learning: LearningStore
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    learning.record(outcome("shop/cart.py", ["UP032"], True, diff="-a\n+b\n", project=str(root)))
+    # Any query or write the run made would now fail: the store's file is a directory.
+    learning.path.unlink()
+    learning.path.mkdir()
+    workflow = local_workflow(root, RunOptions(targets=["shop"], learning=False), learning=learning)
+    assert workflow.learning is None
+
+    state = workflow.run()
+
+    assert state.phase is RunPhase.succeeded, state.message
+    assert state.statistics.improvements_accepted > 0
+    assert state.message.endswith("; learning off")
+    assert learning.path.is_dir() and not any(learning.path.iterdir())

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tars_api.run import FileOutcome, RunPhase
+from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import Role
 from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
@@ -72,8 +73,9 @@ def test_auto_apply_on_the_sample_commits_each_improvement(
     # The run's own files never show up in git.
     assert git(root, "status", "--porcelain") == ""
     assert project_tests_pass(root)
-    # Batching: one test run for the whole sample (the batch passed: no baseline needed).
-    assert state.statistics.test_runs == 1 and state.baseline is None
+    # Batching: one test run for the whole sample, and the baseline whose tests it must run.
+    assert state.statistics.test_runs == 2
+    assert state.baseline is not None and state.baseline.executed > 0
     assert state.statistics.improvements_applied == len(applied)
     stages = [event.stage.value for event in events if event.kind is EventKind.stage]
     assert stages[:5] == ["Scanning", "Scanning", "Analyzing", "Analyzing", "Generating"]
@@ -205,6 +207,42 @@ def test_stop_then_resume_finishes_without_reapplying(
     assert len(ids) == len(set(ids)) == len(second.files)
     assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == len(second.files)
     assert project_tests_pass(root)
+
+
+def test_a_file_edited_while_the_run_is_stopped_is_neither_committed_nor_touched(
+    tmp_path: Path, learning: LearningStore
+) -> None:
+    """Stopped during Testing, a target edited by hand: the resumed run leaves it to the user."""
+    root = sample_project(tmp_path / "ledgerly")
+    testing = threading.Event()
+
+    def stop_once_testing(event: WorkflowEvent) -> None:
+        if event.stage is RunStage.testing:
+            testing.set()
+
+    first = run_workflow(
+        root,
+        learning,
+        on_event=stop_once_testing,
+        stop_requested=testing.is_set,
+        targets=["ledgerly"],
+        auto_apply=True,
+    )
+    assert first.phase is RunPhase.stopped, first.message
+    assert not first.applied
+    edited = first.files[0].path
+    by_hand = (root / edited).read_bytes() + b"# my own note\n"
+    (root / edited).write_bytes(by_hand)
+
+    second = run_workflow(root, learning, targets=["ledgerly"], auto_apply=True)
+
+    assert second.phase is RunPhase.succeeded, second.message
+    assert (root / edited).read_bytes() == by_hand
+    first_commit = git(root, "rev-list", "--max-parents=0", "HEAD").strip()
+    assert edited not in changed_paths(root, first_commit)
+    record = second.file(edited)
+    assert (record.outcome, record.message) == (FileOutcome.skipped, "has uncommitted changes")
+    assert len(second.applied) == len(second.files) - 1
 
 
 def test_resume_after_the_process_died_recovers_commits(tmp_path: Path) -> None:

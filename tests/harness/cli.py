@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -10,6 +12,21 @@ from kubernetes import client
 from tars_api.meta import GROUP, VERSION
 from tarscli.app import app
 from typer.testing import CliRunner, Result
+
+TARSCLI = Path(sys.executable).parent / "tarscli"
+
+
+def tarscli(cwd: Path, env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`tarscli ARGUMENTS` as a real process, as a user runs it from a shell in CWD."""
+    return subprocess.run(
+        [str(TARSCLI), *arguments],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 class Cli(Protocol):

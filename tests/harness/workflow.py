@@ -114,6 +114,14 @@ def shop_project(root: Path, *, repository: bool = True) -> Path:
     return git_init(root) if repository else root
 
 
+def shop_origin(tmp_path: Path) -> Path:
+    """A bare repository holding the shop project on main, as a git source's origin."""
+    project = shop_project(tmp_path / "origin-work")
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(project), str(bare)], check=True)
+    return bare
+
+
 def sample_project(root: Path) -> Path:
     shutil.copytree(
         SAMPLE_PROJECT, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache")

@@ -7,6 +7,7 @@ server-side dry run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -480,3 +481,53 @@ def test_helm_install_upgrade_and_uninstall(
     # Pulled models outlive the release (helm.sh/resource-policy: keep).
     claims = kubectl("get", "pvc", "-n", namespace, "-o", "name").stdout.split()
     assert claims == [f"persistentvolumeclaim/{release}-tars-ollama-models"]
+
+
+def test_the_charts_ollama_pod_serves_the_model_from_its_volume(
+    helm: Helm,
+    namespace: str,
+    tars_crds: list[str],
+    kubectl: Callable[..., Any],
+    pod_runner: object,
+    ollama_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helm install with `modelSource: volume`: the pod runner runs the chart's Ollama pod
+    (its command, environment and volume) and the model answers through the chart's
+    Service, by the API server's service proxy. Names a Service resolves to stay
+    untested: the pod runner has no cluster DNS."""
+    # The pod runner finds a container's command on its own PATH: the pinned build first.
+    monkeypatch.setenv("PATH", f"{ollama_dir / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    models = tmp_path / "models"
+    shutil.copytree(ollama_dir / "models", models, copy_function=os.link)
+    release = f"ol-{namespace[-6:]}"
+    helm(
+        "install", release, str(CHART), "--namespace", namespace,
+        "--set", "ollama.enabled=true", "--set", "ollama.modelSource=volume",
+        "--set", f"ollama.modelVolume.hostPath.path={models}",
+        # The pod listens on every address of this machine: a port nothing else uses.
+        "--set", f"ollama.port={controlplane.free_port()}",
+    )  # fmt: skip
+    try:
+        kubectl(
+            "rollout", "status", f"deployment/{release}-tars-ollama", "-n", namespace,
+            "--timeout=120s",
+        )  # fmt: skip
+        assert not kubectl("get", "jobs,pvc", "-n", namespace, "-o", "name").stdout.split()
+        proxy = f"/api/v1/namespaces/{namespace}/services/{release}-tars-ollama:http/proxy"
+        tags = json.loads(kubectl("get", "--raw", f"{proxy}/api/tags").stdout)
+        assert f"{ollama.TEST_MODEL}:latest" in [model["name"] for model in tags["models"]]
+        request = tmp_path / "generate.json"
+        request.write_text(
+            json.dumps(
+                {"model": ollama.TEST_MODEL, "prompt": "def add(a, b):", "stream": False,
+                 "options": {"num_predict": 8}}
+            )
+        )  # fmt: skip
+        answer = json.loads(
+            kubectl("create", "--raw", f"{proxy}/api/generate", "-f", str(request)).stdout
+        )
+        assert answer["done"] and answer["eval_count"] > 0
+    finally:
+        helm("uninstall", release, "--namespace", namespace, "--wait")

@@ -21,7 +21,7 @@ from tars_engine.core.validation import is_test_file
 from tarscli import options, output, views
 from tarscli.errors import CliError
 from tarscli.local_ops import execute, local_project_root, run_options, saved_run
-from tarscli.upload import resolve_targets
+from tarscli.upload import require_python_files, resolve_targets
 
 EXIT_STOPPED = 130
 
@@ -59,6 +59,7 @@ def run(
     test_env: options.TestEnvOption = None,
     test_network: options.TestNetworkOption = False,
     unsafe_fixes: options.UnsafeOption = False,
+    no_learning: options.NoLearningOption = False,
 ) -> None:
     """Run the whole workflow on this machine (roles in-process), with live progress.
 
@@ -68,6 +69,7 @@ def run(
     cwd = Path.cwd()
     root = local_project_root(cwd, targets)
     relative = resolve_targets(root, cwd, targets)
+    require_python_files(root, relative)
     budget = Budget(
         max_files=max_files, max_attempts_per_file=max_attempts, deadline_seconds=deadline
     )
@@ -93,6 +95,7 @@ def improve(
     test_env: options.TestEnvOption = None,
     test_network: options.TestNetworkOption = False,
     unsafe_fixes: options.UnsafeOption = False,
+    no_learning: options.NoLearningOption = False,
 ) -> None:
     """Improve one file with the same pipeline: analyze, generate, prove with the tests, apply."""
     cwd = Path.cwd()

@@ -25,7 +25,7 @@ from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
 from tarscli.kube import connect
 from tarscli.local_ops import env_names
-from tarscli.upload import build_archive, project_root, resolve_targets
+from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
 
 app = TarsTyper(
     help=(
@@ -191,6 +191,7 @@ def start(
         ),
     ] = None,
     test_network: options.TestNetworkOption = False,
+    no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
     namespace: options.NamespaceOption = None,
@@ -204,6 +205,7 @@ def start(
     cwd = Path.cwd()
     root = project_root(cwd)
     relative_targets = resolve_targets(root, cwd, targets)
+    require_python_files(root, relative_targets)
     try:
         test_argv = shlex.split(test_command) if test_command is not None else None
     except ValueError as error:
@@ -222,6 +224,7 @@ def start(
         sandbox=sandbox,
         test_env=env_names(test_env) or None,
         test_network=test_network or None,
+        learning=False if no_learning else None,
     )
     cluster = connect(kubeconfig, context, namespace)
     cluster.require_crds()

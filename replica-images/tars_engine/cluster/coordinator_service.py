@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -60,7 +61,8 @@ from tars_engine.cluster.sources import (
 )
 from tars_engine.core import applying
 from tars_engine.core.budget import Budget
-from tars_engine.core.learning import LearningStore
+from tars_engine.core.git import GitError
+from tars_engine.core.learning import LEARNING_DB_FILENAME, LearningStore
 from tars_engine.core.models import RoleInfo
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.settings import ConfigurationError, ReplicaSettings
@@ -73,6 +75,19 @@ from tars_engine.transports.server import RoleService
 MAX_PARALLEL_PER_ROLE = 8
 ROLES_POLL_SECONDS = 1.0
 RUNS_DIR = "runs"
+STOPPED_BEFORE_START = "stop requested before the run started"
+
+
+def _preparation_failed(exc: Exception, *, stopped: bool) -> tuple[RunPhase, str]:
+    """How a run ends whose preparation raised: a killed git is no failure when stop asked it."""
+    if stopped:
+        return RunPhase.stopped, STOPPED_BEFORE_START
+    if isinstance(exc, SourceError | GitError | WorkflowError | StateError | OSError):
+        return RunPhase.failed, str(exc)
+    return RunPhase.failed, f"internal error while preparing the run: {type(exc).__name__}: {exc}"
+
+
+log = logging.getLogger(__name__)
 
 
 def run_options(spec: SelfCodingRunSpec) -> RunOptions:
@@ -85,6 +100,7 @@ def run_options(spec: SelfCodingRunSpec) -> RunOptions:
         sandbox=spec.sandbox,
         test_env=spec.test_env,
         test_network=spec.test_network,
+        learning=spec.learning,
         budget=Budget(
             max_files=spec.max_files,
             max_attempts_per_file=spec.max_attempts_per_file,
@@ -229,7 +245,9 @@ class Coordinator:
         self._directories: dict[str, RoleDirectory] = {}
         # Held while a namespace's discovery starts, so two runs cannot start two.
         self._discovery_lock = threading.Lock()
-        self.learning = LearningStore(settings.scratch_dir / "learning.sqlite3")
+        self.learning = LearningStore(settings.scratch_dir / LEARNING_DB_FILENAME)
+        if self.learning.set_aside is not None:
+            log.warning("%s", self.learning.set_aside.warning)
 
     def _observe(self, role: str, endpoint: str, operation: str) -> None:
         self.requests_total.labels(role, endpoint, operation).inc()
@@ -330,13 +348,13 @@ class Coordinator:
             handle.message = "preparing the source"
         try:
             workspace = self._workspace(handle)
-            directory = self._wait_for_roles(handle)
+            directory = None if handle.stop.is_set() else self._wait_for_roles(handle)
             if directory is None:
-                handle.end(RunPhase.stopped, "stop requested before the run started")
+                handle.end(RunPhase.stopped, STOPPED_BEFORE_START)
                 return
             workflow = self._workflow(handle, workspace, directory)
-        except (SourceError, WorkflowError, StateError, OSError) as exc:
-            handle.end(RunPhase.failed, str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the run must end
+            handle.end(*_preparation_failed(exc, stopped=handle.stop.is_set()))
             return
         with handle.lock:
             handle.workflow = workflow
@@ -367,6 +385,9 @@ class Coordinator:
             work_dir=handle.work_dir,
             api=self.api,
             volumes=self._volumes,
+            limits=self.settings.archive_limits,
+            git_timeout_seconds=self.settings.git_timeout_seconds,
+            stop=handle.stop,
         )
         with handle.lock:
             handle.branch = workspace.branch

@@ -11,7 +11,9 @@
 
 Credentials never appear in a URL, a command line or a message: git reads them
 through an askpass helper from its environment, or an ssh key file only the
-coordinator can read.
+coordinator can read. Git reaches the repository only over https, ssh or git (and
+file:// when the run allows it), each command within the coordinator's git timeout
+and killed when the run is asked to stop (`tars_engine.core.git`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shutil
-import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,10 @@ from tars_api.names import ReplicaEnv
 from tars_api.run import RunSource, VolumeSource
 
 from tars_engine.core.applying import FALLBACK_IDENTITY
-from tars_engine.core.snapshot import SnapshotError, extract_snapshot
+from tars_engine.core.git import GitError, GitInterrupted, GitOptions, git, refused_url_reason
+from tars_engine.core.snapshot import ArchiveLimits, SnapshotError, extract_snapshot
 from tars_engine.core.state import write_atomically
 
-GIT_TIMEOUT_SECONDS = 600
 BRANCH_PREFIX = "tars/"
 ASKPASS_SCRIPT = """#!/bin/sh
 case "$1" in
@@ -46,7 +47,6 @@ esac
 """
 # Any user name works with a token over https for the common forges.
 TOKEN_USERNAME = "x-access-token"
-MAX_GIT_ERROR_CHARS = 400
 
 
 class SourceError(RuntimeError):
@@ -68,7 +68,7 @@ class Workspace:
     fresh: bool
     """Made anew here: changes an earlier coordinator applied are not in it."""
     branch: str | None = None
-    git_env: dict[str, str] = field(default_factory=dict, repr=False)
+    git_options: GitOptions = field(default_factory=GitOptions)
 
 
 def branch_name(run_name: str) -> str:
@@ -162,13 +162,19 @@ def read_upload(api: client.ApiClient, namespace: str, config_map: str, key: str
     return base64.b64decode(encoded)
 
 
-def git_environment(credentials: GitCredentials | None, secrets_dir: Path) -> dict[str, str]:
-    """What git needs to authenticate without prompting: never an interactive question."""
-    env = {"GIT_TERMINAL_PROMPT": "0", **FALLBACK_IDENTITY}
-    if credentials is None:
-        return env
-    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if credentials.password is not None:
+def git_options(
+    credentials: GitCredentials | None,
+    secrets_dir: Path,
+    *,
+    allow_file: bool,
+    timeout_seconds: float,
+) -> GitOptions:
+    """How git reaches the run's repository: never an interactive question, never a secret shown."""
+    env = dict(FALLBACK_IDENTITY)
+    secrets: tuple[str, ...] = ()
+    if credentials is not None:
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if credentials is not None and credentials.password is not None:
         askpass = secrets_dir / "askpass.sh"
         write_atomically(askpass, ASKPASS_SCRIPT.encode(), mode=0o700)
         env.update(
@@ -176,7 +182,8 @@ def git_environment(credentials: GitCredentials | None, secrets_dir: Path) -> di
             TARS_GIT_USERNAME=credentials.username or TOKEN_USERNAME,
             TARS_GIT_PASSWORD=credentials.password,
         )
-    if credentials.ssh_private_key is not None:
+        secrets = (credentials.password,)
+    if credentials is not None and credentials.ssh_private_key is not None:
         key = secrets_dir / "ssh-privatekey"
         key_text = credentials.ssh_private_key.rstrip("\n") + "\n"
         write_atomically(key, key_text.encode(), mode=0o600)
@@ -184,70 +191,75 @@ def git_environment(credentials: GitCredentials | None, secrets_dir: Path) -> di
             f"ssh -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new "
             f"-o UserKnownHostsFile={secrets_dir / 'known_hosts'}"
         )
-    return env
-
-
-def _scrub(text: str, env: dict[str, str]) -> str:
-    """Git's own message, with any secret it might echo taken out."""
-    for name in ("TARS_GIT_PASSWORD",):
-        if env.get(name):
-            text = text.replace(env[name], "***")
-    text = re.sub(r"://[^/@\s]+@", "://***@", text)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(lines)[-MAX_GIT_ERROR_CHARS:] or "no output"
-
-
-def git(root: Path, *arguments: str, env: dict[str, str] | None = None) -> str:
-    """Run git in `root`; a failure is a SourceError with git's message."""
-    completed = subprocess.run(
-        ["git", "-C", str(root), "-c", "commit.gpgsign=false", *arguments],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=False,
+    return GitOptions(
+        env=env, secrets=secrets, allow_file=allow_file, timeout_seconds=timeout_seconds
     )
-    if completed.returncode != 0:
-        raise SourceError(f"git {arguments[0]}: {_scrub(completed.stderr, env or {})}")
-    return completed.stdout
 
 
-def prepare_upload(archive: bytes, root: Path, work_dir: Path) -> None:
+def prepare_upload(
+    archive: bytes,
+    root: Path,
+    work_dir: Path,
+    limits: ArchiveLimits,
+    stop: threading.Event | None = None,
+) -> None:
     """Extract the archive into `root` and commit it as the base of the run's changes."""
     archive_path = work_dir / "upload.tar.gz"
     write_atomically(archive_path, archive)
     root.mkdir(parents=True)
     try:
-        extract_snapshot(archive_path, root)
+        extract_snapshot(archive_path, root, limits)
     except SnapshotError as exc:
         raise SourceError(f"the uploaded archive cannot be used: {exc}") from exc
     finally:
         archive_path.unlink(missing_ok=True)
-    git(root, "init", "--quiet")
-    git(root, "add", "--all")
-    git(root, "commit", "--quiet", "--allow-empty", "-m", "uploaded project", env=FALLBACK_IDENTITY)
+    local = GitOptions(env=FALLBACK_IDENTITY)
+    git(root, "init", "--quiet", options=local, stop=stop)
+    git(root, "add", "--all", options=local, stop=stop)
+    message = "uploaded project"
+    git(root, "commit", "--quiet", "--allow-empty", "-m", message, options=local, stop=stop)
 
 
-def clone(url: str, ref: str, root: Path, env: dict[str, str]) -> None:
+def clone(
+    url: str, ref: str, root: Path, options: GitOptions, stop: threading.Event | None = None
+) -> None:
     """Check out `ref` of `url` into `root`: one commit deep when the server allows it."""
+    refused = refused_url_reason(url, allow_file=options.allow_file)
+    if refused is not None:
+        raise SourceError(f"spec.source.git.url {url} is refused: {refused}")
     root.mkdir(parents=True)
-    git(root, "init", "--quiet")
-    git(root, "remote", "add", "origin", "--", url)
+    git(root, "init", "--quiet", options=options, stop=stop)
+    git(root, "remote", "add", "origin", "--", url, options=options, stop=stop)
     try:
-        git(root, "fetch", "--quiet", "--depth", "1", "origin", "--", ref, env=env)
-        git(root, "checkout", "--quiet", "--detach", "FETCH_HEAD")
+        git(
+            root,
+            "fetch",
+            "--quiet",
+            "--depth",
+            "1",
+            "origin",
+            "--",
+            ref,
+            options=options,
+            stop=stop,
+        )
+        git(root, "checkout", "--quiet", "--detach", "FETCH_HEAD", options=options, stop=stop)
         return
-    except SourceError as shallow_failure:
+    except GitInterrupted as exc:
+        raise SourceError(f"cannot fetch {url}: {exc}") from exc
+    except GitError as shallow_failure:
         try:
             # A commit id, or a server refusing shallow fetches: fetch everything.
-            git(root, "fetch", "--quiet", "--tags", "origin", env=env)
-        except SourceError:
+            git(root, "fetch", "--quiet", "--tags", "origin", options=options, stop=stop)
+        except GitError:
             raise SourceError(f"cannot fetch {url}: {shallow_failure}") from shallow_failure
     for candidate in (f"origin/{ref}", ref):
         try:
-            git(root, "checkout", "--quiet", "--detach", candidate)
+            git(root, "checkout", "--quiet", "--detach", candidate, options=options, stop=stop)
             return
-        except SourceError:
+        except GitInterrupted:
+            raise
+        except GitError:
             continue
     raise SourceError(f"{url} has no branch, tag or commit {ref!r}")
 
@@ -261,10 +273,14 @@ def materialise(
     work_dir: Path,
     api: Callable[[], client.ApiClient],
     volumes: dict[str, Path],
+    limits: ArchiveLimits,
+    git_timeout_seconds: float,
+    stop: threading.Event | None = None,
 ) -> Workspace:
     """The working directory for a run; reused when this coordinator made it before.
 
     `api` is called only when an object must be read (an upload, a credentials Secret).
+    A set `stop` kills the git command under way.
     """
     if source.volume is not None:
         root = volume_root(source.volume, volumes)
@@ -275,7 +291,7 @@ def materialise(
         if not ready_marker.exists():
             archive = read_upload(api(), namespace, source.upload.config_map, source.upload.key)
             _start_afresh(root)
-            prepare_upload(archive, root, work_dir)
+            prepare_upload(archive, root, work_dir, limits, stop)
             ready_marker.touch()
             return Workspace(root=root, fresh=True)
         return Workspace(root=root, fresh=False)
@@ -285,26 +301,40 @@ def materialise(
         if source.git.credentials_secret
         else None
     )
-    env = git_environment(credentials, work_dir / "secrets")
+    options = git_options(
+        credentials,
+        work_dir / "secrets",
+        allow_file=source.git.allow_file_protocol,
+        timeout_seconds=git_timeout_seconds,
+    )
     branch = branch_name(run_name) if auto_apply else None
     fresh = not ready_marker.exists()
     if fresh:
         _start_afresh(root)
-        clone(source.git.url, source.git.ref, root, env)
+        clone(source.git.url, source.git.ref, root, options, stop)
         if branch is not None:
-            continue_branch(root, branch, env)
+            continue_branch(root, branch, options, stop)
         ready_marker.touch()
-    return Workspace(root=root, fresh=fresh, branch=branch, git_env=env)
+    return Workspace(root=root, fresh=fresh, branch=branch, git_options=options)
 
 
-def continue_branch(root: Path, branch: str, env: dict[str, str]) -> None:
-    """Check out the run's branch: the remote one when an earlier coordinator pushed it."""
+def continue_branch(
+    root: Path, branch: str, options: GitOptions, stop: threading.Event | None = None
+) -> None:
+    """Check out the run's branch: the remote one when an earlier coordinator pushed it.
+
+    Only a fetch that failed starts the branch anew; one that was killed fails the run,
+    which would otherwise push a branch that lost the commits already pushed.
+    """
+    fetch = ("fetch", "--quiet", "origin", "--", f"refs/heads/{branch}")
     try:
-        git(root, "fetch", "--quiet", "origin", "--", f"refs/heads/{branch}", env=env)
-    except SourceError:
-        git(root, "checkout", "--quiet", "-B", branch)
+        git(root, *fetch, options=options, stop=stop)
+    except GitInterrupted:
+        raise
+    except GitError:
+        git(root, "checkout", "--quiet", "-B", branch, options=options, stop=stop)
         return
-    git(root, "checkout", "--quiet", "-B", branch, "FETCH_HEAD")
+    git(root, "checkout", "--quiet", "-B", branch, "FETCH_HEAD", options=options, stop=stop)
 
 
 def push_branch(workspace: Workspace) -> str | None:
@@ -318,9 +348,9 @@ def push_branch(workspace: Workspace) -> str | None:
             "--quiet",
             "origin",
             f"{workspace.branch}:refs/heads/{workspace.branch}",
-            env=workspace.git_env,
+            options=workspace.git_options,
         )
-    except SourceError as exc:
+    except GitError as exc:
         return str(exc)
     return None
 

@@ -4,6 +4,10 @@ One applier serves the validator, the tester and the coordinator, so a candidate
 that validated is applied the same way everywhere. The strict mode trusts the
 hunk counts and wants exact context (near the stated line); the lenient mode
 reads model-written diffs, whose counts and trailing whitespace are often wrong.
+
+Lines keep their endings (\r\n stays inside a line), so a diff of a CRLF file changes
+only the lines it changes; `keep_file_conventions` makes new content follow the old
+file's line endings and byte order mark, whoever wrote it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from tars_engine.core.python_ast import BYTE_ORDER_MARK
+
 NO_NEWLINE_MARKER = "\\ No newline at end of file"
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
+_BARE_LINE_FEED = re.compile(r"(?<!\r)\n")
+CRLF = "\r\n"
 
 
 class PatchError(ValueError):
@@ -24,6 +32,31 @@ class PatchError(ValueError):
 def split_lines(content: str) -> list[str]:
     """Lines with their endings, split on \\n only (form feeds and \\r stay inside lines)."""
     return _LINE.findall(content)
+
+
+def _line_ending(content: str) -> str | None:
+    """The one line ending `content` uses throughout; None for none or a mix."""
+    line_feeds, crlfs = content.count("\n"), content.count(CRLF)
+    if line_feeds and crlfs == line_feeds:
+        return CRLF
+    if line_feeds and not crlfs:
+        return "\n"
+    return None
+
+
+def keep_file_conventions(old: str, new: str) -> str:
+    """`new` with the line endings and byte order mark of `old`, the file it replaces.
+
+    A file that uses one line ending throughout keeps it on every line, new lines
+    included; a file with a mix is left as `new` has it.
+    """
+    ending = _line_ending(old)
+    if ending == CRLF:
+        new = _BARE_LINE_FEED.sub(CRLF, new)
+    elif ending == "\n":
+        new = new.replace(CRLF, "\n")
+    body = new.removeprefix(BYTE_ORDER_MARK)
+    return BYTE_ORDER_MARK + body if old.startswith(BYTE_ORDER_MARK) else body
 
 
 def make_unified_diff(path: str, old: str, new: str, context: int = 3) -> str:

@@ -1,16 +1,17 @@
 """Test gating: which candidates the project's tests prove, tested on the run's testers.
 
 Candidates are tested in batches, all of a batch's candidates applied together
-on top of the candidates already accepted. A batch that passes proves its
-candidates. When a batch fails, the untouched project is tested first
-(the baseline): if its own tests fail too, nothing can be proven and the run
-stops saying so; otherwise the batch is bisected.
+on top of the candidates already accepted. A batch proves its candidates when its
+tests pass and they are the tests the untouched project (the baseline) ran: at
+least one, none of them skipped, deselected or lost on the way. So the baseline is
+always tested, once per run: if its own tests fail or run nothing, nothing can be
+proven and the run stops saying so.
 A failing batch is bisected: the first half is tested on its own; when it passes,
 the failure is known to lie in the second half, which is split without testing
 it again. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. With `baseline_first` the baseline is verified
-before anything is accepted, running alongside the first batch when there are
-two or more testers; that costs a test run, which the default saves.
+everything accepted before it. With `baseline_first` the baseline is tested before
+anything else, alongside the first batch when there are two or more testers;
+otherwise after the first batch.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class SandboxRefusedError(WorkflowError):
 
 
 def describe_failure(result: TestResult) -> str:
+    if result.unproven:
+        return result.unproven
     if result.apply_error:
         return f"did not apply: {result.apply_error}"
     if result.timed_out:
@@ -50,6 +53,38 @@ def describe_failure(result: TestResult) -> str:
         return f"tests failed: {result.failures} failures, {result.errors} errors of {result.tests_run}"
     last_lines = [line for line in result.output.strip().splitlines() if line.strip()][-3:]
     return "tests failed: " + (one_line(" / ".join(last_lines), 300) or "no output")
+
+
+def unproven_reason(result: TestResult, baseline: TestResult | None) -> str | None:
+    """Why a test run whose command passed proves nothing, or None when it proves."""
+    if result.executed == 0:
+        if result.tests_run == 0:
+            return (
+                "no test ran: TARS counts the tests in pytest's JUnit report, and the test "
+                "command produced none"
+            )
+        return f"no test ran: {result.tests_run} collected, {result.skipped} skipped"
+    if baseline is None or result.executed_digest == baseline.executed_digest:
+        return None
+    if result.executed < baseline.executed:
+        return (
+            f"only {result.executed} of the baseline's {baseline.executed} tests ran: tests "
+            "were skipped, deselected or lost"
+        )
+    return (
+        f"{result.executed} tests ran, not the baseline's {baseline.executed} tests: the "
+        "candidates changed which tests run"
+    )
+
+
+def judged(result: TestResult, baseline: TestResult | None) -> TestResult:
+    """`result` as the gate counts it: a pass that proves nothing is no pass."""
+    if not result.passed:
+        return result
+    reason = unproven_reason(result, baseline)
+    if reason is None:
+        return result
+    return result.model_copy(update={"passed": False, "unproven": reason})
 
 
 @dataclass(frozen=True)
@@ -80,7 +115,7 @@ class CandidateGate:
         guard: BudgetGuard,
         hooks: GateHooks,
         *,
-        baseline_recorded: bool,
+        baseline: TestResult | None,
     ) -> None:
         self._archive = archive
         self._snapshot = SnapshotRef(run_id=run_id, digest=archive_digest(archive))
@@ -88,12 +123,13 @@ class CandidateGate:
         self._options = options
         self._guard = guard
         self._hooks = hooks
-        self._baseline_recorded = baseline_recorded
+        self._baseline_result = baseline
+        """The untouched project's result, once known (recorded by an earlier attempt, too)."""
         self._baseline: concurrent.futures.Future[TestResult] | None = None
 
     def start_baseline(self, executor: concurrent.futures.Executor) -> None:
         """With `baseline_first`, test the untouched project alongside what comes next."""
-        if not self._baseline_recorded and self._options.baseline_first:
+        if self._baseline_result is None and self._options.baseline_first:
             self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
 
     def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:
@@ -133,24 +169,28 @@ class CandidateGate:
             name="tars-test",
         )
 
-    def require_baseline(self, *, run_if_missing: bool = False) -> None:
-        """Wait for the baseline started alongside; with `run_if_missing`, run it now if never run."""
+    def require_baseline(self, *, run_if_missing: bool = True) -> TestResult | None:
+        """The baseline's result: recorded, started alongside, or (`run_if_missing`) run now."""
+        if self._baseline_result is not None:
+            return self._baseline_result
         if self._baseline is not None:
             result = self._baseline.result()
             self._baseline = None
-        elif run_if_missing and not self._baseline_recorded:
+        elif run_if_missing:
             result = self._run_tests([], BASELINE_LABEL)
         else:
-            return
-        self._baseline_recorded = True
+            return None
+        self._baseline_result = result
         self._hooks.baseline(result)
-        if not result.passed:
+        problem = describe_failure(result) if not result.passed else unproven_reason(result, None)
+        if problem is not None:
             raise BaselineFailedError(
                 "the project's tests fail before any change, so no change can be proven safe "
-                f"({describe_failure(result)}; ran: {shlex.join(result.command) or 'nothing'}); "
+                f"({problem}; ran: {shlex.join(result.command) or 'nothing'}); "
                 "fix the tests, install their dependencies for that Python, or give a working "
                 "test command"
             )
+        return result
 
     def test_in_batches(self, candidates: list[Candidate]) -> None:
         batch_size = self._options.batch_size
@@ -169,9 +209,9 @@ class CandidateGate:
             if known is not None
             else self._run_tests(base + group, f"{len(group)} candidates on {len(base)} accepted")
         )
-        # Nothing is decided before a baseline started alongside has passed; and a failure
-        # means something only when the untouched project passes its tests.
-        self.require_baseline(run_if_missing=not result.passed)
+        # Nothing is decided before the untouched project has passed its tests: a failure
+        # means something only then, and a pass proves only the tests the baseline ran.
+        result = judged(result, self.require_baseline())
         if result.passed:
             for candidate in group:
                 self._hooks.accept(candidate, result)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from tars_api.run import FileOutcome, RunStage
 
+from tars_engine.core import crash_points
+from tars_engine.core.crash_points import Boundary
 from tars_engine.core.events import EventCallback, EventKind, WorkflowEvent, one_line
 from tars_engine.core.state import FileRecord, StateStore, WorkflowState, now
 from tars_engine.core.workflow_errors import WorkflowError
@@ -86,6 +88,7 @@ class RunJournal:
             if durable or time.monotonic() - self._saved_at >= EPHEMERAL_SAVE_INTERVAL_SECONDS:
                 self._store.save(self.state)
                 self._saved_at = time.monotonic()
+                crash_points.reached(Boundary.state_saved)
             state = self.state
             event = WorkflowEvent(
                 kind=kind,

@@ -13,6 +13,11 @@ Local runs keep one store per user (so learning carries across projects):
 `$TARS_LEARNING_DB`, else `$XDG_STATE_HOME/tars/learning.sqlite3`, else
 `~/.local/state/tars/learning.sqlite3`. Runs in a cluster keep it in the run's
 state directory.
+
+The store holds code diffs of every project it has seen, so only its owner may read
+it: the file is 0600 and a directory made for it 0700. A database that SQLite finds
+corrupt is moved aside (the store says where, in `set_aside`) and a fresh one is
+started, so a damaged file costs what was learned but never blocks a run.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ from tars_api.vocabulary import EngineName
 from tars_engine.core.models import Candidate, Finding, FindingKind, LearnedExample
 
 LEARNING_DB_FILENAME = "learning.sqlite3"
+LEARNING_DB_ENV = "TARS_LEARNING_DB"
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIRECTORY_MODE = 0o700
+# The SQLite result codes of a damaged file (anything else, such as a locked or
+# unopenable database, is not the file's fault).
+CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 # A rule's boost per finding is in [-BOOST_SCALE/2, +BOOST_SCALE/2]: the
 # Laplace-smoothed acceptance rate, centred on an unknown rule's 0.5.
 BOOST_SCALE = 2.0
@@ -63,11 +74,44 @@ CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes (project, path);
 
 
 def default_learning_db() -> Path:
-    explicit = os.environ.get("TARS_LEARNING_DB")
+    explicit = os.environ.get(LEARNING_DB_ENV)
     if explicit:
         return Path(explicit)
+    return _user_learning_dir() / LEARNING_DB_FILENAME
+
+
+def _user_learning_dir() -> Path:
     state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state_home) / "tars" / LEARNING_DB_FILENAME
+    return Path(state_home) / "tars"
+
+
+def user_learning_store() -> LearningStore:
+    """The per-user store of local runs (see the module's docstring for where it lives)."""
+    path = default_learning_db()
+    # The default directory is TARS's own: one an older version made world-readable is
+    # closed too. A directory the user named through $TARS_LEARNING_DB is left as it is.
+    return LearningStore(path, private_directory=path.parent == _user_learning_dir())
+
+
+class LearningError(RuntimeError):
+    """The learning database cannot be used, not even afresh (unwritable, not a file, ...)."""
+
+
+class SetAside(BaseModel):
+    """A corrupt learning database, moved aside so that a fresh one could be started."""
+
+    model_config = ConfigDict(frozen=True)
+
+    original: Path
+    moved_to: Path
+    reason: str
+
+    @property
+    def warning(self) -> str:
+        return (
+            f"the learning database {self.original} is corrupt ({self.reason}); moved it to "
+            f"{self.moved_to} and started a fresh one"
+        )
 
 
 class Outcome(BaseModel):
@@ -121,15 +165,75 @@ class TrackRecord(BaseModel):
         return (rate - 0.5) * BOOST_SCALE
 
 
+class _Corrupt(Exception):
+    """SQLite found the database file damaged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _make_private(path: Path, *, private_directory: bool) -> None:
+    """The database file exists, readable by its owner only; a directory made for it too."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, mode=PRIVATE_DIRECTORY_MODE)
+    elif private_directory and path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(PRIVATE_DIRECTORY_MODE)
+    # Created here rather than by SQLite, which would make it 0644; SQLite gives its
+    # journal the database's own mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+    if path.stat().st_mode & 0o077:
+        path.chmod(PRIVATE_FILE_MODE)
+
+
+def _move_aside(path: Path, reason: str) -> SetAside:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved_to = path.with_name(f"{path.name}.corrupt-{stamp}")
+    serial = 1
+    while moved_to.exists():
+        serial += 1
+        moved_to = path.with_name(f"{path.name}.corrupt-{stamp}-{serial}")
+    path.rename(moved_to)
+    return SetAside(original=path, moved_to=moved_to, reason=reason)
+
+
 class LearningStore:
     """Thread-safe access to the outcome store; every call opens its own short transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, private_directory: bool = False) -> None:
+        """Open (or create) the store at `path`; `private_directory`: its directory is the
+        store's own, closed to everyone else even when it already exists."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+        self.set_aside: SetAside | None = None
+        try:
+            _make_private(path, private_directory=private_directory)
+            try:
+                self._open()
+            except _Corrupt as corrupt:
+                self.set_aside = _move_aside(path, corrupt.reason)
+                _make_private(path, private_directory=False)
+                self._open()
+        except (OSError, sqlite3.Error, _Corrupt) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LearningError(
+                f"cannot use the learning database {path}: {reason}; "
+                f"set {LEARNING_DB_ENV} to a file it can use, or keep the run out of learning "
+                "(--no-learning)"
+            ) from exc
+
+    def _open(self) -> None:
+        """Create the tables if need be and check the file; _Corrupt when SQLite finds it damaged."""
+        try:
+            with self._connect() as connection:
+                connection.executescript(_SCHEMA)
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode in CORRUPTION_CODES:
+                raise _Corrupt(str(exc)) from exc
+            raise
+        if problems != ["ok"]:
+            raise _Corrupt(f"integrity check: {'; '.join(problems)}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -66,15 +66,42 @@ class Finding(WireModel):
     fix_safe: bool = False
 
 
+class ProjectFile(WireModel):
+    path: str = Field(description="project-relative POSIX path")
+    content: str
+
+
+class LintContext(WireModel):
+    """What ruff reads of the project besides the file itself, so that a role without the
+    project checks the file as `ruff check` in the project would."""
+
+    configs: list[ProjectFile] = Field(
+        default_factory=list,
+        description="pyproject.toml, ruff.toml and .ruff.toml from the file's directory up to "
+        "the project root, and the files they extend",
+    )
+    layout: list[str] = Field(
+        default_factory=list,
+        description="paths that exist in the project (a directory ends in /), for ruff's "
+        "package and first-party detection: the __init__.py of the file's directory and its "
+        "ancestors, and the modules at the top of the source roots",
+    )
+
+
 class SourceFile(WireModel):
     """One file's content, sent by the coordinator, which alone owns the workspace."""
 
     path: str = Field(description="project-relative POSIX path")
     content: str
+    lint: LintContext = Field(default_factory=LintContext)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.content.encode()).hexdigest()
+
+    def with_content(self, content: str) -> SourceFile:
+        """The same file, under the same project rules, holding `content`."""
+        return self.model_copy(update={"content": content})
 
 
 class AnalyzeRequest(WireModel):
@@ -217,6 +244,11 @@ class TestResult(WireModel):
     failures: int = 0
     errors: int = 0
     skipped: int = 0
+    executed: int = Field(default=0, description="tests that ran: not skipped, not deselected")
+    executed_digest: str | None = Field(
+        default=None,
+        description="sha256 of the sorted ids of the tests that ran: the same set, the same digest",
+    )
     duration_seconds: float = 0
     timed_out: bool = False
     output: str = Field(default="", description="trimmed output of the test command")
@@ -224,6 +256,10 @@ class TestResult(WireModel):
         default=None, description="a candidate did not apply to the snapshot"
     )
     sandbox: SandboxUse | None = Field(default=None, description="None: no command was run")
+    unproven: str | None = Field(
+        default=None,
+        description="set by the gate: the test command passed, but proves nothing, and why",
+    )
 
 
 class RoleInfo(WireModel):

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import enum
 import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 from tars_api.vocabulary import EngineName
 
+from tars_engine.core.git import GitOptions, git, run_git
 from tars_engine.core.models import AnalysisReport, Finding, FindingSource
 from tars_engine.core.validation import is_test_file
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
+UNCOMMITTED_DETAIL = "has uncommitted changes"
 GIT_TIMEOUT_SECONDS = 60
 # How much of a file's head is searched for a "generated" marker.
 GENERATED_HEADER_BYTES = 2048
@@ -57,6 +58,7 @@ class SkipReason(enum.StrEnum):
     unreadable = "unreadable"
     uncommitted = "uncommitted-changes"
     unanalysable = "unanalysable"
+    symlink = "symlink"
 
 
 class SkippedFile(BaseModel):
@@ -79,14 +81,13 @@ class SelectionError(ValueError):
 
 
 def is_git_repository(root: Path) -> bool:
-    completed = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--show-toplevel"],
-        capture_output=True,
-        text=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=False,
+    completed = run_git(
+        root,
+        "rev-parse",
+        "--show-toplevel",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
     )
-    return completed.returncode == 0 and Path(completed.stdout.strip()).resolve() == root.resolve()
+    return completed.ok and Path(completed.stdout.strip()).resolve() == root.resolve()
 
 
 def resolve_targets(root: Path, targets: Iterable[str]) -> list[str]:
@@ -109,14 +110,11 @@ def resolve_targets(root: Path, targets: Iterable[str]) -> list[str]:
 
 
 def _git_files(root: Path, targets: list[str]) -> list[str]:
-    completed = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
-         "--", *targets],
-        capture_output=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=True,
+    listed = git(
+        root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *targets,
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
     )  # fmt: skip
-    names = completed.stdout.decode("utf-8", "surrogateescape").split("\0")
+    names = listed.split("\0")
     # --cached lists files deleted from the worktree too; they are nothing to improve.
     return sorted({name for name in names if name and (root / name).is_file()})
 
@@ -137,15 +135,13 @@ def _walked_files(root: Path, targets: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _dirty_files(root: Path) -> set[str]:
+def uncommitted_files(root: Path) -> set[str]:
     """Files that differ from HEAD, untracked ones included: auto-apply must not commit them."""
-    completed = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=all"],
-        capture_output=True,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=True,
-    )
-    entries = completed.stdout.decode("utf-8", "surrogateescape").split("\0")
+    status = git(
+        root, "status", "--porcelain=v1", "-z", "--untracked-files=all",
+        options=GitOptions(timeout_seconds=GIT_TIMEOUT_SECONDS),
+    )  # fmt: skip
+    entries = status.split("\0")
     dirty: set[str] = set()
     renamed_source_follows = False
     for entry in entries:
@@ -158,6 +154,18 @@ def _dirty_files(root: Path) -> set[str]:
     return dirty
 
 
+def _symlink_detail(root: Path, path: str) -> str:
+    # Writing through the link would commit a regular file in place of the link.
+    target = os.readlink(root / path)
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        return f"a link to {target}, outside the project; the link is left as it is"
+    return (
+        f"a link to {resolved.relative_to(root.resolve()).as_posix()}; the link is left as it "
+        "is, the file it points to is improved where it is selected itself"
+    )
+
+
 def _skip_reason(root: Path, path: str, max_file_bytes: int) -> tuple[SkipReason, str] | None:
     pure = PurePosixPath(path)
     if any(part in VENDORED_DIRS for part in pure.parts[:-1]):
@@ -167,6 +175,8 @@ def _skip_reason(root: Path, path: str, max_file_bytes: int) -> tuple[SkipReason
     if is_test_file(path):
         return SkipReason.test_file, "tests are never changed"
     full = root / path
+    if full.is_symlink():
+        return SkipReason.symlink, _symlink_detail(root, path)
     try:
         size = full.stat().st_size
         if size > max_file_bytes:
@@ -202,7 +212,7 @@ def select_files(
     """
     git = is_git_repository(root)
     listed = _git_files(root, targets) if git else _walked_files(root, targets)
-    dirty = _dirty_files(root) if git and refuse_dirty else set()
+    dirty = uncommitted_files(root) if git and refuse_dirty else set()
     files: list[str] = []
     skipped: list[SkippedFile] = []
     for path in listed:
@@ -210,7 +220,7 @@ def select_files(
             continue
         reason = _skip_reason(root, path, max_file_bytes)
         if reason is None and path in dirty:
-            reason = SkipReason.uncommitted, "has uncommitted changes"
+            reason = SkipReason.uncommitted, UNCOMMITTED_DETAIL
         if reason is None:
             files.append(path)
         else:

@@ -18,9 +18,15 @@ from tars_api.names import ReplicaEnv
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
 from tars_engine.core.models import RoleInfo
+from tars_engine.core.snapshot import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_EXTRACTED_BYTES,
+    ArchiveLimits,
+)
 
 ENGINE_VERSION = importlib.metadata.version("tars-selfcoding")
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+DEFAULT_GIT_REMOTE_TIMEOUT_SECONDS = 600.0
 # The variable each setting falls back to when no flag gives it.
 ENVIRONMENT_VARIABLES = {
     ReplicaEnv.role: "role",
@@ -30,6 +36,9 @@ ENVIRONMENT_VARIABLES = {
     ReplicaEnv.ollama_num_ctx: "ollama_num_ctx",
     ReplicaEnv.ollama_num_parallel: "ollama_parallel",
     ReplicaEnv.scratch_dir: "scratch_dir",
+    ReplicaEnv.archive_max_entries: "archive_max_entries",
+    ReplicaEnv.archive_max_bytes: "archive_max_bytes",
+    ReplicaEnv.git_timeout_seconds: "git_timeout_seconds",
 }
 
 
@@ -58,6 +67,10 @@ class ReplicaSettings(BaseModel):
     ollama_parallel: int = Field(default=1, ge=1, le=64)
     ollama_keep_alive: str = "10m"
     scratch_dir: Path = Field(default_factory=default_scratch_dir)
+    archive_max_entries: int = Field(default=DEFAULT_MAX_ENTRIES, ge=1)
+    archive_max_bytes: int = Field(default=DEFAULT_MAX_EXTRACTED_BYTES, ge=1)
+    # A clone of a large repository over a slow link takes minutes; a silent server, forever.
+    git_timeout_seconds: float = Field(default=DEFAULT_GIT_REMOTE_TIMEOUT_SECONDS, gt=0)
 
     @field_validator("ollama_host")
     @classmethod
@@ -74,6 +87,10 @@ class ReplicaSettings(BaseModel):
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls.model_validate(values)
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(max_entries=self.archive_max_entries, max_bytes=self.archive_max_bytes)
 
     def role_info(self, role: Role, capabilities: list[str]) -> RoleInfo:
         """What a replica of `role` running with these settings reports on /info."""

@@ -7,15 +7,26 @@ tester can cache by.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import enum
+import errno
 import gzip
 import hashlib
 import io
 import os
 import posixpath
-import subprocess
+import shutil
 import tarfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+from tars_api.names import ReplicaEnv
+
+from tars_engine.core.git import GitError, GitOptions, git, run_git
 
 # Directories that are environments or caches, never part of a project's source.
 SKIPPED_DIRS = frozenset(
@@ -37,11 +48,41 @@ SKIPPED_DIRS = frozenset(
     }
 )
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
-MAX_EXTRACTED_BYTES = 2 * 1024**3
+DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_EXTRACTED_BYTES = 512 * 1024**2
+# Links followed while resolving one link's target: the kernel's own limit.
+MAX_LINK_HOPS = 40
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class SnapshotError(ValueError):
-    """An archive that is unreadable or would write outside its directory."""
+    """An archive that is unreadable, too large, or would write outside its directory."""
+
+
+class ArchiveLimits(BaseModel):
+    """How much an archive may hold once extracted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_entries: int = Field(default=DEFAULT_MAX_ENTRIES, ge=1)
+    max_bytes: int = Field(default=DEFAULT_MAX_EXTRACTED_BYTES, ge=1)
+
+
+DEFAULT_LIMITS = ArchiveLimits()
+
+
+class _Kind(enum.Enum):
+    file = "file"
+    directory = "directory"
+    symlink = "symlink"
+
+
+class _Entry(NamedTuple):
+    path: str
+    """Normalised: no empty or `.` segments."""
+    kind: _Kind
+    member: tarfile.TarInfo
 
 
 def archive_digest(archive: bytes) -> str:
@@ -51,25 +92,18 @@ def archive_digest(archive: bytes) -> str:
 def _git_files(root: Path) -> list[str] | None:
     """Tracked and untracked-but-not-ignored files, or None outside a git work tree."""
     try:
-        inside = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
+        inside = run_git(
+            root, "rev-parse", "--is-inside-work-tree", options=GitOptions(timeout_seconds=30)
         )
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
+        if not inside.ok or inside.stdout.strip() != "true":
             return None
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.SubprocessError):
+        listed = git(
+            root, "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+            options=GitOptions(timeout_seconds=120),
+        )  # fmt: skip
+    except GitError:
         return None
-    return [name for name in listed.stdout.decode("utf-8", "surrogateescape").split("\0") if name]
+    return [name for name in listed.split("\0") if name]
 
 
 def _walked_files(root: Path) -> list[str]:
@@ -161,51 +195,220 @@ def pack_files(root: Path, files: Iterable[str], *, limit: int | None = None) ->
     return buffer.getvalue()
 
 
-def pack_project(root: Path) -> bytes:
-    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository)."""
+def pack_project(root: Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> bytes:
+    """A deterministic tar.gz of the project under `root` (git-aware when it is a repository).
+
+    A project whose files add up to more than a snapshot may expand to is refused here,
+    before any of it is read, rather than by the tester after it has all been packed.
+    """
     root = root.resolve()
-    return pack_files(root, project_files(root))
+    files = project_files(root)
+    total = sum((root / name).lstat().st_size for name in files if not (root / name).is_symlink())
+    if total > limits.max_bytes:
+        raise SnapshotError(
+            f"the project {root} holds {total:,} bytes of files, above the {limits.max_bytes:,} "
+            "bytes a test snapshot may hold; git-ignore the large files its tests do not need "
+            f"({ReplicaEnv.archive_max_bytes} sets the limit)"
+        )
+    return pack_files(root, files)
 
 
-def _checked_members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    members = []
-    total = 0
-    for member in archive.getmembers():
-        name = member.name
-        parts = Path(name).parts
-        if posixpath.isabs(name) or name.startswith("\\") or ".." in parts or ":" in parts[0:1]:
-            raise SnapshotError(f"archive member escapes the project: {name!r}")
-        if member.issym():
-            if posixpath.isabs(member.linkname):
-                raise SnapshotError(f"symlink {name!r} points to an absolute path")
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-            if target == ".." or target.startswith("../"):
-                raise SnapshotError(f"symlink {name!r} points outside the project")
-        elif member.islnk():
-            raise SnapshotError(f"hard link {name!r} is not allowed")
-        elif not (member.isfile() or member.isdir()):
-            raise SnapshotError(f"special file {name!r} is not allowed")
-        total += member.size
-        if total > MAX_EXTRACTED_BYTES:
-            raise SnapshotError("archive expands beyond the size limit")
-        members.append(member)
-    return members
+def _member_path(name: str) -> str:
+    """The member's path inside the destination, normalised; SnapshotError when it has none."""
+    if name.startswith("/"):
+        raise SnapshotError(f"archive member has an absolute path: {name!r}")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if not parts:
+        raise SnapshotError(f"archive member has no name: {name!r}")
+    if ".." in parts:
+        raise SnapshotError(f"archive member escapes the project: {name!r}")
+    if ".git" in parts:
+        # Git would run the commands a planted .git/config names (fsmonitor, hooks).
+        raise SnapshotError(f"archive member is inside a .git directory: {name!r}")
+    return "/".join(parts)
 
 
-def verify_archive(archive: bytes) -> None:
+def _kind(member: tarfile.TarInfo) -> _Kind:
+    if member.issym():
+        return _Kind.symlink
+    if member.isdir():
+        return _Kind.directory
+    if member.isreg() and not member.issparse():
+        return _Kind.file
+    if member.islnk():
+        raise SnapshotError(f"hard link {member.name!r} is not allowed")
+    what = (
+        "a character device" if member.ischr()
+        else "a block device" if member.isblk()
+        else "a FIFO" if member.isfifo()
+        else "a sparse file" if member.issparse()
+        else f"of type {member.type!r}"
+    )  # fmt: skip
+    raise SnapshotError(f"{member.name!r} is {what}: only files, directories and links are allowed")
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    parts = path.split("/")
+    for end in range(1, len(parts)):
+        yield "/".join(parts[:end])
+
+
+def _check_link_target(path: str, links: Mapping[str, str]) -> None:
+    """Refuse a symlink unless its target, following the archive's own links, stays inside."""
+    target = links[path]
+    if not target or posixpath.isabs(target):
+        raise SnapshotError(f"symlink {path!r} points to an absolute path or nowhere")
+    resolved: list[str] = []
+    pending = collections.deque(_directory_parts(path) + target.split("/"))
+    hops = 0
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                raise SnapshotError(f"symlink {path!r} points outside the project")
+            resolved.pop()
+            continue
+        through = links.get("/".join([*resolved, part]))
+        if through is None:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS or posixpath.isabs(through):
+            raise SnapshotError(f"symlink {path!r} loops or points outside the project")
+        pending.extendleft(reversed(through.split("/")))
+
+
+def _directory_parts(path: str) -> list[str]:
+    return path.split("/")[:-1]
+
+
+def _check_tree(entries: Sequence[_Entry]) -> None:
+    """Refuse names given twice and members under a file or a link (writing would follow it)."""
+    kinds: dict[str, _Kind] = {}
+    links: dict[str, str] = {}
+    for entry in entries:
+        earlier = kinds.get(entry.path)
+        if earlier is not None and not (earlier is entry.kind is _Kind.directory):
+            raise SnapshotError(f"archive holds {entry.path!r} twice")
+        kinds[entry.path] = entry.kind
+        if entry.kind is _Kind.symlink:
+            links[entry.path] = entry.member.linkname
+    for entry in entries:
+        for parent in _ancestors(entry.path):
+            if kinds.get(parent, _Kind.directory) is not _Kind.directory:
+                raise SnapshotError(
+                    f"archive member {entry.path!r} lies under {parent!r}, which is a "
+                    f"{kinds[parent].value}, not a directory"
+                )
+        if entry.kind is _Kind.symlink:
+            _check_link_target(entry.path, links)
+
+
+def _checked_entries(archive: tarfile.TarFile, limits: ArchiveLimits) -> list[_Entry]:
+    """Every member, checked; reading stops at the first one past a limit."""
+    entries: list[_Entry] = []
+    expanded = 0
+    while (member := archive.next()) is not None:
+        if len(entries) == limits.max_entries:
+            raise SnapshotError(
+                f"archive has more than {limits.max_entries:,} entries "
+                f"({ReplicaEnv.archive_max_entries} sets the limit)"
+            )
+        entry = _Entry(_member_path(member.name), _kind(member), member)
+        if entry.kind is _Kind.file:
+            expanded += member.size
+        if expanded > limits.max_bytes:
+            raise SnapshotError(
+                f"archive expands to more than {limits.max_bytes:,} bytes "
+                f"({ReplicaEnv.archive_max_bytes} sets the limit)"
+            )
+        entries.append(entry)
+    _check_tree(entries)
+    return entries
+
+
+def verify_archive(archive: bytes, limits: ArchiveLimits = DEFAULT_LIMITS) -> None:
     """Raise SnapshotError unless `archive` is a readable tar.gz safe to extract."""
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as opened:
-            _checked_members(opened)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            _checked_entries(opened, limits)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise SnapshotError(f"not a readable tar.gz archive: {exc}") from exc
 
 
-def extract_snapshot(archive_path: Path, destination: Path) -> None:
-    """Extract a snapshot into `destination`, refusing anything that would land outside it."""
+def _open_directory(name: str, parent: int) -> int:
+    """The directory `name` in `parent`, made when missing; never reached through a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent)
+    return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
+
+
+def _parent_directory(root: int, path: str) -> int:
+    """The parent of `path` under `root`, each step a real directory opened without following."""
+    directory = os.dup(root)
+    for part in _directory_parts(path):
+        try:
+            child = _open_directory(part, directory)
+        finally:
+            os.close(directory)
+        directory = child
+    return directory
+
+
+def _write(archive: tarfile.TarFile, entry: _Entry, parent: int) -> None:
+    name = posixpath.basename(entry.path)
+    if entry.kind is _Kind.directory:
+        os.close(_open_directory(name, parent))
+    elif entry.kind is _Kind.symlink:
+        os.symlink(entry.member.linkname, name, dir_fd=parent)
+    else:
+        source = archive.extractfile(entry.member)
+        assert source is not None  # a regular file always has data
+        descriptor = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        with os.fdopen(descriptor, "wb") as out:
+            shutil.copyfileobj(source, out)
+            os.fchmod(out.fileno(), 0o755 if entry.member.mode & 0o100 else 0o644)
+
+
+def _extract(archive: tarfile.TarFile, entry: _Entry, root: int, destination: str) -> None:
+    # The standard library's filter judges each member too, after the checks above.
+    tarfile.data_filter(entry.member, destination)
+    try:
+        parent = _parent_directory(root, entry.path)
+        try:
+            _write(archive, entry, parent)
+        finally:
+            os.close(parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+            raise SnapshotError(
+                f"archive member {entry.path!r} would be written through a link or over a file"
+            ) from exc
+        raise SnapshotError(f"cannot extract {entry.path!r}: {exc.strerror}") from exc
+
+
+def extract_snapshot(
+    archive_path: Path, destination: Path, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> None:
+    """Extract a snapshot into `destination`, refusing anything that would land outside it.
+
+    Every member is checked before anything is written; then each is written relative to
+    an open directory, through directories opened without following links, into a name
+    that must not exist yet, so a link cannot redirect a write even if a check missed it.
+    """
     try:
         with tarfile.open(archive_path, mode="r:gz") as opened:
-            members = _checked_members(opened)
-            opened.extractall(destination, members=members, filter="data")
-    except (tarfile.TarError, EOFError) as exc:
+            entries = _checked_entries(opened, limits)
+            destination.mkdir(parents=True, exist_ok=True)
+            root = os.open(destination, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in entries:
+                    _extract(opened, entry, root, str(destination))
+            finally:
+                os.close(root)
+    except tarfile.FilterError as exc:
+        raise SnapshotError(f"archive member refused: {exc}") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise SnapshotError(f"not a readable tar.gz archive: {exc}") from exc

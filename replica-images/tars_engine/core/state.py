@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -58,6 +59,11 @@ class RunOptions(StateModel):
     test_command: list[str] | None = None
     test_timeout_seconds: float = Field(default=DEFAULT_TEST_TIMEOUT_SECONDS, gt=0)
     budget: Budget = Field(default_factory=Budget)
+    learning: bool = Field(
+        default=True,
+        description="use the learning store and record the run's outcomes in it; "
+        "False: the run neither reads nor writes it",
+    )
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
     sandbox: SandboxMode = SandboxMode.auto
     test_network: bool = Field(default=False, description="the tests may reach the network")
@@ -66,8 +72,8 @@ class RunOptions(StateModel):
     )
     baseline_first: bool = Field(
         default=False,
-        description="test the untouched project before accepting anything; "
-        "otherwise only when a batch fails (a passing batch proves its candidates)",
+        description="test the untouched project first, alongside generation; otherwise "
+        "after the first batch (every run tests it once: a pass proves only its tests)",
     )
 
 
@@ -187,18 +193,12 @@ class StateStore:
 
     def load(self) -> WorkflowState | None:
         try:
-            raw = self.state_file.read_text(encoding="utf-8")
+            raw = self.state_file.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateError(f"cannot read {self.state_file}: {exc.strerror}") from exc
-        try:
-            return WorkflowState.model_validate_json(raw)
-        except ValidationError as exc:
-            raise StateError(
-                f"{self.state_file} is not a workflow state this version understands "
-                f"({exc.error_count()} errors); move it away to start afresh"
-            ) from exc
+        return parse_state(self.state_file, raw)
 
     def save(self, state: WorkflowState) -> None:
         state.updated_at = now()
@@ -224,6 +224,40 @@ class StateStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def parse_state(origin: Path, raw: bytes) -> WorkflowState:
+    """The workflow state in `raw` (read from `origin`), or a StateError in one line that says
+    what is wrong with it and what to do."""
+    start_afresh = "move it away to start afresh"
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StateError(
+            f"{origin} is not a workflow state: byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start} is not UTF-8 text; {start_afresh}"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{origin} is not a workflow state: not JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); {start_afresh}"
+        ) from exc
+    version = document.get("version") if isinstance(document, dict) else None
+    if isinstance(version, int) and version > STATE_VERSION:
+        raise StateError(
+            f"{origin} was written by a newer TARS (state version {version}; this one reads "
+            f"version {STATE_VERSION}); use that version, or {start_afresh}"
+        )
+    try:
+        return WorkflowState.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise StateError(
+            f"{origin} is not a workflow state this version understands ({where}: {first['msg']}"
+            f"{f', and {exc.error_count() - 1} more problems' if exc.error_count() > 1 else ''}); "
+            f"{start_afresh}"
+        ) from exc
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:

@@ -18,7 +18,13 @@ import tokenize
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core import python_ast
-from tars_engine.core.diffs import PatchError, apply_unified_diff, diff_paths, make_unified_diff
+from tars_engine.core.diffs import (
+    PatchError,
+    apply_unified_diff,
+    diff_paths,
+    keep_file_conventions,
+    make_unified_diff,
+)
 from tars_engine.core.models import (
     Candidate,
     FindingKind,
@@ -165,6 +171,7 @@ def finish_candidate(
 ) -> GenerateResult:
     """Turn an engine's new content into a validated candidate, or a rejection saying why."""
     source = request.file
+    new_content = keep_file_conventions(source.content, new_content)
     diff = make_unified_diff(source.path, source.content, new_content)
     if not diff:
         return GenerateResult(candidate=None, rejection="no-op change", tokens_used=tokens_used)

@@ -8,7 +8,11 @@ candidates pass the project's tests is decided by `tars_engine.core.gating`.
 State. Every step is persisted (see `tars_engine.core.journal`); a run that was
 stopped, or whose process died, resumes where it left off, and an improvement is never
 applied twice: applied candidates are recorded in the state and, with auto-apply,
-in a trailer of their commit.
+in a trailer of their commit. A candidate is saved as accepted before its file or the
+patch changes, so a resumed run finishes applying whatever a crash interrupted
+(`_recover`), and with auto-apply it leaves alone, uncommitted, a file edited since the
+run selected it. `tars_engine.core.crash_points` names the step boundaries a test kills
+a run at to prove it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName
 
-from tars_engine.core import applying
+from tars_engine.core import applying, crash_points
 from tars_engine.core.budget import BudgetGuard, StopRequested, call_until_stop
 from tars_engine.core.events import EventCallback, EventKind, one_line
 from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
@@ -39,7 +43,9 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.role_pool import RolePool, WorkerRoles
 from tars_engine.core.role_set import RoleError
+from tars_engine.core.ruff_config import lint_context
 from tars_engine.core.selection import (
+    UNCOMMITTED_DETAIL,
     SelectionError,
     SkippedFile,
     SkipReason,
@@ -48,8 +54,9 @@ from tars_engine.core.selection import (
     prioritize,
     resolve_targets,
     select_files,
+    uncommitted_files,
 )
-from tars_engine.core.snapshot import pack_project
+from tars_engine.core.snapshot import SnapshotError, pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
@@ -62,6 +69,7 @@ from tars_engine.core.validation import candidate_rejection
 from tars_engine.core.workflow_errors import WorkflowError
 
 FEEDBACK_OUTPUT_CHARS = 4000
+ADDED_TO_PATCH = "passed the tests; added to the patch"
 EXAMPLES_PER_REQUEST = 3
 
 
@@ -75,7 +83,7 @@ class Workflow:
         roles: WorkerRoles,
         *,
         store: StateStore,
-        learning: LearningStore,
+        learning: LearningStore | None,
         on_event: EventCallback | None = None,
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
@@ -93,8 +101,12 @@ class Workflow:
                 f"auto-apply refused: {self.root} is not a git repository, so an applied change "
                 "could not be reviewed or undone; run without auto-apply to get a patch instead"
             )
+        crash_points.kill_point()
         self.store = store
-        self.learning = learning
+        if self.options.learning and learning is None:
+            raise ValueError("a run that learns needs a learning store")
+        # Off, the run neither reads nor writes the store: None keeps it out of reach.
+        self.learning = learning if self.options.learning else None
         self._stop_requested = stop_requested
         self._analyzers = RolePool(roles.analyzers, roles.max_parallel)
         self._generators = RolePool(roles.generators, roles.max_parallel)
@@ -168,7 +180,7 @@ class Workflow:
                 self._end(RunPhase.succeeded, self._summary())
             except StopRequested as stop:
                 self._end(RunPhase.failed if stop.failed else RunPhase.stopped, stop.reason)
-            except (WorkflowError, RoleError, applying.ApplyError, OSError) as exc:
+            except (WorkflowError, RoleError, applying.ApplyError, SnapshotError, OSError) as exc:
                 self._end(RunPhase.failed, str(exc))
             except BaseException as exc:
                 self._end(RunPhase.failed, f"internal error: {type(exc).__name__}: {exc}")
@@ -198,6 +210,7 @@ class Workflow:
         return (
             f"{count} improvements {verb} in {statistics.files_processed} files, "
             f"{statistics.test_runs} test runs"
+            + ("" if self._s.options.learning else "; learning off")
         )
 
     def _execute(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
@@ -214,7 +227,7 @@ class Workflow:
             self._journal.commit(EventKind.stage, message=f"{len(selection.files)} files selected")
             candidates_paths = selection.files
         else:
-            self._recover_applied()
+            self._recover()
             candidates_paths = [r.path for r in self._s.files if r.outcome is None]
         guard.check()
         if self._s.options.engine is EngineName.ollama:
@@ -242,7 +255,7 @@ class Workflow:
             if candidates:
                 self._journal.enter(RunStage.testing)
                 gate.test_in_batches(candidates)
-        gate.require_baseline()
+        gate.require_baseline(run_if_missing=False)
         self._journal.enter(RunStage.learning)
 
     def _check_model(self) -> None:
@@ -262,28 +275,36 @@ class Workflow:
 
     # -- resume -----------------------------------------------------------
 
-    def _recover_applied(self) -> None:
-        """After a crash: improvements committed (or accepted) whose state was not saved yet."""
+    def _recover(self) -> None:
+        """On resume: finish what was accepted before the stop or crash, then keep out of
+        the way of files the user changed meanwhile."""
         committed = applying.committed_candidates(self.root) if self.git else {}
+        accepted = {candidate.id: candidate for candidate in self._s.accepted}
+        auto_apply = self._s.options.auto_apply
+        if not auto_apply and (accepted or self._patch_file().exists()):
+            # A crash after writing the patch but before saving the state left in it a
+            # candidate the state does not know; the patch holds what the state accepted.
+            self._write_patch()
         for record in self._s.files:
-            if record.candidate_id in committed and not self._s.is_applied(record.candidate_id):
-                with self._journal.lock:
-                    self._s.applied.append(
-                        AppliedChange(
-                            candidate_id=record.candidate_id,
-                            path=record.path,
-                            diff_sha256="",
-                            commit=committed[record.candidate_id],
-                        )
-                    )
-                    record.commit = committed[record.candidate_id]
+            candidate_id = record.candidate_id
+            if record.outcome is not None or candidate_id is None:
+                continue
+            if candidate_id in committed:
+                self._record_applied(record, candidate_id, committed[candidate_id])
                 self._journal.finish_file(
                     record, FileOutcome.applied, "applied (recovered from its commit)"
                 )
-        if self._s.options.auto_apply:
-            for candidate in list(self._s.accepted):
-                if not self._s.is_applied(candidate.id):
-                    self._apply(candidate, None)
+            elif candidate_id in accepted and auto_apply:
+                self._apply(accepted[candidate_id], None)
+            elif candidate_id in accepted:
+                self._journal.finish_file(record, FileOutcome.accepted, ADDED_TO_PATCH)
+        if auto_apply:
+            # What was selected clean may have been edited since: committing it would
+            # sweep the user's edit into an improvement's commit.
+            uncommitted = uncommitted_files(self.root)
+            for record in self._s.files:
+                if record.outcome is None and record.path in uncommitted:
+                    self._journal.finish_file(record, FileOutcome.skipped, UNCOMMITTED_DETAIL)
 
     # -- analyze ----------------------------------------------------------
 
@@ -305,7 +326,7 @@ class Workflow:
         options = self._s.options
         request_id = uuid.uuid4().hex
         request = AnalyzeRequest(
-            file=SourceFile(path=path, content=content),
+            file=SourceFile(path=path, content=content, lint=lint_context(self.root, path)),
             engine=options.engine,
             model=options.model,
             request_id=request_id,
@@ -339,13 +360,15 @@ class Workflow:
             for path, report in reports.items()
             if report.error is not None
         ]
-        records = self.learning.rule_records(options.engine)
-        own_history = self.learning.file_records(str(self.root))
         actionable = {path: self._actionable(path) for path in reports}
-        boosts = {
-            path: self.learning.priority_boost(findings, records, own_history.get(path))
-            for path, findings in actionable.items()
-        }
+        boosts: dict[str, float] = {}
+        if self.learning is not None:
+            records = self.learning.rule_records(options.engine)
+            own_history = self.learning.file_records(str(self.root))
+            boosts = {
+                path: self.learning.priority_boost(findings, records, own_history.get(path))
+                for path, findings in actionable.items()
+            }
         workable = {path: reports[path] for path, findings in actionable.items() if findings}
         ordered = prioritize(workable, boosts)
         if options.budget.max_files is not None:
@@ -379,7 +402,7 @@ class Workflow:
         # Any engine's accepted change shows the model what passes this project's bar.
         examples = (
             self.learning.examples([f.rule for f in findings], limit=EXAMPLES_PER_REQUEST)
-            if options.engine is EngineName.ollama
+            if options.engine is EngineName.ollama and self.learning is not None
             else []
         )
         remaining_tokens = (
@@ -392,7 +415,9 @@ class Workflow:
             attempt = record.attempts
         request_id = uuid.uuid4().hex
         request = GenerateRequest(
-            file=SourceFile(path=record.path, content=content),
+            file=SourceFile(
+                path=record.path, content=content, lint=lint_context(self.root, record.path)
+            ),
             findings=findings,
             targets=options.targets,
             engine=options.engine,
@@ -444,7 +469,7 @@ class Workflow:
 
     def _no_candidate(self, record: FileRecord, findings: list[Finding], reason: str) -> None:
         options = self._s.options
-        self.learning.record(
+        self._learn(
             Outcome(
                 run_id=self._s.run_id,
                 project=str(self.root),
@@ -493,7 +518,7 @@ class Workflow:
         # What the snapshot already holds need not be layered on top of it again.
         in_snapshot = {change.candidate_id for change in self._s.applied}
         hooks = GateHooks(
-            proven=lambda: [c for c in self._s.accepted if c.id not in in_snapshot],
+            proven=lambda: [c for c in self._in_effect() if c.id not in in_snapshot],
             testing=lambda: self._journal.enter(RunStage.testing),
             tested=self._tested,
             baseline=self._record_baseline,
@@ -507,8 +532,14 @@ class Workflow:
             self._s.options,
             guard,
             hooks,
-            baseline_recorded=self._s.baseline is not None,
+            baseline=self._s.baseline,
         )
+
+    def _in_effect(self) -> list[Candidate]:
+        """The accepted candidates the project holds: with auto-apply, those applied."""
+        if not self._s.options.auto_apply:
+            return list(self._s.accepted)
+        return [c for c in self._s.accepted if self._s.is_applied(c.id)]
 
     def _tested(self, message: str, result: TestResult) -> None:
         with self._journal.lock:
@@ -523,24 +554,32 @@ class Workflow:
 
     # -- apply and learn --------------------------------------------------
 
+    def _learn(self, outcome: Outcome) -> None:
+        if self.learning is not None:
+            self.learning.record(outcome)
+
     def _accept(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
         self._journal.enter(RunStage.applying)
         with self._journal.lock:
             self._s.accepted.append(candidate)
-        self.learning.record(
+        self._learn(
             Outcome.of_candidate(
                 self._s.run_id, str(self.root), candidate, accepted=True, tests_passed=True
             )
         )
+        # Saved before the project or the patch changes: a run that dies from here on
+        # finds the candidate accepted when it resumes, and finishes applying it.
+        self._journal.commit(EventKind.file, path=candidate.path)
         if self._s.options.auto_apply:
             self._apply(candidate, result)
             return
+        self._write_patch()
+        self._journal.finish_file(record, FileOutcome.accepted, ADDED_TO_PATCH)
+
+    def _write_patch(self) -> None:
         with self._journal.lock:
             self._s.patch_path = str(applying.write_patch(self._patch_file(), self._s.accepted))
-        self._journal.finish_file(
-            record, FileOutcome.accepted, "passed the tests; added to the patch"
-        )
 
     def _patch_file(self) -> Path:
         return self.store.state_dir / "patches" / f"{self._s.run_id}.patch"
@@ -554,22 +593,26 @@ class Workflow:
         except applying.ApplyError as exc:
             self._journal.finish_file(record, FileOutcome.failed, str(exc))
             return
+        self._record_applied(record, candidate.id, commit)
+        self._journal.finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
+
+    def _record_applied(self, record: FileRecord, candidate_id: str, commit: str) -> None:
+        accepted = next((c for c in self._s.accepted if c.id == candidate_id), None)
         with self._journal.lock:
             self._s.applied.append(
                 AppliedChange(
-                    candidate_id=candidate.id,
-                    path=candidate.path,
-                    diff_sha256=applying.sha256_hex(candidate.diff.encode()),
+                    candidate_id=candidate_id,
+                    path=record.path,
+                    diff_sha256=applying.sha256_hex(accepted.diff.encode()) if accepted else "",
                     commit=commit,
                 )
             )
             record.commit = commit
-        self._journal.finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
 
     def _reject(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
         reason = describe_failure(result)
-        self.learning.record(
+        self._learn(
             Outcome.of_candidate(
                 self._s.run_id,
                 str(self.root),

@@ -303,7 +303,7 @@ class Analyzer:
         functions = function_metrics(python_ast.parse(content))
         findings = metric_findings(functions, line_count)
         try:
-            findings = ruff_findings(ruff_tool.check(path, content)) + findings
+            findings = ruff_findings(ruff_tool.check(request.file)) + findings
         except ruff_tool.RuffError as exc:
             notes.append(f"ruff findings unavailable: {exc}")
         tokens_used = 0

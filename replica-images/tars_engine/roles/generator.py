@@ -22,6 +22,7 @@ from tars_engine.core.models import (
     ModelCheck,
     ModelCheckRequest,
     RoleInfo,
+    SourceFile,
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.validation import finish_candidate, path_rejection, syntax_problem
@@ -72,6 +73,15 @@ def rule_stages(findings: list[Finding], rules: list[str], allow_unsafe: bool) -
     return stages
 
 
+def project_fixable(source: SourceFile) -> set[str]:
+    """Rules whose findings in `source` the project lets ruff fix.
+
+    `--fixable` on the command line overrides the project's `unfixable`, so a rule the
+    engine adds to a fix on its own account must first be asked of the project's settings.
+    """
+    return {d.code for d in ruff_tool.check(source) if d.fix_available}
+
+
 def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding]) -> str:
     first_message: dict[str, str] = {}
     for finding in findings:
@@ -113,14 +123,15 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     unsafe = request.allow_unsafe_fixes and stage == 0
     follow_ups: set[str] = set()
     try:
-        before = Counter(d.code for d in ruff_tool.check(source.path, source.content))
-        fixed_content, remaining = ruff_tool.fix(source.path, source.content, rules, unsafe=unsafe)
+        before = Counter(d.code for d in ruff_tool.check(source))
+        fixed_content, remaining = ruff_tool.fix(source, rules, unsafe=unsafe)
         after = Counter(d.code for d in remaining)
         introduced = {code for code in after if after[code] > before[code]}
         if introduced and introduced <= FOLLOW_UP_RULES:
-            follow_ups = introduced
+            follow_ups = introduced & project_fixable(source.with_content(fixed_content))
+        if follow_ups:
             fixed_content, remaining = ruff_tool.fix(
-                source.path, fixed_content, [*rules, *follow_ups], unsafe=unsafe
+                source.with_content(fixed_content), [*rules, *follow_ups], unsafe=unsafe
             )
             after = Counter(d.code for d in remaining)
             introduced = {code for code in after if after[code] > before[code]}

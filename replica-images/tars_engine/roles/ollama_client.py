@@ -38,6 +38,8 @@ PROBE_FORMAT = {
     "required": ["answer"],
 }
 SEED = 42
+# A little variety between tasks; with the fixed seed the same task still gets one answer.
+TEMPERATURE = 0.2
 # A deadline is this many times the expected time, plus a fixed allowance for loading.
 DEADLINE_SLACK = 2.0
 DEADLINE_ALLOWANCE_SECONDS = 20.0
@@ -98,6 +100,9 @@ class ChatAnswer:
     prompt_tokens: int
     output_tokens: int
     seconds: float
+    server_seconds: float
+    """Ollama's own time for the answer (`total_duration`); the rest of `seconds` is
+    the client's and the connection's."""
 
     @property
     def tokens(self) -> int:
@@ -221,7 +226,7 @@ class OllamaClient:
                 options={
                     "num_ctx": profile.num_ctx,
                     "num_predict": num_predict,
-                    "temperature": 0.2,
+                    "temperature": TEMPERATURE,
                     # The same question gets the same answer: runs can be reproduced.
                     "seed": SEED,
                 },
@@ -366,6 +371,7 @@ class _Streamed:
     output_tokens: int = 0
     prompt_seconds: float = 0.0
     output_seconds: float = 0.0
+    server_seconds: float = 0.0
 
     def add(self, chunk: Mapping[str, Any]) -> None:
         self.text += (chunk.get("message") or {}).get("content") or ""
@@ -376,6 +382,7 @@ class _Streamed:
             self.output_tokens = int(chunk.get("eval_count") or 0)
             self.prompt_seconds = int(chunk.get("prompt_eval_duration") or 0) / 1e9
             self.output_seconds = int(chunk.get("eval_duration") or 0) / 1e9
+            self.server_seconds = int(chunk.get("total_duration") or 0) / 1e9
 
     @property
     def prompt_rate(self) -> float:
@@ -398,4 +405,5 @@ class _Streamed:
             prompt_tokens=self.prompt_tokens,
             output_tokens=self.output_tokens,
             seconds=time.monotonic() - self.started,
+            server_seconds=self.server_seconds,
         )

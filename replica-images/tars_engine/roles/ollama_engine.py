@@ -278,13 +278,13 @@ class OllamaEngine:
             else:
                 edits = parse_answer(text, EditAnswer)
                 new, explanation = apply_edits(content, task, edits), edits.explanation
-            self._check_task_result(request.file.path, content, new)
+            self._check_task_result(request.file, content, new)
         except EditError as exc:
             raise TaskFailed(str(exc), tokens) from exc
         return new, explanation.strip(), tokens
 
     @staticmethod
-    def _check_task_result(path: str, before: str, after: str) -> None:
+    def _check_task_result(file: SourceFile, before: str, after: str) -> None:
         if after == before:
             raise EditError("the model's edits change nothing")
         problem = syntax_problem(after)
@@ -294,8 +294,8 @@ class OllamaEngine:
         if dropped:
             raise EditError(f"the edits drop names: {', '.join(sorted(dropped))}")
         try:
-            was = Counter(d.code for d in ruff_tool.check(path, before))
-            now = Counter(d.code for d in ruff_tool.check(path, after))
+            was = Counter(d.code for d in ruff_tool.check(file.with_content(before)))
+            now = Counter(d.code for d in ruff_tool.check(file.with_content(after)))
         except ruff_tool.RuffError as exc:
             raise EditError(f"ruff could not check the edits: {exc}") from exc
         added = sorted(code for code in now if now[code] > was[code])

@@ -1,8 +1,12 @@
 """Ruff, run on content through stdin: diagnostics for the analyzer, fixes for the generator.
 
-`--isolated` keeps the project's own configuration out: the curated rule set is
-what the engine knows how to rank and fix. The target version is conservative so
-that a fix never needs a newer Python than the project may support.
+Ruff runs with the project's own configuration, in a scratch copy of what ruff reads of
+the project (`LintContext`: its configuration files and package layout), so that the
+project's ignores, per-file ignores, exclusions, line length and Python version hold.
+Where the project has not chosen its rules (no `select`), the engine's rules are added
+on top of ruff's defaults, leaving out every rule the project ignores; a project that
+chose its rules gets exactly those. Content goes in and out as bytes: line endings and
+a byte order mark come back as they went in.
 """
 
 from __future__ import annotations
@@ -10,30 +14,43 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-RUFF_TIMEOUT_SECONDS = 60
-TARGET_VERSION = "py39"
+from tars_engine.core.models import SourceFile
+from tars_engine.core.ruff_config import (
+    RuleChoice,
+    capped_target_version,
+    rule_choice,
+    selectors_overlap,
+)
+from tars_engine.core.validation import normalized_path
 
-# Rule families the analyzer reports. Families that only restate project taste
-# (line length, import order without knowing first-party packages) are left out.
+RUFF_TIMEOUT_SECONDS = 60
+
+# Rules the engine adds where the project has not chosen. Families that only restate
+# project taste (line length) are left out.
 SELECTED_RULES: tuple[str, ...] = (
     "F", "E4", "E7", "E9", "W", "B", "S", "PERF",
     "UP", "SIM", "C4", "RET", "PIE",
     "D101", "D102", "D103", "D200", "D201", "D202", "D209", "D210", "D300",
 )  # fmt: skip
+# Rules the engine leaves out where the project has not selected them itself.
 IGNORED_RULES: tuple[str, ...] = (
     # Noise in application code: asserts, non-crypto random, every subprocess call.
     "S101", "S311", "S404", "S603", "S607",
     # Matters of taste: else-after-return, ternaries and merged `with` statements are
     # not clearly better, and their fixes rewrite whole blocks.
     "RET505", "RET506", "RET507", "RET508", "SIM108", "SIM117",
+    # Import order: the sections depend on which packages are first-party, a project's call.
+    "I001",
 )  # fmt: skip
 
 
@@ -75,41 +92,102 @@ def ruff_binary() -> str:
     return str(find_ruff_bin())
 
 
-def _run_ruff(arguments: list[str], content: str) -> subprocess.CompletedProcess[str]:
-    # `/` as working directory and no cache: nothing is written, so a read-only root
-    # filesystem is fine, and --isolated keeps any configuration found there out.
+def extension_arguments(choice: RuleChoice) -> list[str]:
+    """The engine's rules on top of the project's: nothing where the project chose its
+    rules, never a rule the project ignores, never ignoring a rule the project selects."""
+    if choice.selects:
+        return []
+    added = [
+        rule
+        for rule in SELECTED_RULES
+        if not any(selectors_overlap(rule, ignored) for ignored in choice.ignored)
+    ]
+    left_out = [
+        rule
+        for rule in IGNORED_RULES
+        if not any(selectors_overlap(rule, selected) for selected in choice.selected)
+    ]
+    arguments = ["--extend-select", ",".join(added)] if added else []
+    return arguments + (["--ignore", ",".join(left_out)] if left_out else [])
+
+
+def project_arguments(choice: RuleChoice) -> list[str]:
+    """What ruff is told beyond the project's configuration."""
+    arguments = extension_arguments(choice)
+    target_version = capped_target_version(choice)
+    if target_version is not None:
+        arguments += ["--target-version", target_version]
+    return arguments
+
+
+def _inside(copy: Path, path: str) -> Path:
+    clean = normalized_path(path)
+    if clean is None or clean == ".":
+        raise RuffError(f"{path!r} is not a project-relative path")
+    return copy / clean
+
+
+def _lay_out(source: SourceFile, copy: Path) -> Path:
+    """What ruff reads of the project, under `copy`; returns where the file stands in it."""
+    for config in source.lint.configs:
+        target = _inside(copy, config.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(config.content.encode("utf-8"))
+    for entry in source.lint.layout:
+        target = _inside(copy, entry)
+        if entry.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    file = _inside(copy, source.path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return file
+
+
+def _run_ruff(source: SourceFile, arguments: list[str]) -> tuple[bytes, bytes]:
+    # The scratch directory is also ruff's XDG_CONFIG_HOME: a user's own ruff.toml would
+    # make a local run judge differently from a replica. No cache: ruff writes nothing.
     try:
-        return subprocess.run(
-            [
-                ruff_binary(),
-                "check",
-                "--isolated",
-                "--no-cache",
-                "--target-version",
-                TARGET_VERSION,
-                *arguments,
-            ],
-            input=content,
-            capture_output=True,
-            text=True,
-            timeout=RUFF_TIMEOUT_SECONDS,
-            cwd="/",
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="tars-ruff-") as scratch:
+            copy = Path(scratch, "project")
+            file = _lay_out(source, copy)
+            completed = subprocess.run(
+                [
+                    ruff_binary(),
+                    "check",
+                    "--no-cache",
+                    "--force-exclude",
+                    *project_arguments(rule_choice(source.lint, source.path)),
+                    *arguments,
+                    "--stdin-filename",
+                    str(file),
+                    "-",
+                ],
+                input=source.content.encode("utf-8", "surrogatepass"),
+                capture_output=True,
+                timeout=RUFF_TIMEOUT_SECONDS,
+                cwd=copy,
+                env={**os.environ, "XDG_CONFIG_HOME": scratch},
+                check=False,
+            )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuffError(f"ruff failed to run: {exc}") from exc
+    if completed.returncode not in (0, 1):
+        stderr = completed.stderr.decode("utf-8", "replace").strip()
+        raise RuffError(f"ruff exited {completed.returncode}: {stderr[:500]}")
+    return completed.stdout, completed.stderr
 
 
-_CURATED_RULES = ("--select", ",".join(SELECTED_RULES), "--ignore", ",".join(IGNORED_RULES))
 # The generator checks the content the analyzer just checked; in-process they share this.
 _CHECK_CACHE_SIZE = 512
-_check_cache: OrderedDict[tuple[str, str], tuple[RuffDiagnostic, ...]] = OrderedDict()
+_check_cache: OrderedDict[str, tuple[RuffDiagnostic, ...]] = OrderedDict()
 _check_cache_lock = threading.Lock()
 
 
-def _diagnostics(json_text: str) -> list[RuffDiagnostic]:
+def _diagnostics(json_text: bytes) -> list[RuffDiagnostic]:
     try:
-        raw = json.loads(json_text or "[]")
+        raw = json.loads(json_text or b"[]")
     except json.JSONDecodeError as exc:
         raise RuffError(f"ruff printed unreadable JSON: {exc}") from exc
     diagnostics = []
@@ -132,8 +210,12 @@ def _diagnostics(json_text: str) -> list[RuffDiagnostic]:
     return diagnostics
 
 
-def _remember(path: str, content: str, diagnostics: list[RuffDiagnostic]) -> None:
-    key = (path, hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest())
+def _cache_key(source: SourceFile) -> str:
+    return hashlib.sha256(source.model_dump_json().encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _remember(source: SourceFile, diagnostics: list[RuffDiagnostic]) -> None:
+    key = _cache_key(source)
     with _check_cache_lock:
         _check_cache[key] = tuple(diagnostics)
         _check_cache.move_to_end(key)
@@ -141,48 +223,35 @@ def _remember(path: str, content: str, diagnostics: list[RuffDiagnostic]) -> Non
             _check_cache.popitem(last=False)
 
 
-def _remembered(path: str, content: str) -> list[RuffDiagnostic] | None:
-    key = (path, hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest())
+def _remembered(source: SourceFile) -> list[RuffDiagnostic] | None:
     with _check_cache_lock:
-        cached = _check_cache.get(key)
+        cached = _check_cache.get(_cache_key(source))
     return None if cached is None else list(cached)
 
 
-def check(path: str, content: str) -> list[RuffDiagnostic]:
-    """Diagnostics of the curated rule set for one file's content."""
-    cached = _remembered(path, content)
+def check(source: SourceFile) -> list[RuffDiagnostic]:
+    """Diagnostics of the project's rules (and the engine's) for one file's content."""
+    cached = _remembered(source)
     if cached is not None:
         return cached
-    completed = _run_ruff(
-        ["--output-format", "json", *_CURATED_RULES, "--stdin-filename", path, "-"], content
-    )
-    if completed.returncode not in (0, 1):
-        raise RuffError(f"ruff exited {completed.returncode}: {completed.stderr.strip()[:500]}")
-    diagnostics = _diagnostics(completed.stdout)
-    _remember(path, content, diagnostics)
+    stdout, _ = _run_ruff(source, ["--output-format", "json"])
+    diagnostics = _diagnostics(stdout)
+    _remember(source, diagnostics)
     return diagnostics
 
 
-def fix(
-    path: str, content: str, rules: list[str], *, unsafe: bool
-) -> tuple[str, list[RuffDiagnostic]]:
+def fix(source: SourceFile, rules: list[str], *, unsafe: bool) -> tuple[str, list[RuffDiagnostic]]:
     """The content with ruff's fixes for `rules` applied (unsafe ones only when asked),
-    and the curated diagnostics that remain in it."""
-    arguments = [
-        "--fix",
-        "--fixable", ",".join(sorted(set(rules))),
-        *_CURATED_RULES,
-        "--output-format", "json",
-        "--stdin-filename", path,
-    ]  # fmt: skip
+    and the diagnostics that remain in it."""
+    arguments = ["--fix", "--fixable", ",".join(sorted(set(rules))), "--output-format", "json"]
     if unsafe:
         arguments.append("--unsafe-fixes")
-    completed = _run_ruff([*arguments, "-"], content)
-    if completed.returncode not in (0, 1):
-        raise RuffError(
-            f"ruff --fix exited {completed.returncode}: {completed.stderr.strip()[:500]}"
-        )
-    # With stdin, ruff prints the fixed source on stdout and the remaining diagnostics on stderr.
-    remaining = _diagnostics(completed.stderr)
-    _remember(path, completed.stdout, remaining)
-    return completed.stdout, remaining
+    stdout, stderr = _run_ruff(source, arguments)
+    try:
+        fixed = stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuffError(f"ruff --fix printed bytes that are not UTF-8: {exc}") from exc
+    # With stdin, ruff prints the fixed source on stdout and the remaining diagnostics on
+    # stderr. They are not remembered as the fixed content's check: `--fixable` hides the
+    # fixes of every other rule, which the project may well let ruff make.
+    return fixed, _diagnostics(stderr)

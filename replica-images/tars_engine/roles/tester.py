@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -151,8 +152,23 @@ def _test_environment(
     return env
 
 
-def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
-    """(tests, failures, errors, skipped) summed over the report's test suites."""
+@dataclass(frozen=True)
+class JunitReport:
+    """What pytest's JUnit XML says ran: totals over its test suites, and the tests that ran."""
+
+    tests: int
+    failures: int
+    errors: int
+    skipped: int
+    executed_ids: frozenset[str]
+
+    @property
+    def executed_digest(self) -> str:
+        return hashlib.sha256("\n".join(sorted(self.executed_ids)).encode()).hexdigest()
+
+
+def read_junit(junit_path: Path) -> JunitReport | None:
+    """The report pytest wrote, or None when there is none (another runner, or a crash)."""
     if not junit_path.is_file():
         return None
     try:
@@ -161,10 +177,14 @@ def _junit_counts(junit_path: Path) -> tuple[int, int, int, int] | None:
         return None
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     totals = [0, 0, 0, 0]
+    executed: set[str] = set()
     for suite in suites:
         for index, attribute in enumerate(("tests", "failures", "errors", "skipped")):
             totals[index] += int(suite.get(attribute, "0") or 0)
-    return totals[0], totals[1], totals[2], totals[3]
+        for case in suite.iter("testcase"):
+            if case.find("skipped") is None:
+                executed.add(f"{case.get('classname', '')}::{case.get('name', '')}")
+    return JunitReport(*totals, executed_ids=frozenset(executed))
 
 
 def _mtime(path: Path) -> float | None:
@@ -244,7 +264,7 @@ class Tester:
         path = self._archive_path(ref)
         if path.is_file() and archive_digest(path.read_bytes()) == ref.digest:
             return ref
-        verify_archive(archive)
+        verify_archive(archive, self.settings.archive_limits)
         private_dir(self.snapshot_dir)
         run_snapshots = private_dir(path.parent)
         # Written aside and renamed, so a concurrent reader never sees half an archive.
@@ -279,8 +299,8 @@ class Tester:
             stale.unlink(missing_ok=True)
         idle_since = time.time() - IDLE_RUN_SECONDS
         for other in self.snapshot_dir.iterdir():
-            used = _mtime(other)
-            if other.name == run_id or used is None or used >= idle_since:
+            last_used = _mtime(other)
+            if other.name == run_id or last_used is None or last_used >= idle_since:
                 continue
             if other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
@@ -297,7 +317,7 @@ class Tester:
             (run_dir / "home").mkdir()
             copy = run_dir / "snapshot.tar.gz"
             copy.write_bytes(archive)
-            extract_snapshot(copy, project)
+            extract_snapshot(copy, project, self.settings.archive_limits)
             copy.unlink()
             apply_error = apply_candidates(project, request.candidates)
             command = resolve_command(request.test_command or detect_test_command(project) or [])
@@ -395,14 +415,16 @@ class Tester:
         output = log_path.read_bytes().decode("utf-8", errors="replace")
         if timed_out:
             output += f"\n[timed out after {timeout:g}s; the process group was killed]"
-        counts = _junit_counts(junit_path) or (0, 0, 0, 0)
+        report = read_junit(junit_path)
         return TestResult(
             passed=returncode == 0 and not timed_out,
             command=command,
-            tests_run=counts[0],
-            failures=counts[1],
-            errors=counts[2],
-            skipped=counts[3],
+            tests_run=report.tests if report else 0,
+            failures=report.failures if report else 0,
+            errors=report.errors if report else 0,
+            skipped=report.skipped if report else 0,
+            executed=len(report.executed_ids) if report else 0,
+            executed_digest=report.executed_digest if report else None,
             duration_seconds=round(duration, 3),
             timed_out=timed_out,
             output=trim_output(output),

@@ -2,7 +2,8 @@
 
 A local run keeps its state in `<project>/.tars/` (git is told to ignore it
 through .git/info/exclude, so the run never dirties the repository) and its
-learning in the per-user store (see `tars_engine.core.learning`). Engine choice:
+learning in the per-user store (see `tars_engine.core.learning`), unless the run's
+options keep it out of learning. Engine choice:
 `ollama` when OLLAMA_HOST is set and answers, else `static`.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core.events import EventCallback
-from tars_engine.core.learning import LearningStore, default_learning_db
+from tars_engine.core.learning import LearningStore, user_learning_store
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.selection import is_git_repository
 from tars_engine.core.settings import ReplicaSettings, normalize_ollama_host
@@ -121,7 +122,11 @@ def local_workflow(
     on_event: EventCallback | None = None,
     stop_requested: Callable[[], bool] | None = None,
 ) -> Workflow:
-    """A workflow over `root` with `instances` in-process copies of each role."""
+    """A workflow over `root` with `instances` in-process copies of each role.
+
+    It learns in `learning`, else in the per-user store, unless its options keep it out
+    of learning: then no store is opened at all.
+    """
     from tars_engine.transports.in_process import local_roles
 
     settings = ReplicaSettings.from_env(engine=options.engine, model=options.model)
@@ -131,7 +136,7 @@ def local_workflow(
         options,
         roles,
         store=StateStore(state_dir or state_dir_for(root.resolve())),
-        learning=learning or LearningStore(default_learning_db()),
+        learning=(learning or user_learning_store()) if options.learning else None,
         on_event=on_event,
         stop_requested=stop_requested,
     )
