@@ -8,12 +8,15 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install tools ollama dev-up dev-down crds test demo kind-demo
+.PHONY: help install bubblewrap tools ollama dev-up dev-down crds test demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## Create .venv with the project and everything its tests need
+install: $(VENV)/.installed bubblewrap ## Create .venv with the project and everything its tests need
+
+bubblewrap: ## Install Debian's bubblewrap (bwrap), the sandbox of every test run, when missing
+	@hack/install-bubblewrap.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -238,6 +238,8 @@ def test_server_fills_in_the_defaults(
         "maxFiles": 20,
         "maxAttemptsPerFile": 2,
         "deadlineSeconds": 3600,
+        "sandbox": "auto",
+        "testNetwork": False,
         "learning": True,
         "stop": False,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -25,12 +26,13 @@ from typing import Any
 import typer
 from rich.console import Console
 from tars_api.run import RunPhase
-from tars_api.vocabulary import EngineName
+from tars_api.vocabulary import ENV_NAME_PATTERN, EngineName, SandboxMode
 from tars_engine.core.budget import Budget
 from tars_engine.core.learning import LearningError, LearningStore
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
 from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState
 from tars_engine.core.workflow_errors import WorkflowError
+from tars_engine.roles.sandbox import find_bwrap
 from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,
@@ -110,10 +112,35 @@ def parse_test_command(command: str | None) -> list[str] | None:
     return argv
 
 
+def check_sandbox(mode: SandboxMode) -> None:
+    """`--sandbox required` on a machine where bwrap cannot run is refused before any work."""
+    if mode is SandboxMode.required:
+        bwrap, where = find_bwrap(os.environ.get("PATH"))
+        if bwrap is None:
+            raise CliError(f"--sandbox required: {where}")
+
+
+def env_names(names: list[str] | None) -> list[str]:
+    """`--test-env` names, each refused in one line unless it can name a variable."""
+    for name in names or []:
+        if not re.fullmatch(ENV_NAME_PATTERN, name):
+            raise CliError(f"--test-env {name!r} is not a variable name")
+    return names or []
+
+
+def check_test_env(names: list[str] | None) -> list[str]:
+    """The variables a local run passes on to its tests: each a name, and set here."""
+    for name in env_names(names):
+        if name not in os.environ:
+            raise CliError(f"--test-env {name}: not set in this environment")
+    return names or []
+
+
 def run_options(
     root: Path, targets: list[str], choices: WorkflowChoices, budget: Budget | None = None
 ) -> RunOptions:
     """A local run's options: the engine chosen and the project's test command found when not given."""
+    check_sandbox(choices.sandbox)
     return RunOptions(
         targets=targets,
         auto_apply=choices.auto_apply,
@@ -122,6 +149,9 @@ def run_options(
         allow_unsafe_fixes=choices.unsafe_fixes,
         test_command=parse_test_command(choices.test_command) or project_test_command(root),
         test_timeout_seconds=choices.test_timeout,
+        sandbox=choices.sandbox,
+        test_env=check_test_env(choices.test_env),
+        test_network=choices.test_network,
         budget=budget or Budget(),
         learning=not choices.no_learning,
     )

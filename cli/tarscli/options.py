@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel, ConfigDict
-from tars_api.vocabulary import EngineName
+from tars_api.vocabulary import EngineName, SandboxMode
 
 from tarscli.output import OutputFormat
 
@@ -130,6 +130,30 @@ TestCommandOption = Annotated[
 TestTimeoutOption = Annotated[
     float, seconds("--test-timeout", help="Seconds one test run may take before it is killed.")
 ]
+SandboxOption = Annotated[
+    SandboxMode,
+    typer.Option(
+        "--sandbox",
+        metavar=choices(SandboxMode),
+        help="Run the tests in bubblewrap: auto (when bwrap works here, saying so when not), "
+        "required (refuse without it) or off.",
+        case_sensitive=False,
+    ),
+]
+TestEnvOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--test-env",
+        metavar="NAME",
+        help="Pass this variable of your environment on to the tests (repeat for several); "
+        "they get only PATH, the locale and their virtualenv otherwise.",
+        show_default=False,
+    ),
+]
+TestNetworkOption = Annotated[
+    bool,
+    typer.Option("--test-network", help="Let the tests reach the network (cut off by default)."),
+]
 NoLearningOption = Annotated[
     bool,
     typer.Option(
@@ -147,7 +171,7 @@ UnsafeOption = Annotated[
 
 
 class WorkflowChoices(BaseModel):
-    """How a run on this machine works: the values of the seven options above.
+    """How a run on this machine works: the values of the ten options above.
 
     A command that takes them all passes its parsed parameters (`ctx.params`); the
     names are the options' parameter names, and a missing one fails validation.
@@ -162,3 +186,6 @@ class WorkflowChoices(BaseModel):
     no_learning: bool
     test_command: str | None
     test_timeout: float
+    sandbox: SandboxMode
+    test_env: list[str] | None
+    test_network: bool

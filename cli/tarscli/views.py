@@ -19,7 +19,7 @@ from rich.table import Table
 from tars_api.meta import Condition, find_condition
 from tars_api.replica import ReplicaConditionType, TarsReplica
 from tars_api.run import FileOutcome, RunConditionType, RunStatistics, SelfCodingRun
-from tars_api.vocabulary import EngineName
+from tars_api.vocabulary import EngineName, SandboxMode
 from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.state import WorkflowState
 
@@ -245,6 +245,10 @@ def run_details(run: SelfCodingRun) -> RenderableType:
         ("Source", _source(run)),
         ("Engine", f"{spec.engine.value} (model {spec.model})"),
         ("Auto-apply", "yes" if spec.auto_apply else "no (a patch)"),
+        (
+            "Sandbox",
+            sandbox_text(status.sandbox if status else None, spec.sandbox, spec.test_network),
+        ),
         ("Learning", learning_mode(spec.learning)),
         ("Started", output.timestamp(status.start_time if status else None)),
         ("Completed", output.timestamp(status.completion_time if status else None)),
@@ -396,6 +400,13 @@ def where_the_work_is(state: WorkflowState) -> str:
     return "No improvement passed the tests; nothing to apply."
 
 
+def sandbox_text(detail: str | None, mode: SandboxMode, network: bool) -> str:
+    """How the tests ran, as the latest test run said; before any, what the run asked for."""
+    if detail:
+        return detail
+    return f"{mode.value}{', network allowed' if network else ''} (no test has run yet)"
+
+
 def render_state(state: WorkflowState, console: Console, *, show_location: bool = True) -> None:
     rows = [
         ("Run", state.run_id),
@@ -403,6 +414,10 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
         ("Targets", ", ".join(state.options.targets)),
         ("Engine", state.options.engine.value
          + (f" (model {state.options.model})" if state.options.engine is EngineName.ollama else "")),
+        ("Sandbox", sandbox_text(
+            state.sandbox.detail if state.sandbox else None,
+            state.options.sandbox, state.options.test_network,
+        )),
         ("Learning", learning_mode(state.options.learning)),
         ("Phase", state.phase.value),
         ("Stage", state.stage.value),

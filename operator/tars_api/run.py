@@ -27,12 +27,13 @@ from tars_api.meta import (
     reject_duplicates,
 )
 from tars_api.names import DEFAULT_UPLOAD_KEY
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName
+from tars_api.vocabulary import DEFAULT_MODEL, ENV_NAME_PATTERN, EngineName, SandboxMode
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
 MAX_TARGETS = 64
 MAX_LATEST_RESULTS = 10
 PATH_MAX_LENGTH = 4096
+SANDBOX_DETAIL_MAX_LENGTH = 1024
 
 _GIT_WORD_REGEX = r"[^-\s][^\s]*"
 # A `..` path segment anywhere: start, middle or end.
@@ -306,6 +307,23 @@ class SelfCodingRunSpec(ApiModel):
         max_length=64,
         description="The project's test command as argv; detected when empty",
     )
+    sandbox: Annotated[SandboxMode, _immutable("sandbox")] = Field(
+        default=SandboxMode.auto,
+        description="Run the tests in bubblewrap inside the tester pod: auto (when the pod "
+        "allows it, saying so in the status when not), required, or off",
+    )
+    test_env: Annotated[
+        list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]],
+        _immutable("testEnv"),
+    ] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Variables of the tester's environment passed on to the tests, by name; "
+        "they get only PATH, the locale and their virtualenv otherwise",
+    )
+    test_network: Annotated[bool, _immutable("testNetwork")] = Field(
+        default=False, description="Let the tests reach the network (cut off by default)"
+    )
     learning: Annotated[bool, _immutable("learning")] = Field(
         default=True,
         description="Use what the coordinator's learning store holds and record this run's "
@@ -417,6 +435,11 @@ class SelfCodingRunStatus(ApiModel):
         default=None,
         max_length=255,
         description="Git branch holding applied improvements (git source)",
+    )
+    sandbox: str | None = Field(
+        default=None,
+        max_length=SANDBOX_DETAIL_MAX_LENGTH,
+        description="How the latest test run was isolated, or why it was not",
     )
     conditions: list[Condition] = conditions_field()
     observed_generation: int | None = observed_generation_field()

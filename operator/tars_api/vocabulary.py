@@ -24,3 +24,17 @@ WORKER_ROLES: tuple[Role, ...] = (Role.analyzer, Role.generator, Role.tester)
 class EngineName(str, enum.Enum):
     static = "static"
     ollama = "ollama"
+
+
+class SandboxMode(str, enum.Enum):
+    """How a test run is isolated from the machine it runs on (bubblewrap)."""
+
+    auto = "auto"
+    """bwrap when it works here; otherwise the run goes on and says it is unsandboxed."""
+    required = "required"
+    """No test runs without bwrap."""
+    off = "off"
+
+
+# A variable a run passes on to its tests by name (spec.testEnv, --test-env).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"

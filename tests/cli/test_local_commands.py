@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ from tars_engine.core.snapshot import DEFAULT_MAX_EXTRACTED_BYTES
 from tars_engine.core.state import StateStore
 
 from tests.harness.cli import TARSCLI, tarscli
+from tests.harness.hostile import HOSTILE_TEST_FILE, SECRET_VARIABLE, hostile_tests, leftovers
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
-from tests.harness.tools import git, git_init
+from tests.harness.tools import git, git_init, path_with_only_git
 from tests.harness.workflow import project_tests_pass, sample_project, shop_project
 
 
@@ -289,6 +291,69 @@ def test_run_uses_the_projects_own_virtualenv_for_its_tests(
     assert result.returncode == 0, result.stderr + result.stdout
     assert "import os" not in (root / "shop" / "prices.py").read_text(encoding="utf-8")
     assert git(root, "status", "--porcelain") == ""
+
+
+def test_sandbox_required_without_bwrap_and_an_unset_test_env_are_refused(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    before = tree_hashes(root)
+    # A PATH without bwrap, the real way a machine lacks it: only git, which the CLI needs.
+    without_bwrap = {**env, "PATH": path_with_only_git(tmp_path / "bin")}
+    refused = tarscli(
+        root, without_bwrap, "self-code", "run", "-t", "shop", "--sandbox", "required"
+    )
+    assert_one_line_error(refused, "--sandbox required", "bwrap is not on PATH", "bubblewrap")
+    unset = {key: value for key, value in env.items() if key != "TARS_UNSET_FOR_TEST"}
+    missing = tarscli(
+        root, unset, "self-code", "run", "-t", "shop", "--test-env", "TARS_UNSET_FOR_TEST"
+    )
+    assert_one_line_error(missing, "--test-env TARS_UNSET_FOR_TEST", "not set")
+    bad_name = tarscli(root, env, "self-code", "run", "-t", "shop", "--test-env", "A-B")
+    assert_one_line_error(bad_name, "is not a variable name")
+    assert tree_hashes(root) == before
+
+
+def test_a_sandboxed_run_shows_its_sandbox_in_the_status(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    root = shop_project(tmp_path / "shop")
+    result = tarscli(root, env, "self-code", "run", "-t", "shop", "--sandbox", "required")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Sandbox" in result.stdout and "bwrap" in result.stdout
+    status = tarscli(root, env, "self-code", "status", "--local", "-o", "json")
+    sandbox = json.loads(status.stdout)["sandbox"]
+    assert sandbox["isolated"] and sandbox["mode"] == "required" and not sandbox["network"]
+
+
+def test_a_hostile_projects_escapes_fail_and_its_tree_stays_as_it_was(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A copy of the sample project with tests that try every escape; MY_SECRET_TOKEN exported."""
+    root = tmp_path / "sample"
+    marker = f"tars-leftover-{uuid.uuid4().hex}"
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        escapes = hostile_tests(
+            root, Path(env["TARS_SCRATCH_DIR"]), listener.getsockname()[1], marker
+        )
+        sample_project(root)
+        write_tree(root, {HOSTILE_TEST_FILE: escapes})
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "hostile tests")
+        before = tree_hashes(root)
+        result = tarscli(
+            root, {**env, SECRET_VARIABLE: secret}, "self-code", "run", "-t", "ledgerly"
+        )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "bwrap" in result.stdout
+    assert tree_hashes(root) == before  # no auto-apply: the improvements are in a patch
+    state = StateStore(root / ".tars").load()
+    assert state is not None and state.accepted, result.stdout
+    assert state.sandbox is not None and state.sandbox.isolated
+    written = result.stdout + result.stderr + (root / ".tars" / "workflow-state.json").read_text()
+    assert secret not in written
+    assert leftovers(marker) == []
 
 
 def test_a_corrupt_learning_database_is_moved_aside_and_the_run_goes_on(

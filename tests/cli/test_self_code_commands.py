@@ -190,6 +190,7 @@ def test_start_uploads_the_project_and_creates_a_run(
     assert spec["targets"] == ["src", "tests"]
     assert spec["autoApply"] is True and spec["maxFiles"] == 5 and spec["engine"] == "static"
     assert spec["testCommand"] == ["python", "-m", "pytest", "-q"]
+    assert spec["sandbox"] == "auto" and spec["testNetwork"] is False and spec["testEnv"] == []
     assert spec["learning"] is True
     upload = spec["source"]["upload"]
     config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
@@ -298,6 +299,23 @@ def test_start_needs_a_target_and_a_parsable_test_command(cli: Cli, project: Pat
     assert unbalanced.stderr.startswith(
         'error: --test-command "pytest \'unbalanced" cannot be parsed'
     )
+    bad_env = cli("self-code", "start", "-t", "src", "--test-env", "NOT-A-NAME")
+    assert bad_env.exit_code == 1
+    assert bad_env.stderr == "error: --test-env 'NOT-A-NAME' is not a variable name\n"
+
+
+def test_start_passes_the_sandbox_options_to_the_run(
+    cli: Cli, project: Path, api_client: client.ApiClient, namespace: str
+) -> None:
+    name = start_run(
+        cli, "-t", "src", "--sandbox", "required", "--test-env", "PIP_INDEX_URL",
+        "--test-env", "LANG", "--test-network",
+    )  # fmt: skip
+    spec = get_object(api_client, namespace, RUNS, name)["spec"]
+    assert spec["sandbox"] == "required" and spec["testNetwork"] is True
+    assert spec["testEnv"] == ["PIP_INDEX_URL", "LANG"]
+    shown = cli("self-code", "status", name)
+    assert "required, network allowed (no test has run yet)" in shown.stdout
 
 
 # --- status and stop --------------------------------------------------------------------

@@ -28,7 +28,7 @@ from tars_api.run import (
     UploadSource,
     VolumeSource,
 )
-from tars_api.vocabulary import Role
+from tars_api.vocabulary import Role, SandboxMode
 from tars_engine.cluster.run_api import (
     CoordinatorClient,
     RunAssignment,
@@ -194,7 +194,11 @@ def test_unmounted_volume_fails_naming_it(
 
 def counting_test_command(counter: Path, pids: Path, hang_on: int) -> list[str]:
     """The project's pytest, except: the first run fails, and run number `hang_on` hangs
-    until killed."""
+    until killed.
+
+    It keeps its count and its PID outside the copy, which the sandbox forbids
+    (tests/engine/test_sandbox.py): the runs that use it turn the sandbox off.
+    """
     script = (
         "import os, pathlib, sys, time\n"
         f"counter = pathlib.Path({str(counter)!r})\n"
@@ -229,7 +233,8 @@ def test_stop_kills_the_test_run_and_a_new_coordinator_resumes_without_reapplyin
     # Runs: 0 the batch fails, 1 the baseline passes, 2 the first half passes (applied),
     # 3 the next one hangs: the run is stopped (or its coordinator dies) right there.
     command = counting_test_command(tmp_path / "count", hanging, hang_on=3)
-    run = assignment("resumed", volume_spec(auto_apply=True, test_command=command))
+    spec = volume_spec(auto_apply=True, test_command=command, sandbox=SandboxMode.off)
+    run = assignment("resumed", spec)
     with coordinator(tmp_path / "scratch-1", workers, monkeypatch, volumes=volumes) as api:
         api.assign(run)
         hung = wait_until(api, run.uid, lambda r: hanging.exists())
@@ -489,6 +494,7 @@ def test_git_run_resumed_by_a_new_coordinator_continues_its_pushed_branch(
         source=RunSource(git=GitSource(url=f"file://{bare}", ref="main", allow_file_protocol=True)),
         auto_apply=True,
         test_command=command,
+        sandbox=SandboxMode.off,
     )
     run = assignment("git-resumed", spec)
     with coordinator(tmp_path / "scratch-1", workers, monkeypatch) as api:

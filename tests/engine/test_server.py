@@ -92,25 +92,31 @@ def test_tester_over_http_snapshots_and_runs(tester_url: str, tmp_path: Path) ->
     project = calc_project(tmp_path / "p")
     before = tree_hashes(project, leave_out={".git"})
     archive = pack_project(project)
-    ref = SnapshotRef(digest=hashlib.sha256(archive).hexdigest())
+    ref = SnapshotRef(run_id="run-a", digest=hashlib.sha256(archive).hexdigest())
     assert not tester.has_snapshot(ref)
-    assert tester.put_snapshot(archive) == ref
+    assert tester.put_snapshot("run-a", archive) == ref
     assert tester.has_snapshot(ref)
+    # Another run does not see this run's snapshot.
+    assert not tester.has_snapshot(ref.model_copy(update={"run_id": "run-b"}))
 
     result = tester.run_tests(TestRequest(snapshot=ref, candidates=[], timeout_seconds=120))
     assert result.passed and result.tests_run == 3, result.output
     assert tree_hashes(project, leave_out={".git"}) == before
 
     with pytest.raises(SnapshotMissingError):
-        tester.run_tests(TestRequest(snapshot=SnapshotRef(digest="1" * 64), candidates=[]))
+        tester.run_tests(
+            TestRequest(snapshot=SnapshotRef(run_id="run-a", digest="1" * 64), candidates=[])
+        )
     with pytest.raises(RoleError, match="not a readable tar.gz"):
-        tester.put_snapshot(b"garbage")
+        tester.put_snapshot("run-a", b"garbage")
 
 
 def test_snapshot_body_must_match_its_digest(tester_url: str) -> None:
-    response = httpx.put(f"{tester_url}/v1/snapshots/{'a' * 64}", content=b"other bytes")
+    response = httpx.put(f"{tester_url}/v1/runs/run-a/snapshots/{'a' * 64}", content=b"other bytes")
     assert response.status_code == 400 and "sha256" in response.json()["detail"]
-    assert httpx.head(f"{tester_url}/v1/snapshots/not-a-digest").status_code == 400
+    bad_run = httpx.put(f"{tester_url}/v1/runs/a.b/snapshots/{'a' * 64}", content=b"x")
+    assert bad_run.status_code == 400 and "run id" in bad_run.json()["detail"]
+    assert httpx.head(f"{tester_url}/v1/runs/run-a/snapshots/not-a-digest").status_code == 400
 
 
 def test_health_info_metrics_and_openapi(analyzer_url: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tars_api.vocabulary import EngineName
+from tars_api.vocabulary import EngineName, SandboxMode
 from tars_engine.core.diffs import make_unified_diff
 from tars_engine.core.models import Candidate, SnapshotRef, TestRequest
 from tars_engine.core.role_set import SnapshotMissingError
@@ -21,6 +21,8 @@ from tars_engine.roles.tester import Tester, detect_test_command, import_roots, 
 
 from tests.harness.projects import CALC, calc_project, tree_hashes, write_tree
 from tests.harness.tools import git_init
+
+RUN_ID = "run-1"
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def candidate_for(path: str, old: str, new: str, name: str = "c1") -> Candidate:
 
 
 def run(tester: Tester, root: Path, candidates: list[Candidate], **kwargs: object):
-    ref = tester.put_snapshot(pack_project(root))
+    ref = tester.put_snapshot(RUN_ID, pack_project(root))
     return tester.run_tests(TestRequest(snapshot=ref, candidates=candidates, **kwargs))
 
 
@@ -100,8 +102,10 @@ def test_hanging_test_is_killed_with_its_whole_process_group(
         """
     )
     project = calc_project(tmp_path / "p", extra={"tests/test_hang.py": hanging})
+    # Unsandboxed, as without bwrap: in the sandbox the child's PID is the sandbox's own,
+    # and the PID namespace takes it down (tests/engine/test_sandbox.py).
     # Long enough for pytest to start and spawn the child on a busy machine.
-    result = run(tester, project, [], timeout_seconds=8)
+    result = run(tester, project, [], timeout_seconds=8, sandbox=SandboxMode.off)
     assert result.timed_out and not result.passed
     assert "process group was killed" in result.output
     child_pid = int(pid_file.read_text())
@@ -141,15 +145,16 @@ def test_given_command_runs_and_its_exit_code_decides(tester: Tester, tmp_path: 
 def test_put_snapshot_is_idempotent_and_verifies(tester: Tester, tmp_path: Path) -> None:
     project = calc_project(tmp_path / "p")
     archive = pack_project(project)
-    first = tester.put_snapshot(archive)
-    assert tester.put_snapshot(archive) == first
+    first = tester.put_snapshot(RUN_ID, archive)
+    assert tester.put_snapshot(RUN_ID, archive) == first
     assert tester.has_snapshot(first)
     assert first.digest == hashlib.sha256(archive).hexdigest()
-    assert not tester.has_snapshot(SnapshotRef(digest="0" * 64))
+    missing = SnapshotRef(run_id=RUN_ID, digest="0" * 64)
+    assert not tester.has_snapshot(missing)
     with pytest.raises(SnapshotMissingError):
-        tester.run_tests(TestRequest(snapshot=SnapshotRef(digest="0" * 64), candidates=[]))
+        tester.run_tests(TestRequest(snapshot=missing, candidates=[]))
     with pytest.raises(SnapshotError):
-        tester.put_snapshot(b"not an archive")
+        tester.put_snapshot(RUN_ID, b"not an archive")
 
 
 def test_pack_is_deterministic_and_git_aware(tmp_path: Path) -> None:

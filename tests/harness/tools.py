@@ -4,6 +4,7 @@ commits need, including the repository every project fixture starts from."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,3 +49,12 @@ def git_init(root: Path, message: str = "init") -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", message)
     return root
+
+
+def path_with_only_git(directory: Path) -> str:
+    """A PATH holding nothing but git, in `directory`: a real machine without other tools."""
+    found = shutil.which("git")
+    assert found is not None, "git is not on PATH"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "git").symlink_to(found)
+    return str(directory)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from tars_api.run import RunPhase
-from tars_api.vocabulary import DEFAULT_MODEL
+from tars_api.vocabulary import DEFAULT_MODEL, SandboxMode
 from tars_engine.core.budget import Budget
 from tars_engine.core.state import DEFAULT_TEST_TIMEOUT_SECONDS, WorkflowState
 from tars_engine.core.validation import is_test_file
@@ -55,6 +55,9 @@ def run(
     ] = None,
     test_command: options.TestCommandOption = None,
     test_timeout: options.TestTimeoutOption = DEFAULT_TEST_TIMEOUT_SECONDS,
+    sandbox: options.SandboxOption = SandboxMode.auto,
+    test_env: options.TestEnvOption = None,
+    test_network: options.TestNetworkOption = False,
     unsafe_fixes: options.UnsafeOption = False,
     no_learning: options.NoLearningOption = False,
 ) -> None:
@@ -88,6 +91,9 @@ def improve(
     model: options.ModelOption = DEFAULT_MODEL,
     test_command: options.TestCommandOption = None,
     test_timeout: options.TestTimeoutOption = DEFAULT_TEST_TIMEOUT_SECONDS,
+    sandbox: options.SandboxOption = SandboxMode.auto,
+    test_env: options.TestEnvOption = None,
+    test_network: options.TestNetworkOption = False,
     unsafe_fixes: options.UnsafeOption = False,
     no_learning: options.NoLearningOption = False,
 ) -> None:

@@ -17,13 +17,14 @@ from kubernetes.client.exceptions import ApiException
 from tars_api.names import CLI_LABELS
 from tars_api.replica import TarsReplica
 from tars_api.run import SelfCodingRun
-from tars_api.vocabulary import EngineName, Role
+from tars_api.vocabulary import EngineName, Role, SandboxMode
 
 from tarscli import cluster_ops, coordinator_access, options, output, views
 from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
 from tarscli.kube import connect
+from tarscli.local_ops import env_names
 from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
 
 app = TarsTyper(
@@ -169,6 +170,27 @@ def start(
             show_default=False,
         ),
     ] = None,
+    sandbox: Annotated[
+        SandboxMode | None,
+        typer.Option(
+            "--sandbox",
+            metavar=options.choices(SandboxMode),
+            help="bubblewrap inside the tester pod: auto (where the pod allows it, the status "
+            "says when not), required or off.",
+            case_sensitive=False,
+            show_default="auto",
+        ),
+    ] = None,
+    test_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--test-env",
+            metavar="NAME",
+            help="Pass this variable of the tester's environment on to the tests (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    test_network: options.TestNetworkOption = False,
     no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
@@ -199,6 +221,9 @@ def start(
         model=model,
         max_files=max_files,
         test_command=test_argv,
+        sandbox=sandbox,
+        test_env=env_names(test_env) or None,
+        test_network=test_network or None,
         learning=False if no_learning else None,
     )
     cluster = connect(kubeconfig, context, namespace)

@@ -97,6 +97,9 @@ def run_options(spec: SelfCodingRunSpec) -> RunOptions:
         engine=spec.engine,
         model=spec.model,
         test_command=spec.test_command or None,
+        sandbox=spec.sandbox,
+        test_env=spec.test_env,
+        test_network=spec.test_network,
         learning=spec.learning,
         budget=Budget(
             max_files=spec.max_files,

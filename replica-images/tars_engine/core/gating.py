@@ -38,6 +38,10 @@ class BaselineFailedError(WorkflowError):
     """The project's tests fail before any change: no candidate could be proven safe."""
 
 
+class SandboxRefusedError(WorkflowError):
+    """The run requires a sandbox the tester cannot make: no test can run."""
+
+
 def describe_failure(result: TestResult) -> str:
     if result.unproven:
         return result.unproven
@@ -91,7 +95,7 @@ class GateHooks:
     """The accepted candidates the snapshot lacks: every batch is tested on top of them."""
     testing: Callable[[], None]
     """A batch is about to be tested."""
-    tested: Callable[[str], None]
+    tested: Callable[[str, TestResult], None]
     """A test run ended; the message names what ran and how it went."""
     baseline: Callable[[TestResult], None]
     """The untouched project's result, to be recorded before it is judged."""
@@ -104,6 +108,7 @@ class CandidateGate:
 
     def __init__(
         self,
+        run_id: str,
         archive: bytes,
         testers: RolePool[TesterRole],
         options: RunOptions,
@@ -113,7 +118,7 @@ class CandidateGate:
         baseline: TestResult | None,
     ) -> None:
         self._archive = archive
-        self._snapshot = SnapshotRef(digest=archive_digest(archive))
+        self._snapshot = SnapshotRef(run_id=run_id, digest=archive_digest(archive))
         self._testers = testers
         self._options = options
         self._guard = guard
@@ -134,18 +139,23 @@ class CandidateGate:
             candidates=candidates,
             test_command=options.test_command,
             timeout_seconds=options.test_timeout_seconds,
+            sandbox=options.sandbox,
+            network=options.test_network,
+            env_names=options.test_env,
         )
         with self._testers.lease(self._guard.check) as tester:
             if not tester.has_snapshot(self._snapshot):
-                tester.put_snapshot(self._archive)
+                tester.put_snapshot(self._snapshot.run_id, self._archive)
             try:
                 result = self._tests_until_stop(tester, request)
             except SnapshotMissingError:
-                # The tester lost its cache (restarted) between the check and the run.
-                tester.put_snapshot(self._archive)
+                # The tester lost its cache (restarted), or dropped a snapshot changed on disk.
+                tester.put_snapshot(self._snapshot.run_id, self._archive)
                 result = self._tests_until_stop(tester, request)
+        if result.sandbox is not None and result.sandbox.refused:
+            raise SandboxRefusedError(result.sandbox.detail)
         verdict = "passed" if result.passed else describe_failure(result)
-        self._hooks.tested(f"{label}: {verdict}")
+        self._hooks.tested(f"{label}: {verdict}", result)
         return result
 
     def _tests_until_stop(self, tester: TesterRole, request: TestRequest) -> TestResult:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
+from tars_api.vocabulary import (
+    DEFAULT_MODEL,
+    ENV_NAME_PATTERN,
+    EngineName,
+    Role,
+    SandboxMode,
+)
 
 
 class WireModel(BaseModel):
@@ -180,8 +187,28 @@ class GenerateResult(WireModel):
     tokens_used: int = 0
 
 
+# Run and request ids go into paths and URLs: letters, digits and dashes only.
+ID_PATTERN = r"^[0-9a-zA-Z-]{1,64}$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+
+
 class SnapshotRef(WireModel):
+    run_id: str = Field(
+        pattern=ID_PATTERN, description="the run the snapshot belongs to; no other run sees it"
+    )
     digest: str = Field(description="sha256 of the snapshot archive")
+
+
+class SandboxUse(WireModel):
+    """How one test run was isolated, as its status and report show it."""
+
+    mode: SandboxMode = Field(description="what the run asked for")
+    isolated: bool = Field(description="the command ran inside bwrap")
+    network: bool = Field(description="the command could reach the network")
+    detail: str = Field(description="one line: what held the command, or why nothing did")
+    refused: bool = Field(
+        default=False, description="`required` and no working bwrap: the command did not run"
+    )
 
 
 class TestRequest(WireModel):
@@ -197,8 +224,14 @@ class TestRequest(WireModel):
     timeout_seconds: float = Field(default=600, gt=0)
     request_id: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-zA-Z-]{1,64}$",
+        pattern=ID_PATTERN,
         description="names the test run, so the coordinator can cancel it",
+    )
+    sandbox: SandboxMode = SandboxMode.auto
+    network: bool = Field(default=False, description="let the test command reach the network")
+    env_names: list[EnvName] = Field(
+        default_factory=list,
+        description="variables of the tester's environment passed on to the test command",
     )
 
 
@@ -222,6 +255,7 @@ class TestResult(WireModel):
     apply_error: str | None = Field(
         default=None, description="a candidate did not apply to the snapshot"
     )
+    sandbox: SandboxUse | None = Field(default=None, description="None: no command was run")
     unproven: str | None = Field(
         default=None,
         description="set by the gate: the test command passed, but proves nothing, and why",

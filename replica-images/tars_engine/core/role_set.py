@@ -52,8 +52,8 @@ class TesterRole(Protocol):
 
     def has_snapshot(self, ref: SnapshotRef) -> bool: ...
 
-    def put_snapshot(self, archive: bytes) -> SnapshotRef:
-        """Store a project archive (tar.gz); idempotent, cached by content hash."""
+    def put_snapshot(self, run_id: str, archive: bytes) -> SnapshotRef:
+        """Store a project archive (tar.gz) for the run `run_id` alone; idempotent, by content hash."""
         ...
 
     def run_tests(self, request: TestRequest) -> TestResult: ...

@@ -1,14 +1,16 @@
 """Replica settings: flags fall back to environment variables, then to defaults.
 
 The scratch directory is the only place a replica writes to, so the replica runs
-on a read-only root filesystem with one writable volume mounted there.
+on a read-only root filesystem with one writable volume mounted there. On a user's
+machine it defaults to the user's own cache directory, never a fixed path in the shared
+/tmp, where another user could plant what a run would later pick up.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-import tempfile
+import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,6 +42,12 @@ ENVIRONMENT_VARIABLES = {
 }
 
 
+def default_scratch_dir() -> Path:
+    """The user's own cache directory ($XDG_CACHE_HOME, else ~/.cache), not the shared /tmp."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tars-selfcoding" / "scratch"
+
+
 class ConfigurationError(RuntimeError):
     """What a replica was started with (flags, environment) cannot be used."""
 
@@ -58,7 +66,7 @@ class ReplicaSettings(BaseModel):
     # Requests in flight at once: the server's OLLAMA_NUM_PARALLEL, when set alike here.
     ollama_parallel: int = Field(default=1, ge=1, le=64)
     ollama_keep_alive: str = "10m"
-    scratch_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "tars-scratch")
+    scratch_dir: Path = Field(default_factory=default_scratch_dir)
     archive_max_entries: int = Field(default=DEFAULT_MAX_ENTRIES, ge=1)
     archive_max_bytes: int = Field(default=DEFAULT_MAX_EXTRACTED_BYTES, ge=1)
     # A clone of a large repository over a slow link takes minutes; a silent server, forever.
@@ -93,6 +101,21 @@ class ReplicaSettings(BaseModel):
             capabilities=capabilities,
             version=ENGINE_VERSION,
         )
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner, this user, can enter (0700).
+
+    A directory someone else owns is refused: what it holds could have been put there
+    by them.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = path.lstat()
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        raise ConfigurationError(f"{path} is not a directory of this user ({os.getuid()})")
+    if stat.S_IMODE(status.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
 
 
 def normalize_ollama_host(host: str) -> str:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from tars_api.run import (
     MAX_LATEST_RESULTS,
+    SANDBOX_DETAIL_MAX_LENGTH,
     FileOutcome,
     FileResult,
     RunPhase,
@@ -28,10 +29,10 @@ from tars_api.run import (
     RunStatistics,
     SelfCodingRunStatus,
 )
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName
+from tars_api.vocabulary import DEFAULT_MODEL, EngineName, SandboxMode
 
 from tars_engine.core.budget import Budget
-from tars_engine.core.models import Candidate, ModelCheck, TestResult
+from tars_engine.core.models import Candidate, EnvName, ModelCheck, SandboxUse, TestResult
 from tars_engine.core.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
@@ -64,6 +65,11 @@ class RunOptions(StateModel):
         "False: the run neither reads nor writes it",
     )
     batch_size: int = Field(default=32, ge=1, description="candidates tested together at most")
+    sandbox: SandboxMode = SandboxMode.auto
+    test_network: bool = Field(default=False, description="the tests may reach the network")
+    test_env: list[EnvName] = Field(
+        default_factory=list, description="variables passed on to the tests, by name"
+    )
     baseline_first: bool = Field(
         default=False,
         description="test the untouched project first, alongside generation; otherwise "
@@ -106,6 +112,9 @@ class WorkflowState(StateModel):
     updated_at: datetime.datetime
     completed_at: datetime.datetime | None = None
     baseline: TestResult | None = None
+    sandbox: SandboxUse | None = Field(
+        default=None, description="how the latest test run was isolated"
+    )
     model_check: ModelCheck | None = Field(
         default=None, description="the ollama engine's preflight of its model server"
     )
@@ -143,6 +152,7 @@ class WorkflowState(StateModel):
             current_file=self.current_file,
             progress=self.progress,
             statistics=self.statistics.model_copy(),
+            sandbox=self.sandbox.detail[:SANDBOX_DETAIL_MAX_LENGTH] if self.sandbox else None,
             start_time=self.started_at.replace(microsecond=0),
             completion_time=self.completed_at.replace(microsecond=0) if self.completed_at else None,
             latest_results=[

@@ -526,6 +526,7 @@ class Workflow:
             reject=self._reject,
         )
         return CandidateGate(
+            self._s.run_id,
             archive,
             self._testers,
             self._s.options,
@@ -540,9 +541,10 @@ class Workflow:
             return list(self._s.accepted)
         return [c for c in self._s.accepted if self._s.is_applied(c.id)]
 
-    def _tested(self, message: str) -> None:
+    def _tested(self, message: str, result: TestResult) -> None:
         with self._journal.lock:
             self._s.statistics.test_runs += 1
+            self._s.sandbox = result.sandbox or self._s.sandbox
         self._journal.commit(EventKind.tested, message=message)
 
     def _record_baseline(self, result: TestResult) -> None:

@@ -1,8 +1,10 @@
 """Tester role: apply candidates to a fresh copy of a project snapshot and run its tests.
 
 The user's tree is never touched: every run extracts the cached snapshot into its
-own temporary directory under the scratch dir and removes it afterwards. The
-test command runs in its own process group, and a timeout kills the whole group.
+own temporary directory under the scratch dir and removes it afterwards. The test
+command runs in the sandbox (roles.sandbox) and its own process group; a timeout
+kills the whole group. Snapshots are cached per run: a run sees only its own, each is
+checked against its digest every time it is used, and old ones are pruned.
 """
 
 from __future__ import annotations
@@ -26,15 +28,35 @@ from xml.etree import ElementTree
 from tars_api.vocabulary import Role
 
 from tars_engine.core.diffs import PatchError, apply_unified_diff
-from tars_engine.core.models import Candidate, RoleInfo, SnapshotRef, TestRequest, TestResult
+from tars_engine.core.models import (
+    Candidate,
+    RoleInfo,
+    SandboxUse,
+    SnapshotRef,
+    TestRequest,
+    TestResult,
+)
 from tars_engine.core.role_set import SnapshotMissingError
-from tars_engine.core.settings import ReplicaSettings
+from tars_engine.core.settings import ReplicaSettings, private_dir
 from tars_engine.core.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
+from tars_engine.roles.sandbox import (
+    SandboxPolicy,
+    allowed_environment,
+    bwrap_argv,
+    command_executable,
+    interpreter_paths,
+    sandbox_choice,
+    tester_hidden_paths,
+)
 
 OUTPUT_HEAD_CHARS = 3000
 OUTPUT_TAIL_CHARS = 9000
 IMPORT_ROOT_DEPTH = 3
 MAX_EARLY_CANCELS = 256
+# A run's gates each pack a snapshot; the newest few serve the batches still in flight.
+MAX_SNAPSHOTS_PER_RUN = 4
+# A run not heard from for this long has ended (or died): its snapshots go.
+IDLE_RUN_SECONDS = 6 * 3600
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 _PYTEST_CONFIG_MARKERS = {
@@ -109,15 +131,12 @@ def import_roots(project: Path, max_depth: int = IMPORT_ROOT_DEPTH) -> list[Path
     return [project, *sorted(package_parents - {project})]
 
 
-def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PYTEST_", "COV_CORE_")) and key != "PYTHONPATH"
-    }
-    tmp = run_dir / "tmp"
-    tmp.mkdir()
-    home = env.get("HOME", "")
+def _test_environment(
+    project: Path, run_dir: Path, junit_path: Path, request: TestRequest, command: list[str]
+) -> dict[str, str]:
+    """The allowlisted environment, with a private HOME and TMPDIR inside the run's directory."""
+    executable = command_executable(command, os.environ.get("PATH"))
+    env = allowed_environment(os.environ, request.env_names, executable)
     paths = [str(root) for root in import_roots(project)]
     env.update(
         {
@@ -126,8 +145,8 @@ def _test_environment(project: Path, run_dir: Path, junit_path: Path) -> dict[st
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONPATH": os.pathsep.join(paths),
             "PYTHONUNBUFFERED": "1",
-            "TMPDIR": str(tmp),
-            "HOME": home if home and os.access(home, os.W_OK) else str(tmp),
+            "TMPDIR": str(run_dir / "tmp"),
+            "HOME": str(run_dir / "home"),
         }
     )
     return env
@@ -166,6 +185,14 @@ def read_junit(junit_path: Path) -> JunitReport | None:
             if case.find("skipped") is None:
                 executed.add(f"{case.get('classname', '')}::{case.get('name', '')}")
     return JunitReport(*totals, executed_ids=frozenset(executed))
+
+
+def _mtime(path: Path) -> float | None:
+    """When `path` was last used; None once another tester of this scratch dir removed it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -214,41 +241,84 @@ class Tester:
 
     def info(self) -> RoleInfo:
         return self.settings.role_info(
-            Role.tester, ["snapshots", "pytest-detection", "junit-counts", "process-group-timeout"]
+            Role.tester,
+            [
+                "snapshots",
+                "pytest-detection",
+                "junit-counts",
+                "process-group-timeout",
+                "sandbox",
+            ],
         )
 
-    def _archive_path(self, digest: str) -> Path:
-        if not _DIGEST.match(digest):
-            raise SnapshotMissingError(f"not a sha256 digest: {digest!r}")
-        return self.snapshot_dir / f"{digest}.tar.gz"
+    def _archive_path(self, ref: SnapshotRef) -> Path:
+        if not _DIGEST.match(ref.digest):
+            raise SnapshotMissingError(f"not a sha256 digest: {ref.digest!r}")
+        return self.snapshot_dir / ref.run_id / f"{ref.digest}.tar.gz"
 
     def has_snapshot(self, ref: SnapshotRef) -> bool:
-        return self._archive_path(ref.digest).is_file()
+        return self._archive_path(ref).is_file()
 
-    def put_snapshot(self, archive: bytes) -> SnapshotRef:
-        ref = SnapshotRef(digest=archive_digest(archive))
-        path = self._archive_path(ref.digest)
-        if path.is_file():
+    def put_snapshot(self, run_id: str, archive: bytes) -> SnapshotRef:
+        ref = SnapshotRef(run_id=run_id, digest=archive_digest(archive))
+        path = self._archive_path(ref)
+        if path.is_file() and archive_digest(path.read_bytes()) == ref.digest:
             return ref
         verify_archive(archive, self.settings.archive_limits)
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.snapshot_dir)
+        run_snapshots = private_dir(path.parent)
         # Written aside and renamed, so a concurrent reader never sees half an archive.
-        handle, partial = tempfile.mkstemp(dir=self.snapshot_dir, suffix=".partial")
+        handle, partial = tempfile.mkstemp(dir=run_snapshots, suffix=".partial")
         with os.fdopen(handle, "wb") as out:
             out.write(archive)
         os.replace(partial, path)
+        self._prune(ref.run_id)
         return ref
 
+    def _verified_archive(self, ref: SnapshotRef) -> bytes:
+        """The snapshot's bytes, if they still hash to its digest; a changed one is dropped."""
+        path = self._archive_path(ref)
+        try:
+            archive = path.read_bytes()
+        except FileNotFoundError:
+            raise SnapshotMissingError(f"snapshot {ref.digest} is not on this tester") from None
+        if archive_digest(archive) != ref.digest:
+            path.unlink(missing_ok=True)
+            raise SnapshotMissingError(
+                f"snapshot {ref.digest} changed since it was stored; it was dropped"
+            )
+        now = time.time()
+        for used in (path, path.parent):
+            os.utime(used, (now, now))
+        return archive
+
+    def _prune(self, run_id: str) -> None:
+        """Keep the run's newest snapshots only, and nothing of runs idle too long."""
+        used = {path: _mtime(path) or 0.0 for path in (self.snapshot_dir / run_id).glob("*.tar.gz")}
+        for stale in sorted(used, key=used.__getitem__, reverse=True)[MAX_SNAPSHOTS_PER_RUN:]:
+            stale.unlink(missing_ok=True)
+        idle_since = time.time() - IDLE_RUN_SECONDS
+        for other in self.snapshot_dir.iterdir():
+            last_used = _mtime(other)
+            if other.name == run_id or last_used is None or last_used >= idle_since:
+                continue
+            if other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+            else:
+                other.unlink(missing_ok=True)
+
     def run_tests(self, request: TestRequest) -> TestResult:
-        archive = self._archive_path(request.snapshot.digest)
-        if not archive.is_file():
-            raise SnapshotMissingError(f"snapshot {request.snapshot.digest} is not on this tester")
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.runs_dir))
+        archive = self._verified_archive(request.snapshot)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=private_dir(self.runs_dir)))
         try:
             project = run_dir / "project"
             project.mkdir()
-            extract_snapshot(archive, project, self.settings.archive_limits)
+            (run_dir / "tmp").mkdir()
+            (run_dir / "home").mkdir()
+            copy = run_dir / "snapshot.tar.gz"
+            copy.write_bytes(archive)
+            extract_snapshot(copy, project, self.settings.archive_limits)
+            copy.unlink()
             apply_error = apply_candidates(project, request.candidates)
             command = resolve_command(request.test_command or detect_test_command(project) or [])
             if apply_error is not None:
@@ -260,9 +330,7 @@ class Tester:
                     output="no test command: the project has no pytest configuration or test "
                     "files; give the run a testCommand",
                 )
-            return self._run_command(
-                command, project, run_dir, request.timeout_seconds, request.request_id
-            )
+            return self._run_command(command, project, run_dir, request)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -274,24 +342,43 @@ class Tester:
                 return
         _kill_group(process)
 
+    def _sandboxed(
+        self, command: list[str], project: Path, run_dir: Path, request: TestRequest
+    ) -> tuple[list[str] | None, SandboxUse]:
+        """The argv that runs `command` as the request's sandbox mode has it; None: refused."""
+        bwrap, use = sandbox_choice(request.sandbox, request.network, os.environ.get("PATH"))
+        if use.refused:
+            return None, use
+        if bwrap is None:
+            return command, use
+        executable = command_executable(command, os.environ.get("PATH"))
+        policy = SandboxPolicy(
+            run_dir=run_dir,
+            workdir=project,
+            private_tmp=run_dir / "tmp",
+            hidden=tester_hidden_paths(self.settings.scratch_dir),
+            readable=tuple(interpreter_paths(executable)) if executable else (),
+            network=request.network,
+        )
+        return bwrap_argv(bwrap, policy, command), use
+
     def _run_command(
-        self,
-        command: list[str],
-        project: Path,
-        run_dir: Path,
-        timeout: float,
-        request_id: str | None = None,
+        self, command: list[str], project: Path, run_dir: Path, request: TestRequest
     ) -> TestResult:
+        argv, sandbox = self._sandboxed(command, project, run_dir, request)
+        if argv is None:
+            return TestResult(passed=False, command=command, output=sandbox.detail, sandbox=sandbox)
+        timeout, request_id = request.timeout_seconds, request.request_id
         junit_path = run_dir / "junit.xml"
         log_path = run_dir / "output.log"
-        env = _test_environment(project, run_dir, junit_path)
+        env = _test_environment(project, run_dir, junit_path, request, command)
         started = time.monotonic()
         timed_out = False
         # Output goes to a file, not a pipe: a leftover grandchild cannot hold the reader.
         with log_path.open("wb") as log:
             try:
                 process = subprocess.Popen(
-                    command,
+                    argv,
                     cwd=project,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -301,7 +388,10 @@ class Tester:
                 )
             except OSError as exc:
                 return TestResult(
-                    passed=False, command=command, output=f"cannot run {command[0]}: {exc}"
+                    passed=False,
+                    command=command,
+                    output=f"cannot run {argv[0]}: {exc}",
+                    sandbox=sandbox,
                 )
             if request_id is not None:
                 with self._lock:
@@ -338,4 +428,5 @@ class Tester:
             duration_seconds=round(duration, 3),
             timed_out=timed_out,
             output=trim_output(output),
+            sandbox=sandbox,
         )

@@ -144,17 +144,17 @@ class HttpTester(HttpRole):
     role_name = "tester"
 
     def has_snapshot(self, ref: SnapshotRef) -> bool:
-        response = self._send("HEAD", f"/v1/snapshots/{ref.digest}")
+        response = self._send("HEAD", f"/v1/runs/{ref.run_id}/snapshots/{ref.digest}")
         if response.status_code == 404:
             return False
         self._raise_for_refusal(response, "HEAD /v1/snapshots")
         return True
 
-    def put_snapshot(self, archive: bytes) -> SnapshotRef:
+    def put_snapshot(self, run_id: str, archive: bytes) -> SnapshotRef:
         digest = hashlib.sha256(archive).hexdigest()
         response = self._send(
             "PUT",
-            f"/v1/snapshots/{digest}",
+            f"/v1/runs/{run_id}/snapshots/{digest}",
             content=archive,
             headers={"Content-Type": "application/gzip"},
         )

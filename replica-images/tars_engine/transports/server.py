@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from tars_api.vocabulary import Role
 
 from tars_engine.core.models import (
+    ID_PATTERN,
     AnalysisReport,
     AnalyzeRequest,
     GenerateRequest,
@@ -101,28 +103,30 @@ def tester_service(settings: ReplicaSettings) -> RoleService:
     tester = Tester(settings)
     router = APIRouter(prefix="/v1", tags=["tester"])
 
-    def ref_for(digest: str) -> SnapshotRef:
-        ref = SnapshotRef(digest=digest)
+    def ref_for(run_id: str, digest: str) -> SnapshotRef:
+        if not re.fullmatch(ID_PATTERN, run_id):
+            raise HTTPException(status_code=400, detail=f"not a run id: {run_id!r}")
+        ref = SnapshotRef(run_id=run_id, digest=digest)
         try:
             tester.has_snapshot(ref)
         except SnapshotMissingError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         return ref
 
-    @router.head("/snapshots/{digest}", name="has_snapshot")
-    def has_snapshot(digest: str) -> Response:
-        return Response(status_code=200 if tester.has_snapshot(ref_for(digest)) else 404)
+    @router.head("/runs/{run_id}/snapshots/{digest}", name="has_snapshot")
+    def has_snapshot(run_id: str, digest: str) -> Response:
+        return Response(status_code=200 if tester.has_snapshot(ref_for(run_id, digest)) else 404)
 
-    @router.put("/snapshots/{digest}", name="put_snapshot")
-    async def put_snapshot(digest: str, request: Request) -> SnapshotRef:
-        ref_for(digest)
+    @router.put("/runs/{run_id}/snapshots/{digest}", name="put_snapshot")
+    async def put_snapshot(run_id: str, digest: str, request: Request) -> SnapshotRef:
+        ref_for(run_id, digest)
         archive = await request.body()
         actual = hashlib.sha256(archive).hexdigest()
         if actual != digest:
             raise HTTPException(status_code=400, detail=f"body has sha256 {actual}, not {digest}")
         try:
             # Extraction checks read the whole archive: keep them off the event loop.
-            return await run_in_threadpool(tester.put_snapshot, archive)
+            return await run_in_threadpool(tester.put_snapshot, run_id, archive)
         except SnapshotError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
 
