@@ -16,7 +16,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,11 +27,15 @@ from rich.console import Console
 from tars_api.run import RunPhase
 from tars_api.vocabulary import ENV_NAME_PATTERN, EngineName, SandboxMode
 from tars_engine.core.budget import Budget
+from tars_engine.core.gating import describe_failure
 from tars_engine.core.learning import LearningError, LearningStore
+from tars_engine.core.models import TestRequest
 from tars_engine.core.settings import DEFAULT_OLLAMA_HOST
+from tars_engine.core.snapshot import pack_project
 from tars_engine.core.state import RunOptions, StateError, StateStore, WorkflowState
 from tars_engine.core.workflow_errors import WorkflowError
 from tars_engine.roles.sandbox import find_bwrap
+from tars_engine.roles.tester import Tester
 from tars_engine.transports.embedded import (
     default_engine,
     local_workflow,
@@ -48,6 +51,8 @@ from tarscli.upload import git_toplevel, project_root
 
 SAMPLE_PROJECT_ENV = "TARS_SAMPLE_PROJECT"
 DEMO_TEST_TIMEOUT_SECONDS = 300
+# The demo's own test runs, before and after, keep their snapshots under this run id.
+DEMO_RUN_ID = "demo"
 # What asks a local run to stop after its current step: Ctrl-C, and `kill` or a service
 # manager's stop.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -270,22 +275,19 @@ def _git(root: Path, *arguments: str) -> str:
 
 
 def run_project_tests(root: Path, console: Console, when: str) -> None:
-    try:
-        completed = _captured(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-            cwd=root,
-            timeout=DEMO_TEST_TIMEOUT_SECONDS,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise CliError(
-            f"the sample project's tests {when} did not finish in {DEMO_TEST_TIMEOUT_SECONDS}s"
-        ) from exc
-    lines = [line for line in completed.stdout.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else completed.stderr.strip()
-    if completed.returncode != 0:
-        raise CliError(f"the sample project's tests fail {when}: {last}")
-    console.print(f"[green]✔ tests {when}:[/] {last}")
+    """The sample project's own tests, run the way the workflow runs them: by the tester,
+    on a snapshot, in its sandbox."""
+    tester = Tester()
+    snapshot = tester.put_snapshot(DEMO_RUN_ID, pack_project(root))
+    result = tester.run_tests(
+        TestRequest(snapshot=snapshot, candidates=[], timeout_seconds=DEMO_TEST_TIMEOUT_SECONDS)
+    )
+    if not result.passed:
+        raise CliError(f"the sample project's tests fail {when}: {describe_failure(result)}")
+    held = result.sandbox.detail if result.sandbox else "no sandbox"
+    console.print(
+        f"[green]✔ tests {when}:[/] {result.executed} passed in {result.duration_seconds:.1f}s ({held})"
+    )
 
 
 def sample_demo(console: Console, *, keep: bool, engine: EngineName | None, model: str) -> None:
