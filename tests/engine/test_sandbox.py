@@ -170,6 +170,30 @@ def test_the_projects_own_virtualenv_runs_inside(bwrap: str, tmp_path: Path) -> 
     assert result.passed and result.tests_run == 3, result.output
 
 
+def test_directories_a_virtualenvs_pth_files_name_are_bound_back(
+    bwrap: str, tmp_path: Path
+) -> None:
+    """A .pth naming a directory under /tmp, which the sandbox's private /tmp would hide."""
+    shared = tmp_path / "shared-site"
+    shared.mkdir()
+    (shared / "only_via_pth.py").write_text("VALUE = 3\n")
+    project = calc_project(
+        tmp_path / "project",
+        extra={
+            "tests/test_shared.py": "from only_via_pth import VALUE\n\n\n"
+            "def test_value():\n    assert VALUE == 3\n"
+        },
+    )
+    venv = tmp_path / "project-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (next(venv.glob("lib/python3*/site-packages")) / "shared.pth").write_text(
+        "\n".join([*site.getsitepackages(), str(shared)]) + "\n"
+    )
+    python = venv / "bin" / "python"
+    result = one_sandboxed_run(tmp_path, project, test_command=[str(python), "-m", "pytest", "-q"])
+    assert result.passed and result.tests_run == 4, result.output
+
+
 def test_required_without_bwrap_refuses_and_auto_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

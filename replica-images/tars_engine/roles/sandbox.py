@@ -95,8 +95,22 @@ def _venv_home(root: Path) -> Path | None:
     return None
 
 
+def _pth_directories(root: Path) -> list[Path]:
+    """The directories a virtualenv's .pth files add to its path (editable installs, shared
+    site-packages): the interpreter imports from them as from its own."""
+    directories = []
+    for pth in sorted(root.glob("lib/python3*/site-packages/*.pth")):
+        for line in pth.read_text(encoding="utf-8", errors="replace").splitlines():
+            entry = Path(line.strip())
+            # `import` lines run code; relative entries are inside site-packages already.
+            if entry.is_absolute() and entry.is_dir():
+                directories.append(entry)
+    return directories
+
+
 def interpreter_paths(executable: Path) -> list[Path]:
-    """Directories a program needs to start: its prefix, and a virtualenv's base interpreter."""
+    """Directories a program needs to start: its prefix, and a virtualenv's base interpreter
+    and the directories its .pth files name."""
     paths = [executable.resolve().parent.parent]
     root = venv_root(executable)
     if root is not None:
@@ -104,6 +118,7 @@ def interpreter_paths(executable: Path) -> list[Path]:
         home = _venv_home(root)
         if home is not None:
             paths.append(home.resolve().parent)
+        paths.extend(_pth_directories(root))
     return paths
 
 
