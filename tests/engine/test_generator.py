@@ -74,6 +74,22 @@ def test_imports_left_unused_by_a_fix_are_removed_too() -> None:
     assert set(result.candidate.rules) == {"UP006", "F401"}
 
 
+def test_fixes_go_on_to_a_fixed_point_as_ruff_does() -> None:
+    """Allowing unsafe fixes turns UP031 (printf-style) into `str.format`, which UP032
+    (f-string) fixes next: one candidate with both, not a file skipped for UP032."""
+    content = 'def label(count):\n    return "%s items" % count\n'
+    narrow = generate("pkg/m.py", content)
+    assert narrow.candidate is None and "UP031 need unsafe fixes" in (narrow.rejection or "")
+
+    result = generate("pkg/m.py", content, allow_unsafe_fixes=True)
+
+    assert result.candidate is not None, result.rejection
+    assert result.candidate.rules == ["UP031", "UP032"]
+    assert "UP032: cleanup of what the fixes above left behind" in result.candidate.rationale
+    fixed = apply_unified_diff(content, result.candidate.diff, "pkg/m.py")
+    assert fixed == 'def label(count):\n    return f"{count} items"\n'
+
+
 @pytest.mark.parametrize(
     ("path", "targets", "reason"),
     [

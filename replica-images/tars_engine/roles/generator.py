@@ -32,7 +32,9 @@ from tars_engine.roles.ollama_engine import OllamaEngine, model_findings
 
 # Fixes may leave imports unused (UP006 turns typing.List into list); removing those
 # is part of the same improvement. Any other new diagnostic means the fix made things worse.
-FOLLOW_UP_RULES = frozenset({"F401"})
+# Rounds of fixing what the previous fixes introduced: ruff's own fix loop stops at 100,
+# but a chain of rules each enabling the next is short in practice.
+MAX_FIX_ROUNDS = 4
 # Fixes that delete code: an import another module re-exports, a redefinition, an
 # assignment with side effects. When a change failed its tests, these go first.
 CODE_REMOVING_RULES = frozenset({"F401", "F811", "F841"})
@@ -125,16 +127,21 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     try:
         before = Counter(d.code for d in ruff_tool.check(source))
         fixed_content, remaining = ruff_tool.fix(source, rules, unsafe=unsafe)
-        after = Counter(d.code for d in remaining)
-        introduced = {code for code in after if after[code] > before[code]}
-        if introduced and introduced <= FOLLOW_UP_RULES:
-            follow_ups = introduced & project_fixable(source.with_content(fixed_content))
-        if follow_ups:
+        # As ruff itself does, fix again what the fixes left behind, to a fixed point: a
+        # finding they introduced is a follow-up when the project lets ruff fix it.
+        for _ in range(MAX_FIX_ROUNDS):
+            after = Counter(d.code for d in remaining)
+            introduced = {code for code in after if after[code] > before[code]}
+            fixable = project_fixable(source.with_content(fixed_content)) if introduced else set()
+            new_follow_ups = (introduced & fixable) - follow_ups - set(rules)
+            if not new_follow_ups:
+                break
+            follow_ups |= new_follow_ups
             fixed_content, remaining = ruff_tool.fix(
                 source.with_content(fixed_content), [*rules, *follow_ups], unsafe=unsafe
             )
-            after = Counter(d.code for d in remaining)
-            introduced = {code for code in after if after[code] > before[code]}
+        after = Counter(d.code for d in remaining)
+        introduced = {code for code in after if after[code] > before[code]}
     except ruff_tool.RuffError as exc:
         return GenerateResult(candidate=None, rejection=f"ruff failed: {exc}")
     if introduced:
