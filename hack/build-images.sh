@@ -182,11 +182,13 @@ ca_bundle="$(pip_setting PIP_CERT cert)"
 ca_bundle="${ca_bundle:-/etc/ssl/certs/ca-certificates.crt}"
 [[ ! -f "$ca_bundle" ]] || build_args+=(--secret "id=ca-bundle,src=$ca_bundle")
 
-# buildah's builds (podman's too) read the runtime but not the ulimits from containers.conf;
-# the docker format keeps the HEALTHCHECKs, which OCI images cannot hold.
+# buildah's builds (podman's too) read the runtime but not the ulimits from containers.conf.
+# Their OCI images leave out the HEALTHCHECKs (buildah warns): in the docker format podman
+# would schedule them with systemd timers and log an error on every run where systemd is
+# not running, and Kubernetes uses the chart's probes instead.
 case "$engine" in
     docker) build=(docker build) ;;
-    *) build=("$engine" build --layers --format docker --runtime runc --ulimit "${ulimits[0]}" --ulimit "${ulimits[1]}") ;;
+    *) build=("$engine" build --layers --runtime runc --ulimit "${ulimits[0]}" --ulimit "${ulimits[1]}") ;;
 esac
 # Names as the engine lists them: podman and buildah qualify local tags with localhost/.
 qualified() { [[ "$engine" == docker ]] && printf '%s' "$1" || printf 'localhost/%s' "$1"; }
@@ -231,6 +233,7 @@ for target in replica operator; do
         --target "$target" --tag "${tags[$target]}" "$repository" >&2
 done
 log "built both images in $((SECONDS - started))s"
+[[ "$engine" == docker ]] || log "run them with CONTAINERS_CONF=$containers_conf (runc, this machine's ulimits)"
 cat >"$images_dir/images.json.new" <<EOF
 {
   "engine": "$engine",
