@@ -67,6 +67,15 @@ def test_tarscli_answers_help(image_engine: Engine, image: str) -> None:
     assert "self-code" in result.stdout, result.stdout
 
 
+def test_replica_image_has_git_and_bubblewrap(image_engine: Engine) -> None:
+    """git for the coordinator's sources and commits, bwrap for the tester's sandbox."""
+    result = image_engine.run(
+        image_engine.build.replica, "-c", "git --version && bwrap --version", entrypoint="sh"
+    )
+    assert result.stdout.startswith("git version "), result.stdout
+    assert "bubblewrap " in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("image", IMAGES)
 def test_image_user_is_the_fixed_non_root_uid(image_engine: Engine, image: str) -> None:
     """The image's own USER, not the pod's runAsUser: runAsNonRoot checks the image."""
