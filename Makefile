@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install bubblewrap tools ollama dev-up dev-down crds test demo kind-demo
+.PHONY: help install bubblewrap tools ollama images dev-up dev-down crds test demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manage
 ollama: install ## Build the pinned Ollama server and prepare the small test model (tars-gemma3-270m)
 	@PYTHON=$(PY) hack/build-ollama.sh
 
+images: ## Build tars-replica and tars-operator with docker or podman (a local base where no registry answers)
+	@hack/build-images.sh
+
 dev-up: install tools ## Start etcd, kube-apiserver and kube-controller-manager on loopback; writes .dev/kubeconfig
 	@TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" $(PY) -m tests.harness.controlplane up --state-dir .dev
 
@@ -39,10 +42,11 @@ dev-down: ## Stop what dev-up started
 crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds
 
-test: install tools ollama ## Run the whole test suite against a real control plane and Ollama
+test: install tools ollama images ## Run the whole test suite against a real control plane, Ollama and the images
 	$(VENV)/bin/lint-imports
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
 	TARS_OLLAMA_DIR="$$(PYTHON=$(PY) hack/build-ollama.sh | tail -n 1)" \
+	TARS_IMAGES_DIR="$$(hack/build-images.sh | tail -n 1)" \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 kind-demo: install ## The demo in a new kind cluster (needs docker, kind, helm): images, chart, a volume run

@@ -1,9 +1,10 @@
 """Fixtures for tests against real components: the control plane (etcd, kube-apiserver,
-kube-controller-manager) and an Ollama server with a small model.
+kube-controller-manager), an Ollama server with a small model, and the project's images.
 
 Each is started once per session, and only when a test asks for one of its fixtures;
 tests that don't need it never start it. The builds come from `make tools` through
-TARS_TOOLS_DIR and from `make ollama` through TARS_OLLAMA_DIR (`make test` sets both).
+TARS_TOOLS_DIR, from `make ollama` through TARS_OLLAMA_DIR and from `make images` through
+TARS_IMAGES_DIR (`make test` sets all three).
 Without them these tests skip, except under CI=true where they fail.
 """
 
@@ -21,7 +22,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, ollama, podrunner
+from tests.harness import controlplane, images, ollama, podrunner
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import run_tool
 
@@ -72,6 +73,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
 def ollama_dir() -> Path:
     """The pinned Ollama build and its models directory (`make ollama`)."""
     return _build_or_skip("TARS_OLLAMA_DIR", ollama.missing_build, "make ollama")
+
+
+@pytest.fixture(scope="session")
+def image_engine() -> images.Engine:
+    """Runs containers from the images `make images` built (TARS_IMAGES_DIR)."""
+    images_dir = _build_or_skip("TARS_IMAGES_DIR", images.missing_build, "make images")
+    return images.Engine(images.load_build(images_dir))
 
 
 @pytest.fixture(scope="session")

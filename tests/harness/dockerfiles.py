@@ -81,15 +81,28 @@ def instructions(text: str) -> list[Instruction]:
     return result
 
 
+_VARIABLE = re.compile(r"\$(?:\{(?P<braced>\w+)\}|(?P<bare>\w+))")
+
+
+def _substituted(word: str, arguments: dict[str, str]) -> str:
+    """`$NAME` and `${NAME}` replaced by the global ARG defaults, as FROM reads them."""
+    return _VARIABLE.sub(lambda match: arguments.get(match["braced"] or match["bare"], ""), word)
+
+
 def stages(path: Path) -> list[Stage]:
+    """The stages, each FROM's base with the global ARGs (those before the first FROM) in it."""
     parsed: list[Stage] = []
+    global_arguments: dict[str, str] = {}
     for instruction in instructions(path.read_text(encoding="utf-8")):
         if instruction.keyword == "FROM":
             _, words = instruction.flags_and_words()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            parsed.append(Stage(name=name, base=words[0], line=instruction.line))
+            base = _substituted(words[0], global_arguments)
+            parsed.append(Stage(name=name, base=base, line=instruction.line))
         elif instruction.keyword == "ARG" and not parsed:
-            continue
+            for word in instruction.flags_and_words()[1]:
+                name, _, default = word.partition("=")
+                global_arguments[name] = default
         else:
             if not parsed:
                 raise ValueError(f"{path}:{instruction.line}: {instruction.keyword} before FROM")
