@@ -421,7 +421,7 @@ class ContainerNode:
             selector = f"spec.nodeName={NODE_NAME}"
             for pod in core.list_pod_for_all_namespaces(field_selector=selector).items:
                 core.delete_namespaced_pod(
-                    pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0
+                    pod.metadata.name, pod.metadata.namespace, grace_period_seconds=1
                 )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
