@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install bubblewrap tools ollama images dev-up dev-down crds test demo kind-demo
+.PHONY: help install bubblewrap tools node ollama images dev-up dev-down crds test demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
 	@hack/build-tools.sh
 
+node: ## Build the dev node that runs pods as containers (kubelet, kube-scheduler, containerd, runc)
+	@hack/build-node.sh
+
 ollama: install ## Build the pinned Ollama server and prepare the small test model (tars-gemma3-270m)
 	@PYTHON=$(PY) hack/build-ollama.sh
 
@@ -42,9 +45,10 @@ dev-down: ## Stop what dev-up started
 crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds
 
-test: install tools ollama images ## Run the whole test suite against a real control plane, Ollama and the images
+test: install tools node ollama images ## Run the whole test suite against a real control plane and node, Ollama and the images
 	$(VENV)/bin/lint-imports
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
+	TARS_NODE_DIR="$$(hack/build-node.sh | tail -n 1)" \
 	TARS_OLLAMA_DIR="$$(PYTHON=$(PY) hack/build-ollama.sh | tail -n 1)" \
 	TARS_IMAGES_DIR="$$(hack/build-images.sh | tail -n 1)" \
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -35,11 +35,11 @@ helm_version="$(pinned_version helm helm.sh/helm/v3)"
 tools_dir="$cache_root/k8s-$kubernetes_version"
 bin_dir="$tools_dir/bin"
 binaries=(kube-apiserver kube-controller-manager kubectl etcd helm)
-# The stamp names every pinned version and the exact module sums, so any change to
-# hack/tools rebuilds and nothing else does.
+# The stamp names every pinned version and the exact module sums of the builders used
+# here, so any change to them rebuilds and nothing else does.
 stamp="$(
     printf 'kubernetes %s\netcd %s\nhelm %s\n' "$kubernetes_version" "$etcd_version" "$helm_version"
-    cat "$tools_src"/*/go.mod "$tools_src"/*/go.sum | sha256sum | cut -d' ' -f1
+    cat "$tools_src"/{kubernetes,etcd,helm}/go.{mod,sum} | sha256sum | cut -d' ' -f1
 )"
 
 up_to_date() {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,6 +80,23 @@ def _default_roles() -> dict[Role, RoleDefaults]:
     }
 
 
+class TesterIsolation(StrEnum):
+    """What keeps one test run from another inside a shared tester pod.
+
+    bubblewrap needs a user namespace of its own, a `/proc` it may mount again and the
+    `unshare`/`clone` calls that RuntimeDefault seccomp refuses to unprivileged containers.
+    """
+
+    # The pod gets its own user namespace (`hostUsers: false`): its uids map to unprivileged
+    # host uids, so bwrap may make its namespaces and mount its /proc (`procMount: Unmasked`),
+    # and seccomp is the namespace's boundary instead of the node's profile (`Unconfined`).
+    # Needs a runtime with user namespaces (containerd 2 or CRI-O with runc >= 1.2 or crun).
+    user_namespace = "userNamespace"
+    # The pod alone, under RuntimeDefault seccomp: runs sharing a tester can read each other's
+    # copies, and every run's status says it had no sandbox.
+    pod = "pod"
+
+
 class OperatorConfig(ConfigModel):
     image: str = Field(default=f"tars-replica:{__version__}", min_length=1)
     image_pull_policy: str = Field(default="IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$")
@@ -95,6 +113,7 @@ class OperatorConfig(ConfigModel):
     scratch_size_limit: str = "1Gi"
     run_as_user: Annotated[int, Field(ge=1)] = NON_ROOT_ID
     run_as_group: Annotated[int, Field(ge=1)] = NON_ROOT_ID
+    tester_isolation: TesterIsolation = TesterIsolation.user_namespace
     readiness_probe: ProbeConfig = ProbeConfig()
     liveness_probe: ProbeConfig = ProbeConfig(initial_delay_seconds=10, period_seconds=20)
     roles: dict[Role, RoleDefaults] = Field(default_factory=_default_roles)

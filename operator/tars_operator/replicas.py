@@ -33,7 +33,7 @@ from tars_api.replica import (
 )
 from tars_api.vocabulary import Role
 
-from tars_operator.config import OperatorConfig
+from tars_operator.config import OperatorConfig, TesterIsolation
 
 Manifest = dict[str, Any]
 
@@ -193,6 +193,11 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
     resources = _resources(replica, config)
     if resources:
         container["resources"] = resources
+    namespaced_tester = (
+        spec.role is Role.tester and config.tester_isolation is TesterIsolation.user_namespace
+    )
+    if namespaced_tester:
+        container["securityContext"]["procMount"] = "Unmasked"
     pod: Manifest = {
         # Only the coordinator talks to the API server (it reads TarsReplica status).
         "automountServiceAccountToken": is_coordinator,
@@ -202,7 +207,7 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "runAsUser": config.run_as_user,
             "runAsGroup": config.run_as_group,
             "fsGroup": config.run_as_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
+            "seccompProfile": {"type": "Unconfined" if namespaced_tester else "RuntimeDefault"},
         },
         "containers": [container],
         "volumes": [
@@ -212,6 +217,8 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
     }
     if is_coordinator:
         pod["serviceAccountName"] = config.coordinator_service_account
+    if namespaced_tester:
+        pod["hostUsers"] = False
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

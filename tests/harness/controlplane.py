@@ -188,6 +188,9 @@ def _create_pki(pki: Path) -> None:
     # The bootstrap RBAC policy grants its controllers' roles to this user name.
     _issue_certificate(pki, "kube-controller-manager", "system:kube-controller-manager")
     _issue_certificate(pki, "admin", ADMIN_USER, organizations=["system:masters"])
+    # How the API server proves itself to a node's kubelet (logs, exec): the kubelet trusts
+    # client certificates from the cluster's CA (tests/harness/node.py).
+    _issue_certificate(pki, "kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client")
     # Service-account tokens are signed with RS256, the algorithm every client accepts.
     _openssl(
         "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
@@ -213,6 +216,19 @@ def _write_kubeconfig(path: Path, server: str, pki: Path, user: str, cert_name: 
             cluster, user, credentials, cluster_name=CLUSTER_NAME, context_name=CLUSTER_NAME
         ),
     )
+
+
+def client_kubeconfig(plane: ControlPlane, name: str, user: str, groups: Iterable[str]) -> Path:
+    """A kubeconfig for USER in GROUPS, with a client certificate from the cluster's CA.
+
+    Components other than the control plane's own (a node's kubelet, the scheduler) get
+    their own identities, so the Node authorizer and RBAC hold them to what they may do.
+    """
+    pki = plane.state_dir / "pki"
+    _issue_certificate(pki, name, user, organizations=groups)
+    path = pki / f"{name}.kubeconfig"
+    _write_kubeconfig(path, plane.server, pki, user, name)
+    return path
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -454,6 +470,10 @@ def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
                 f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kubelet-client-certificate={pki / 'kube-apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kube-apiserver-kubelet-client.key'}",
+                # A node's name is not in any DNS here; its InternalIP is where its kubelet is.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'service-account.pub'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",

@@ -18,7 +18,7 @@ from tars_api.replica import (
 )
 from tars_api.vocabulary import EngineName, Role
 from tars_operator import replicas
-from tars_operator.config import OperatorConfig
+from tars_operator.config import OperatorConfig, TesterIsolation
 
 CONFIG = OperatorConfig(ollama_host="http://ollama.tars.svc:11434")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -154,6 +154,33 @@ def test_pods_are_locked_down_and_only_the_coordinator_gets_a_token() -> None:
     assert pod["volumes"] == [
         {"name": "scratch", "emptyDir": {"sizeLimit": CONFIG.scratch_size_limit}}
     ]
+
+
+def pod_spec(role: Role, config: OperatorConfig = CONFIG) -> dict[str, Any]:
+    deployment = replicas.desired_deployment(replica(role.value, role), config)
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_testers_get_a_user_namespace_for_bwrap_and_the_other_roles_do_not() -> None:
+    tester = pod_spec(Role.tester)
+    assert tester["hostUsers"] is False
+    assert tester["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    assert tester["containers"][0]["securityContext"]["procMount"] == "Unmasked"
+    assert tester["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    for role in (Role.analyzer, Role.generator, Role.coordinator):
+        other = pod_spec(role)
+        assert "hostUsers" not in other
+        assert other["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "procMount" not in other["containers"][0]["securityContext"]
+
+
+def test_tester_isolation_pod_keeps_the_node_defaults() -> None:
+    tester = pod_spec(
+        Role.tester, CONFIG.model_copy(update={"tester_isolation": TesterIsolation.pod})
+    )
+    assert "hostUsers" not in tester
+    assert tester["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "procMount" not in tester["containers"][0]["securityContext"]
 
 
 def test_suspend_scales_the_deployment_to_zero() -> None:

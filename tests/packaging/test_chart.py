@@ -25,6 +25,7 @@ from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tars_operator import replicas
 from tars_operator.config import NON_ROOT_ID, OperatorConfig, load_config
+from tars_operator.config import TesterIsolation as Isolation
 from tars_operator.main import build_parser
 
 from tests.harness import controlplane, ollama
@@ -285,6 +286,12 @@ def test_tester_network_policy_selects_exactly_the_tester_pods(
             assert [account["metadata"]["namespace"] for account in accounts] == ["work"]
         assert pod["securityContext"]["runAsUser"] == NON_ROOT_ID
     assert not find(render("sandbox.denyTesterEgress=false"), "NetworkPolicy")
+
+
+def test_the_tester_isolation_reaches_the_operator(render: Render, tmp_path: Path) -> None:
+    assert operator_config(render(), tmp_path).tester_isolation is Isolation.user_namespace
+    alone = operator_config(render("sandbox.testerIsolation=pod"), tmp_path)
+    assert alone.tester_isolation is Isolation.pod
 
 
 def test_ollama_serves_the_replicas_and_pulls_the_model(render: Render, tmp_path: Path) -> None:

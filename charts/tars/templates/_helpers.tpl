@@ -95,6 +95,7 @@ ollama_host: {{ . | quote }}
 {{- end }}
 coordinator_service_account: {{ .Values.coordinator.serviceAccountName }}
 scratch_size_limit: {{ .Values.scratchSizeLimit | quote }}
+tester_isolation: {{ .Values.sandbox.testerIsolation }}
 roles:
 {{- range $role := list "analyzer" "generator" "tester" "coordinator" }}
 {{- $defaults := index $.Values.roles $role }}
