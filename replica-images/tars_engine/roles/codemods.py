@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import re
 import tokenize
 from collections import Counter
@@ -94,6 +95,37 @@ def _ends_signature(token: tokenize.TokenInfo, depth: int) -> bool:
     return token.type == tokenize.OP and token.string == ":" and depth == 0
 
 
+def _is_type_comment(token: tokenize.TokenInfo) -> bool:
+    return token.type == tokenize.COMMENT and bool(_TYPE_COMMENT.match(token.string))
+
+
+def _signature(tokens: list[tokenize.TokenInfo], index: int, starts: list[int]) -> _Signature:
+    """The signature of the `def` at `tokens[index]`: it ends at the first colon outside
+    brackets (a default's lambda or dict, or a type parameter's bound, is inside them)."""
+    name = tokens[index + 1]
+    depth, position, last, type_comment = 0, index + 2, name, False
+    while not _ends_signature(tokens[position], depth):
+        current = tokens[position]
+        if current.type == tokenize.OP:
+            depth += (current.string in _OPENING) - (current.string in _CLOSING)
+        type_comment |= _is_type_comment(current)
+        if current.type not in (tokenize.COMMENT, tokenize.NL):
+            last = current
+        position += 1
+    # A signature's type comment stands after the colon, before the body's first token.
+    for following in itertools.islice(tokens, position + 1, None):
+        if following.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT):
+            break
+        type_comment |= _is_type_comment(following)
+    row, column = last.end
+    return _Signature(
+        name_line=name.start[0],
+        name_column=name.start[1] + 1,
+        end_of_parameters=starts[row - 1] + column,
+        type_comment=type_comment,
+    )
+
+
 def _signatures(text: str) -> dict[tuple[int, int], _Signature]:
     """Every `def`'s signature, keyed by where the statement starts (`async` included):
     line and character column, as `ast` gives them once its byte columns are converted."""
@@ -101,36 +133,10 @@ def _signatures(text: str) -> dict[tuple[int, int], _Signature]:
     starts = _line_starts(text)
     signatures = {}
     for index, token in enumerate(tokens):
-        if token.type != tokenize.NAME or token.string != "def":
-            continue
-        previous = tokens[index - 1] if index else None
-        start = (
-            previous.start if previous is not None and previous.string == "async" else token.start
-        )
-        name = tokens[index + 1]
-        depth, position, last, type_comment = 0, index + 2, name, False
-        while not _ends_signature(tokens[position], depth):
-            current = tokens[position]
-            if current.type == tokenize.OP:
-                depth += (current.string in _OPENING) - (current.string in _CLOSING)
-            if current.type == tokenize.COMMENT:
-                type_comment |= bool(_TYPE_COMMENT.match(current.string))
-            elif current.type != tokenize.NL:
-                last = current
-            position += 1
-        # A signature's type comment stands after the colon, before the body's first token.
-        for following in tokens[position + 1 :]:
-            if following.type == tokenize.COMMENT:
-                type_comment |= bool(_TYPE_COMMENT.match(following.string))
-            elif following.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT):
-                break
-        row, column = last.end
-        signatures[start] = _Signature(
-            name_line=name.start[0],
-            name_column=name.start[1] + 1,
-            end_of_parameters=starts[row - 1] + column,
-            type_comment=type_comment,
-        )
+        if token.type == tokenize.NAME and token.string == "def":
+            previous = tokens[index - 1] if index else token
+            start = previous.start if previous.string == "async" else token.start
+            signatures[start] = _signature(tokens, index, starts)
     return signatures
 
 
@@ -218,8 +224,10 @@ def _is_placeholder(body: list[ast.stmt]) -> bool:
 
 
 def _is_boolean(expression: ast.expr, bound: frozenset[str]) -> bool:
-    """Whether `expression` is a bool whatever its operands: a literal, a comparison, a
-    negation, a boolean builtin's call, or `and`/`or` of those."""
+    """Whether `expression` is a bool: a literal, a negation, a boolean builtin's call,
+    `and`/`or` of those, or a comparison. `in` and `is` always answer a bool, and so do the
+    rich comparisons of Python's own types; an operand whose `==` answers otherwise (a
+    numpy array) makes the annotation wrong for a type checker, never at runtime."""
     if isinstance(expression, ast.Constant):
         return isinstance(expression.value, bool)
     if isinstance(expression, ast.Compare):
