@@ -13,9 +13,18 @@ import textwrap
 from pathlib import Path
 
 from tars_api.run import RunPhase
+from tars_api.vocabulary import EngineName
+from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import SourceFile
+from tars_engine.core.models import (
+    AnalyzeRequest,
+    GenerateRequest,
+    GenerateResult,
+    SourceFile,
+)
 from tars_engine.core.ruff_config import lint_context
+from tars_engine.core.selection import actionable_findings
+from tars_engine.roles.analyzer import Analyzer
 from tars_engine.roles.codemods import (
     BOOL_RETURN,
     NONE_RETURN,
@@ -24,6 +33,7 @@ from tars_engine.roles.codemods import (
     fix,
     project_sites,
 )
+from tars_engine.roles.generator import Generator
 
 from tests.harness.projects import write_tree
 from tests.harness.tools import git, git_init
@@ -318,6 +328,27 @@ def test_a_project_that_chose_its_rules_gets_codemods_only_for_the_ann_rules_it_
     assert project_sites(project_source(tmp_path, "chose/m.py")) == []
     chosen = project_sites(project_source(tmp_path, "annotations/m.py"))
     assert [site.function for site in chosen] == ["_hidden"]
+
+
+def generate(content: str) -> GenerateResult:
+    source = SourceFile(path="pkg/m.py", content=content)
+    report = Analyzer().analyze(AnalyzeRequest(file=source))
+    findings = actionable_findings(report, EngineName.static, allow_unsafe=False)
+    return Generator().generate(GenerateRequest(file=source, findings=findings, targets=["pkg"]))
+
+
+def test_the_static_engine_applies_codemods_and_ruffs_fixes_in_one_candidate() -> None:
+    content = "import os\r\n\r\n\r\ndef show(value):\r\n    print(value)\r\n"
+    result = generate(content)
+    assert result.candidate is not None, result.rejection
+    assert result.candidate.rules == ["F401", NONE_RETURN.code]
+    assert f"- {NONE_RETURN.code} (1 fixed): `show` returns no value" in result.candidate.rationale
+    after = apply_unified_diff(content, result.candidate.diff, "pkg/m.py")
+    assert after == "\r\n\r\ndef show(value) -> None:\r\n    print(value)\r\n"
+
+    # With nothing for ruff to fix, the codemod alone makes the candidate.
+    alone = generate("def show(value):\n    print(value)\n")
+    assert alone.candidate is not None and alone.candidate.rules == [NONE_RETURN.code]
 
 
 # A plugin registry that reads its plugins' annotations: an annotation changes what it
