@@ -313,6 +313,19 @@ def test_the_projects_ignores_of_the_ann_rules_hold(tmp_path: Path) -> None:
     assert project_sites(project_source(tmp_path, "pkg/quiet.py")) == []
 
 
+def test_the_projects_flake8_annotations_options_hold(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "ruff.toml": "[lint.flake8-annotations]\nsuppress-none-returning = true\n",
+            "m.py": SHOW + "\n\ndef empty(text):\n    return not text\n",
+        },
+    )
+    # The project lets a function that returns nothing go without `-> None`.
+    sites = project_sites(project_source(tmp_path, "m.py"))
+    assert [(site.function, site.rule) for site in sites] == [("empty", BOOL_RETURN)]
+
+
 def test_a_project_that_chose_its_rules_gets_codemods_only_for_the_ann_rules_it_chose(
     tmp_path: Path,
 ) -> None:
