@@ -248,7 +248,7 @@ def prioritize(
 def actionable_findings(
     report: AnalysisReport, engine: EngineName, allow_unsafe: bool
 ) -> list[Finding]:
-    """What the generator can act on: the static fixes for the static engine, everything for a model."""
+    """What the generator can act on: static fixes for the static engine, everything for a model."""
     if engine is EngineName.ollama:
         return list(report.findings)
     return [

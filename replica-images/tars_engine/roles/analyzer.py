@@ -91,7 +91,7 @@ RULE_CLASSES: dict[str, tuple[FindingKind, Severity]] = {
     "PIE": (FindingKind.maintainability, Severity.low),
     "D": (FindingKind.documentation, Severity.info),
     "C90": (FindingKind.complexity, Severity.medium),
-    "TRS1": (FindingKind.typing, Severity.low),
+    codemods.CODEMOD_PREFIX: (FindingKind.typing, Severity.low),
 }
 
 

@@ -41,8 +41,10 @@ class CodemodRule:
         return f"`{function}` {self.summary}: annotate it `-> {self.annotation}`"
 
 
-NONE_RETURN = CodemodRule("TRS101", "None", "returns no value")
-BOOL_RETURN = CodemodRule("TRS102", "bool", "returns only booleans")
+# TARS's own namespace of rule codes, apart from every linter ruff knows.
+CODEMOD_PREFIX = "TRS"
+NONE_RETURN = CodemodRule(f"{CODEMOD_PREFIX}101", "None", "returns no value")
+BOOL_RETURN = CodemodRule(f"{CODEMOD_PREFIX}102", "bool", "returns only booleans")
 CODEMOD_RULES: dict[str, CodemodRule] = {rule.code: rule for rule in (NONE_RETURN, BOOL_RETURN)}
 
 # Ruff's rules for a function without a return annotation, ANN201 to ANN206.
