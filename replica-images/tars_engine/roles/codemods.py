@@ -300,19 +300,27 @@ def candidate_sites(path: str, content: str) -> list[Site]:
         return []
     try:
         tree = python_ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    bound = _bound_names(tree)
+    certain = [
+        (node, rule)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (rule := _certain_annotation(node, bound)) is not None
+    ]
+    if not certain:
+        return []
+    try:
         signatures = _signatures(text)
-    except (SyntaxError, ValueError, tokenize.TokenError):
+    except (SyntaxError, tokenize.TokenError):
         return []
     lines = text.split("\n")
-    bound = _bound_names(tree)
     sites = []
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        rule = _certain_annotation(node, bound)
+    for node, rule in certain:
         start = (node.lineno, _character_column(lines[node.lineno - 1], node.col_offset))
         signature = signatures.get(start)
-        if rule is None or signature is None or signature.type_comment:
+        if signature is None or signature.type_comment:
             continue
         sites.append(
             Site(
