@@ -11,6 +11,8 @@ from tars_engine.core.models import (
     AnalyzeRequest,
     FindingKind,
     FindingSource,
+    LintContext,
+    ProjectFile,
     Severity,
     SourceFile,
 )
@@ -62,6 +64,27 @@ def test_ruff_findings_carry_kind_severity_location_and_fixability() -> None:
     assert by_rule["C408"].kind is FindingKind.performance
     assert report.priority > 0
     assert report.metrics["functions"] == 1
+
+
+def test_codemod_findings_are_safe_typing_fixes_the_projects_ann_ignores_suppress() -> None:
+    content = "def show(value):\n    print(value)\n\n\ndef _blank(line):\n    return not line\n"
+    report = analyze("pkg/shown.py", content)
+    codemod = [f for f in report.findings if f.source is FindingSource.codemod]
+    assert [(f.rule, f.location.line, f.location.column) for f in codemod] == [
+        ("TRS101", 1, 5),
+        ("TRS102", 5, 5),
+    ]
+    assert all(f.kind is FindingKind.typing and f.fix_available and f.fix_safe for f in codemod)
+    assert "`show` returns no value" in codemod[0].message
+
+    ignoring = LintContext(
+        configs=[ProjectFile(path="pyproject.toml", content='[tool.ruff]\nignore = ["ANN201"]\n')]
+    )
+    quiet = Analyzer().analyze(
+        AnalyzeRequest(file=SourceFile(path="pkg/shown.py", content=content, lint=ignoring))
+    )
+    # `show` is public (ANN201, ignored); `_blank` is private (ANN202).
+    assert [f.rule for f in quiet.findings if f.source is FindingSource.codemod] == ["TRS102"]
 
 
 def test_clean_file_scores_below_messy_file() -> None:

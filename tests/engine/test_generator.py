@@ -54,7 +54,7 @@ def test_safe_fixes_become_a_validated_diff_with_rationale() -> None:
 
 
 def test_unsafe_fixes_only_when_allowed() -> None:
-    content = "def f(x):\n    return x == None\n"
+    content = "def f(x) -> bool:\n    return x == None\n"
     refused = generate("pkg/m.py", content)
     assert refused.candidate is None and "E711 need unsafe fixes" in (refused.rejection or "")
     allowed = generate("pkg/m.py", content, allow_unsafe_fixes=True)

@@ -32,6 +32,7 @@ class FindingKind(str, enum.Enum):
     reliability = "reliability"
     maintainability = "maintainability"
     documentation = "documentation"
+    typing = "typing"
 
 
 class Severity(str, enum.Enum):
@@ -46,6 +47,12 @@ class FindingSource(str, enum.Enum):
     ruff = "ruff"
     metrics = "metrics"
     model = "model"
+    codemod = "codemod"
+
+    @property
+    def fixed_statically(self) -> bool:
+        """Whether the static engine holds the fixer for this source's fixable findings."""
+        return self in (FindingSource.ruff, FindingSource.codemod)
 
 
 class Location(WireModel):
@@ -59,7 +66,10 @@ class Finding(WireModel):
     kind: FindingKind
     severity: Severity
     source: FindingSource
-    rule: str = Field(description="ruff code (F401), metric name (complexity) or 'model-review'")
+    rule: str = Field(
+        description="ruff code (F401), codemod code (TRS101), metric name (complexity) or "
+        "'model-review'"
+    )
     message: str
     location: Location
     fix_available: bool = False

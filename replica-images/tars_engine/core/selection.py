@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tars_api.vocabulary import EngineName
 
 from tars_engine.core.git import GitOptions, git, run_git
-from tars_engine.core.models import AnalysisReport, Finding, FindingSource
+from tars_engine.core.models import AnalysisReport, Finding
 from tars_engine.core.validation import is_test_file
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
@@ -248,13 +248,13 @@ def prioritize(
 def actionable_findings(
     report: AnalysisReport, engine: EngineName, allow_unsafe: bool
 ) -> list[Finding]:
-    """What the generator can act on: ruff's fixes for the static engine, everything for a model."""
+    """What the generator can act on: static fixes for the static engine, everything for a model."""
     if engine is EngineName.ollama:
         return list(report.findings)
     return [
         finding
         for finding in report.findings
-        if finding.source is FindingSource.ruff
+        if finding.source.fixed_statically
         and finding.fix_available
         and (finding.fix_safe or allow_unsafe)
     ]

@@ -1,4 +1,5 @@
-"""Analyzer role: ruff findings, AST metrics and (with the ollama engine) a model review.
+"""Analyzer role: ruff findings, TARS's codemods, AST metrics and (with the ollama engine) a
+model review.
 
 A file that cannot be analysed (binary, huge, not parseable) yields a report with
 `error` set; the analyzer never raises for bad content.
@@ -23,7 +24,7 @@ from tars_engine.core.models import (
     Severity,
 )
 from tars_engine.core.settings import ReplicaSettings
-from tars_engine.roles import ruff_tool
+from tars_engine.roles import codemods, ruff_tool
 from tars_engine.roles.model_review import ModelReviewer
 from tars_engine.roles.ollama_engine import OllamaEngine
 
@@ -47,6 +48,7 @@ KIND_WEIGHT: dict[FindingKind, float] = {
     FindingKind.performance: 1.3,
     FindingKind.complexity: 1.2,
     FindingKind.maintainability: 1.0,
+    FindingKind.typing: 0.8,
     FindingKind.style: 0.6,
     FindingKind.documentation: 0.5,
 }
@@ -89,6 +91,7 @@ RULE_CLASSES: dict[str, tuple[FindingKind, Severity]] = {
     "PIE": (FindingKind.maintainability, Severity.low),
     "D": (FindingKind.documentation, Severity.info),
     "C90": (FindingKind.complexity, Severity.medium),
+    codemods.CODEMOD_PREFIX: (FindingKind.typing, Severity.low),
 }
 
 
@@ -252,6 +255,25 @@ def ruff_findings(diagnostics: list[ruff_tool.RuffDiagnostic]) -> list[Finding]:
     return findings
 
 
+def codemod_findings(sites: list[codemods.Site]) -> list[Finding]:
+    findings = []
+    for site in sites:
+        kind, severity = classify_rule(site.rule.code)
+        findings.append(
+            Finding(
+                kind=kind,
+                severity=severity,
+                source=FindingSource.codemod,
+                rule=site.rule.code,
+                message=site.rule.message(site.function),
+                location=Location(line=site.line, column=site.column),
+                fix_available=True,
+                fix_safe=True,
+            )
+        )
+    return findings
+
+
 def unanalysable_reason(content: str) -> str | None:
     """Why content is not a Python file the engine should touch, or None."""
     size = len(content.encode("utf-8", errors="surrogatepass"))
@@ -278,7 +300,7 @@ class Analyzer:
         self._reviewer = reviewer
 
     def info(self) -> RoleInfo:
-        capabilities = ["ruff", "ast-metrics", "priority"]
+        capabilities = ["ruff", "codemods", "ast-metrics", "priority"]
         if self.settings.engine is EngineName.ollama:
             capabilities.append("model-review")
         return self.settings.role_info(Role.analyzer, capabilities)
@@ -306,6 +328,10 @@ class Analyzer:
             findings = ruff_findings(ruff_tool.check(request.file)) + findings
         except ruff_tool.RuffError as exc:
             notes.append(f"ruff findings unavailable: {exc}")
+        try:
+            findings = codemod_findings(codemods.project_sites(request.file)) + findings
+        except ruff_tool.RuffError as exc:
+            notes.append(f"codemod findings unavailable: {exc}")
         tokens_used = 0
         if request.engine is EngineName.ollama:
             outcome = self._model_reviewer().review(

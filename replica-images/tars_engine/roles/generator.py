@@ -15,7 +15,6 @@ from tars_api.vocabulary import EngineName, Role
 from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.models import (
     Finding,
-    FindingSource,
     GenerateRequest,
     GenerateResult,
     Location,
@@ -26,7 +25,7 @@ from tars_engine.core.models import (
 )
 from tars_engine.core.settings import ReplicaSettings
 from tars_engine.core.validation import finish_candidate, path_rejection, syntax_problem
-from tars_engine.roles import ruff_tool
+from tars_engine.roles import codemods, ruff_tool
 from tars_engine.roles.ollama_client import OllamaError
 from tars_engine.roles.ollama_engine import OllamaEngine, model_findings
 
@@ -41,10 +40,10 @@ CODE_REMOVING_RULES = frozenset({"F401", "F811", "F841"})
 
 
 def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str], list[str]]:
-    """(rules ruff may fix in this run, rules whose fixes need unsafe fixes)."""
+    """(rules the static engine may fix in this run, rules whose fixes need unsafe fixes)."""
     allowed, unsafe_only = set(), set()
     for finding in findings:
-        if finding.source is not FindingSource.ruff or not finding.fix_available:
+        if not (finding.source.fixed_statically and finding.fix_available):
             continue
         if finding.fix_safe or allow_unsafe:
             allowed.add(finding.rule)
@@ -84,11 +83,32 @@ def project_fixable(source: SourceFile) -> set[str]:
     return {d.code for d in ruff_tool.check(source) if d.fix_available}
 
 
+def finding_counts(source: SourceFile, rules: list[str]) -> Counter[str]:
+    """Every ruff finding in `source`, and the sites of the codemods among `rules`."""
+    return Counter(d.code for d in ruff_tool.check(source)) + codemods.counts(source, rules)
+
+
+def fix_rules(source: SourceFile, rules: list[str], *, unsafe: bool) -> tuple[str, Counter[str]]:
+    """The content with the fixes for `rules` applied, and the ruff findings left in it.
+
+    A codemod is a rule like ruff's, with its own fixer. Codemods go last, on what ruff's
+    fixes made, and change every site they would count: none of theirs is left.
+    """
+    ruff_rules = [rule for rule in rules if not codemods.is_codemod_rule(rule)]
+    content, remaining = source.content, None
+    if ruff_rules:
+        content, remaining = ruff_tool.fix(source, ruff_rules, unsafe=unsafe)
+    annotated = codemods.fix(source.with_content(content), rules)
+    if remaining is None or annotated != content:
+        remaining = ruff_tool.check(source.with_content(annotated))
+    return annotated, Counter(d.code for d in remaining)
+
+
 def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding]) -> str:
     first_message: dict[str, str] = {}
     for finding in findings:
         first_message.setdefault(finding.rule, finding.message)
-    lines = ["Apply ruff's fixes:"]
+    lines = ["Apply the static fixes (ruff's and TARS's codemods):"]
     lines += [
         f"- {rule} ({count} fixed): {first_message[rule]}" for rule, count in sorted(fixed.items())
     ]
@@ -99,7 +119,8 @@ def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding
 
 
 def static_generate(request: GenerateRequest) -> GenerateResult:
-    """Ruff's fixes for the request's fixable findings, as a validated candidate."""
+    """Ruff's fixes and TARS's codemods for the request's fixable findings, as a validated
+    candidate."""
     source = request.file
     rules, unsafe_only = fixable_rules(request.findings, request.allow_unsafe_fixes)
     if not rules:
@@ -125,22 +146,20 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
     unsafe = request.allow_unsafe_fixes and stage == 0
     follow_ups: set[str] = set()
     try:
-        before = Counter(d.code for d in ruff_tool.check(source))
-        fixed_content, remaining = ruff_tool.fix(source, rules, unsafe=unsafe)
+        before = finding_counts(source, rules)
+        fixed_content, after = fix_rules(source, rules, unsafe=unsafe)
         # As ruff itself does, fix again what the fixes left behind, to a fixed point: a
         # finding they introduced is a follow-up when the project lets ruff fix it.
         for _ in range(MAX_FIX_ROUNDS):
-            after = Counter(d.code for d in remaining)
             introduced = {code for code in after if after[code] > before[code]}
             fixable = project_fixable(source.with_content(fixed_content)) if introduced else set()
             new_follow_ups = (introduced & fixable) - follow_ups - set(rules)
             if not new_follow_ups:
                 break
             follow_ups |= new_follow_ups
-            fixed_content, remaining = ruff_tool.fix(
+            fixed_content, after = fix_rules(
                 source.with_content(fixed_content), [*rules, *follow_ups], unsafe=unsafe
             )
-        after = Counter(d.code for d in remaining)
         introduced = {code for code in after if after[code] > before[code]}
     except ruff_tool.RuffError as exc:
         return GenerateResult(candidate=None, rejection=f"ruff failed: {exc}")
@@ -204,7 +223,7 @@ class Generator:
         self._model: OllamaEngine | None = None
 
     def info(self) -> RoleInfo:
-        capabilities = ["ruff-fixes", "validation"]
+        capabilities = ["ruff-fixes", "codemods", "validation"]
         if self.settings.engine is EngineName.ollama:
             capabilities += ["ollama", "search-replace-edits", "few-shot-examples"]
         return self.settings.role_info(Role.generator, capabilities)

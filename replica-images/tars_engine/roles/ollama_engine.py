@@ -98,11 +98,11 @@ class ModelReview(BaseModel):
 
 
 def model_findings(findings: list[Finding]) -> list[Finding]:
-    """What the model is asked for: everything the static engine's ruff fixes do not cover."""
+    """What the model is asked for: everything the static engine's fixes do not cover."""
     return [
         finding
         for finding in findings
-        if not (finding.source is FindingSource.ruff and finding.fix_available)
+        if not (finding.source.fixed_statically and finding.fix_available)
     ]
 
 

@@ -240,6 +240,20 @@ def check(source: SourceFile) -> list[RuffDiagnostic]:
     return diagnostics
 
 
+def check_selected(source: SourceFile, rules: list[str]) -> list[RuffDiagnostic]:
+    """Diagnostics of `rules` alone, which need not be among the project's.
+
+    Selected on the command line, `rules` override the project's `ignore`: the caller
+    weighs that. Per-file ignores, exclusions and noqa comments hold as in any check.
+    """
+    stdout, _ = _run_ruff(source, ["--select", ",".join(rules), "--output-format", "json"])
+    return [
+        diagnostic
+        for diagnostic in _diagnostics(stdout)
+        if any(diagnostic.code.startswith(rule) for rule in rules)
+    ]
+
+
 def fix(source: SourceFile, rules: list[str], *, unsafe: bool) -> tuple[str, list[RuffDiagnostic]]:
     """The content with ruff's fixes for `rules` applied (unsafe ones only when asked),
     and the diagnostics that remain in it."""
