@@ -12,6 +12,11 @@ it again. Every accepted candidate has therefore passed the tests together with
 everything accepted before it. With `baseline_first` the baseline is tested before
 anything else, alongside the first batch when there are two or more testers;
 otherwise after the first batch.
+
+A file's rules are bisected the same way (`next_rule_groups`): when the static
+engine's change to a file fails its tests, its rules are split in halves, each
+half a candidate of its own, tested in the next batch on top of what passed; a
+half that passes is accepted, and the rules left at the end are the culprits.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from tars_engine.core.models import Candidate, SnapshotRef, TestRequest, TestRes
 from tars_engine.core.role_pool import RolePool
 from tars_engine.core.role_set import SnapshotMissingError, TesterRole
 from tars_engine.core.snapshot import archive_digest
-from tars_engine.core.state import RunOptions
+from tars_engine.core.state import RuleGroup, RunOptions
 from tars_engine.core.workflow_errors import WorkflowError
 
 BASELINE_LABEL = "baseline, no change"
@@ -85,6 +90,40 @@ def judged(result: TestResult, baseline: TestResult | None) -> TestResult:
     if reason is None:
         return result
     return result.model_copy(update={"passed": False, "unproven": reason})
+
+
+def _after_failure(rules: list[str], rest: list[RuleGroup]) -> tuple[list[RuleGroup], list[str]]:
+    # What followed the failed group no longer follows a pass.
+    if rest and rest[0].fails_after_a_pass:
+        rest = [rest[0].model_copy(update={"fails_after_a_pass": False}), *rest[1:]]
+    if len(rules) <= 1:
+        return rest, list(rules)
+    half = len(rules) // 2
+    halves = [RuleGroup(rules=rules[:half]), RuleGroup(rules=rules[half:], fails_after_a_pass=True)]
+    return [*halves, *rest], []
+
+
+def next_rule_groups(
+    groups: list[RuleGroup], passed: bool | None, rules: list[str]
+) -> tuple[list[RuleGroup], list[str]]:
+    """The rule groups left to try once the first of `groups` was tried, and the rules
+    found to fail the tests.
+
+    `rules` are those the first group's change fixed; `passed` says how its tests went
+    (None: no change was made of it). As in the candidates' bisection, a failed group
+    is split and its first half tried next; when a first half passes, its other half
+    is known to fail, so it is split (or, one rule, found out) without a test of its own.
+    """
+    rest = list(groups[1:])
+    if passed is False:
+        return _after_failure(rules, rest)
+    if passed is True and rest and rest[0].fails_after_a_pass:
+        known = rest.pop(0)
+        return _after_failure(known.rules or [], rest)
+    if rest and rest[0].fails_after_a_pass:
+        # Nothing was tested: the other half must be.
+        rest[0] = rest[0].model_copy(update={"fails_after_a_pass": False})
+    return rest, []
 
 
 @dataclass(frozen=True)
