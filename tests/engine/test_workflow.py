@@ -18,6 +18,7 @@ from tars_api.vocabulary import Role
 from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.learning import LearningStore
+from tars_engine.core.models import DropCause
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.role_set import RoleSet
 from tars_engine.core.settings import ReplicaSettings
@@ -255,6 +256,7 @@ def test_resume_after_the_process_died_recovers_commits(tmp_path: Path) -> None:
         from pathlib import Path
         from tars_engine.transports.embedded import local_workflow
         from tars_engine.core.learning import LearningStore
+from tars_engine.core.models import DropCause
         from tars_engine.core.state import RunOptions
 
         def die_after_first_commit(event):
@@ -439,3 +441,95 @@ def test_workflow_over_http_roles(tmp_path: Path, learning: LearningStore) -> No
     assert sum(outcome is FileOutcome.applied for outcome in outcomes.values()) == 3
     assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == 3
     assert project_tests_pass(root)
+
+
+# Three rules with safe fixes, one of them a trap: F401 removes the re-export the tests
+# import. Only bisecting the file's rules keeps the other two.
+LEGACY_FILES = {
+    "shop/legacy.py": textwrap.dedent(
+        '''\
+        """Names older callers import from here, and greetings."""
+
+        from collections import OrderedDict
+
+
+        def greet(name):
+            return "Hello, {}".format(name)
+
+
+        def wave():
+            return f"wave"
+        '''
+    ),
+    "tests/test_legacy.py": textwrap.dedent(
+        """\
+        from shop.legacy import OrderedDict, greet, wave
+
+
+        def test_legacy():
+            assert greet("Ann") == "Hello, Ann" and wave() == "wave"
+            assert list(OrderedDict(a=1)) == ["a"]
+        """
+    ),
+}
+
+
+def legacy_project(root: Path) -> Path:
+    shop_project(root)
+    write_tree(root, LEGACY_FILES)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "legacy names")
+    return root
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_failing_change_has_its_rules_bisected_and_keeps_those_that_pass(
+    tmp_path: Path, learning: LearningStore, stopped: bool
+) -> None:
+    root = legacy_project(tmp_path / "shop")
+    start = git(root, "rev-parse", "HEAD").strip()
+    split = threading.Event()
+
+    def note_split(event: WorkflowEvent) -> None:
+        if event.path == "shop/legacy.py" and "trying its rules apart" in event.message:
+            split.set()
+
+    if stopped:
+        # Stopped once the file's change failed and its rules were split: the run
+        # resumes the bisection from the state it saved.
+        first = run_workflow(
+            root,
+            learning,
+            on_event=note_split,
+            stop_requested=split.is_set,
+            targets=["shop"],
+            auto_apply=True,
+        )
+        assert first.phase is RunPhase.stopped, first.message
+        assert first.file("shop/legacy.py").outcome is None
+        assert [group.rules for group in first.file("shop/legacy.py").rule_groups] == [
+            ["F401"],
+            ["F541", "UP032"],
+        ]
+    state = run_workflow(root, learning, targets=["shop"], auto_apply=True)
+
+    assert state.phase is RunPhase.succeeded, state.message
+    record = state.file("shop/legacy.py")
+    assert record.outcome is FileOutcome.applied, record.message
+    assert [(drop.rule, drop.cause) for drop in record.dropped_rules] == [
+        ("F401", DropCause.tests_failed)
+    ]
+    assert "left out: F401 (tests-failed)" in record.message
+    legacy = (root / "shop" / "legacy.py").read_text()
+    assert "from collections import OrderedDict" in legacy
+    assert 'f"Hello, {name}"' in legacy and 'return "wave"' in legacy
+    assert state.file("shop/compat.py").outcome is FileOutcome.rejected
+    # One commit per accepted change; the file's passing half is one of them.
+    assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == len(state.applied)
+    legacy_changes = [c for c in state.accepted if c.path == "shop/legacy.py"]
+    assert [c.rules for c in legacy_changes] == [["F541", "UP032"]]
+    assert project_tests_pass(root)
+    assert "per accepted change" in state.message
+    records = learning.rule_records()
+    assert records["F401"].accepted < records["F401"].total
+    assert records["UP032"].accepted >= 1
