@@ -100,7 +100,6 @@ def test_unsafe_fixes_accept_at_least_what_safe_ones_do_and_more_than_ruff_alone
     safe_root = unpacked(project, tmp_path / "safe")
     unsafe_root = unpacked(project, tmp_path / "unsafe")
     ruff_root = unpacked(project, tmp_path / "ruff")
-    base = git(safe_root, "rev-parse", "HEAD").strip()
     arguments = ruff_arguments(safe_root, project)
     before = sum(findings(safe_root, arguments).values())
 
@@ -126,6 +125,7 @@ def test_unsafe_fixes_accept_at_least_what_safe_ones_do_and_more_than_ruff_alone
     assert ("boltons/iterutils.py", "SIM114") in left_out
     assert safe.file("boltons/iterutils.py").outcome.value == "Applied"
     for root, state in ((safe_root, safe), (unsafe_root, unsafe)):
+        base = git(root, "rev-list", "--max-parents=0", "HEAD").strip()
         changed = git(root, "diff", "--name-only", base, "HEAD").split()
         assert changed and all(
             path.startswith(f"{project.package}/") and not is_test_file(path) for path in changed

@@ -14,15 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 from tars_api.run import FileOutcome, RunPhase, RunStage
-from tars_api.vocabulary import Role
+from tars_api.vocabulary import EngineName, Role
 from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
+from tars_engine.core.gating import next_rule_groups, suspects_last
 from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import DropCause
+from tars_engine.core.models import Candidate, DropCause, TestResult
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.role_set import RoleSet
 from tars_engine.core.settings import ReplicaSettings
-from tars_engine.core.state import RunOptions, StateStore
+from tars_engine.core.state import RuleGroup, RunOptions, StateStore
 from tars_engine.core.validation import is_test_file
 from tars_engine.core.workflow import Workflow
 from tars_engine.core.workflow_errors import WorkflowError
@@ -256,7 +257,6 @@ def test_resume_after_the_process_died_recovers_commits(tmp_path: Path) -> None:
         from pathlib import Path
         from tars_engine.transports.embedded import local_workflow
         from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import DropCause
         from tars_engine.core.state import RunOptions
 
         def die_after_first_commit(event):
@@ -533,3 +533,49 @@ def test_a_failing_change_has_its_rules_bisected_and_keeps_those_that_pass(
     records = learning.rule_records()
     assert records["F401"].accepted < records["F401"].total
     assert records["UP032"].accepted >= 1
+
+
+def test_a_rule_bisection_step_splits_a_failure_and_infers_the_other_half() -> None:
+    start = [RuleGroup()]
+    split, found = next_rule_groups(start, False, ["B009", "F401", "UP031", "UP032"])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in split] == [
+        (["B009", "F401"], False),
+        (["UP031", "UP032"], True),
+    ]
+    # The first half passes: the second, known to fail, is split without a test.
+    after_pass, found = next_rule_groups(split, True, ["B009", "F401"])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in after_pass] == [
+        (["UP031"], False),
+        (["UP032"], True),
+    ]
+    # UP031 passes, so UP032 is the culprit, found without a test of its own.
+    assert next_rule_groups(after_pass, True, ["UP031"]) == ([], ["UP032"])
+    # UP031 fails instead: it is a culprit, and UP032 must be tested.
+    rest, found = next_rule_groups(after_pass, False, ["UP031"])
+    assert found == ["UP031"] and [(g.rules, g.fails_after_a_pass) for g in rest] == [
+        (["UP032"], False)
+    ]
+    # No change made of a group: nothing is inferred from it.
+    rest, found = next_rule_groups(split, None, [])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in rest] == [
+        (["UP031", "UP032"], False)
+    ]
+
+
+def test_a_failing_batch_is_split_before_the_files_its_output_names() -> None:
+    def candidate(path: str) -> Candidate:
+        return Candidate(
+            id=path, path=path, base_sha256="0", diff="d", rationale="r", engine=EngineName.static
+        )
+
+    group = [candidate(f"pkg/{name}.py") for name in ("a", "b", "c", "d")]
+    failed = TestResult(
+        passed=False,
+        command=["pytest"],
+        output='File "/tmp/copy/pkg/c.py", line 3\nImportError: cannot import name',
+    )
+    ordered, half = suspects_last(group, failed)
+    assert [c.path for c in ordered] == ["pkg/a.py", "pkg/b.py", "pkg/d.py", "pkg/c.py"]
+    assert half == 3
+    silent = failed.model_copy(update={"output": "1 failed"})
+    assert suspects_last(group, silent) == (group, 2)

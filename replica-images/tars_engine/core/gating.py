@@ -8,7 +8,9 @@ always tested, once per run: if its own tests fail or run nothing, nothing can b
 proven and the run stops saying so.
 A failing batch is bisected: the first half is tested on its own; when it passes,
 the failure is known to lie in the second half, which is split without testing
-it again. Every accepted candidate has therefore passed the tests together with
+it again. Where the failing run's output names the files of some candidates (a
+traceback through them, an import that broke), those go last and the split falls
+just before them: when the rest passes, they are known to fail without a test. Every accepted candidate has therefore passed the tests together with
 everything accepted before it. With `baseline_first` the baseline is tested before
 anything else, alongside the first batch when there are two or more testers;
 otherwise after the first batch.
@@ -124,6 +126,19 @@ def next_rule_groups(
         # Nothing was tested: the other half must be.
         rest[0] = rest[0].model_copy(update={"fails_after_a_pass": False})
     return rest, []
+
+
+def suspects_last(group: list[Candidate], result: TestResult) -> tuple[list[Candidate], int]:
+    """`group` reordered for its bisection, and where to split it.
+
+    The candidates whose file the failing output names go last, the split just before
+    them; when it names none, or all, the order stays and the split is in the middle.
+    """
+    named = [candidate for candidate in group if candidate.path in result.output]
+    if not named or len(named) == len(group):
+        return group, len(group) // 2
+    others = [candidate for candidate in group if candidate not in named]
+    return [*others, *named], len(others)
 
 
 @dataclass(frozen=True)
@@ -258,7 +273,7 @@ class CandidateGate:
         if len(group) == 1:
             self._hooks.reject(group[0], result)
             return []
-        half = len(group) // 2
+        group, half = suspects_last(group, result)
         first = self._bisect(group[:half], base)
         if len(first) == half:
             # base + first passed and base + group failed: the culprit is in the rest.

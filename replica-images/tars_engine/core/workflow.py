@@ -312,11 +312,11 @@ class Workflow:
                 continue
             if candidate_id in committed:
                 self._record_applied(record, candidate_id, committed[candidate_id])
-                self._settle(record, "applied (recovered from its commit)")
+                self._settle(record, "applied (recovered from its commit)", changed=True)
             elif candidate_id in accepted and auto_apply:
                 self._apply(accepted[candidate_id], None)
             elif candidate_id in accepted:
-                self._settle(record, ADDED_TO_PATCH)
+                self._settle(record, ADDED_TO_PATCH, changed=True)
         if auto_apply:
             # What was selected clean may have been edited since: committing it would
             # sweep the user's edit into an improvement's commit.
@@ -574,7 +574,7 @@ class Workflow:
         if self._static:
             with self._journal.lock:
                 record.rule_groups, _ = next_rule_groups(record.rule_groups, None, [])
-            self._settle(record, reason)
+            self._settle(record, reason, changed=False)
             return
         # A deterministic engine answers the same again; a model may do better with feedback.
         if record.attempts < options.budget.max_attempts_per_file:
@@ -639,24 +639,29 @@ class Workflow:
     def _work_left(self, record: FileRecord) -> bool:
         return self._static and bool(record.rule_groups)
 
-    def _settle(self, record: FileRecord, message: str) -> None:
-        """After a step on `record`: it goes on while its rules are being worked through,
-        else it is finished with how its changes fared."""
+    def _settle(self, record: FileRecord, message: str, *, changed: bool) -> None:
+        """After a step on `record` (`changed`: it accepted a change): the file goes on while
+        its rules are being worked through, else it is finished with how its changes fared."""
         if not self._work_left(record):
             with self._journal.lock:
                 self._next_level(record)
         if self._work_left(record):
             with self._journal.lock:
                 record.candidate_id = None
+                if changed:
+                    record.message = message
             self._journal.commit(EventKind.file, path=record.path, message=message)
             return
-        self._finish(record, message)
+        self._finish(record, message, changed=changed)
 
-    def _finish(self, record: FileRecord, message: str) -> None:
+    def _finish(self, record: FileRecord, message: str, *, changed: bool = False) -> None:
         # Applied without being known as accepted: recovered from its commit after a crash.
         changes = [*self._s.accepted, *self._s.applied]
         if any(change.path == record.path for change in changes):
             outcome = FileOutcome.applied if self._s.options.auto_apply else FileOutcome.accepted
+            if not changed and record.message:
+                # What the file's last accepted change said, not why a later step made none.
+                message = record.message
         elif any(d.cause is DropCause.tests_failed for d in record.dropped_rules):
             outcome = FileOutcome.rejected
         else:
@@ -748,7 +753,7 @@ class Workflow:
             self._apply(candidate, result)
             return
         self._write_patch()
-        self._settle(record, ADDED_TO_PATCH)
+        self._settle(record, ADDED_TO_PATCH, changed=True)
 
     def _write_patch(self) -> None:
         with self._journal.lock:
@@ -767,7 +772,7 @@ class Workflow:
             self._journal.finish_file(record, FileOutcome.failed, str(exc))
             return
         self._record_applied(record, candidate.id, commit)
-        self._settle(record, f"committed {commit[:12]}")
+        self._settle(record, f"committed {commit[:12]}", changed=True)
 
     def _record_applied(self, record: FileRecord, candidate_id: str, commit: str) -> None:
         accepted = next((c for c in self._s.accepted if c.id == candidate_id), None)
@@ -801,7 +806,7 @@ class Workflow:
         if self._static:
             self._rules_tried(record, candidate, reason)
             going_on = "; trying its rules apart" if self._work_left(record) else ""
-            self._settle(record, reason + going_on)
+            self._settle(record, reason + going_on, changed=False)
             return
         with self._journal.lock:
             self._feedback[candidate.path] = (
