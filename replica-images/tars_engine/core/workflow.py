@@ -656,8 +656,8 @@ class Workflow:
 
     def _finish(self, record: FileRecord, message: str, *, changed: bool = False) -> None:
         # Applied without being known as accepted: recovered from its commit after a crash.
-        changes = [*self._s.accepted, *self._s.applied]
-        if any(change.path == record.path for change in changes):
+        paths = {c.path for c in self._s.accepted} | {c.path for c in self._s.applied}
+        if record.path in paths:
             outcome = FileOutcome.applied if self._s.options.auto_apply else FileOutcome.accepted
             if not changed and record.message:
                 # What the file's last accepted change said, not why a later step made none.
