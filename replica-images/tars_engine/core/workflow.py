@@ -490,9 +490,9 @@ class Workflow:
         earlier_failure = self._failed_diffs.get(record.path, {}).get(result.candidate.diff)
         if earlier_failure is not None and self._static:
             # A deterministic change that failed before fails again: no test needed.
-            self._rules_tried(
-                record, result.candidate, f"{earlier_failure} (the same change as before)"
-            )
+            failure = f"{earlier_failure} (the same change as before)"
+            self._rules_tried(record, result.candidate, failure)
+            self._settle(record, failure, changed=False)
             return None
         problem = self._unsafe_candidate(result.candidate, record.path, content)
         if problem is not None:
