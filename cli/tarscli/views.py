@@ -375,6 +375,16 @@ def results_table(state: WorkflowState) -> Table:
     return table
 
 
+def left_out_table(state: WorkflowState) -> Table:
+    """Every rule left out of a file's changes, and why: its fix introduced what the run
+    could not fix, or the tests failed with it."""
+    table = output.table("FILE", "RULE", "CAUSE", "WHY", title="Rules left out")
+    for record in state.files:
+        for drop in record.dropped_rules:
+            table.add_row(record.path, drop.rule, drop.cause.value, output.text(drop.reason))
+    return table
+
+
 def skipped_table(state: WorkflowState) -> Table:
     table = output.table("SKIPPED FILE", "REASON", "DETAIL")
     for skipped in state.skipped:
@@ -433,6 +443,8 @@ def render_state(state: WorkflowState, console: Console, *, show_location: bool 
     ]
     if state.files:
         parts.append(results_table(state))
+    if any(record.dropped_rules for record in state.files):
+        parts.append(left_out_table(state))
     if state.skipped:
         parts.append(skipped_table(state))
     console.print(Group(*parts))

@@ -10,6 +10,7 @@ from tars_engine.core.diffs import PatchError, apply_unified_diff, make_unified_
 from tars_engine.core.models import (
     AnalyzeRequest,
     Candidate,
+    DropCause,
     Finding,
     GenerateRequest,
     GenerateResult,
@@ -107,22 +108,70 @@ def test_files_the_run_may_not_touch_are_rejected(
     assert result.candidate is None and reason in (result.rejection or "")
 
 
-def test_retries_narrow_the_change() -> None:
+# SIM114 merges the branches into `isinstance(x, int) or isinstance(x, float)`, which
+# SIM101 would merge again, but only with an unsafe fix.
+SAME_BRANCHES = """\
+import os
+
+
+def kind(x):
+    if isinstance(x, int):
+        return "number"
+    elif isinstance(x, float):
+        return "number"
+    return "other"
+"""
+
+
+def test_a_rule_whose_fix_introduces_what_cannot_be_fixed_is_dropped_not_the_file() -> None:
+    result = generate("pkg/kind.py", SAME_BRANCHES)
+
+    assert result.candidate is not None, result.rejection
+    assert result.candidate.rules == ["F401"]
+    assert [(d.rule, d.cause) for d in result.dropped_rules] == [
+        ("SIM114", DropCause.unfixable_follow_up)
+    ]
+    assert "introduces SIM101" in result.dropped_rules[0].reason
+    assert "SIM114 left out: its fix introduces SIM101" in result.candidate.rationale
+    fixed = apply_unified_diff(SAME_BRANCHES, result.candidate.diff, "pkg/kind.py")
+    assert "import os" not in fixed and "elif isinstance(x, float)" in fixed
+
+
+def test_with_unsafe_fixes_the_same_rule_is_kept_with_its_follow_up() -> None:
+    result = generate("pkg/kind.py", SAME_BRANCHES, allow_unsafe_fixes=True)
+
+    assert result.candidate is not None, result.rejection
+    assert result.candidate.rules == ["F401", "SIM101", "SIM114"]
+    assert result.dropped_rules == []
+    fixed = apply_unified_diff(SAME_BRANCHES, result.candidate.diff, "pkg/kind.py")
+    assert "isinstance(x, (int, float))" in fixed
+
+
+def test_a_file_is_skipped_only_when_no_rule_is_left() -> None:
+    content = SAME_BRANCHES.replace("import os\n", "")
+    result = generate("pkg/kind.py", content)
+    assert result.candidate is None
+    assert result.rejection == (
+        "no rule's fix is clean: SIM114: its fix introduces SIM101, which this run cannot fix"
+    )
+    assert [d.rule for d in result.dropped_rules] == ["SIM114"]
+
+
+def test_only_the_rules_asked_for_are_fixed_whatever_the_attempt() -> None:
     content = CALC + "\n\ndef shout(word):\n    return f'{word}!' if word != None else f'silence'\n"
     failed = "The previous change failed the project's tests (1 failed)."
-    attempts = [
-        generate("pkg/calc.py", content, attempt=n, allow_unsafe_fixes=True, feedback=failed)
-        for n in (1, 2, 3)
-    ]
-    rules = [result.candidate.rules if result.candidate else None for result in attempts]
-    assert rules == [["E711", "F401", "F541"], ["F541"], None]
-    assert "no narrower static change" in (attempts[2].rejection or "")
-    assert failed in (attempts[2].rejection or "")
-    # Resumed without feedback (nothing failed): the full change again.
-    resumed = generate("pkg/calc.py", content, attempt=2, allow_unsafe_fixes=True)
-    first = attempts[0].candidate
-    assert resumed.candidate is not None and first is not None
-    assert resumed.candidate.diff == first.diff
+    every = generate("pkg/calc.py", content, allow_unsafe_fixes=True)
+    retried = generate("pkg/calc.py", content, allow_unsafe_fixes=True, attempt=2, feedback=failed)
+    one = generate("pkg/calc.py", content, allow_unsafe_fixes=True, rules=["F541"])
+    none_fixable = generate("pkg/calc.py", content, rules=["E711"])
+
+    assert every.candidate is not None and retried.candidate is not None
+    # Deterministic: narrowing is the workflow's, by the rules it asks for.
+    assert retried.candidate.diff == every.candidate.diff
+    assert every.candidate.rules == ["E711", "F401", "F541"]
+    assert one.candidate is not None and one.candidate.rules == ["F541"]
+    assert none_fixable.candidate is None
+    assert "E711 need unsafe fixes" in (none_fixable.rejection or "")
 
 
 def test_nothing_fixable_is_a_rejection() -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from tars_api.run import RunPhase
 from tars_api.vocabulary import EngineName
-from tars_engine.core.learning import LearningError, LearningStore, Outcome, user_learning_store
+from tars_engine.core.learning import (
+    LearningError,
+    LearningStore,
+    Outcome,
+    TrackRecord,
+    user_learning_store,
+)
 from tars_engine.core.models import (
     Finding,
     FindingKind,
@@ -235,3 +242,34 @@ def test_a_run_without_learning_neither_reads_nor_writes_the_store(
     assert state.statistics.improvements_accepted > 0
     assert state.message.endswith("; learning off")
     assert learning.path.is_dir() and not any(learning.path.iterdir())
+
+
+def test_a_rule_dropped_from_a_change_counts_against_the_rule_not_the_file(
+    tmp_path: Path,
+) -> None:
+    store = LearningStore(tmp_path / "learning.sqlite3")
+    store.record(outcome("pkg/a.py", ["F401"], accepted=True))
+    store.record(
+        outcome("pkg/a.py", ["SIM114"], accepted=False).model_copy(
+            update={"dropped": True, "rejection": "its fix introduces SIM101", "diff": ""}
+        )
+    )
+
+    assert store.rule_records()["SIM114"] == TrackRecord(key="SIM114", accepted=0, total=1)
+    assert store.file_records("/p")["pkg/a.py"] == TrackRecord(key="pkg/a.py", accepted=1, total=1)
+    with sqlite3.connect(store.path) as connection:
+        rows = connection.execute("SELECT rule, dropped, rejection FROM outcomes").fetchall()
+    assert sorted(rows) == [("F401", 0, None), ("SIM114", 1, "its fix introduces SIM101")]
+
+
+def test_a_store_an_older_version_made_gains_the_dropped_column(tmp_path: Path) -> None:
+    path = tmp_path / "learning.sqlite3"
+    LearningStore(path).record(outcome("pkg/a.py", ["F401"], accepted=True))
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE outcomes DROP COLUMN dropped")
+
+    reopened = LearningStore(path)
+    reopened.record(outcome("pkg/b.py", ["UP032"], accepted=True))
+
+    assert reopened.count() == 2
+    assert set(reopened.rule_records()) == {"F401", "UP032"}

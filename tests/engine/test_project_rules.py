@@ -274,7 +274,10 @@ def test_a_cleanup_the_project_declares_unfixable_is_not_made(tmp_path: Path) ->
         GenerateRequest(file=source, findings=findings, targets=["pkg"], allow_unsafe_fixes=True)
     )
     assert result.candidate is None
-    assert result.rejection == "ruff's fixes would introduce F401"
+    assert result.rejection == (
+        "no rule's fix is clean: UP006: its fix introduces F401, which this run cannot fix"
+    )
+    assert [drop.rule for drop in result.dropped_rules] == ["UP006"]
 
 
 def _mode(root: Path, path: str) -> str:

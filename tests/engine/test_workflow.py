@@ -14,14 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 from tars_api.run import FileOutcome, RunPhase, RunStage
-from tars_api.vocabulary import Role
+from tars_api.vocabulary import EngineName, Role
 from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
+from tars_engine.core.gating import next_rule_groups, suspects_last
 from tars_engine.core.learning import LearningStore
+from tars_engine.core.models import Candidate, DropCause, TestResult
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.role_set import RoleSet
 from tars_engine.core.settings import ReplicaSettings
-from tars_engine.core.state import RunOptions, StateStore
+from tars_engine.core.state import RuleGroup, RunOptions, StateStore
 from tars_engine.core.validation import is_test_file
 from tars_engine.core.workflow import Workflow
 from tars_engine.core.workflow_errors import WorkflowError
@@ -439,3 +441,141 @@ def test_workflow_over_http_roles(tmp_path: Path, learning: LearningStore) -> No
     assert sum(outcome is FileOutcome.applied for outcome in outcomes.values()) == 3
     assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == 3
     assert project_tests_pass(root)
+
+
+# Three rules with safe fixes, one of them a trap: F401 removes the re-export the tests
+# import. Only bisecting the file's rules keeps the other two.
+LEGACY_FILES = {
+    "shop/legacy.py": textwrap.dedent(
+        '''\
+        """Names older callers import from here, and greetings."""
+
+        from collections import OrderedDict
+
+
+        def greet(name):
+            return "Hello, {}".format(name)
+
+
+        def wave():
+            return f"wave"
+        '''
+    ),
+    "tests/test_legacy.py": textwrap.dedent(
+        """\
+        from shop.legacy import OrderedDict, greet, wave
+
+
+        def test_legacy():
+            assert greet("Ann") == "Hello, Ann" and wave() == "wave"
+            assert list(OrderedDict(a=1)) == ["a"]
+        """
+    ),
+}
+
+
+def legacy_project(root: Path) -> Path:
+    shop_project(root)
+    write_tree(root, LEGACY_FILES)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "legacy names")
+    return root
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_failing_change_has_its_rules_bisected_and_keeps_those_that_pass(
+    tmp_path: Path, learning: LearningStore, stopped: bool
+) -> None:
+    root = legacy_project(tmp_path / "shop")
+    start = git(root, "rev-parse", "HEAD").strip()
+    split = threading.Event()
+
+    def note_split(event: WorkflowEvent) -> None:
+        if event.path == "shop/legacy.py" and "trying its rules apart" in event.message:
+            split.set()
+
+    if stopped:
+        # Stopped once the file's change failed and its rules were split: the run
+        # resumes the bisection from the state it saved.
+        first = run_workflow(
+            root,
+            learning,
+            on_event=note_split,
+            stop_requested=split.is_set,
+            targets=["shop"],
+            auto_apply=True,
+        )
+        assert first.phase is RunPhase.stopped, first.message
+        assert first.file("shop/legacy.py").outcome is None
+        assert [group.rules for group in first.file("shop/legacy.py").rule_groups] == [
+            ["F401"],
+            ["F541", "UP032"],
+        ]
+    state = run_workflow(root, learning, targets=["shop"], auto_apply=True)
+
+    assert state.phase is RunPhase.succeeded, state.message
+    record = state.file("shop/legacy.py")
+    assert record.outcome is FileOutcome.applied, record.message
+    assert [(drop.rule, drop.cause) for drop in record.dropped_rules] == [
+        ("F401", DropCause.tests_failed)
+    ]
+    assert "left out: F401 (tests-failed)" in record.message
+    legacy = (root / "shop" / "legacy.py").read_text()
+    assert "from collections import OrderedDict" in legacy
+    assert 'f"Hello, {name}"' in legacy and 'return "wave"' in legacy
+    assert state.file("shop/compat.py").outcome is FileOutcome.rejected
+    # One commit per accepted change; the file's passing half is one of them.
+    assert int(git(root, "rev-list", "--count", f"{start}..HEAD")) == len(state.applied)
+    legacy_changes = [c for c in state.accepted if c.path == "shop/legacy.py"]
+    assert [c.rules for c in legacy_changes] == [["F541", "UP032"]]
+    assert project_tests_pass(root)
+    assert "per accepted change" in state.message
+    records = learning.rule_records()
+    assert records["F401"].accepted < records["F401"].total
+    assert records["UP032"].accepted >= 1
+
+
+def test_a_rule_bisection_step_splits_a_failure_and_infers_the_other_half() -> None:
+    start = [RuleGroup()]
+    split, found = next_rule_groups(start, False, ["B009", "F401", "UP031", "UP032"])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in split] == [
+        (["B009", "F401"], False),
+        (["UP031", "UP032"], True),
+    ]
+    # The first half passes: the second, known to fail, is split without a test.
+    after_pass, found = next_rule_groups(split, True, ["B009", "F401"])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in after_pass] == [
+        (["UP031"], False),
+        (["UP032"], True),
+    ]
+    # UP031 passes, so UP032 is the culprit, found without a test of its own.
+    assert next_rule_groups(after_pass, True, ["UP031"]) == ([], ["UP032"])
+    # UP031 fails instead: it is a culprit, and UP032 must be tested.
+    rest, found = next_rule_groups(after_pass, False, ["UP031"])
+    assert found == ["UP031"] and [(g.rules, g.fails_after_a_pass) for g in rest] == [
+        (["UP032"], False)
+    ]
+    # No change made of a group: nothing is inferred from it.
+    rest, found = next_rule_groups(split, None, [])
+    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in rest] == [
+        (["UP031", "UP032"], False)
+    ]
+
+
+def test_a_failing_batch_is_split_before_the_files_its_output_names() -> None:
+    def candidate(path: str) -> Candidate:
+        return Candidate(
+            id=path, path=path, base_sha256="0", diff="d", rationale="r", engine=EngineName.static
+        )
+
+    group = [candidate(f"pkg/{name}.py") for name in ("a", "b", "c", "d")]
+    failed = TestResult(
+        passed=False,
+        command=["pytest"],
+        output='File "/tmp/copy/pkg/c.py", line 3\nImportError: cannot import name',
+    )
+    ordered, half = suspects_last(group, failed)
+    assert [c.path for c in ordered] == ["pkg/a.py", "pkg/b.py", "pkg/d.py", "pkg/c.py"]
+    assert half == 3
+    silent = failed.model_copy(update={"output": "1 failed"})
+    assert suspects_last(group, silent) == (group, 2)

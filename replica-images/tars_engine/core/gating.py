@@ -8,10 +8,17 @@ always tested, once per run: if its own tests fail or run nothing, nothing can b
 proven and the run stops saying so.
 A failing batch is bisected: the first half is tested on its own; when it passes,
 the failure is known to lie in the second half, which is split without testing
-it again. Every accepted candidate has therefore passed the tests together with
+it again. Where the failing run's output names the files of some candidates (a
+traceback through them, an import that broke), those go last and the split falls
+just before them: when the rest passes, they are known to fail without a test. Every accepted candidate has therefore passed the tests together with
 everything accepted before it. With `baseline_first` the baseline is tested before
 anything else, alongside the first batch when there are two or more testers;
 otherwise after the first batch.
+
+A file's rules are bisected the same way (`next_rule_groups`): when the static
+engine's change to a file fails its tests, its rules are split in halves, each
+half a candidate of its own, tested in the next batch on top of what passed; a
+half that passes is accepted, and the rules left at the end are the culprits.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from tars_engine.core.models import Candidate, SnapshotRef, TestRequest, TestRes
 from tars_engine.core.role_pool import RolePool
 from tars_engine.core.role_set import SnapshotMissingError, TesterRole
 from tars_engine.core.snapshot import archive_digest
-from tars_engine.core.state import RunOptions
+from tars_engine.core.state import RuleGroup, RunOptions
 from tars_engine.core.workflow_errors import WorkflowError
 
 BASELINE_LABEL = "baseline, no change"
@@ -85,6 +92,53 @@ def judged(result: TestResult, baseline: TestResult | None) -> TestResult:
     if reason is None:
         return result
     return result.model_copy(update={"passed": False, "unproven": reason})
+
+
+def _after_failure(rules: list[str], rest: list[RuleGroup]) -> tuple[list[RuleGroup], list[str]]:
+    # What followed the failed group no longer follows a pass.
+    if rest and rest[0].fails_after_a_pass:
+        rest = [rest[0].model_copy(update={"fails_after_a_pass": False}), *rest[1:]]
+    if len(rules) <= 1:
+        return rest, list(rules)
+    half = len(rules) // 2
+    halves = [RuleGroup(rules=rules[:half]), RuleGroup(rules=rules[half:], fails_after_a_pass=True)]
+    return [*halves, *rest], []
+
+
+def next_rule_groups(
+    groups: list[RuleGroup], passed: bool | None, rules: list[str]
+) -> tuple[list[RuleGroup], list[str]]:
+    """The rule groups left to try once the first of `groups` was tried, and the rules
+    found to fail the tests.
+
+    `rules` are those the first group's change fixed; `passed` says how its tests went
+    (None: no change was made of it). As in the candidates' bisection, a failed group
+    is split and its first half tried next; when a first half passes, its other half
+    is known to fail, so it is split (or, one rule, found out) without a test of its own.
+    """
+    rest = list(groups[1:])
+    if passed is False:
+        return _after_failure(rules, rest)
+    if passed is True and rest and rest[0].fails_after_a_pass:
+        known = rest.pop(0)
+        return _after_failure(known.rules or [], rest)
+    if rest and rest[0].fails_after_a_pass:
+        # Nothing was tested: the other half must be.
+        rest[0] = rest[0].model_copy(update={"fails_after_a_pass": False})
+    return rest, []
+
+
+def suspects_last(group: list[Candidate], result: TestResult) -> tuple[list[Candidate], int]:
+    """`group` reordered for its bisection, and where to split it.
+
+    The candidates whose file the failing output names go last, the split just before
+    them; when it names none, or all, the order stays and the split is in the middle.
+    """
+    named = [candidate for candidate in group if candidate.path in result.output]
+    if not named or len(named) == len(group):
+        return group, len(group) // 2
+    others = [candidate for candidate in group if candidate not in named]
+    return [*others, *named], len(others)
 
 
 @dataclass(frozen=True)
@@ -219,7 +273,7 @@ class CandidateGate:
         if len(group) == 1:
             self._hooks.reject(group[0], result)
             return []
-        half = len(group) // 2
+        group, half = suspects_last(group, result)
         first = self._bisect(group[:half], base)
         if len(first) == half:
             # base + first passed and base + group failed: the culprit is in the rest.

@@ -1,7 +1,9 @@
 """Learn: every outcome of a candidate, kept in SQLite, feeding priorities and examples.
 
 One row per (candidate, rule): the finding kind, the rule, the engine and model,
-whether the change was accepted or why it was rejected, and the test result.
+whether the change was accepted or why it was rejected, and the test result. A rule
+the generator left out of a file's change (its fix introduced what the run could not
+fix) is a row of its own, marked dropped: it counts against the rule, not the file.
 Two questions are asked of it:
 
 - how well does a rule's change fare? Rules whose changes pass their tests raise
@@ -66,11 +68,14 @@ CREATE TABLE IF NOT EXISTS outcomes (
     accepted INTEGER NOT NULL,
     rejection TEXT,
     tests_passed INTEGER,
-    diff TEXT NOT NULL
+    diff TEXT NOT NULL,
+    dropped INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outcomes_rule ON outcomes (rule, engine);
 CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes (project, path);
 """
+# Columns added since the first schema: a store an older version made gets them on opening.
+_ADDED_COLUMNS = {"dropped": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def default_learning_db() -> Path:
@@ -131,6 +136,10 @@ class Outcome(BaseModel):
     accepted: bool
     rejection: str | None = None
     tests_passed: bool | None = Field(default=None, description="None: never reached the tests")
+    dropped: bool = Field(
+        default=False,
+        description="a rule left out of the change: its fix introduced what the run could not fix",
+    )
 
     @classmethod
     def of_candidate(
@@ -227,6 +236,12 @@ class LearningStore:
         try:
             with self._connect() as connection:
                 connection.executescript(_SCHEMA)
+                present = {row[1] for row in connection.execute("PRAGMA table_info(outcomes)")}
+                for column, declaration in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        connection.execute(
+                            f"ALTER TABLE outcomes ADD COLUMN {column} {declaration}"
+                        )
                 problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
         except sqlite3.DatabaseError as exc:
             if exc.sqlite_errorcode in CORRUPTION_CODES:
@@ -268,14 +283,15 @@ class LearningStore:
                 outcome.rejection,
                 None if outcome.tests_passed is None else int(outcome.tests_passed),
                 outcome.diff[:MAX_EXAMPLE_DIFF_CHARS],
+                int(outcome.dropped),
             )
             for rule, kind in zip(rules, paired, strict=True)
         ]
         with self._connect() as connection:
             connection.executemany(
                 "INSERT INTO outcomes (recorded_at, attempt_id, run_id, project, candidate_id, path,"
-                " rule, kind, engine, model, accepted, rejection, tests_passed, diff)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " rule, kind, engine, model, accepted, rejection, tests_passed, diff, dropped)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -294,10 +310,12 @@ class LearningStore:
 
     def file_records(self, project: str) -> dict[str, TrackRecord]:
         """Per file of `project`: how many attempts (not rules) were made and accepted."""
-        # One attempt writes one row per rule, all with the same attempt id.
+        # One attempt writes one row per rule, all with the same attempt id; a dropped rule
+        # is no attempt at the file.
         query = (
             "SELECT path, COUNT(DISTINCT CASE WHEN accepted = 1 THEN attempt_id END),"
-            " COUNT(DISTINCT attempt_id) FROM outcomes WHERE project = ? GROUP BY path"
+            " COUNT(DISTINCT attempt_id) FROM outcomes WHERE project = ? AND dropped = 0"
+            " GROUP BY path"
         )
         with self._connect() as connection:
             rows = connection.execute(query, (project,)).fetchall()

@@ -153,6 +153,10 @@ class GenerateRequest(WireModel):
     model: str = DEFAULT_MODEL
     allow_unsafe_fixes: bool = False
     examples: list[LearnedExample] = Field(default_factory=list)
+    rules: list[str] | None = Field(
+        default=None,
+        description="the static engine fixes only these of the findings' rules; None: all of them",
+    )
     attempt: int = Field(default=1, ge=1)
     feedback: str | None = Field(default=None, description="why the previous attempt failed")
     max_tokens: int | None = Field(default=None, ge=1)
@@ -191,9 +195,27 @@ class Candidate(WireModel):
     kinds: list[FindingKind] = Field(default_factory=list)
 
 
+class DropCause(str, enum.Enum):
+    unfixable_follow_up = "unfixable-follow-up"
+    """Its fix introduces a finding this run cannot fix: the candidate is built without it."""
+    tests_failed = "tests-failed"
+    """The project's tests fail with its fix: bisecting the file's rules found it."""
+
+
+class DroppedRule(WireModel):
+    """A rule left out of a file's change, and why."""
+
+    rule: str
+    cause: DropCause
+    reason: str = Field(description="one line: what its fix did")
+
+
 class GenerateResult(WireModel):
     candidate: Candidate | None
     rejection: str | None = Field(default=None, description="why no candidate was produced")
+    dropped_rules: list[DroppedRule] = Field(
+        default_factory=list, description="rules left out of the candidate (or of the file)"
+    )
     tokens_used: int = 0
 
 

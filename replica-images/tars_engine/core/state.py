@@ -32,7 +32,14 @@ from tars_api.run import (
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, SandboxMode
 
 from tars_engine.core.budget import Budget
-from tars_engine.core.models import Candidate, EnvName, ModelCheck, SandboxUse, TestResult
+from tars_engine.core.models import (
+    Candidate,
+    DroppedRule,
+    EnvName,
+    ModelCheck,
+    SandboxUse,
+    TestResult,
+)
 from tars_engine.core.selection import SkippedFile
 
 STATE_FILENAME = "workflow-state.json"
@@ -77,6 +84,18 @@ class RunOptions(StateModel):
     )
 
 
+class RuleGroup(StateModel):
+    """Rules of one file to be fixed together in one candidate: one step of the static
+    engine's bisection over a file's rules (`gating.next_rule_groups`)."""
+
+    rules: list[str] | None = Field(default=None, description="None: every rule of the level")
+    fails_after_a_pass: bool = Field(
+        default=False,
+        description="the group before it is its other half: when that one passes, this one "
+        "is known to fail without testing it",
+    )
+
+
 class FileRecord(StateModel):
     path: str
     priority: float = 0
@@ -87,6 +106,17 @@ class FileRecord(StateModel):
     candidate_id: str | None = None
     commit: str | None = None
     finished_at: datetime.datetime | None = None
+    unsafe_fixes: bool = Field(
+        default=False,
+        description="static engine: the file's safe fixes are settled, its unsafe ones are tried",
+    )
+    rule_groups: list[RuleGroup] = Field(
+        default_factory=lambda: [RuleGroup()],
+        description="static engine: the rule groups still to try at this level, the next first",
+    )
+    dropped_rules: list[DroppedRule] = Field(
+        default_factory=list, description="rules left out of the file's changes, and why"
+    )
 
 
 class AppliedChange(StateModel):

@@ -13,6 +13,15 @@ patch changes, so a resumed run finishes applying whatever a crash interrupted
 (`_recover`), and with auto-apply it leaves alone, uncommitted, a file edited since the
 run selected it. `tars_engine.core.crash_points` names the step boundaries a test kills
 a run at to prove it.
+
+The static engine's work on a file goes in levels, safe fixes first: only once every
+file's safe fixes are settled are unsafe ones (when allowed) tried, on top of what passed,
+so a run that allows more accepts at least what a narrower run accepts. Within a level,
+a change that fails its tests has its rules bisected (`gating.next_rule_groups`): each
+group of rules is a candidate of its own, what passes is accepted at once, and the
+culprits are left out, each named with why on the file's record. The bisection's place
+is saved with the file, so a stopped run goes on from there; a step a crash interrupts
+is tried again.
 """
 
 from __future__ import annotations
@@ -27,16 +36,20 @@ from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying, crash_points
 from tars_engine.core.budget import BudgetGuard, StopRequested, call_until_stop
+from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.events import EventCallback, EventKind, one_line
-from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure
+from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure, next_rule_groups
 from tars_engine.core.journal import RunJournal
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
     AnalysisReport,
     AnalyzeRequest,
     Candidate,
+    DropCause,
+    DroppedRule,
     Finding,
     GenerateRequest,
+    GenerateResult,
     ModelCheckRequest,
     SourceFile,
     TestResult,
@@ -60,6 +73,7 @@ from tars_engine.core.snapshot import SnapshotError, pack_project
 from tars_engine.core.state import (
     AppliedChange,
     FileRecord,
+    RuleGroup,
     RunOptions,
     StateStore,
     WorkflowState,
@@ -207,9 +221,16 @@ class Workflow:
             if self._s.options.auto_apply
             else statistics.improvements_accepted
         )
+        per_change = (
+            f" ({statistics.test_runs / statistics.improvements_accepted:.2f} per accepted change)"
+            if statistics.improvements_accepted
+            else ""
+        )
+        left_out = sum(len(record.dropped_rules) for record in self._s.files)
         return (
             f"{count} improvements {verb} in {statistics.files_processed} files, "
-            f"{statistics.test_runs} test runs"
+            f"{statistics.test_runs} test runs{per_change}"
+            + (f", {left_out} rules left out" if left_out else "")
             + ("" if self._s.options.learning else "; learning off")
         )
 
@@ -241,13 +262,13 @@ class Workflow:
         else:
             for record in self._s.files:
                 if record.outcome is None and not self._actionable(record.path):
-                    self._journal.finish_file(
-                        record, FileOutcome.skipped, "nothing left to improve"
-                    )
+                    self._finish(record, "nothing left to improve")
         while True:
             pending = [r for r in self._s.files if r.outcome is None]
             if not pending:
                 break
+            # Every file's safe fixes are settled before any unsafe fix is tried.
+            pending = [r for r in pending if not r.unsafe_fixes] or pending
             guard.check()
             self._journal.enter(RunStage.generating)
             candidates = self._generate(pending)
@@ -291,13 +312,11 @@ class Workflow:
                 continue
             if candidate_id in committed:
                 self._record_applied(record, candidate_id, committed[candidate_id])
-                self._journal.finish_file(
-                    record, FileOutcome.applied, "applied (recovered from its commit)"
-                )
+                self._settle(record, "applied (recovered from its commit)", changed=True)
             elif candidate_id in accepted and auto_apply:
                 self._apply(accepted[candidate_id], None)
             elif candidate_id in accepted:
-                self._journal.finish_file(record, FileOutcome.accepted, ADDED_TO_PATCH)
+                self._settle(record, ADDED_TO_PATCH, changed=True)
         if auto_apply:
             # What was selected clean may have been edited since: committing it would
             # sweep the user's edit into an improvement's commit.
@@ -308,12 +327,14 @@ class Workflow:
 
     # -- analyze ----------------------------------------------------------
 
-    def _actionable(self, path: str) -> list[Finding]:
+    def _actionable(self, path: str, *, unsafe: bool | None = None) -> list[Finding]:
+        """What the generator may act on in `path`; `unsafe`: at that level, not the run's."""
         report = self._reports.get(path)
         if report is None or report.error is not None:
             return []
         options = self._s.options
-        return actionable_findings(report, options.engine, options.allow_unsafe_fixes)
+        allow_unsafe = options.allow_unsafe_fixes if unsafe is None else unsafe
+        return actionable_findings(report, options.engine, allow_unsafe)
 
     def _analyze_one(self, path: str) -> AnalysisReport:
         assert self._guard is not None
@@ -387,15 +408,35 @@ class Workflow:
 
     # -- generate ---------------------------------------------------------
 
+    @property
+    def _static(self) -> bool:
+        return self._s.options.engine is not EngineName.ollama
+
+    def _content(self, path: str) -> str:
+        """The file as the next change to it starts from: on disk, and without auto-apply
+        with the changes to it this run accepted on top, in order."""
+        content = applying.read_source(self.root, path)
+        if not self._s.options.auto_apply:
+            for candidate in self._s.accepted:
+                if candidate.path == path:
+                    content = apply_unified_diff(content, candidate.diff, path)
+        return content
+
+    def _level_rules(self, record: FileRecord) -> list[str]:
+        """The rules the static engine may fix in `record`'s file at its current level."""
+        findings = self._actionable(record.path, unsafe=record.unsafe_fixes)
+        return sorted({finding.rule for finding in findings})
+
     def _generate_one(self, record: FileRecord) -> Candidate | None:
         options = self._s.options
         guard = self._guard
         assert guard is not None
         guard.check()
         self._journal.set_current(record.path)
-        findings = self._actionable(record.path)
+        unsafe = record.unsafe_fixes if self._static else options.allow_unsafe_fixes
+        findings = self._actionable(record.path, unsafe=unsafe)
         try:
-            content = applying.read_source(self.root, record.path)
+            content = self._content(record.path)
         except (OSError, UnicodeDecodeError) as exc:
             self._journal.finish_file(record, FileOutcome.failed, f"unreadable: {exc}")
             return None
@@ -422,7 +463,8 @@ class Workflow:
             targets=options.targets,
             engine=options.engine,
             model=options.model,
-            allow_unsafe_fixes=options.allow_unsafe_fixes,
+            allow_unsafe_fixes=unsafe,
+            rules=record.rule_groups[0].rules if self._static and record.rule_groups else None,
             examples=examples,
             attempt=attempt,
             feedback=self._feedback.get(record.path),
@@ -441,8 +483,16 @@ class Workflow:
             self._journal.finish_file(record, FileOutcome.failed, f"generator failed: {exc}")
             return None
         guard.add_tokens(result.tokens_used)
+        self._note_dropped(record, result)
         if result.candidate is None:
             self._no_candidate(record, findings, result.rejection or "no change proposed")
+            return None
+        earlier_failure = self._failed_diffs.get(record.path, {}).get(result.candidate.diff)
+        if earlier_failure is not None and self._static:
+            # A deterministic change that failed before fails again: no test needed.
+            failure = f"{earlier_failure} (the same change as before)"
+            self._rules_tried(record, result.candidate, failure)
+            self._settle(record, failure, changed=False)
             return None
         problem = self._unsafe_candidate(result.candidate, record.path, content)
         if problem is not None:
@@ -454,6 +504,45 @@ class Workflow:
             record.rules = list(result.candidate.rules)
         self._journal.commit(EventKind.file, path=record.path)
         return result.candidate
+
+    def _note_dropped(self, record: FileRecord, result: GenerateResult) -> None:
+        """Rules the generator left out: named on the file's record, and learned, once."""
+        known = {drop.rule for drop in record.dropped_rules}
+        new = [drop for drop in result.dropped_rules if drop.rule not in known]
+        if not new:
+            return
+        with self._journal.lock:
+            record.dropped_rules.extend(new)
+        for drop in new:
+            self._learn_rule(record, drop.rule, drop.reason, dropped=True)
+
+    def _learn_rule(
+        self,
+        record: FileRecord,
+        rule: str,
+        reason: str,
+        *,
+        dropped: bool = False,
+        tests_passed: bool | None = None,
+    ) -> None:
+        """Learn that `rule` was left out of `record`'s file's changes, and why."""
+        options = self._s.options
+        kinds = {finding.rule: finding.kind for finding in self._actionable(record.path)}
+        self._learn(
+            Outcome(
+                run_id=self._s.run_id,
+                project=str(self.root),
+                path=record.path,
+                rules=[rule],
+                kinds=[kinds[rule]] if rule in kinds else [],
+                engine=options.engine,
+                model=options.model if options.engine is EngineName.ollama else None,
+                accepted=False,
+                rejection=reason,
+                dropped=dropped,
+                tests_passed=tests_passed,
+            )
+        )
 
     def _unsafe_candidate(self, candidate: Candidate, path: str, content: str) -> str | None:
         """Why a candidate must not go further, re-checked here whatever the generator did."""
@@ -482,12 +571,13 @@ class Workflow:
                 rejection=one_line(reason, 500),
             )
         )
+        if self._static:
+            with self._journal.lock:
+                record.rule_groups, _ = next_rule_groups(record.rule_groups, None, [])
+            self._settle(record, reason, changed=False)
+            return
         # A deterministic engine answers the same again; a model may do better with feedback.
-        retry = (
-            options.engine is EngineName.ollama
-            and record.attempts < options.budget.max_attempts_per_file
-        )
-        if retry:
+        if record.attempts < options.budget.max_attempts_per_file:
             self._feedback[record.path] = f"The previous answer was refused: {reason}"
             return
         outcome = (
@@ -496,6 +586,91 @@ class Workflow:
             else FileOutcome.rejected
         )
         self._journal.finish_file(record, outcome, reason)
+
+    def _rules_tried(self, record: FileRecord, candidate: Candidate, failure: str | None) -> None:
+        """The next rule groups of `record` once `candidate` (of its first group) passed its
+        tests (`failure` None) or failed them; the culprits found are left out, and learned."""
+        group = record.rule_groups[0].rules if record.rule_groups else None
+        asked = set(group) if group is not None else set(self._level_rules(record))
+        fixed = [rule for rule in candidate.rules if rule in asked]
+        with self._journal.lock:
+            record.rule_groups, culprits = next_rule_groups(
+                record.rule_groups, failure is None, fixed
+            )
+            if failure is None:
+                # A rule left out for its follow-ups, now fixed with them, is in the change.
+                record.dropped_rules = [d for d in record.dropped_rules if d.rule not in fixed]
+            record.dropped_rules.extend(
+                DroppedRule(
+                    rule=rule,
+                    cause=DropCause.tests_failed,
+                    reason=one_line(
+                        f"the tests fail with its fix: {failure}"
+                        if failure is not None and fixed == [rule]
+                        else "the tests fail with its fix (bisecting the file's rules "
+                        "found it without a test of its own)",
+                        500,
+                    ),
+                )
+                for rule in culprits
+            )
+            self._next_level(record)
+        if failure is None or fixed != culprits:
+            # A culprit that failed alone was learned with its candidate; the others are
+            # learned here, as failed for this file.
+            for rule in culprits:
+                self._learn_rule(
+                    record,
+                    rule,
+                    "the tests fail with its fix (found by bisecting the rules)",
+                    tests_passed=False,
+                )
+
+    def _next_level(self, record: FileRecord) -> None:
+        """Once a file's safe fixes are settled, its unsafe ones, when the run allows them,
+        without the rules whose fixes failed the tests."""
+        if record.rule_groups or record.unsafe_fixes or not self._s.options.allow_unsafe_fixes:
+            return
+        record.unsafe_fixes = True
+        failed = {d.rule for d in record.dropped_rules if d.cause is DropCause.tests_failed}
+        rules = [rule for rule in self._level_rules(record) if rule not in failed]
+        record.rule_groups = [RuleGroup(rules=rules)] if rules else []
+
+    def _work_left(self, record: FileRecord) -> bool:
+        return self._static and bool(record.rule_groups)
+
+    def _settle(self, record: FileRecord, message: str, *, changed: bool) -> None:
+        """After a step on `record` (`changed`: it accepted a change): the file goes on while
+        its rules are being worked through, else it is finished with how its changes fared."""
+        if not self._work_left(record):
+            with self._journal.lock:
+                self._next_level(record)
+        if self._work_left(record):
+            with self._journal.lock:
+                record.candidate_id = None
+                if changed:
+                    record.message = message
+            self._journal.commit(EventKind.file, path=record.path, message=message)
+            return
+        self._finish(record, message, changed=changed)
+
+    def _finish(self, record: FileRecord, message: str, *, changed: bool = False) -> None:
+        # Applied without being known as accepted: recovered from its commit after a crash.
+        paths = {c.path for c in self._s.accepted} | {c.path for c in self._s.applied}
+        if record.path in paths:
+            outcome = FileOutcome.applied if self._s.options.auto_apply else FileOutcome.accepted
+            if not changed and record.message:
+                # What the file's last accepted change said, not why a later step made none.
+                message = record.message
+        elif any(d.cause is DropCause.tests_failed for d in record.dropped_rules):
+            outcome = FileOutcome.rejected
+        else:
+            outcome = FileOutcome.skipped
+        if record.dropped_rules:
+            message += "; left out: " + ", ".join(
+                f"{drop.rule} ({drop.cause.value})" for drop in record.dropped_rules
+            )
+        self._journal.finish_file(record, outcome, message)
 
     def _generate(self, records: list[FileRecord]) -> list[Candidate]:
         candidates: dict[str, Candidate] = {}
@@ -563,6 +738,9 @@ class Workflow:
         self._journal.enter(RunStage.applying)
         with self._journal.lock:
             self._s.accepted.append(candidate)
+        if self._static:
+            # Saved with the acceptance: a resumed run goes on with the rules after it.
+            self._rules_tried(record, candidate, None)
         self._learn(
             Outcome.of_candidate(
                 self._s.run_id, str(self.root), candidate, accepted=True, tests_passed=True
@@ -575,7 +753,7 @@ class Workflow:
             self._apply(candidate, result)
             return
         self._write_patch()
-        self._journal.finish_file(record, FileOutcome.accepted, ADDED_TO_PATCH)
+        self._settle(record, ADDED_TO_PATCH, changed=True)
 
     def _write_patch(self) -> None:
         with self._journal.lock:
@@ -594,7 +772,7 @@ class Workflow:
             self._journal.finish_file(record, FileOutcome.failed, str(exc))
             return
         self._record_applied(record, candidate.id, commit)
-        self._journal.finish_file(record, FileOutcome.applied, f"committed {commit[:12]}")
+        self._settle(record, f"committed {commit[:12]}", changed=True)
 
     def _record_applied(self, record: FileRecord, candidate_id: str, commit: str) -> None:
         accepted = next((c for c in self._s.accepted if c.id == candidate_id), None)
@@ -624,11 +802,17 @@ class Workflow:
         )
         with self._journal.lock:
             self._failed_diffs.setdefault(candidate.path, {})[candidate.diff] = reason
+            record.candidate_id = None
+        if self._static:
+            self._rules_tried(record, candidate, reason)
+            going_on = "; trying its rules apart" if self._work_left(record) else ""
+            self._settle(record, reason + going_on, changed=False)
+            return
+        with self._journal.lock:
             self._feedback[candidate.path] = (
                 f"The previous change failed the project's tests ({reason}). Test output:\n"
                 + result.output[-FEEDBACK_OUTPUT_CHARS:]
             )
-            record.candidate_id = None
         if record.attempts >= self._s.options.budget.max_attempts_per_file:
             self._journal.finish_file(record, FileOutcome.rejected, reason)
         else:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 
+from pydantic import BaseModel, ConfigDict, Field
 from tars_api.vocabulary import EngineName, Role
 
 from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.models import (
+    DropCause,
+    DroppedRule,
     Finding,
     GenerateRequest,
     GenerateResult,
@@ -29,14 +32,22 @@ from tars_engine.roles import codemods, ruff_tool
 from tars_engine.roles.ollama_client import OllamaError
 from tars_engine.roles.ollama_engine import OllamaEngine, model_findings
 
-# Fixes may leave imports unused (UP006 turns typing.List into list); removing those
-# is part of the same improvement. Any other new diagnostic means the fix made things worse.
 # Rounds of fixing what the previous fixes introduced: ruff's own fix loop stops at 100,
 # but a chain of rules each enabling the next is short in practice.
 MAX_FIX_ROUNDS = 4
-# Fixes that delete code: an import another module re-exports, a redefinition, an
-# assignment with side effects. When a change failed its tests, these go first.
-CODE_REMOVING_RULES = frozenset({"F401", "F811", "F841"})
+
+
+class FixedPoint(BaseModel):
+    """What fixing some rules, and then what their fixes left behind, made of a file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: str
+    fixed: dict[str, int] = Field(description="per rule asked for: findings its fixes removed")
+    follow_ups: list[str] = Field(description="rules fixed because the fixes introduced them")
+    introduced: list[str] = Field(
+        description="rules with more findings than before that no fix allowed here removes"
+    )
 
 
 def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str], list[str]]:
@@ -52,35 +63,13 @@ def fixable_rules(findings: list[Finding], allow_unsafe: bool) -> tuple[list[str
     return sorted(allowed), sorted(unsafe_only - allowed)
 
 
-def rule_stages(findings: list[Finding], rules: list[str], allow_unsafe: bool) -> list[list[str]]:
-    """Ever narrower rule sets for successive attempts at the same file.
-
-    A deterministic engine proposes the same change again unless it changes what it
-    fixes: after a failure it drops code-removing and unsafe fixes, then keeps only
-    the rule with the most findings.
-    """
-    stages = [rules]
-    unsafe_rules = {f.rule for f in findings if f.fix_available and not f.fix_safe}
-    conservative = [
-        rule
-        for rule in rules
-        if rule not in CODE_REMOVING_RULES and not (allow_unsafe and rule in unsafe_rules)
-    ]
-    if conservative and conservative != stages[-1]:
-        stages.append(conservative)
-    if len(stages[-1]) > 1:
-        counts = Counter(f.rule for f in findings if f.rule in stages[-1])
-        stages.append([max(sorted(stages[-1]), key=lambda rule: counts[rule])])
-    return stages
-
-
-def project_fixable(source: SourceFile) -> set[str]:
-    """Rules whose findings in `source` the project lets ruff fix.
+def project_fixable(source: SourceFile, unsafe: bool) -> set[str]:
+    """Rules whose findings in `source` the project lets ruff fix, as this run allows.
 
     `--fixable` on the command line overrides the project's `unfixable`, so a rule the
     engine adds to a fix on its own account must first be asked of the project's settings.
     """
-    return {d.code for d in ruff_tool.check(source) if d.fix_available}
+    return {d.code for d in ruff_tool.check(source) if d.fix_available and (d.fix_safe or unsafe)}
 
 
 def finding_counts(source: SourceFile, rules: list[str]) -> Counter[str]:
@@ -104,25 +93,87 @@ def fix_rules(source: SourceFile, rules: list[str], *, unsafe: bool) -> tuple[st
     return annotated, Counter(d.code for d in remaining)
 
 
-def _rationale(fixed: Counter[str], follow_ups: set[str], findings: list[Finding]) -> str:
+def fix_to_fixed_point(
+    source: SourceFile, before: Counter[str], rules: list[str], unsafe: bool
+) -> FixedPoint:
+    """The static fixes for `rules`, then, as ruff itself does, fixes for what they introduced,
+    to a fixed point: a finding they introduced is a follow-up when this run may fix it."""
+    follow_ups: set[str] = set()
+    content, after = fix_rules(source, rules, unsafe=unsafe)
+    for _ in range(MAX_FIX_ROUNDS):
+        introduced = {code for code in after if after[code] > before[code]}
+        fixable = project_fixable(source.with_content(content), unsafe) if introduced else set()
+        new_follow_ups = (introduced & fixable) - follow_ups - set(rules)
+        if not new_follow_ups:
+            break
+        follow_ups |= new_follow_ups
+        content, after = fix_rules(
+            source.with_content(content), [*rules, *follow_ups], unsafe=unsafe
+        )
+    return FixedPoint(
+        content=content,
+        fixed={rule: before[rule] - after[rule] for rule in rules if before[rule] > after[rule]},
+        follow_ups=sorted(follow_ups),
+        introduced=sorted(code for code in after if after[code] > before[code]),
+    )
+
+
+def clean_fixes(
+    source: SourceFile, before: Counter[str], rules: list[str], unsafe: bool
+) -> tuple[FixedPoint | None, list[DroppedRule]]:
+    """The fixed point of `rules` less every rule whose fix introduces something this run
+    cannot fix, and those rules with why; None when no rule is left.
+
+    Rules are added one at a time, in order, each kept when the fixes so far stay clean
+    with it: deterministic, and at most one fixed point more per rule.
+    """
+    point = fix_to_fixed_point(source, before, rules, unsafe)
+    if not point.introduced:
+        return point, []
+    kept: list[str] = []
+    best: FixedPoint | None = None
+    dropped: list[DroppedRule] = []
+    for rule in rules:
+        trial = fix_to_fixed_point(source, before, [*kept, rule], unsafe)
+        if not trial.introduced:
+            kept.append(rule)
+            best = trial
+            continue
+        alone = trial if not kept else fix_to_fixed_point(source, before, [rule], unsafe)
+        together = "" if alone.introduced else f" together with the fixes of {', '.join(kept)}"
+        dropped.append(
+            DroppedRule(
+                rule=rule,
+                cause=DropCause.unfixable_follow_up,
+                reason=f"its fix introduces {', '.join(trial.introduced)}{together}, "
+                "which this run cannot fix",
+            )
+        )
+    return best, dropped
+
+
+def _rationale(point: FixedPoint, dropped: list[DroppedRule], findings: list[Finding]) -> str:
     first_message: dict[str, str] = {}
     for finding in findings:
         first_message.setdefault(finding.rule, finding.message)
     lines = ["Apply the static fixes (ruff's and TARS's codemods):"]
     lines += [
-        f"- {rule} ({count} fixed): {first_message[rule]}" for rule, count in sorted(fixed.items())
+        f"- {rule} ({count} fixed): {first_message[rule]}"
+        for rule, count in sorted(point.fixed.items())
     ]
-    lines += [
-        f"- {rule}: cleanup of what the fixes above left behind" for rule in sorted(follow_ups)
-    ]
+    lines += [f"- {rule}: cleanup of what the fixes above left behind" for rule in point.follow_ups]
+    lines += [f"- {drop.rule} left out: {drop.reason}" for drop in dropped]
     return "\n".join(lines)
 
 
 def static_generate(request: GenerateRequest) -> GenerateResult:
-    """Ruff's fixes and TARS's codemods for the request's fixable findings, as a validated
+    """Ruff's fixes and TARS's codemods for the request's fixable findings (of `request.rules`
+    when it names some), less the rules whose fixes make things worse, as a validated
     candidate."""
     source = request.file
     rules, unsafe_only = fixable_rules(request.findings, request.allow_unsafe_fixes)
+    if request.rules is not None:
+        rules = [rule for rule in rules if rule in request.rules]
     if not rules:
         reason = "no ruff-fixable findings among those selected"
         if unsafe_only:
@@ -132,55 +183,34 @@ def static_generate(request: GenerateRequest) -> GenerateResult:
         return GenerateResult(candidate=None, rejection=reason)
     if syntax_problem(source.content):
         return GenerateResult(candidate=None, rejection="file does not parse; ruff cannot fix it")
-    stages = rule_stages(request.findings, rules, request.allow_unsafe_fixes)
-    # Only a retry that says why the previous change failed narrows the change; an
-    # attempt resumed without feedback (say after a stop) tries the full change again.
-    stage = request.attempt - 1 if request.feedback else 0
-    if stage >= len(stages):
-        reason = "no narrower static change left to try"
-        if request.feedback:
-            reason += f"; before: {request.feedback.splitlines()[0]}"
-        return GenerateResult(candidate=None, rejection=reason)
-    rules = stages[stage]
-    # Unsafe fixes only in the first stage: later stages are the conservative ones.
-    unsafe = request.allow_unsafe_fixes and stage == 0
-    follow_ups: set[str] = set()
+    unsafe = request.allow_unsafe_fixes
     try:
         before = finding_counts(source, rules)
-        fixed_content, after = fix_rules(source, rules, unsafe=unsafe)
-        # As ruff itself does, fix again what the fixes left behind, to a fixed point: a
-        # finding they introduced is a follow-up when the project lets ruff fix it.
-        for _ in range(MAX_FIX_ROUNDS):
-            introduced = {code for code in after if after[code] > before[code]}
-            fixable = project_fixable(source.with_content(fixed_content)) if introduced else set()
-            new_follow_ups = (introduced & fixable) - follow_ups - set(rules)
-            if not new_follow_ups:
-                break
-            follow_ups |= new_follow_ups
-            fixed_content, after = fix_rules(
-                source.with_content(fixed_content), [*rules, *follow_ups], unsafe=unsafe
-            )
-        introduced = {code for code in after if after[code] > before[code]}
+        point, dropped = clean_fixes(source, before, rules, unsafe)
     except ruff_tool.RuffError as exc:
         return GenerateResult(candidate=None, rejection=f"ruff failed: {exc}")
-    if introduced:
+    if point is None:
         return GenerateResult(
             candidate=None,
-            rejection=f"ruff's fixes would introduce {', '.join(sorted(introduced))}",
+            rejection="no rule's fix is clean: "
+            + "; ".join(f"{drop.rule}: {drop.reason}" for drop in dropped),
+            dropped_rules=dropped,
         )
-    fixed = Counter(
-        {rule: before[rule] - after[rule] for rule in rules if before[rule] > after[rule]}
+    if not point.fixed:
+        return GenerateResult(
+            candidate=None, rejection="ruff's fixes changed nothing", dropped_rules=dropped
+        )
+    kinds = sorted(
+        {f.kind for f in request.findings if f.rule in point.fixed}, key=lambda k: k.value
     )
-    if not fixed:
-        return GenerateResult(candidate=None, rejection="ruff's fixes changed nothing")
-    kinds = sorted({f.kind for f in request.findings if f.rule in fixed}, key=lambda k: k.value)
-    return finish_candidate(
+    result = finish_candidate(
         request,
-        fixed_content,
-        rationale=_rationale(fixed, follow_ups, request.findings),
-        rules=sorted({*fixed, *follow_ups}),
+        point.content,
+        rationale=_rationale(point, dropped, request.findings),
+        rules=sorted({*point.fixed, *point.follow_ups}),
         kinds=kinds,
     )
+    return result.model_copy(update={"dropped_rules": dropped})
 
 
 def moved_findings(findings: list[Finding], before: str, after: str) -> list[Finding]:
@@ -285,10 +315,11 @@ class Generator:
             return GenerateResult(
                 candidate=None,
                 rejection="; ".join(reasons) or "no change proposed",
+                dropped_rules=static.dropped_rules,
                 tokens_used=tokens,
             )
         kinds = {f.kind for f in request.findings if f.rule in rules}
-        return finish_candidate(
+        result = finish_candidate(
             request,
             content,
             rationale="\n\n".join(rationale),
@@ -297,3 +328,4 @@ class Generator:
             model=request.model if change is not None and change.addressed else None,
             tokens_used=tokens,
         )
+        return result.model_copy(update={"dropped_rules": static.dropped_rules})
