@@ -47,7 +47,14 @@ def run(
         options.count("--max-files", min=1, help="Work on at most N files.", show_default=False),
     ] = None,
     max_attempts: Annotated[
-        int, options.count("--max-attempts", min=1, max=10, help="Attempts per file.")
+        int,
+        options.count(
+            "--max-attempts",
+            min=1,
+            max=10,
+            help="Attempts per file with the ollama engine; the static engine bisects a"
+            " failing file's rules instead.",
+        ),
     ] = 2,
     deadline: Annotated[
         float | None,
