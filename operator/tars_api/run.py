@@ -331,7 +331,11 @@ class SelfCodingRunSpec(ApiModel):
     )
     max_files: int = Field(default=20, ge=1, le=10000, description="Budget: files to work on")
     max_attempts_per_file: int = Field(
-        default=2, ge=1, le=10, description="Budget: generation attempts per file"
+        default=2,
+        ge=1,
+        le=10,
+        description="Budget: generation attempts per file (ollama engine; the static engine "
+        "bisects a failing file's rules instead)",
     )
     deadline_seconds: int = Field(
         default=3600, ge=60, le=86400, description="Budget: wall-clock seconds before the run fails"
