@@ -87,6 +87,11 @@ ADDED_TO_PATCH = "passed the tests; added to the patch"
 EXAMPLES_PER_REQUEST = 3
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 file`, `2 files`: the summary is read as a sentence."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class Workflow:
     """One run of the workflow over a project; `run()` drives it to the end or a stop."""
 
@@ -228,9 +233,10 @@ class Workflow:
         )
         left_out = sum(len(record.dropped_rules) for record in self._s.files)
         return (
-            f"{count} improvements {verb} in {statistics.files_processed} files, "
-            f"{statistics.test_runs} test runs{per_change}"
-            + (f", {left_out} rules left out" if left_out else "")
+            f"{counted(count, 'improvement')} {verb} in "
+            f"{counted(statistics.files_processed, 'file')}, "
+            f"{counted(statistics.test_runs, 'test run')}{per_change}"
+            + (f", {counted(left_out, 'rule')} left out" if left_out else "")
             + ("" if self._s.options.learning else "; learning off")
         )
 
