@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.utils import parse_quantity
 from tars_api.vocabulary import Role
 from tars_operator.config import ENV_PREFIX, OperatorConfig
 
@@ -40,6 +41,8 @@ TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # /proc/self/uid_map of a process in the host's user namespace.
 HOST_USER_NAMESPACE = "0 0 4294967295"
 RUN_AS_USER = str(OperatorConfig().run_as_user)
+# A container's own memory limit, as cgroup v2 and cgroup v1 show it inside the container.
+MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +104,11 @@ def test_each_role_runs_as_a_confined_container(
     assert has_token is (role is Role.coordinator)
     uid_map = " ".join(in_pod("cat", "/proc/self/uid_map").stdout.split())
     assert (uid_map != HOST_USER_NAMESPACE) is (role is Role.tester), uid_map
+    (container,) = pod["spec"]["containers"]
+    memory_limit = parse_quantity(container["resources"]["limits"]["memory"])
+    # Whichever of the two the node mounts (cgroup v1 here, v2 elsewhere) holds the limit.
+    enforced = in_pod("cat", *MEMORY_LIMIT_FILES).stdout.split()
+    assert enforced == [str(memory_limit)], enforced
 
 
 def test_run_on_real_pods_gets_improvements_accepted(
