@@ -245,9 +245,11 @@ def _kube_proxy_config(kubeconfig: Path) -> dict[str, object]:
         "clusterCIDR": POD_SUBNET,
         "healthzBindAddress": f"127.0.0.1:{controlplane.free_port()}",
         "metricsBindAddress": f"127.0.0.1:{controlplane.free_port()}",
-        # Each of these would write a sysctl or lower the process's OOM score, which needs
-        # CAP_SYS_RESOURCE, which this machine's root lacks; zero leaves them as they are.
+        # Lowering its OOM score (the default is -999) needs CAP_SYS_RESOURCE, which this
+        # machine's root lacks.
         "oomScoreAdj": 0,
+        # Zero leaves the host's conntrack table size and timeouts as they are: they are
+        # machine-wide sysctls, and a test node must not retune the machine.
         "conntrack": {
             "maxPerCore": 0,
             "min": 0,
