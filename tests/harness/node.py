@@ -256,8 +256,9 @@ def _kube_proxy_config(kubeconfig: Path) -> dict[str, object]:
             "tcpEstablishedTimeout": "0s",
             "tcpCloseWaitTimeout": "0s",
         },
-        # NodePorts on loopback would need net.ipv4.conf.all.route_localnet; nothing uses them.
-        "iptables": {"localhostNodePorts": False},
+        # NodePorts only on NODE_IP, not on every address of the machine (nor on loopback,
+        # which would need net.ipv4.conf.all.route_localnet).
+        "nodePortAddresses": ["primary"],
     }
 
 
