@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the dev node that runs the e2e tests' pods as real containers: kubelet and
-# kube-scheduler (the Kubernetes release of hack/tools/kubernetes), containerd with its runc
-# shim and ctr (hack/tools/containerd), runc (hack/tools/runc) and the pause binary of the
-# pod sandbox (hack/node/pause.c), into a cache outside the repository.
+# Builds the dev node that runs the e2e tests' pods as real containers: kubelet,
+# kube-scheduler and kube-proxy (the Kubernetes release of hack/tools/kubernetes),
+# containerd with its runc shim and ctr (hack/tools/containerd), runc (hack/tools/runc) and
+# the pause binary of the pod sandbox (hack/node/pause.c), into a cache outside the
+# repository.
 #
 # Debian's packages give the rest, installed with apt-get as root when missing:
 # containernetworking-plugins (the pods' bridge network, /usr/lib/cni), and libseccomp-dev
@@ -33,7 +34,7 @@ runc_version="$(pinned_version runc github.com/opencontainers/runc)"
 
 node_dir="$cache_root/node-$kubernetes_version"
 bin_dir="$node_dir/bin"
-binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr runc pause)
+binaries=(kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr runc pause)
 stamp="$(
     printf 'kubernetes %s\ncontainerd %s\nrunc %s\n' \
         "$kubernetes_version" "$containerd_version" "$runc_version"
@@ -104,7 +105,8 @@ runc_ldflags="-s -w -X main.version=${runc_version#v}"
 # containerd leaves out the snapshotters that need cgo or kernel modules the node does not
 # use; the node runs overlayfs.
 CGO_ENABLED=0 build kubernetes -ldflags "$kubernetes_ldflags" -o "$staging/" \
-    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler &
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-proxy &
 CGO_ENABLED=0 build containerd -tags "no_btrfs no_devmapper no_zfs" -ldflags "$containerd_ldflags" \
     -o "$staging/" github.com/containerd/containerd/v2/cmd/containerd \
     github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \

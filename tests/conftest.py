@@ -72,7 +72,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
 
 @pytest.fixture(scope="session")
 def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.ContainerNode]:
-    """A cluster of its own with a real node (kubelet, containerd, runc) and kube-scheduler.
+    """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
+    kube-scheduler, whose API server pods reach at the `kubernetes` Service.
 
     Not the session's `control_plane`: there the pod runner plays the kubelet and would take
     these pods for its own.
@@ -80,7 +81,7 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
     state_dir = tmp_path_factory.mktemp("node-cluster")
-    plane = controlplane.up(state_dir / "control-plane", tools_dir)
+    plane = controlplane.up(state_dir / "control-plane", tools_dir, advertise_address=node.NODE_IP)
     # Not under pytest's own directory, which only root may enter: the node's pods with
     # a user namespace of their own have their root filesystems in here.
     node_state = Path(tempfile.mkdtemp(prefix="tars-node-"))
@@ -104,6 +105,25 @@ def image_engine() -> images.Engine:
     """Runs containers from the images `make images` built (TARS_IMAGES_DIR)."""
     images_dir = _build_or_skip("TARS_IMAGES_DIR", images.missing_build, "make images")
     return images.Engine(images.load_build(images_dir))
+
+
+@pytest.fixture(scope="session")
+def replica_image(
+    container_node: node.ContainerNode,
+    image_engine: images.Engine,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """The replica image `make images` built, loaded into the node's runtime."""
+    problem = image_engine.available()
+    if problem:
+        missing_component(problem)
+    reference = image_engine.build.replica
+    if reference not in container_node.images():
+        archive = tmp_path_factory.mktemp("replica-image") / "replica.tar"
+        image_engine.call("save", "-o", str(archive), reference)
+        container_node.import_archive_file(archive)
+        archive.unlink()
+    return reference
 
 
 @pytest.fixture(scope="session")

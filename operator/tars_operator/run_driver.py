@@ -365,11 +365,15 @@ class RunDriver:
             self._save_state(run)
             self._apply_report(body, run, report, coordinators[0] if coordinators else url)
             return POLL_SECONDS
-        if not fresh:
+        # A restarted coordinator container is not ready again until its readiness probe
+        # passes (up to initialDelay plus a period): waiting for one is no failed attempt.
+        if not fresh and urls:
             self.state.reassignments += 1
             if self.state.reassignments > MAX_REASSIGNMENTS:
-                detail = errors[-1] if errors else "no ready coordinator pod"
-                message = f"no coordinator could take the run after {MAX_REASSIGNMENTS} attempts: {detail}"
+                message = (
+                    f"no coordinator could take the run after {MAX_REASSIGNMENTS} attempts: "
+                    f"{errors[-1]}"
+                )
                 self._write_status(
                     body,
                     run,

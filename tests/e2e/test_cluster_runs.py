@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,29 @@ def assert_applied_once(workspace: Workspace, project: Path, name: str) -> None:
     assert after.returncode == 0, after.stdout + after.stderr
 
 
+def assert_run_survives(
+    workspace: Workspace, kubectl: Any, project: Path, fault: Callable[[], None]
+) -> dict[str, Any]:
+    """A slow run on PROJECT, FAULT done to it mid-way, succeeds and applies once; the run."""
+    name = start_slow_run(workspace, project)
+    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
+    fault()
+    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    assert_applied_once(workspace, project, name)
+    return run
+
+
+def operator_restart(workspace: Workspace) -> Callable[[], None]:
+    """A fault: the workspace's operator killed and started again."""
+
+    def restart() -> None:
+        workspace.operator.kill()
+        workspace.operator.start()
+
+    return restart
+
+
 def coordinator_pod(workspace: Workspace, kubectl: Any) -> dict[str, Any]:
     pods = workspace.kubectl_json(kubectl, "pods", "-l", "app.kubernetes.io/instance=coordinator")[
         "items"
@@ -137,34 +161,36 @@ def coordinator_pod(workspace: Workspace, kubectl: Any) -> dict[str, Any]:
     return running[0]
 
 
+def generators_used(coordinator: dict[str, Any]) -> set[str]:
+    """The generator endpoints the COORDINATOR pod has sent requests to (its metrics)."""
+    code, metrics = http_get(f"http://{coordinator['status']['podIP']}:8080/metrics")
+    assert code == 200, metrics
+    return {
+        line.split('endpoint="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("tars_coordinator_requests_total{") and 'role="generator"' in line
+    }
+
+
 def test_killed_coordinator_resumes_the_run(
     workspace: Workspace, kubectl: Any, sample_project: Path
 ) -> None:
-    name = start_slow_run(workspace, sample_project)
-    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
-    pod = coordinator_pod(workspace, kubectl)
-    (container,) = pod["status"]["containerStatuses"]
-    os.kill(int(container["containerID"].removeprefix("process://")), signal.SIGKILL)
 
-    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
-    assert run["status"]["phase"] == "Succeeded", run["status"]
+    def kill_the_coordinator() -> None:
+        (container,) = coordinator_pod(workspace, kubectl)["status"]["containerStatuses"]
+        os.kill(int(container["containerID"].removeprefix("process://")), signal.SIGKILL)
+
+    assert_run_survives(workspace, kubectl, sample_project, kill_the_coordinator)
     restarted = coordinator_pod(workspace, kubectl)["status"]["containerStatuses"][0]
     assert restarted["restartCount"] >= 1
-    assert_applied_once(workspace, sample_project, name)
 
 
 def test_restarted_operator_resumes_mirroring(
     workspace: Workspace, kubectl: Any, sample_project: Path
 ) -> None:
-    name = start_slow_run(workspace, sample_project)
-    wait_for_run(workspace, kubectl, name, working, "the run mid-way")
-    workspace.operator.kill()
-    workspace.operator.start()
-    run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
-    assert run["status"]["phase"] == "Succeeded", run["status"]
+    run = assert_run_survives(workspace, kubectl, sample_project, operator_restart(workspace))
     statistics = run["status"]["statistics"]
     assert statistics["filesProcessed"] == statistics["filesTotal"] > 1, statistics
-    assert_applied_once(workspace, sample_project, name)
 
 
 def test_stop_ends_the_run_and_keeps_accepted_work(
@@ -219,15 +245,7 @@ def test_scaled_generators_share_the_work(
     name = started_run(workspace, sample_project, "--max-files", ALL_FILES)
     run = wait_for_run(workspace, kubectl, name, ended, "the run to end")
     assert run["status"]["phase"] == "Succeeded", run["status"]
-    address = coordinator_pod(workspace, kubectl)["status"]["podIP"]
-    code, metrics = http_get(f"http://{address}:8080/metrics")
-    assert code == 200
-    used = {
-        line.split('endpoint="', 1)[1].split('"', 1)[0]
-        for line in metrics.splitlines()
-        if line.startswith("tars_coordinator_requests_total{") and 'role="generator"' in line
-    }
-    assert len(used) > 1, metrics
+    assert len(generators_used(coordinator_pod(workspace, kubectl))) > 1
 
 
 def test_run_without_replicas_stays_pending_and_says_why(

@@ -29,13 +29,11 @@ from tars_operator.config import ENV_PREFIX, OperatorConfig
 from tars_operator.config import TesterIsolation as Isolation
 
 from tests.e2e.conftest import operated_namespace
-from tests.harness import images
 from tests.harness.e2e import Workspace
 from tests.harness.kubectl import Kubectl
 from tests.harness.node import ContainerNode
 from tests.harness.operator_process import get_json, wait_for
 from tests.harness.projects import calc_project
-from tests.harness.tools import missing_component
 
 OTHER_RUNS_SECRET = "other-runs-private-words"
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -87,25 +85,6 @@ def prying_tests() -> str:
             assert not pathlib.Path({TOKEN_PATH!r}).exists()
         """
     )
-
-
-@pytest.fixture(scope="module")
-def replica_image(
-    container_node: ContainerNode,
-    image_engine: images.Engine,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """The replica image `make images` built, loaded into the node's runtime."""
-    problem = image_engine.available()
-    if problem:
-        missing_component(problem)
-    reference = image_engine.build.replica
-    if reference not in container_node.images():
-        archive = tmp_path_factory.mktemp("replica-image") / "replica.tar"
-        image_engine.call("save", "-o", str(archive), reference)
-        container_node.import_archive_file(archive)
-        archive.unlink()
-    return reference
 
 
 @pytest.fixture(params=list(Isolation))

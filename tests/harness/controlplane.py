@@ -161,7 +161,7 @@ def _create_certificate_authority(pki: Path, name: str) -> None:
     )  # fmt: skip
 
 
-def _create_pki(pki: Path) -> None:
+def _create_pki(pki: Path, advertise_address: str | None) -> None:
     pki.mkdir(parents=True)
     _create_certificate_authority(pki, "ca")
     # The aggregation layer authenticates the API server to extension API servers with
@@ -179,7 +179,11 @@ def _create_pki(pki: Path) -> None:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ],
-        server_ips=["127.0.0.1", API_SERVICE_IP],
+        server_ips=[
+            "127.0.0.1",
+            API_SERVICE_IP,
+            *([advertise_address] if advertise_address else []),
+        ],
     )
     _issue_certificate(
         pki, "kube-controller-manager-serving", "kube-controller-manager",
@@ -359,10 +363,22 @@ def is_up(plane: ControlPlane) -> bool:
     )
 
 
-def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> ControlPlane:
+def up(
+    state_dir: Path,
+    tools_dir: Path,
+    *,
+    timeout_seconds: float = 180,
+    advertise_address: str | None = None,
+) -> ControlPlane:
     """Starts a control plane recorded in STATE_DIR and returns once it serves requests.
 
     When STATE_DIR already records a running control plane, that one is returned.
+
+    By default the API server is on loopback only, and the `kubernetes` Service has no
+    endpoint. With ADVERTISE_ADDRESS (an address of this host that pods route to, such as a
+    node's address on its pods' bridge) it listens on every address and the `kubernetes`
+    Service's endpoint is ADVERTISE_ADDRESS, so pods reach it at its ClusterIP through a
+    node's kube-proxy, as in-cluster clients do.
     """
     state_dir = state_dir.resolve()
     tools_dir = tools_dir.resolve()
@@ -375,7 +391,7 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
     down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     _remove_entries(state_dir, OWNED_ENTRIES)
-    _create_pki(state_dir / "pki")
+    _create_pki(state_dir / "pki", advertise_address)
     deadline = time.monotonic() + timeout_seconds
     # A free port can be taken by someone else before the component binds it; then the
     # whole launch is repeated on fresh ports.
@@ -384,7 +400,7 @@ def up(state_dir: Path, tools_dir: Path, *, timeout_seconds: float = 180) -> Con
         for directory in ("logs", "run"):
             (state_dir / directory).mkdir()
         try:
-            plane = _launch(state_dir, tools_dir, deadline)
+            plane = _launch(state_dir, tools_dir, deadline, advertise_address)
             break
         except PortTakenError:
             if attempt == PORT_ATTEMPTS:
@@ -402,7 +418,9 @@ def _remove_entries(state_dir: Path, entries: Iterable[str]) -> None:
             path.unlink()
 
 
-def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
+def _launch(
+    state_dir: Path, tools_dir: Path, deadline: float, advertise_address: str | None
+) -> ControlPlane:
     """Starts the components on fresh free ports; stops whatever started if one fails."""
     pki = state_dir / "pki"
     etcd_url = f"http://127.0.0.1:{free_port()}"
@@ -455,8 +473,7 @@ def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
             "kube-apiserver",
             [
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *_advertising(advertise_address),
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={pki / 'kube-apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'kube-apiserver.key'}",
@@ -477,8 +494,6 @@ def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'service-account.pub'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",
-                # The `kubernetes` Service cannot list a loopback address as its endpoint.
-                "--endpoint-reconciler-type=none",
                 "--profiling=false",
             ],
         )
@@ -542,6 +557,24 @@ def _launch(state_dir: Path, tools_dir: Path, deadline: float) -> ControlPlane:
         controller_manager_url=controller_manager_url,
         pids=pids,
     )
+
+
+def _advertising(advertise_address: str | None) -> list[str]:
+    """The API server's flags for where it listens and what the `kubernetes` Service lists."""
+    if advertise_address is None:
+        # The `kubernetes` Service cannot list a loopback address as its endpoint.
+        return [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
+    # The address may not exist yet (a node's bridge comes up after the control plane), so
+    # the API server listens on every address rather than on that one.
+    return [
+        "--bind-address=0.0.0.0",
+        f"--advertise-address={advertise_address}",
+        "--endpoint-reconciler-type=lease",
+    ]
 
 
 def _stop_recorded(state_dir: Path, grace_seconds: float = 10) -> bool:

@@ -1,9 +1,14 @@
-"""A real Kubernetes node for the tests: containerd with runc, the kubelet and kube-scheduler.
+"""A real Kubernetes node for the tests: containerd with runc, the kubelet, kube-proxy and
+kube-scheduler.
 
 Pods scheduled to it run as containers from real images, under the runtime's enforcement of
 what their spec asks for: user and group, read-only root filesystem, capabilities, seccomp,
 user namespaces, resource limits, service-account tokens. Its pods share one bridge network
 (`POD_SUBNET`) that the host reaches, so the API server's service proxy reaches their ports.
+kube-proxy (iptables mode) gives Services their ClusterIPs, so pods reach the API server at
+the `kubernetes` Service when the control plane advertises `NODE_IP`
+(`controlplane.up(..., advertise_address=NODE_IP)`). Nothing resolves names in these pods
+(replicas find each other by pod IP in EndpointSlices), so the node runs no DNS.
 
 No registry is reachable, so images come in as archives (`import_archive`, or
 `import_archive_file` for what `make images` built and saved) and the pause image of the pod sandbox
@@ -26,6 +31,8 @@ import signal
 import subprocess
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +46,7 @@ from tests.harness import controlplane
 BINARIES = (
     "kubelet",
     "kube-scheduler",
+    "kube-proxy",
     "containerd",
     "containerd-shim-runc-v2",
     "ctr",
@@ -225,6 +233,35 @@ def _kubelet_config(state_dir: Path, plane: controlplane.ControlPlane) -> dict[s
     }
 
 
+def _kube_proxy_config(kubeconfig: Path) -> dict[str, object]:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        # Traffic from outside POD_SUBNET to a ClusterIP is masqueraded, so replies return
+        # through the node.
+        "clusterCIDR": POD_SUBNET,
+        "healthzBindAddress": f"127.0.0.1:{controlplane.free_port()}",
+        "metricsBindAddress": f"127.0.0.1:{controlplane.free_port()}",
+        # Lowering its OOM score (the default is -999) needs CAP_SYS_RESOURCE, which this
+        # machine's root lacks.
+        "oomScoreAdj": 0,
+        # Zero leaves the host's conntrack table size and timeouts as they are: they are
+        # machine-wide sysctls, and a test node must not retune the machine.
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+        # NodePorts only on NODE_IP, not on every address of the machine (nor on loopback,
+        # which would need net.ipv4.conf.all.route_localnet).
+        "nodePortAddresses": ["primary"],
+    }
+
+
 class ContainerNode:
     """A node named NODE_NAME in PLANE's cluster, running pods as containers (a context manager)."""
 
@@ -344,6 +381,9 @@ class ContainerNode:
         scheduler_kubeconfig = controlplane.client_kubeconfig(
             self.plane, "kube-scheduler", "system:kube-scheduler", []
         )
+        proxy_kubeconfig = controlplane.client_kubeconfig(
+            self.plane, "kube-proxy", "system:kube-proxy", []
+        )
         (self.state_dir / "kubelet.yaml").write_text(
             json.dumps(_kubelet_config(self.state_dir, self.plane))
         )
@@ -371,6 +411,15 @@ class ContainerNode:
             ],
         )
         self._wait("node tars-node to be Ready", self._node_ready)
+        proxy_config = _kube_proxy_config(proxy_kubeconfig)
+        (self.state_dir / "kube-proxy.yaml").write_text(json.dumps(proxy_config))
+        self._spawn(
+            "kube-proxy",
+            [str(self.bin_dir / "kube-proxy"), f"--config={self.state_dir / 'kube-proxy.yaml'}"],
+        )
+        # kube-proxy is healthy once it has written the Services' rules.
+        healthz = f"http://{proxy_config['healthzBindAddress']}/healthz"
+        self._wait("kube-proxy to program the Services", lambda: _answers(healthz))
 
     def _node_ready(self) -> bool:
         with _core_api(self.plane.kubeconfig) as core:
@@ -384,8 +433,14 @@ class ContainerNode:
         """Removes the pods' containers and networks, then stops the node's processes."""
         if self._processes.get("kubelet") and self._processes["kubelet"].poll() is None:
             self._drain()
-        for component in ("kube-scheduler", "kubelet"):
+        for component in ("kube-proxy", "kube-scheduler", "kubelet"):
             self._terminate(component)
+        # kube-proxy's chains would otherwise stay in the host's iptables.
+        subprocess.run(
+            [str(self.bin_dir / "kube-proxy"), "--cleanup", "--proxy-mode=iptables"],
+            capture_output=True,
+            check=False,
+        )
         # What the kubelet did not take down (it was killed, or never got to it).
         runc_root = self.state_dir / "runc" / CRI_NAMESPACE
         if runc_root.is_dir():
@@ -436,6 +491,14 @@ def _core_api(kubeconfig: Path) -> Iterator[client.CoreV1Api]:
         yield client.CoreV1Api(api)
     finally:
         api.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _processes_running(binary: Path) -> list[int]:
