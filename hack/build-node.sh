@@ -21,12 +21,8 @@ cni_dir=/usr/lib/cni
 
 log() { printf '[build-node] %s\n' "$*" >&2; }
 
-pinned_version() {
-    local builder="$1" module="$2" version
-    version="$(awk -v m="$module" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$tools_src/$builder/go.mod")"
-    [[ -n "$version" ]] || { log "hack/tools/$builder/go.mod does not pin $module"; exit 1; }
-    printf '%s' "$version"
-}
+# shellcheck source=hack/lib/go-builds.sh
+source "$repository/hack/lib/go-builds.sh"
 
 kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
 containerd_version="$(pinned_version containerd github.com/containerd/containerd/v2)"
@@ -91,14 +87,8 @@ build() {
     (cd "$tools_src/$builder" && go build -trimpath "$@")
 }
 
-minor="${kubernetes_version#v*.}"
-major="${kubernetes_version#v}"
-kubernetes_ldflags="-s -w"
-for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    kubernetes_ldflags+=" -X $package.gitVersion=$kubernetes_version"
-    kubernetes_ldflags+=" -X $package.gitMajor=${major%%.*} -X $package.gitMinor=${minor%%.*}"
-    kubernetes_ldflags+=" -X $package.gitTreeState=archive"
-done
+kubernetes_ldflags="-s -w $(kubernetes_version_ldflags "$kubernetes_version" \
+    "$(module_commit kubernetes k8s.io/kubernetes)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
 containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"
 runc_ldflags="-s -w -X main.version=${runc_version#v}"
 

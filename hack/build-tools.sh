@@ -13,20 +13,8 @@ cache_root="${TARS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tars-selfcoding}
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 
-# The version a builder module pins for MODULE, read from its go.mod.
-pinned_version() {
-    local builder="$1" module="$2" version
-    version="$(awk -v m="$module" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$tools_src/$builder/go.mod")"
-    [[ -n "$version" ]] || { log "hack/tools/$builder/go.mod does not pin $module"; exit 1; }
-    printf '%s' "$version"
-}
-
-# The git commit the module proxy recorded for MODULE's pinned version, when it has one.
-module_commit() {
-    local builder="$1" module="$2" info
-    info="$(cd "$tools_src/$builder" && go mod download -json "$module" | sed -n 's/^\t"Info": "\(.*\)",$/\1/p')"
-    sed -n 's/.*"Hash": *"\([0-9a-f]\{40\}\)".*/\1/p' "$info"
-}
+# shellcheck source=hack/lib/go-builds.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go-builds.sh"
 
 kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
 etcd_version="$(pinned_version etcd go.etcd.io/etcd/server/v3)"
@@ -77,20 +65,9 @@ build() {
     (cd "$tools_src/$builder" && go build -trimpath -ldflags "-s -w $ldflags" -o "$output" "$@")
 }
 
-minor="${kubernetes_version#v*.}"
-minor="${minor%%.*}"
-major="${kubernetes_version#v}"
-major="${major%%.*}"
 # The module proxy does not record the commit of Kubernetes releases, so this is usually empty.
 kubernetes_commit="$(module_commit kubernetes k8s.io/kubernetes)"
-kubernetes_ldflags=""
-for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    kubernetes_ldflags+=" -X $package.gitVersion=$kubernetes_version"
-    kubernetes_ldflags+=" -X $package.gitMajor=$major -X $package.gitMinor=$minor"
-    kubernetes_ldflags+=" -X $package.gitCommit=$kubernetes_commit"
-    # "archive" is Kubernetes' own tree state for builds from a source archive.
-    kubernetes_ldflags+=" -X $package.gitTreeState=archive -X $package.buildDate=$build_date"
-done
+kubernetes_ldflags="$(kubernetes_version_ldflags "$kubernetes_version" "$kubernetes_commit" "$build_date")"
 
 etcd_commit="$(module_commit etcd go.etcd.io/etcd/server/v3)"
 etcd_ldflags="${etcd_commit:+-X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_commit:0:8}}"
