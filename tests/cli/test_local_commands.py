@@ -7,7 +7,6 @@ the project's bytes untouched.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from tars_engine.core.learning import LearningStore
 from tars_engine.core.snapshot import DEFAULT_MAX_EXTRACTED_BYTES
 from tars_engine.core.state import StateStore
 
-from tests.harness.cli import TARSCLI, tarscli
+from tests.harness.cli import TARSCLI, cli_env, tarscli
 from tests.harness.hostile import HOSTILE_TEST_FILE, SECRET_VARIABLE, hostile_tests, leftovers
 from tests.harness.ollama import OllamaServer
 from tests.harness.projects import tree_hashes, write_tree
@@ -32,13 +31,7 @@ from tests.harness.workflow import project_tests_pass, sample_project, shop_proj
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    variables = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
-    variables.update(
-        TARS_SCRATCH_DIR=str(tmp_path / "scratch"),
-        TARS_LEARNING_DB=str(tmp_path / "learning.sqlite3"),
-        COLUMNS="200",
-    )
-    return variables
+    return cli_env(tmp_path)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -14,7 +14,6 @@ of the file and its diff), not only by count.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ from tars_engine.core.state import StateStore, WorkflowState
 from tars_engine.core.validation import is_test_file, only_whitespace_changed
 from tars_engine.roles.ruff_tool import project_arguments, ruff_binary
 
-from tests.harness.cli import tarscli
+from tests.harness.cli import cli_env, tarscli
 from tests.harness.pypi_projects import BOLTONS, PypiProject, unpacked
 from tests.harness.tools import git, run_tool
 from tests.harness.workflow import project_tests_pass
@@ -35,21 +34,11 @@ from tests.harness.workflow import project_tests_pass
 MAX_TEST_RUNS_PER_ACCEPTED_CHANGE = 0.3
 
 
-def run_env(directory: Path) -> dict[str, str]:
-    variables = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
-    variables.update(
-        TARS_SCRATCH_DIR=str(directory / "scratch"),
-        TARS_LEARNING_DB=str(directory / "learning.sqlite3"),
-        COLUMNS="200",
-    )
-    return variables
-
-
 def self_code(root: Path, project: PypiProject, *options: str) -> tuple[WorkflowState, str]:
     """The run's final state, and what it printed."""
     completed = tarscli(
         root,
-        run_env(root.parent / f"{root.name}-run"),
+        cli_env(root.parent / f"{root.name}-run"),
         "self-code", "run", "-t", project.package, "--auto-apply", *options,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,20 @@ def tarscli(cwd: Path, env: dict[str, str], *arguments: str) -> subprocess.Compl
         timeout=300,
         check=False,
     )
+
+
+def cli_env(directory: Path) -> dict[str, str]:
+    """The environment of a local `tarscli` run whose scratch and learning store are in DIRECTORY.
+
+    Without OLLAMA_HOST, so that a run uses the engine its command line names.
+    """
+    variables = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
+    variables.update(
+        TARS_SCRATCH_DIR=str(directory / "scratch"),
+        TARS_LEARNING_DB=str(directory / "learning.sqlite3"),
+        COLUMNS="200",
+    )
+    return variables
 
 
 class Cli(Protocol):

@@ -42,6 +42,7 @@ from typing import Self
 from kubernetes import client, config
 
 from tests.harness import controlplane
+from tests.harness.tools import stop_process
 
 BINARIES = (
     "kubelet",
@@ -474,14 +475,8 @@ class ContainerNode:
 
     def _terminate(self, component: str) -> None:
         process = self._processes.pop(component, None)
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, grace_seconds=20)
 
 
 @contextmanager

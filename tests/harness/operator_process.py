@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.harness import controlplane
+from tests.harness.tools import stop_process
 
 OPERATOR = Path(sys.executable).parent / "tars-operator"
 # A bound on waits for the cluster and the operator to act: a broken one fails, never hangs.
@@ -125,13 +126,8 @@ class OperatorProcess:
         self.process.wait(timeout=SETTLE_SECONDS)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def wait_until(fetch: Callable[[], T | None], predicate: Callable[[T], bool], what: str) -> T:

@@ -68,3 +68,15 @@ def missing_component(problem: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"required under CI=true: {problem}")
     pytest.skip(problem)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
+    """SIGTERM, then SIGKILL if PROCESS has not exited within GRACE_SECONDS; reaped either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

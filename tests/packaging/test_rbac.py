@@ -25,6 +25,7 @@ import yaml
 from tests.harness import controlplane
 from tests.harness.chart import REPOSITORY, Manifest, Render, find, one
 from tests.harness.credentials import kubeconfig_document, write_kubeconfig
+from tests.harness.tools import stop_process
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
@@ -397,12 +398,7 @@ def test_operator_works_with_exactly_the_chart_rbac(
                 event["involvedObject"].get("kind") == "TarsReplica" for event in events["items"]
             ), "the operator posted no Event"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
         text = log.read_text()
         for refusal in ("forbidden", "Forbidden", "Not enough permissions"):
             assert refusal not in text, f"the operator was refused something:\n{text[-4000:]}"
