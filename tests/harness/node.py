@@ -309,6 +309,7 @@ class ContainerNode:
     def __enter__(self) -> Self:
         self._lock = os.open(NODE_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._clear_leftovers()
         try:
             self._start()
         except BaseException:
@@ -458,6 +459,26 @@ class ContainerNode:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+    def _clear_leftovers(self) -> None:
+        """Ends what a node killed before its clean-up left running (a test session killed).
+
+        Only one node runs at a time (NODE_LOCK, held here), so every process of the node's
+        binaries and in the kubelet's pod cgroups is a leftover.
+        """
+        for binary in ("kube-proxy", "kube-scheduler", "kubelet", "containerd"):
+            for pid in _processes_running(self.bin_dir / binary):
+                os.kill(pid, signal.SIGKILL)
+        pod_processes = Path("/sys/fs/cgroup/pids/kubepods")
+        for procs in pod_processes.rglob("cgroup.procs") if pod_processes.is_dir() else ():
+            for pid in procs.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+        for pid in _processes_running(self.bin_dir / "containerd-shim-runc-v2"):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
 
     def _drain(self) -> None:
         """Deletes every pod bound to the node and waits (bounded) for the kubelet to remove it."""
