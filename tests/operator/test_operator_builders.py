@@ -18,7 +18,8 @@ from tars_api.replica import (
 )
 from tars_api.vocabulary import EngineName, Role
 from tars_operator import replicas
-from tars_operator.config import OperatorConfig, TesterIsolation
+from tars_operator.config import OperatorConfig
+from tars_operator.config import TesterIsolation as Isolation
 
 CONFIG = OperatorConfig(ollama_host="http://ollama.tars.svc:11434")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -176,7 +177,7 @@ def test_testers_get_a_user_namespace_for_bwrap_and_the_other_roles_do_not() -> 
 
 def test_tester_isolation_pod_keeps_the_node_defaults() -> None:
     tester = pod_spec(
-        Role.tester, CONFIG.model_copy(update={"tester_isolation": TesterIsolation.pod})
+        Role.tester, CONFIG.model_copy(update={"tester_isolation": Isolation.pod})
     )
     assert "hostUsers" not in tester
     assert tester["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
