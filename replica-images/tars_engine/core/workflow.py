@@ -726,6 +726,7 @@ class Workflow:
         with self._journal.lock:
             self._s.statistics.test_runs += 1
             self._s.sandbox = result.sandbox or self._s.sandbox
+            self._s.environment = result.environment or self._s.environment
         self._journal.commit(EventKind.tested, message=message)
 
     def _record_baseline(self, result: TestResult) -> None:
