@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import shlex
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
@@ -317,6 +318,14 @@ class TestEnvironment(ApiModel):
     timeout_seconds: int = Field(
         default=900, ge=30, le=7200, description="How long making the environment may take"
     )
+
+    @property
+    def recipe(self) -> str:
+        """How the virtualenv is made, in the words the status shows."""
+        if self.setup_command:
+            return f"{shlex.join(self.setup_command)} from {self.package_index}"
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"pip install .{extras} pytest from {self.package_index}"
 
 
 class SelfCodingRunSpec(ApiModel):

@@ -114,14 +114,6 @@ def environment_digest(project: Path, spec: TestEnvironment) -> str:
     return digest.hexdigest()
 
 
-def recipe(spec: TestEnvironment) -> str:
-    """How the virtualenv is made, in the words the status shows."""
-    if spec.setup_command:
-        return f"{shlex.join(spec.setup_command)} from {spec.package_index}"
-    extras = f"[{','.join(spec.extras)}]" if spec.extras else ""
-    return f"pip install .{extras} pytest from {spec.package_index}"
-
-
 def setup_steps(spec: TestEnvironment, project: Path, venv: Path) -> list[list[str]]:
     """The commands that make the virtualenv: it is made empty, then filled by the tester's
     pip (no pip of its own is needed) or, for a setup command, by pip installed into it."""
@@ -235,7 +227,7 @@ class EnvironmentCache:
                 )
                 return PreparedEnvironment(use, None, step, outcome.output)
         seconds = time.monotonic() - started
-        made = EnvironmentRecord(recipe=recipe(spec), seconds=round(seconds, 3))
+        made = EnvironmentRecord(recipe=spec.recipe, seconds=round(seconds, 3))
         partial = venv / f"{RECORD_NAME}.partial"
         partial.write_text(made.model_dump_json(), encoding="utf-8")
         os.replace(partial, venv / RECORD_NAME)
