@@ -1,11 +1,10 @@
-"""The cluster demo: the kind commands as data (docker cannot run here), and `--cluster`
+"""The cluster demo: the kind commands as data, for podman and for docker, and `--cluster`
 for real against the local control plane with the pod runner: the chart's operator pod,
 the four replicas, a volume run on a copy of the sample project, its diff."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,45 +13,90 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tars_engine.core.settings import ENGINE_VERSION
-from tarscli.kind_demo import KIND_CLUSTER, demo_steps
+from tarscli.errors import CliError
+from tarscli.kind_demo import (
+    KIND_CLUSTER,
+    NODE_PROJECT_PATH,
+    KindWorkspace,
+    Provider,
+    cluster_config,
+    demo_steps,
+    pick_provider,
+)
 
 from tests.harness.e2e import SAMPLE_PROJECT
 from tests.harness.kubectl import REPOSITORY
 from tests.harness.tools import git, git_init
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
-DOCKERFILE = REPOSITORY / "replica-images" / "Dockerfile"
+BUILD_IMAGES = REPOSITORY / "hack" / "build-images.sh"
+VALUES = yaml.safe_load((REPOSITORY / "charts" / "tars" / "values.yaml").read_text())
 
 
-def test_kind_steps_create_build_load_then_install() -> None:
-    steps = demo_steps(REPOSITORY, kind=True)
-    commands = [step.argv[:2] for step in steps]
-    assert commands == [
-        ("kind", "create"),
-        ("docker", "build"),
-        ("docker", "build"),
-        ("kind", "load"),
-        ("kind", "load"),
-        ("helm", "upgrade"),
+def test_kind_with_podman_builds_creates_saves_loads_then_installs() -> None:
+    steps = demo_steps(REPOSITORY, kind=True, provider=Provider.podman, node_image="node:1")
+    assert [step.argv[:3] for step in steps] == [
+        (str(BUILD_IMAGES),),
+        ("kind", "create", "cluster"),
+        ("podman", "save", "--output"),
+        ("kind", "load", "image-archive"),
+        ("podman", "save", "--output"),
+        ("kind", "load", "image-archive"),
+        ("helm", "upgrade", "--install"),
     ]
-    assert all(step.needs_docker for step in steps[:-1]) and not steps[-1].needs_docker
-    create = steps[0].argv
-    config = Path(create[create.index("--config") + 1])
-    assert config.is_file() and "containerPath: /srv/tars/sample-project" in config.read_text()
-    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE.read_text(), re.MULTILINE))
-    built = []
-    for step in steps[1:3]:
-        argv = step.argv
-        assert argv[argv.index("--target") + 1] in stages
-        assert Path(argv[argv.index("-f") + 1]) == DOCKERFILE
-        built.append(argv[argv.index("-t") + 1])
-    loaded = [step.argv[3] for step in steps[3:5]]
-    assert loaded == built == [f"tars-operator:{ENGINE_VERSION}", f"tars-replica:{ENGINE_VERSION}"]
-    assert all(step.argv[-2:] == ("--name", KIND_CLUSTER) for step in steps[3:5])
+    assert BUILD_IMAGES.is_file() and os.access(BUILD_IMAGES, os.X_OK)
+    assert steps[0].env == {"TARS_IMAGE_ENGINE": "podman"}
+    assert all(steps[i].env == {"KIND_EXPERIMENTAL_PROVIDER": "podman"} for i in (1, 3, 5))
+    create = steps[1].argv
+    assert create[-2:] == ("--image", "node:1")
+    assert Path(create[create.index("--config") + 1]) == KindWorkspace.of(REPOSITORY).cluster_config
+    saved = [(step.argv[3], step.argv[4]) for step in (steps[2], steps[4])]
+    assert [name for _, name in saved] == [
+        f"localhost/tars-operator:{ENGINE_VERSION}",
+        f"localhost/tars-replica:{ENGINE_VERSION}",
+    ]
+    assert [step.argv[3] for step in (steps[3], steps[5])] == [archive for archive, _ in saved]
     install = steps[-1].argv
     assert install[-2:] == ("--kube-context", f"kind-{KIND_CLUSTER}")
-    assert Path(install[4]) == REPOSITORY / "charts" / "tars"
+    settings = [install[i + 1] for i, argument in enumerate(install) if argument == "--set"]
+    assert f"image.repository=localhost/{VALUES['image']['repository']}" in settings
+    assert f"replicaImage.repository=localhost/{VALUES['replicaImage']['repository']}" in settings
+
+
+def test_kind_with_docker_loads_the_images_by_name() -> None:
+    steps = demo_steps(REPOSITORY, kind=True, provider=Provider.docker)
+    assert [step.argv[:3] for step in steps[1:]] == [
+        ("kind", "create", "cluster"),
+        ("kind", "load", "docker-image"),
+        ("kind", "load", "docker-image"),
+        ("helm", "upgrade", "--install"),
+    ]
+    assert steps[0].env == {"TARS_IMAGE_ENGINE": "docker"}
+    assert "--image" not in steps[1].argv and not steps[1].env
+    assert [step.argv[3] for step in steps[2:4]] == [
+        f"{VALUES['image']['repository']}:{ENGINE_VERSION}",
+        f"{VALUES['replicaImage']['repository']}:{ENGINE_VERSION}",
+    ]
+    assert "image.repository" not in " ".join(steps[-1].argv)
+
+
+def test_kind_runs_on_docker_where_its_daemon_answers_else_podman() -> None:
+    assert pick_provider(docker_answers=True, podman_found=True) is Provider.docker
+    assert pick_provider(docker_answers=False, podman_found=True) is Provider.podman
+    with pytest.raises(CliError, match="needs docker .* or podman"):
+        pick_provider(docker_answers=False, podman_found=False)
+
+
+def test_the_kind_config_mounts_the_project_copy_where_the_run_reads_it(tmp_path: Path) -> None:
+    config = cluster_config(REPOSITORY, tmp_path / "copy")
+    mounts = [mount for node in config["nodes"] for mount in node.get("extraMounts", [])]
+    assert {"hostPath": str(tmp_path / "copy"), "containerPath": NODE_PROJECT_PATH}.items() <= (
+        mounts[0].items()
+    )
+    run = yaml.safe_load((REPOSITORY / "examples" / "runs" / "volume-run.yaml").read_text())
+    assert run["spec"]["source"]["volume"]["hostPath"] == NODE_PROJECT_PATH
 
 
 def test_cluster_mode_installs_the_chart_only() -> None:
