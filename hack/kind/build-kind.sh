@@ -39,6 +39,8 @@ fail() { log "$*"; exit 1; }
 
 # shellcheck source=hack/lib/go-builds.sh
 source "$repository/hack/lib/go-builds.sh"
+# shellcheck source=hack/lib/rootfs.sh
+source "$repository/hack/lib/rootfs.sh"
 
 kind_version="$(pinned_version kind sigs.k8s.io/kind)"
 kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
@@ -113,19 +115,7 @@ rootfs_name="localhost/tars-kind-rootfs:$debian_suite-$(printf '%s' "$recipe" | 
 rootfs_tarball="$kind_dir/${rootfs_name##*/}.tar"
 rootfs_tarball="${rootfs_tarball/:/-}"
 if ! has_image "$rootfs_name"; then
-    if [[ ! -f "$rootfs_tarball" ]]; then
-        [[ "$(id -u)" == 0 ]] || fail "debootstrap needs root to make the kind node's rootfs"
-        command -v debootstrap >/dev/null || fail "missing debootstrap (sudo apt-get install debootstrap)"
-        root="$(mktemp -d "$kind_dir/rootfs.XXXXXX")"
-        trap 'rm -rf "$root"' EXIT
-        log "making the node's rootfs with debootstrap ($debian_suite from $debian_mirror); once"
-        debootstrap --variant=minbase --include="$node_packages" "$debian_suite" "$root" "$debian_mirror" >&2
-        rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
-        tar --numeric-owner -C "$root" -cf "$rootfs_tarball.new" .
-        mv "$rootfs_tarball.new" "$rootfs_tarball"
-        rm -rf "$root"
-        trap - EXIT
-    fi
+    rootfs_tarball "$rootfs_tarball" "$debian_suite" "$debian_mirror" "$node_packages"
     log "importing $rootfs_name"
     "$engine" import --change "ENV $path_env" \
         "$rootfs_tarball" "$rootfs_name" >/dev/null
