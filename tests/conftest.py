@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, images, node, ollama, podrunner
+from tests.harness import controlplane, images, node, ollama
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import missing_component, run_tool
 
@@ -75,8 +75,8 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
     kube-scheduler, whose API server pods reach at the `kubernetes` Service.
 
-    Not the session's `control_plane`: there the pod runner plays the kubelet and would take
-    these pods for its own.
+    Not the session's `control_plane`: its API server advertises loopback, which pods cannot
+    reach, and its tests rely on nothing running the pods they create.
     """
     tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
@@ -215,19 +215,6 @@ def node_kubectl(
 ) -> Kubectl:
     """kubectl as admin against the cluster of `container_node`."""
     return _kubectl_for(container_node.plane, tmp_path_factory.mktemp("node-kubectl-cache"))
-
-
-@pytest.fixture(scope="session")
-def pod_runner(
-    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[podrunner.PodRunner]:
-    """Plays the kubelet for node `tars-local` (tests/harness/podrunner/): binds pods and runs their
-    containers as local processes on their own addresses; stopped (processes killed) at the end.
-    """
-    with podrunner.PodRunner(
-        control_plane.kubeconfig, tmp_path_factory.mktemp("podrunner")
-    ) as runner:
-        yield runner
 
 
 @pytest.fixture
