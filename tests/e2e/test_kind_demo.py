@@ -1,6 +1,7 @@
 """The cluster demo: the kind commands as data, for podman and for docker, and `--cluster`
-for real against the local control plane with the pod runner: the chart's operator pod,
-the four replicas, a volume run on a copy of the sample project, its diff."""
+for real against a cluster with a real node: the chart's operator pod, the four replicas
+(containers from the images of `make images`), a volume run on a copy of the sample
+project, its diff."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from tars_api.names import NON_ROOT_ID
 from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.errors import CliError
 from tarscli.kind_demo import (
@@ -27,7 +28,8 @@ from tarscli.kind_demo import (
 )
 
 from tests.harness.e2e import SAMPLE_PROJECT
-from tests.harness.kubectl import REPOSITORY
+from tests.harness.kubectl import REPOSITORY, Kubectl
+from tests.harness.node import ContainerNode
 from tests.harness.tools import git, git_init
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
@@ -105,19 +107,37 @@ def test_cluster_mode_installs_the_chart_only() -> None:
     assert ("--set", "a=b") == steps[0].argv[-4:-2]
 
 
+def image_repository(reference: str) -> str:
+    """`localhost/tars-replica` of `localhost/tars-replica:0.1.0`: the demo sets the tag."""
+    return reference.rpartition(":")[0]
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    for directory, _, files in os.walk(root):
+        for path in [directory, *(os.path.join(directory, name) for name in files)]:
+            os.lchown(path, uid, gid)
+
+
 def test_cluster_demo_on_the_local_control_plane(
-    kubeconfig: Path,
-    kubectl: Callable[..., Any],
-    tars_crds: list[str],
-    pod_runner: object,
-    control_plane: Any,
+    container_node: ContainerNode,
+    node_kubectl: Kubectl,
+    node_crds: list[str],
+    operator_image: str,
+    replica_image: str,
     tmp_path: Path,
 ) -> None:
-    project = tmp_path / "sample-project"
+    """The chart's operator and the replicas as containers on the node; the coordinator
+    commits in the project's directory on the node, as the replicas' user."""
+    # Not under pytest's own directory, which only root may enter.
+    node_directory = Path(tempfile.mkdtemp(prefix="tars-demo-project-"))
+    node_directory.chmod(0o755)
+    project = node_directory / "sample-project"
     shutil.copytree(
         SAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".ruff_cache", "__pycache__")
     )
     git_init(project, "sample project")
+    # The replicas' user and group: the coordinator commits in the project as them.
+    chown_tree(project, NON_ROOT_ID, NON_ROOT_ID)
     namespace = f"demo-{os.getpid()}"
     try:
         result = subprocess.run(
@@ -127,18 +147,22 @@ def test_cluster_demo_on_the_local_control_plane(
                 "self-code-demo",
                 "--cluster",
                 "--helm",
-                str(control_plane.tools_dir / "helm"),
-                # The operator pod shares this machine's ports with the replicas (8080).
+                str(container_node.plane.tools_dir / "helm"),
+                # The images are on the node already; no registry is reachable to pull from.
                 "--helm-set",
-                "operator.livenessPort=18080",
+                f"image.repository={image_repository(operator_image)}",
                 "--helm-set",
-                "operator.metricsPort=19090",
+                "image.pullPolicy=Never",
+                "--helm-set",
+                f"replicaImage.repository={image_repository(replica_image)}",
+                "--helm-set",
+                "replicaImage.pullPolicy=Never",
                 "--timeout",
                 "180",
                 "--project-path",
                 str(project),
                 "--kubeconfig",
-                str(kubeconfig),
+                str(container_node.plane.kubeconfig),
                 "-n",
                 namespace,
             ],
@@ -154,6 +178,8 @@ def test_cluster_demo_on_the_local_control_plane(
                 "HELM_DATA_HOME": str(tmp_path / "helm"),
             },
         )
+        # git refuses a repository its user does not own: the project is root's again.
+        chown_tree(project, os.geteuid(), os.getegid())
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Succeeded" in result.stdout, result.stdout
         assert "--- a/ledgerly/" in result.stdout
@@ -169,10 +195,10 @@ def test_cluster_demo_on_the_local_control_plane(
         )
         assert tests.returncode == 0, tests.stdout
     finally:
-        pods = kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
+        pods = node_kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
         print(pods.stdout)
         for role in ("analyzer", "coordinator"):
-            logs = kubectl(
+            logs = node_kubectl(
                 "logs",
                 "-n",
                 namespace,
@@ -182,7 +208,8 @@ def test_cluster_demo_on_the_local_control_plane(
                 check=False,
             )
             print(role, logs.stdout[-3000:], logs.stderr[-500:])
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        node_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        shutil.rmtree(node_directory)
 
 
 @pytest.mark.parametrize("flags", [["--kind", "--cluster"]])
