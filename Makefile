@@ -53,8 +53,14 @@ test: install tools node ollama images ## Run the whole test suite against a rea
 	TARS_IMAGES_DIR="$$(hack/build-images.sh | tail -n 1)" \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-kind-demo: install ## The demo in a new kind cluster (needs docker, kind, helm): images, chart, a volume run
-	$(VENV)/bin/tarscli demo self-code-demo --kind
+# kind, its node image (kind's own cannot be pulled everywhere) and helm are built here;
+# CONTAINERS_CONF gives kind's podman the runtime and ulimits that work on this machine.
+kind-demo: install ## The demo in a new kind cluster (docker, else podman): images, kind node, chart, a volume run
+	@kind_dir="$$(hack/kind/build-kind.sh | tail -n 1)" && \
+	images_dir="$$(hack/build-images.sh | tail -n 1)" && \
+	CONTAINERS_CONF="$$images_dir/containers.conf" \
+	PATH="$$kind_dir/bin:$$(hack/build-tools.sh | tail -n 1):$$PATH" \
+	$(VENV)/bin/tarscli demo self-code-demo --kind --kind-node-image "$$(cat "$$kind_dir/node-image")"
 
 demo: install ## Run the self-coding demo locally (no cluster, no Ollama needed)
 	$(VENV)/bin/tarscli demo self-code-demo

@@ -43,6 +43,8 @@ base_packages=python3,python3-venv,ca-certificates
 log() { printf '[build-images] %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
 is_root() { [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; }
+# shellcheck source=hack/lib/rootfs.sh
+source "$repository/hack/lib/rootfs.sh"
 
 apt_install() {
     is_root || fail "missing $*: install it (Debian/Ubuntu: sudo apt-get install $*)"
@@ -113,9 +115,11 @@ has_image() {
     esac
 }
 
+python_symlink() { ln -s /usr/bin/python3 "$1/usr/local/bin/python"; }
+
 # The local base, from its tarball (made once with debootstrap).
 local_base() {
-    local recipe digest name tarball root
+    local recipe digest name tarball
     recipe="debootstrap minbase $debian_suite $base_packages python-symlink"
     digest="$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
     name="localhost/tars-base-python:$debian_suite-$digest"
@@ -124,20 +128,8 @@ local_base() {
         printf '%s' "$name"
         return
     fi
-    if [[ ! -f "$tarball" ]]; then
-        command -v debootstrap >/dev/null || apt_install debootstrap
-        is_root || fail "debootstrap needs root to make the local base; or set TARS_IMAGE_BASE to an image"
-        root="$(mktemp -d "$images_dir/rootfs.XXXXXX")"
-        trap 'rm -rf "$root"' EXIT
-        log "making the local base with debootstrap ($debian_suite from $debian_mirror); once"
-        debootstrap --variant=minbase --include="$base_packages" "$debian_suite" "$root" "$debian_mirror" >&2
-        ln -s /usr/bin/python3 "$root/usr/local/bin/python"
-        rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
-        tar --numeric-owner -C "$root" -cf "$tarball.new" .
-        mv "$tarball.new" "$tarball"
-        rm -rf "$root"
-        trap - EXIT
-    fi
+    [[ -f "$tarball" ]] || is_root || fail "debootstrap needs root to make the local base; or set TARS_IMAGE_BASE to an image"
+    rootfs_tarball "$tarball" "$debian_suite" "$debian_mirror" "$base_packages" python_symlink
     log "importing $name"
     local path_env="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     case "$engine" in

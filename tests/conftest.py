@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, images, node, ollama, podrunner
+from tests.harness import controlplane, images, node, ollama
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import missing_component, run_tool
 
@@ -75,8 +75,8 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
     kube-scheduler, whose API server pods reach at the `kubernetes` Service.
 
-    Not the session's `control_plane`: there the pod runner plays the kubelet and would take
-    these pods for its own.
+    Not the session's `control_plane`: its API server advertises loopback, which pods cannot
+    reach, and its tests rely on nothing running the pods they create.
     """
     tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
@@ -108,21 +108,45 @@ def image_engine() -> images.Engine:
 
 
 @pytest.fixture(scope="session")
-def replica_image(
+def load_node_image(
     container_node: node.ContainerNode,
     image_engine: images.Engine,
     tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """The replica image `make images` built, loaded into the node's runtime."""
+) -> Callable[[str], str]:
+    """Loads an image `make images` built into the node's runtime; returns its reference."""
     problem = image_engine.available()
     if problem:
         missing_component(problem)
-    reference = image_engine.build.replica
+
+    def load(reference: str) -> str:
+        if reference not in container_node.images():
+            archive = tmp_path_factory.mktemp("node-image") / "image.tar"
+            image_engine.call("save", "-o", str(archive), reference)
+            container_node.import_archive_file(archive)
+            archive.unlink()
+        return reference
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def replica_image(load_node_image: Callable[[str], str], image_engine: images.Engine) -> str:
+    """The replica image `make images` built, in the node's runtime."""
+    return load_node_image(image_engine.build.replica)
+
+
+@pytest.fixture(scope="session")
+def operator_image(load_node_image: Callable[[str], str], image_engine: images.Engine) -> str:
+    """The operator image `make images` built, in the node's runtime."""
+    return load_node_image(image_engine.build.operator)
+
+
+@pytest.fixture(scope="session")
+def ollama_image(container_node: node.ContainerNode, ollama_dir: Path) -> str:
+    """The pinned Ollama build (`make ollama`) as an image in the node's runtime."""
+    reference = f"{ollama.IMAGE_REPOSITORY}:{ollama.version(ollama_dir)}"
     if reference not in container_node.images():
-        archive = tmp_path_factory.mktemp("replica-image") / "replica.tar"
-        image_engine.call("save", "-o", str(archive), reference)
-        container_node.import_archive_file(archive)
-        archive.unlink()
+        container_node.import_archive(ollama.image_archive(ollama_dir, reference))
     return reference
 
 
@@ -133,6 +157,16 @@ def ollama_server(
     """A real `ollama serve` on loopback with the small test model (`ollama.TEST_MODEL`)."""
     log = tmp_path_factory.mktemp("ollama") / "serve.log"
     with ollama.running(ollama_dir, log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def node_ollama_server(
+    container_node: node.ContainerNode, ollama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ollama.OllamaServer]:
+    """A real `ollama serve` with the test model on the node's address, where its pods reach it."""
+    log = tmp_path_factory.mktemp("node-ollama") / "serve.log"
+    with ollama.running(ollama_dir, log, host=node.NODE_IP) as server:
         yield server
 
 
@@ -181,19 +215,6 @@ def node_kubectl(
 ) -> Kubectl:
     """kubectl as admin against the cluster of `container_node`."""
     return _kubectl_for(container_node.plane, tmp_path_factory.mktemp("node-kubectl-cache"))
-
-
-@pytest.fixture(scope="session")
-def pod_runner(
-    control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[podrunner.PodRunner]:
-    """Plays the kubelet for node `tars-local` (tests/harness/podrunner/): binds pods and runs their
-    containers as local processes on their own addresses; stopped (processes killed) at the end.
-    """
-    with podrunner.PodRunner(
-        control_plane.kubeconfig, tmp_path_factory.mktemp("podrunner")
-    ) as runner:
-        yield runner
 
 
 @pytest.fixture

@@ -101,8 +101,8 @@ def test_controllers_run_deployments_and_collect_garbage(
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
                     spec=client.V1PodSpec(
-                        # No scheduler serves this name (nor does a pod runner another test
-                        # may have started), so the pods stay exactly as the controllers made them.
+                        # No scheduler serves this name, so the pods stay exactly as the
+                        # controllers made them.
                         scheduler_name="tars-tests-unscheduled",
                         containers=[client.V1Container(name="web", image="registry.invalid/web")],
                     ),

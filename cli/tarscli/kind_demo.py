@@ -1,34 +1,41 @@
 """The self-coding demo in a cluster, for `tarscli demo self-code-demo --kind | --cluster`.
 
-`--kind` creates a kind cluster from examples/kind/cluster.yaml (it mounts the sample
-project on the node at /srv/tars/sample-project), builds the operator and replica images
-with docker and loads them into the cluster. Both modes then install the chart, give the
-coordinator TarsReplica the project's directory as a volume, start a SelfCodingRun with a
-`volume` source on it, stream its status and print its diff.
+`--kind` builds both images with hack/build-images.sh, creates a kind cluster from
+examples/kind/cluster.yaml whose node mounts a git copy of the sample project (under
+.dev/kind-demo, owned by the replicas' user) at /srv/tars/sample-project, and loads the
+images into it. kind runs its node with docker when a docker daemon answers, else with
+podman (kind's podman provider); `--kind-node-image` names the node image, for machines
+that cannot pull kind's own (`make kind-demo` builds one with hack/kind/build-kind.sh).
+Both modes then install the chart, give the coordinator TarsReplica the project's
+directory as a volume, start a SelfCodingRun with a `volume` source on it, stream its
+status and print its diff.
 
 The external commands are built as data (`Step`) by pure functions, so what the demo runs
-is testable where docker is not available; `--dry-run` prints them.
+is testable without docker, podman or kind; `--dry-run` prints them.
 """
 
 from __future__ import annotations
 
+import enum
+import os
 import secrets
 import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 from rich.console import Console
-from tars_api.names import CLI_LABELS
+from tars_api.names import CLI_LABELS, NON_ROOT_ID
 from tars_api.replica import ReplicaVolume, TarsReplica
-from tars_api.run import SelfCodingRun
+from tars_api.run import RunPhase, SelfCodingRun
 from tars_api.vocabulary import Role
+from tars_engine.core.applying import FALLBACK_IDENTITY
 from tars_engine.core.settings import ENGINE_VERSION
 
 from tarscli import coordinator_access
@@ -46,69 +53,203 @@ OPERATOR_TARGET = "operator"
 REPLICA_TARGET = "replica"
 REPLICAS_TIMEOUT_SECONDS = 600
 COMMAND_TIMEOUT_SECONDS = 1800
+# kind's own switch to its podman provider, and hack/build-images.sh's choice of engine.
+KIND_PROVIDER_ENV = "KIND_EXPERIMENTAL_PROVIDER"
+IMAGE_ENGINE_ENV = "TARS_IMAGE_ENGINE"
+DOCKER_INFO_TIMEOUT_SECONDS = 10
+# kind bind-mounts the host's kernel modules into its node.
+HOST_MODULES = Path("/lib/modules")
+# podman and buildah qualify an unqualified local tag with this registry.
+PODMAN_LOCAL_REGISTRY = "localhost"
+
+
+class Provider(enum.StrEnum):
+    """What kind runs its node with, and what builds and hands it the images."""
+
+    docker = "docker"
+    podman = "podman"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One external command of the demo."""
+    """One external command of the demo, with what it adds to the environment."""
 
     description: str
     argv: tuple[str, ...]
-    needs_docker: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return shlex.join(self.argv)
+        assignments = [f"{name}={shlex.quote(value)}" for name, value in self.env.items()]
+        return " ".join([*assignments, shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class KindWorkspace:
+    """The demo's own files on this machine: the project copy the node mounts, the cluster
+    config that mounts it, and the image archives podman hands to kind."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, repository: Path) -> KindWorkspace:
+        return cls(repository / ".dev" / "kind-demo")
+
+    @property
+    def project(self) -> Path:
+        return self.root / "sample-project"
+
+    @property
+    def cluster_config(self) -> Path:
+        return self.root / "cluster.yaml"
+
+    def archive(self, target: str) -> Path:
+        return self.root / f"tars-{target}.tar"
 
 
 def image(target: str, version: str = ENGINE_VERSION) -> str:
     return f"tars-{target}:{version}"
 
 
-def kind_steps(repository: Path, cluster_name: str = KIND_CLUSTER) -> list[Step]:
-    """Create the kind cluster, build both images and load them into its node."""
-    dockerfile = str(repository / "replica-images" / "Dockerfile")
+def local_image(target: str, provider: Provider) -> str:
+    """The image's name as the engine that built it lists it."""
+    name = image(target)
+    return f"{PODMAN_LOCAL_REGISTRY}/{name}" if provider is Provider.podman else name
+
+
+def pick_provider(*, docker_answers: bool, podman_found: bool) -> Provider:
+    """docker where its daemon answers, as kind does by default; else podman."""
+    if docker_answers:
+        return Provider.docker
+    if podman_found:
+        return Provider.podman
+    fail("the kind demo needs docker (with its daemon running) or podman; neither is here")
+
+
+def provider_here() -> Provider:
+    docker = shutil.which(Provider.docker.value)
+    answers = (
+        docker is not None
+        and subprocess.run(
+            [docker, "info"],
+            capture_output=True,
+            check=False,
+            timeout=DOCKER_INFO_TIMEOUT_SECONDS,
+        ).returncode
+        == 0
+    )
+    return pick_provider(
+        docker_answers=answers, podman_found=shutil.which(Provider.podman.value) is not None
+    )
+
+
+def kind_steps(
+    repository: Path,
+    workspace: KindWorkspace,
+    provider: Provider,
+    *,
+    node_image: str | None = None,
+    cluster_name: str = KIND_CLUSTER,
+) -> list[Step]:
+    """Build both images, create the kind cluster and load the images into its node."""
+    kind_env = {KIND_PROVIDER_ENV: provider.value} if provider is Provider.podman else {}
+    create = ["kind", "create", "cluster", "--name", cluster_name]
+    create += ["--config", str(workspace.cluster_config)]
+    if node_image is not None:
+        create += ["--image", node_image]
     steps = [
         Step(
-            f"create kind cluster {cluster_name} (mounts the sample project)",
-            (
-                "kind",
-                "create",
-                "cluster",
-                "--name",
-                cluster_name,
-                "--config",
-                str(repository / "examples" / "kind" / "cluster.yaml"),
-            ),
-            needs_docker=True,
-        )
+            f"build both images with {provider.value}",
+            (str(repository / "hack" / "build-images.sh"),),
+            {IMAGE_ENGINE_ENV: provider.value},
+        ),
+        Step(
+            f"create kind cluster {cluster_name} (mounts the sample project's copy)",
+            tuple(create),
+            kind_env,
+        ),
     ]
     for target in (OPERATOR_TARGET, REPLICA_TARGET):
-        steps.append(
-            Step(
-                f"build image {image(target)}",
-                (
-                    "docker",
-                    "build",
-                    "-f",
-                    dockerfile,
-                    "--target",
-                    target,
-                    "-t",
-                    image(target),
-                    str(repository),
-                ),
-                needs_docker=True,
+        name = local_image(target, provider)
+        if provider is Provider.docker:
+            steps.append(
+                Step(
+                    f"load {name} into the cluster's node",
+                    ("kind", "load", "docker-image", name, "--name", cluster_name),
+                )
             )
-        )
-    for target in (OPERATOR_TARGET, REPLICA_TARGET):
-        steps.append(
+            continue
+        archive = str(workspace.archive(target))
+        steps += [
+            Step(f"save {name}", ("podman", "save", "--output", archive, name)),
             Step(
-                f"load {image(target)} into the cluster's node",
-                ("kind", "load", "docker-image", image(target), "--name", cluster_name),
-                needs_docker=True,
-            )
-        )
+                f"load {name} into the cluster's node",
+                ("kind", "load", "image-archive", archive, "--name", cluster_name),
+                kind_env,
+            ),
+        ]
     return steps
+
+
+def image_settings(provider: Provider) -> list[str]:
+    """The chart's image repositories, as the images were loaded into the node."""
+    if provider is Provider.docker:
+        return []
+    return [
+        f"image.repository={PODMAN_LOCAL_REGISTRY}/tars-{OPERATOR_TARGET}",
+        f"replicaImage.repository={PODMAN_LOCAL_REGISTRY}/tars-{REPLICA_TARGET}",
+    ]
+
+
+def cluster_config(repository: Path, project: Path) -> dict[str, Any]:
+    """examples/kind/cluster.yaml, its sample-project mount pointed at `project`."""
+    document: dict[str, Any] = yaml.safe_load(
+        (repository / "examples" / "kind" / "cluster.yaml").read_text()
+    )
+    mounts = [
+        mount
+        for node in document["nodes"]
+        for mount in node.get("extraMounts", [])
+        if mount["containerPath"] == NODE_PROJECT_PATH
+    ]
+    if not mounts:
+        fail(f"examples/kind/cluster.yaml mounts nothing at {NODE_PROJECT_PATH}")
+    for mount in mounts:
+        mount["hostPath"] = str(project)
+    return document
+
+
+def prepare_workspace(repository: Path, workspace: KindWorkspace, console: Console) -> None:
+    """A git copy of the sample project, owned by the replicas' user (they commit into it),
+    and the cluster config that mounts it. A copy left by an earlier demo is kept: a
+    cluster of that demo may still have it mounted."""
+    project = workspace.project
+    if not (project / ".git").is_dir():
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.copytree(
+            repository / "examples" / "sample-project",
+            project,
+            ignore=shutil.ignore_patterns(".ruff_cache", "__pycache__", ".tars"),
+        )
+        git = {**os.environ, **FALLBACK_IDENTITY}
+        for argv in (
+            ["git", "init", "-q", "-b", "main"],
+            ["git", "add", "-A"],
+            ["git", "commit", "-q", "-m", "sample project"],
+        ):
+            subprocess.run(argv, cwd=project, env=git, check=True, capture_output=True)
+        console.print(f"the sample project's copy: {project}")
+    if project.stat().st_uid != NON_ROOT_ID:
+        if os.geteuid() != 0:
+            fail(
+                f"the replicas (uid {NON_ROOT_ID}) commit into {project}: "
+                f"sudo chown -R {NON_ROOT_ID}:{NON_ROOT_ID} {project}, then run the demo again"
+            )
+        for directory, _, files in os.walk(project):
+            for path in [directory, *(os.path.join(directory, name) for name in files)]:
+                os.lchown(path, NON_ROOT_ID, NON_ROOT_ID)
+    workspace.cluster_config.write_text(
+        yaml.safe_dump(cluster_config(repository, project), sort_keys=False)
+    )
 
 
 def chart_step(
@@ -147,16 +288,22 @@ def demo_steps(
     repository: Path,
     *,
     kind: bool,
+    provider: Provider = Provider.docker,
+    node_image: str | None = None,
     namespace: str = DEMO_NAMESPACE,
     helm: str = "helm",
     kubeconfig: Path | None = None,
     context: str | None = None,
     settings: Sequence[str] = (),
 ) -> list[Step]:
-    """Every external command, in order: kind and images (with --kind), then the chart."""
-    steps = kind_steps(repository) if kind else []
-    if kind and context is None:
-        context = f"kind-{KIND_CLUSTER}"
+    """Every external command, in order: images and kind (with --kind), then the chart."""
+    steps = []
+    if kind:
+        steps = kind_steps(
+            repository, KindWorkspace.of(repository), provider, node_image=node_image
+        )
+        settings = [*image_settings(provider), *settings]
+        context = context or f"kind-{KIND_CLUSTER}"
     return [
         *steps,
         chart_step(
@@ -195,8 +342,13 @@ def _execute(step: Step, repository: Path, console: Console) -> None:
     console.print(f"[bold]{step.description}[/]: {step}")
     if shutil.which(step.argv[0]) is None:
         fail(f"{step.argv[0]} is not installed; it is needed to {step.description}")
-    # kind resolves the cluster config's relative hostPath against the working directory.
-    result = subprocess.run(step.argv, cwd=repository, check=False, timeout=COMMAND_TIMEOUT_SECONDS)
+    result = subprocess.run(
+        step.argv,
+        cwd=repository,
+        env={**os.environ, **step.env},
+        check=False,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
     if result.returncode != 0:
         fail(f"{step.description} failed (exit {result.returncode}): {step}")
 
@@ -232,6 +384,7 @@ def run_demo(
     repository: Path,
     *,
     kind: bool,
+    node_image: str | None,
     project_path: str,
     namespace: str,
     helm: str,
@@ -242,9 +395,12 @@ def run_demo(
     timeout_seconds: int = REPLICAS_TIMEOUT_SECONDS,
 ) -> None:
     console = Console()
+    provider = provider_here() if kind else Provider.docker
     steps = demo_steps(
         repository,
         kind=kind,
+        provider=provider,
+        node_image=node_image,
         namespace=namespace,
         helm=helm,
         kubeconfig=kubeconfig,
@@ -255,10 +411,15 @@ def run_demo(
         for step in steps:
             typer.echo(str(step))
         return
+    if kind:
+        if not HOST_MODULES.is_dir():
+            fail(
+                f"kind mounts {HOST_MODULES} into its node; this machine has none: mkdir -p {HOST_MODULES}"
+            )
+        prepare_workspace(repository, KindWorkspace.of(repository), console)
+        context = context or f"kind-{KIND_CLUSTER}"
     for step in steps:
         _execute(step, repository, console)
-    if kind and context is None:
-        context = f"kind-{KIND_CLUSTER}"
     cluster = connect(kubeconfig, context, namespace)
     cluster.require_crds()
     _prepare_replicas(cluster, project_path, console, timeout_seconds)
@@ -269,6 +430,12 @@ def run_demo(
     if finished is None:
         fail(f"selfcodingrun/{created.name} disappeared while it was followed")
     console.print(report_patch(cluster, finished), markup=False, highlight=False)
+    phase = finished.status.phase if finished.status is not None else None
+    if phase is not RunPhase.succeeded:
+        fail(
+            f"selfcodingrun/{created.name} ended {phase}: "
+            f"kubectl -n {namespace} describe scr {created.name}"
+        )
 
 
 def repository_root() -> Path:

@@ -32,6 +32,9 @@ REPLICA_PORT = 8080
 REPLICA_PORT_NAME = "http"
 # The coordinator's ServiceAccount: it alone reads the API (TarsReplica status, sources).
 COORDINATOR_SERVICE_ACCOUNT = "tars-coordinator"
+# The uid/gid the replicas run as, distroless' `nonroot` user: fixed so file ownership on
+# volumes is predictable (the kind demo gives its project copy to it).
+NON_ROOT_ID = 65532
 
 # --- a run's ConfigMaps, owned by the run -------------------------------------------------
 STATE_CONFIG_MAP_SUFFIX = "-state"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from tars_api.names import COORDINATOR_SERVICE_ACCOUNT, REPLICA_PORT
+from tars_api.names import COORDINATOR_SERVICE_ACCOUNT, NON_ROOT_ID, REPLICA_PORT
 from tars_api.replica import ResourceRequirements
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
 
@@ -24,8 +24,6 @@ from tars_operator import __version__
 
 CONFIG_PATH_ENV = "TARS_OPERATOR_CONFIG"
 ENV_PREFIX = "TARS_OPERATOR_"
-# The uid/gid of distroless' `nonroot` user: fixed so file ownership on volumes is predictable.
-NON_ROOT_ID = 65532
 
 
 class ConfigError(ValueError):

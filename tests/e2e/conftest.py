@@ -1,5 +1,5 @@
-"""End to end: the real control plane, the pod runner playing the kubelet, the operator as a
-subprocess, replica pods that are real `tars-replica serve` processes, and `tarscli`.
+"""End to end on real pods: a cluster with a real node (`container_node`), the operator as a
+subprocess, the role replicas as containers from the replica image (`make images`), `tarscli`.
 
 One namespace with the four role replicas (`tarscli self-code setup`) serves the tests
 of a module; tests that change the replicas get a namespace of their own.
@@ -18,6 +18,8 @@ import pytest
 from tars_operator.config import ENV_PREFIX
 
 from tests.harness.e2e import SAMPLE_PROJECT, SETUP_TIMEOUT_SECONDS, Workspace
+from tests.harness.kubectl import Kubectl
+from tests.harness.node import ContainerNode
 from tests.harness.ollama import TEST_MODEL, OllamaServer
 from tests.harness.operator_process import OperatorProcess, wait_for
 from tests.harness.tools import git_init
@@ -33,6 +35,12 @@ def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
         f"the default ServiceAccount of {name}",
     )
     return name
+
+
+def replica_pods_environment(replica_image: str) -> dict[str, str]:
+    """The operator's settings for replicas from REPLICA_IMAGE, which is on the node already:
+    no registry is reachable to pull it from."""
+    return {f"{ENV_PREFIX}IMAGE": replica_image, f"{ENV_PREFIX}IMAGE_PULL_POLICY": "Never"}
 
 
 @contextmanager
@@ -57,15 +65,20 @@ def operated_namespace(
 
 @pytest.fixture(scope="module")
 def workspace(
-    kubeconfig: Path,
-    kubectl: Callable[..., Any],
-    tars_crds: list[str],
-    pod_runner: object,
+    container_node: ContainerNode,
+    node_kubectl: Kubectl,
+    node_crds: list[str],
+    replica_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Workspace]:
-    """A namespace prepared by `tarscli self-code setup` (which waits until the replicas are Ready)."""
+    """A namespace prepared by `tarscli self-code setup` (which waits until the replicas are
+    Ready), its replicas real containers."""
     with operated_namespace(
-        kubeconfig, kubectl, "e2e", tmp_path_factory.mktemp("operator")
+        container_node.plane.kubeconfig,
+        node_kubectl,
+        "e2e",
+        tmp_path_factory.mktemp("operator"),
+        replica_pods_environment(replica_image),
     ) as workspace:
         workspace.tarscli("self-code", "setup", "--timeout", SETUP_TIMEOUT_SECONDS)
         yield workspace
@@ -73,33 +86,34 @@ def workspace(
 
 @pytest.fixture
 def bare_workspace(
-    kubeconfig: Path,
-    kubectl: Callable[..., Any],
-    tars_crds: list[str],
-    pod_runner: object,
-    tmp_path: Path,
+    container_node: ContainerNode, node_kubectl: Kubectl, node_crds: list[str], tmp_path: Path
 ) -> Iterator[Workspace]:
     """A namespace with only the operator: no replicas."""
-    with operated_namespace(kubeconfig, kubectl, "e2e-bare", tmp_path) as workspace:
+    with operated_namespace(
+        container_node.plane.kubeconfig, node_kubectl, "e2e-bare", tmp_path
+    ) as workspace:
         yield workspace
 
 
 @pytest.fixture
 def ollama_workspace(
-    kubeconfig: Path,
-    kubectl: Callable[..., Any],
-    tars_crds: list[str],
-    pod_runner: object,
-    ollama_server: OllamaServer,
+    container_node: ContainerNode,
+    node_kubectl: Kubectl,
+    node_crds: list[str],
+    replica_image: str,
+    node_ollama_server: OllamaServer,
     tmp_path: Path,
 ) -> Iterator[Workspace]:
-    """A namespace whose operator points the replicas at the real Ollama and its test model
-    (the server listens on loopback, which the pod runner's replica processes share)."""
+    """A namespace whose operator points the replicas at the real Ollama and its test model,
+    served on the node's address (pods reach it there; no DNS name resolves in them)."""
     environment = {
-        f"{ENV_PREFIX}OLLAMA_HOST": ollama_server.url,
+        **replica_pods_environment(replica_image),
+        f"{ENV_PREFIX}OLLAMA_HOST": node_ollama_server.url,
         f"{ENV_PREFIX}MODEL": TEST_MODEL,
     }
-    with operated_namespace(kubeconfig, kubectl, "e2e-model", tmp_path, environment) as workspace:
+    with operated_namespace(
+        container_node.plane.kubeconfig, node_kubectl, "e2e-model", tmp_path, environment
+    ) as workspace:
         yield workspace
 
 

@@ -1,58 +1,104 @@
-"""The cluster demo: the kind commands as data (docker cannot run here), and `--cluster`
-for real against the local control plane with the pod runner: the chart's operator pod,
-the four replicas, a volume run on a copy of the sample project, its diff."""
+"""The cluster demo: the kind commands as data, for podman and for docker, and `--cluster`
+for real against a cluster with a real node: the chart's operator pod, the four replicas
+(containers from the images of `make images`), a volume run on a copy of the sample
+project, its diff."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
+from tars_api.names import NON_ROOT_ID
 from tars_engine.core.settings import ENGINE_VERSION
-from tarscli.kind_demo import KIND_CLUSTER, demo_steps
+from tarscli.errors import CliError
+from tarscli.kind_demo import (
+    KIND_CLUSTER,
+    NODE_PROJECT_PATH,
+    KindWorkspace,
+    Provider,
+    cluster_config,
+    demo_steps,
+    pick_provider,
+)
 
 from tests.harness.e2e import SAMPLE_PROJECT
-from tests.harness.kubectl import REPOSITORY
+from tests.harness.kubectl import REPOSITORY, Kubectl
+from tests.harness.node import ContainerNode
 from tests.harness.tools import git, git_init
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
-DOCKERFILE = REPOSITORY / "replica-images" / "Dockerfile"
+BUILD_IMAGES = REPOSITORY / "hack" / "build-images.sh"
+VALUES = yaml.safe_load((REPOSITORY / "charts" / "tars" / "values.yaml").read_text())
 
 
-def test_kind_steps_create_build_load_then_install() -> None:
-    steps = demo_steps(REPOSITORY, kind=True)
-    commands = [step.argv[:2] for step in steps]
-    assert commands == [
-        ("kind", "create"),
-        ("docker", "build"),
-        ("docker", "build"),
-        ("kind", "load"),
-        ("kind", "load"),
-        ("helm", "upgrade"),
+def test_kind_with_podman_builds_creates_saves_loads_then_installs() -> None:
+    steps = demo_steps(REPOSITORY, kind=True, provider=Provider.podman, node_image="node:1")
+    assert [step.argv[:3] for step in steps] == [
+        (str(BUILD_IMAGES),),
+        ("kind", "create", "cluster"),
+        ("podman", "save", "--output"),
+        ("kind", "load", "image-archive"),
+        ("podman", "save", "--output"),
+        ("kind", "load", "image-archive"),
+        ("helm", "upgrade", "--install"),
     ]
-    assert all(step.needs_docker for step in steps[:-1]) and not steps[-1].needs_docker
-    create = steps[0].argv
-    config = Path(create[create.index("--config") + 1])
-    assert config.is_file() and "containerPath: /srv/tars/sample-project" in config.read_text()
-    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE.read_text(), re.MULTILINE))
-    built = []
-    for step in steps[1:3]:
-        argv = step.argv
-        assert argv[argv.index("--target") + 1] in stages
-        assert Path(argv[argv.index("-f") + 1]) == DOCKERFILE
-        built.append(argv[argv.index("-t") + 1])
-    loaded = [step.argv[3] for step in steps[3:5]]
-    assert loaded == built == [f"tars-operator:{ENGINE_VERSION}", f"tars-replica:{ENGINE_VERSION}"]
-    assert all(step.argv[-2:] == ("--name", KIND_CLUSTER) for step in steps[3:5])
+    assert BUILD_IMAGES.is_file() and os.access(BUILD_IMAGES, os.X_OK)
+    assert steps[0].env == {"TARS_IMAGE_ENGINE": "podman"}
+    assert all(steps[i].env == {"KIND_EXPERIMENTAL_PROVIDER": "podman"} for i in (1, 3, 5))
+    create = steps[1].argv
+    assert create[-2:] == ("--image", "node:1")
+    assert Path(create[create.index("--config") + 1]) == KindWorkspace.of(REPOSITORY).cluster_config
+    saved = [(step.argv[3], step.argv[4]) for step in (steps[2], steps[4])]
+    assert [name for _, name in saved] == [
+        f"localhost/tars-operator:{ENGINE_VERSION}",
+        f"localhost/tars-replica:{ENGINE_VERSION}",
+    ]
+    assert [step.argv[3] for step in (steps[3], steps[5])] == [archive for archive, _ in saved]
     install = steps[-1].argv
     assert install[-2:] == ("--kube-context", f"kind-{KIND_CLUSTER}")
-    assert Path(install[4]) == REPOSITORY / "charts" / "tars"
+    settings = [install[i + 1] for i, argument in enumerate(install) if argument == "--set"]
+    assert f"image.repository=localhost/{VALUES['image']['repository']}" in settings
+    assert f"replicaImage.repository=localhost/{VALUES['replicaImage']['repository']}" in settings
+
+
+def test_kind_with_docker_loads_the_images_by_name() -> None:
+    steps = demo_steps(REPOSITORY, kind=True, provider=Provider.docker)
+    assert [step.argv[:3] for step in steps[1:]] == [
+        ("kind", "create", "cluster"),
+        ("kind", "load", "docker-image"),
+        ("kind", "load", "docker-image"),
+        ("helm", "upgrade", "--install"),
+    ]
+    assert steps[0].env == {"TARS_IMAGE_ENGINE": "docker"}
+    assert "--image" not in steps[1].argv and not steps[1].env
+    assert [step.argv[3] for step in steps[2:4]] == [
+        f"{VALUES['image']['repository']}:{ENGINE_VERSION}",
+        f"{VALUES['replicaImage']['repository']}:{ENGINE_VERSION}",
+    ]
+    assert "image.repository" not in " ".join(steps[-1].argv)
+
+
+def test_kind_runs_on_docker_where_its_daemon_answers_else_podman() -> None:
+    assert pick_provider(docker_answers=True, podman_found=True) is Provider.docker
+    assert pick_provider(docker_answers=False, podman_found=True) is Provider.podman
+    with pytest.raises(CliError, match="needs docker .* or podman"):
+        pick_provider(docker_answers=False, podman_found=False)
+
+
+def test_the_kind_config_mounts_the_project_copy_where_the_run_reads_it(tmp_path: Path) -> None:
+    config = cluster_config(REPOSITORY, tmp_path / "copy")
+    mounts = [mount for node in config["nodes"] for mount in node.get("extraMounts", [])]
+    assert {"hostPath": str(tmp_path / "copy"), "containerPath": NODE_PROJECT_PATH}.items() <= (
+        mounts[0].items()
+    )
+    run = yaml.safe_load((REPOSITORY / "examples" / "runs" / "volume-run.yaml").read_text())
+    assert run["spec"]["source"]["volume"]["hostPath"] == NODE_PROJECT_PATH
 
 
 def test_cluster_mode_installs_the_chart_only() -> None:
@@ -61,19 +107,37 @@ def test_cluster_mode_installs_the_chart_only() -> None:
     assert ("--set", "a=b") == steps[0].argv[-4:-2]
 
 
+def image_repository(reference: str) -> str:
+    """`localhost/tars-replica` of `localhost/tars-replica:0.1.0`: the demo sets the tag."""
+    return reference.rpartition(":")[0]
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    for directory, _, files in os.walk(root):
+        for path in [directory, *(os.path.join(directory, name) for name in files)]:
+            os.lchown(path, uid, gid)
+
+
 def test_cluster_demo_on_the_local_control_plane(
-    kubeconfig: Path,
-    kubectl: Callable[..., Any],
-    tars_crds: list[str],
-    pod_runner: object,
-    control_plane: Any,
+    container_node: ContainerNode,
+    node_kubectl: Kubectl,
+    node_crds: list[str],
+    operator_image: str,
+    replica_image: str,
     tmp_path: Path,
 ) -> None:
-    project = tmp_path / "sample-project"
+    """The chart's operator and the replicas as containers on the node; the coordinator
+    commits in the project's directory on the node, as the replicas' user."""
+    # Not under pytest's own directory, which only root may enter.
+    node_directory = Path(tempfile.mkdtemp(prefix="tars-demo-project-"))
+    node_directory.chmod(0o755)
+    project = node_directory / "sample-project"
     shutil.copytree(
         SAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".ruff_cache", "__pycache__")
     )
     git_init(project, "sample project")
+    # The replicas' user and group: the coordinator commits in the project as them.
+    chown_tree(project, NON_ROOT_ID, NON_ROOT_ID)
     namespace = f"demo-{os.getpid()}"
     try:
         result = subprocess.run(
@@ -83,18 +147,22 @@ def test_cluster_demo_on_the_local_control_plane(
                 "self-code-demo",
                 "--cluster",
                 "--helm",
-                str(control_plane.tools_dir / "helm"),
-                # The operator pod shares this machine's ports with the replicas (8080).
+                str(container_node.plane.tools_dir / "helm"),
+                # The images are on the node already; no registry is reachable to pull from.
                 "--helm-set",
-                "operator.livenessPort=18080",
+                f"image.repository={image_repository(operator_image)}",
                 "--helm-set",
-                "operator.metricsPort=19090",
+                "image.pullPolicy=Never",
+                "--helm-set",
+                f"replicaImage.repository={image_repository(replica_image)}",
+                "--helm-set",
+                "replicaImage.pullPolicy=Never",
                 "--timeout",
                 "180",
                 "--project-path",
                 str(project),
                 "--kubeconfig",
-                str(kubeconfig),
+                str(container_node.plane.kubeconfig),
                 "-n",
                 namespace,
             ],
@@ -110,6 +178,8 @@ def test_cluster_demo_on_the_local_control_plane(
                 "HELM_DATA_HOME": str(tmp_path / "helm"),
             },
         )
+        # git refuses a repository its user does not own: the project is root's again.
+        chown_tree(project, os.geteuid(), os.getegid())
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Succeeded" in result.stdout, result.stdout
         assert "--- a/ledgerly/" in result.stdout
@@ -125,10 +195,10 @@ def test_cluster_demo_on_the_local_control_plane(
         )
         assert tests.returncode == 0, tests.stdout
     finally:
-        pods = kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
+        pods = node_kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
         print(pods.stdout)
         for role in ("analyzer", "coordinator"):
-            logs = kubectl(
+            logs = node_kubectl(
                 "logs",
                 "-n",
                 namespace,
@@ -138,7 +208,8 @@ def test_cluster_demo_on_the_local_control_plane(
                 check=False,
             )
             print(role, logs.stdout[-3000:], logs.stderr[-500:])
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        node_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        shutil.rmtree(node_directory)
 
 
 @pytest.mark.parametrize("flags", [["--kind", "--cluster"]])

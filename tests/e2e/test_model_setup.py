@@ -1,6 +1,6 @@
 """`tarscli self-code setup` reports whether the generator's Ollama server has the model:
-asked of the generator replica's pod through the API server's service proxy, answered by
-the real server with the real test model."""
+asked of the generator replica's pod (a container on the node) through the API server's
+service proxy, answered by the real server with the real test model at the node's address."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from tars_engine.transports.http_client import HttpTester
 from tars_operator.config import ENV_PREFIX, OperatorConfig
 from tars_operator.config import TesterIsolation as Isolation
 
-from tests.e2e.conftest import operated_namespace
+from tests.e2e.conftest import operated_namespace, replica_pods_environment
 from tests.harness.e2e import Workspace
 from tests.harness.kubectl import Kubectl
 from tests.harness.node import ContainerNode
@@ -98,8 +98,7 @@ def tester_workspace(
 ) -> Iterator[tuple[Isolation, Workspace]]:
     isolation: Isolation = request.param
     environment = {
-        f"{ENV_PREFIX}IMAGE": replica_image,
-        f"{ENV_PREFIX}IMAGE_PULL_POLICY": "Never",
+        **replica_pods_environment(replica_image),
         f"{ENV_PREFIX}TESTER_ISOLATION": isolation.value,
     }
     with operated_namespace(

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ from tars_engine.transports.server import serve_in_thread
 from tars_operator.run_driver import mirrored_status
 
 from tests.harness.silent_server import silent_server
-from tests.harness.tools import git
+from tests.harness.tools import git, missing_component, run_tool
 from tests.harness.workflow import shop_origin, shop_project
 
 # A bound on waiting for a run, so a broken coordinator fails the test instead of hanging it.
@@ -406,8 +407,9 @@ def test_missing_upload_configmap_fails_the_run(
     assert f"ConfigMap {namespace}/not-uploaded: 404" in report.message
 
 
-# Addresses in the pod network the pod runner routes to the loopback device; EndpointSlices
-# refuse loopback addresses themselves.
+# Addresses of RFC 2544's benchmarking range, never used on real networks, delivered to this
+# machine through lo for the test: EndpointSlices refuse loopback addresses themselves.
+REPLICA_NETWORK = "198.19.250.0/24"
 REPLICA_ADDRESSES = {
     "analyzer": ["198.19.250.1"],
     "generator": ["198.19.250.2", "198.19.250.3", "198.19.250.4"],
@@ -415,6 +417,32 @@ REPLICA_ADDRESSES = {
 }
 
 
+def _bindable(address: str) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def replica_network() -> Iterator[None]:
+    """REPLICA_NETWORK routed to lo while the test runs, unless the machine routes it already."""
+    if _bindable(REPLICA_ADDRESSES["analyzer"][0]):
+        yield
+        return
+    route = ["local", REPLICA_NETWORK, "dev", "lo"]
+    added = run_tool(["ip", "route", "add", *route], check=False)
+    if added.returncode != 0:
+        missing_component(f"routing {REPLICA_NETWORK} to lo: {added.stderr.strip()}")
+    try:
+        yield
+    finally:
+        run_tool(["ip", "route", "delete", *route])
+
+
+@pytest.mark.usefixtures("replica_network")
 def test_work_spreads_over_every_discovered_replica(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -1,7 +1,7 @@
 """Credentials on disk for the local cluster's clients: the kubeconfig document that the
-control plane writes for its admin and its controllers, the pod runner for a pod's service
-account and tests for users of their own, and the owner-only atomic write that puts
-kubeconfigs, tokens and the control plane's state in place."""
+control plane writes for its admin and its controllers and tests for users of their own, and
+the owner-only atomic write that puts kubeconfigs, tokens and the control plane's state in
+place."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def missing_build(bin_dir: Path) -> str | None:
     return None
 
 
-def _oci_archive(reference: str, files: dict[str, tuple[bytes, int]], image_config: dict) -> bytes:
+def oci_archive(reference: str, files: dict[str, tuple[bytes, int]], image_config: dict) -> bytes:
     """An OCI image layout as a tar: one uncompressed layer holding FILES (name: data, mode)."""
     layer_buffer = io.BytesIO()
     with tarfile.open(fileobj=layer_buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
@@ -371,7 +371,7 @@ class ContainerNode:
         self._wait("containerd", lambda: (self.state_dir / "containerd.sock").is_socket())
         pause = (self.bin_dir / "pause").read_bytes()
         self.import_archive(
-            _oci_archive(
+            oci_archive(
                 PAUSE_IMAGE,
                 {"pause": (pause, 0o755)},
                 {"Entrypoint": ["/pause"], "User": "65535:65535"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -40,6 +41,8 @@ from tests.harness.chart import (
     find,
     one,
 )
+from tests.harness.kubectl import Kubectl
+from tests.harness.node import ContainerNode
 
 CRD_FILES = sorted((REPOSITORY / "crds").glob("*.yaml"))
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
@@ -518,42 +521,73 @@ def test_helm_install_upgrade_and_uninstall(
     assert claims == [f"persistentvolumeclaim/{release}-tars-ollama-models"]
 
 
+def container_process(container_node: ContainerNode, pod: Manifest) -> Path:
+    """/proc/<pid> of the main process of POD's one container, on the host."""
+    (status,) = pod["status"]["containerStatuses"]
+    container = status["containerID"].partition("://")[2]
+    # `ctr tasks list`: a header, then TASK PID STATUS.
+    for line in container_node.ctr("tasks", "list").splitlines()[1:]:
+        task, pid, _ = line.split()
+        if task == container:
+            return Path("/proc", pid)
+    raise AssertionError(f"the runtime runs no task of container {container}")
+
+
 def test_the_charts_ollama_pod_serves_the_model_from_its_volume(
     helm: Helm,
-    namespace: str,
-    tars_crds: list[str],
-    kubectl: Callable[..., Any],
-    pod_runner: object,
+    container_node: ContainerNode,
+    node_kubectl: Kubectl,
+    ollama_image: str,
     ollama_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """helm install with `modelSource: volume`: the pod runner runs the chart's Ollama pod
-    (its command, environment and volume) and the model answers through the chart's
-    Service, by the API server's service proxy. Names a Service resolves to stay
-    untested: the pod runner has no cluster DNS."""
-    # The pod runner finds a container's command on its own PATH: the pinned build first.
-    monkeypatch.setenv("PATH", f"{ollama_dir / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    models = tmp_path / "models"
+    """helm install with `modelSource: volume` on a real node: the chart's Ollama pod (its
+    command, environment, user, read-only root and volumes) runs the pinned build as a
+    container, and the model answers through the chart's Service, by the API server's
+    service proxy. Names a Service resolves to stay untested: the node runs no DNS."""
+    namespace = f"ollama-{secrets.token_hex(3)}"
+    # Not under pytest's tmp_path: that is private to root, and the pod reads the models as
+    # the chart's user. Hard links: no copy of the model's bytes.
+    root = Path(tempfile.mkdtemp(prefix="tars-ollama-models-"))
+    root.chmod(0o755)
+    models = root / "models"
     shutil.copytree(ollama_dir / "models", models, copy_function=os.link)
+    repository, _, tag = ollama_image.rpartition(":")
     release = f"ol-{namespace[-6:]}"
     helm(
-        "install", release, str(CHART), "--namespace", namespace,
+        "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+        "--kubeconfig", str(container_node.plane.kubeconfig),
         "--set", "ollama.enabled=true", "--set", "ollama.modelSource=volume",
         "--set", f"ollama.modelVolume.hostPath.path={models}",
-        # The pod listens on every address of this machine: a port nothing else uses.
-        "--set", f"ollama.port={controlplane.free_port()}",
+        "--set", f"ollama.image.repository={repository}", "--set", f"ollama.image.tag={tag}",
+        # Made on the node from the pinned build; no registry is reachable to pull from.
+        "--set", "ollama.image.pullPolicy=Never",
     )  # fmt: skip
     try:
-        kubectl(
+        node_kubectl(
             "rollout", "status", f"deployment/{release}-tars-ollama", "-n", namespace,
             "--timeout=120s",
         )  # fmt: skip
-        assert not kubectl("get", "jobs,pvc", "-n", namespace, "-o", "name").stdout.split()
+        assert not node_kubectl("get", "jobs,pvc", "-n", namespace, "-o", "name").stdout.split()
+        (pod,) = json.loads(
+            node_kubectl(
+                "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=ollama",
+                "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        # The image has no shell to look from inside: the server's process, seen from the host.
+        server = container_process(container_node, pod)
+        status_lines = (server / "status").read_text().splitlines()
+        (uids,) = [line.split()[1:] for line in status_lines if line.startswith("Uid:")]
+        assert uids == [str(pod["spec"]["securityContext"]["runAsUser"])] * 4, uids
+        (root_mount,) = [
+            line.split() for line in (server / "mountinfo").read_text().splitlines()
+            if line.split()[4] == "/"
+        ]  # fmt: skip
+        assert "ro" in root_mount[5].split(","), root_mount
         proxy = f"/api/v1/namespaces/{namespace}/services/{release}-tars-ollama:http/proxy"
-        tags = json.loads(kubectl("get", "--raw", f"{proxy}/api/tags").stdout)
+        tags = json.loads(node_kubectl("get", "--raw", f"{proxy}/api/tags").stdout)
         assert f"{ollama.TEST_MODEL}:latest" in [model["name"] for model in tags["models"]]
-        request = tmp_path / "generate.json"
+        request = root / "generate.json"
         request.write_text(
             json.dumps(
                 {"model": ollama.TEST_MODEL, "prompt": "def add(a, b):", "stream": False,
@@ -561,8 +595,13 @@ def test_the_charts_ollama_pod_serves_the_model_from_its_volume(
             )
         )  # fmt: skip
         answer = json.loads(
-            kubectl("create", "--raw", f"{proxy}/api/generate", "-f", str(request)).stdout
+            node_kubectl("create", "--raw", f"{proxy}/api/generate", "-f", str(request)).stdout
         )
         assert answer["done"] and answer["eval_count"] > 0
     finally:
-        helm("uninstall", release, "--namespace", namespace, "--wait")
+        helm(
+            "uninstall", release, "--namespace", namespace, "--wait",
+            "--kubeconfig", str(container_node.plane.kubeconfig),
+        )  # fmt: skip
+        node_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        shutil.rmtree(root)

@@ -33,10 +33,18 @@ def self_code_demo(
         bool,
         typer.Option(
             "--kind",
-            help="In a new kind cluster: build and load the images (docker), install the chart, "
-            "run on the sample project mounted in the node.",
+            help="In a new kind cluster (docker, else podman): build and load the images, "
+            "install the chart, run on a copy of the sample project mounted in the node.",
         ),
     ] = False,
+    kind_node_image: Annotated[
+        str | None,
+        typer.Option(
+            "--kind-node-image",
+            metavar="IMAGE",
+            help="The kind node image (default: kind's own); make kind-demo builds one.",
+        ),
+    ] = None,
     in_cluster: Annotated[
         bool,
         typer.Option(
@@ -82,6 +90,7 @@ def self_code_demo(
     kind_demo.run_demo(
         kind_demo.repository_root(),
         kind=kind,
+        node_image=kind_node_image,
         project_path=project_path,
         namespace=namespace or kind_demo.DEMO_NAMESPACE,
         helm=helm,
