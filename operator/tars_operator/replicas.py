@@ -172,10 +172,10 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "serve",
             "--role",
             spec.role.value,
-            # The pod's own address (downward API), not 0.0.0.0: pods sharing a host
-            # network namespace (the test pod runner) must not claim each other's port.
+            # Every address of the pod's own network namespace: the pod IP for Services and
+            # probes, and loopback, where `kubectl port-forward` connects.
             "--host",
-            f"$({ReplicaEnv.pod_ip})",
+            "0.0.0.0",
             "--port",
             str(config.port),
         ],

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tars_operator.config import CONFIG_PATH_ENV, ENV_PREFIX
+from tars_operator.config import CONFIG_PATH_ENV
 
-from tests.e2e.conftest import operated_namespace
+from tests.e2e.conftest import operated_namespace, replica_pods_environment
 from tests.harness.e2e import SETUP_TIMEOUT_SECONDS, Workspace
 from tests.harness.kubectl import Kubectl
 from tests.harness.node import ContainerNode
@@ -82,11 +82,7 @@ def index_workspace(
     """Real replica pods whose testers trust the machine's CA bundle, from a ConfigMap."""
     config = tmp_path_factory.mktemp("operator-config") / "operator.yaml"
     config.write_text(yaml.safe_dump({"package_index_ca": {"config_map": CA_CONFIG_MAP}}))
-    environment = {
-        f"{ENV_PREFIX}IMAGE": replica_image,
-        f"{ENV_PREFIX}IMAGE_PULL_POLICY": "Never",
-        CONFIG_PATH_ENV: str(config),
-    }
+    environment = {**replica_pods_environment(replica_image), CONFIG_PATH_ENV: str(config)}
     with operated_namespace(
         container_node.plane.kubeconfig,
         node_kubectl,

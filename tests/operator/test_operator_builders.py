@@ -80,7 +80,7 @@ def test_container_serves_the_role_with_probes_and_operator_defaults() -> None:
     main = container(deployment)
     assert main["image"] == CONFIG.image
     assert [main["command"][0], *main["args"]] == [
-        "tars-replica", "serve", "--role", "generator", "--host", "$(POD_IP)", "--port", "8080",
+        "tars-replica", "serve", "--role", "generator", "--host", "0.0.0.0", "--port", "8080",
     ]  # fmt: skip
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
