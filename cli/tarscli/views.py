@@ -18,7 +18,13 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from tars_api.meta import Condition, find_condition
 from tars_api.replica import ReplicaConditionType, TarsReplica
-from tars_api.run import FileOutcome, RunConditionType, RunStatistics, SelfCodingRun
+from tars_api.run import (
+    FileOutcome,
+    RunConditionType,
+    RunStatistics,
+    SelfCodingRun,
+    TestEnvironment,
+)
 from tars_api.vocabulary import EngineName, SandboxMode
 from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.state import WorkflowState
@@ -249,6 +255,12 @@ def run_details(run: SelfCodingRun) -> RenderableType:
             "Sandbox",
             sandbox_text(status.sandbox if status else None, spec.sandbox, spec.test_network),
         ),
+        (
+            "Test environment",
+            test_environment_text(
+                status.test_environment if status else None, spec.test_environment
+            ),
+        ),
         ("Learning", learning_mode(spec.learning)),
         ("Started", output.timestamp(status.start_time if status else None)),
         ("Completed", output.timestamp(status.completion_time if status else None)),
@@ -415,6 +427,15 @@ def sandbox_text(detail: str | None, mode: SandboxMode, network: bool) -> str:
     if detail:
         return detail
     return f"{mode.value}{', network allowed' if network else ''} (no test has run yet)"
+
+
+def test_environment_text(detail: str | None, environment: TestEnvironment | None) -> str:
+    """What the tests run with: the virtualenv made for them, or the tester's own Python."""
+    if detail:
+        return detail
+    if environment is None:
+        return "the tester's own Python (TARS and pytest only)"
+    return f"a virtualenv: {environment.recipe} (not made yet)"
 
 
 def render_state(state: WorkflowState, console: Console, *, show_location: bool = True) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import shlex
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
@@ -278,6 +279,55 @@ class RunSource(ApiModel):
         return self
 
 
+DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
+DEFAULT_TEST_EXTRAS = ("test",)
+# PEP 685 extra names, and an index URL pip can be pointed at.
+_EXTRA_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+_INDEX_URL_PATTERN = r"^https?://[^\s]+$"
+
+
+class TestEnvironment(ApiModel):
+    """The virtualenv the project's tests run in, made by the tester from the package index.
+
+    Either the project is installed with its test extras (`pip install .[test]`), or the
+    setup command runs in the project's copy with the new virtualenv active. The tester
+    keeps the result in its scratch volume, keyed by the digest of the project's
+    dependency files and these settings, so a run with the same dependencies reuses it.
+    """
+
+    __test__ = False  # not a pytest class
+
+    extras: list[Annotated[str, Field(pattern=_EXTRA_NAME_PATTERN, max_length=64)]] = Field(
+        default_factory=lambda: list(DEFAULT_TEST_EXTRAS),
+        max_length=16,
+        description="Extras installed with the project (pip install .[extras]); pytest is "
+        "always added",
+    )
+    setup_command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Instead of installing the project: an argv run in the project's copy "
+        "with the virtualenv active (pip in it), for example pip install -r requirements.txt",
+    )
+    package_index: str = Field(
+        default=DEFAULT_PACKAGE_INDEX,
+        max_length=2048,
+        pattern=_INDEX_URL_PATTERN,
+        description="The only package index the setup may use (pip --index-url)",
+    )
+    timeout_seconds: int = Field(
+        default=900, ge=30, le=7200, description="How long making the environment may take"
+    )
+
+    @property
+    def recipe(self) -> str:
+        """How the virtualenv is made, in the words the status shows."""
+        if self.setup_command:
+            return f"{shlex.join(self.setup_command)} from {self.package_index}"
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"pip install .{extras} pytest from {self.package_index}"
+
+
 class SelfCodingRunSpec(ApiModel):
     targets: Annotated[list[TargetPath], _immutable("targets")] = Field(
         min_length=1,
@@ -323,6 +373,11 @@ class SelfCodingRunSpec(ApiModel):
     )
     test_network: Annotated[bool, _immutable("testNetwork")] = Field(
         default=False, description="Let the tests reach the network (cut off by default)"
+    )
+    test_environment: Annotated[TestEnvironment | None, _immutable("testEnvironment")] = Field(
+        default=None,
+        description="Make a virtualenv with the project's dependencies for its tests; "
+        "without it the tests run with the tester's own Python (TARS and pytest only)",
     )
     learning: Annotated[bool, _immutable("learning")] = Field(
         default=True,
@@ -444,6 +499,11 @@ class SelfCodingRunStatus(ApiModel):
         default=None,
         max_length=SANDBOX_DETAIL_MAX_LENGTH,
         description="How the latest test run was isolated, or why it was not",
+    )
+    test_environment: str | None = Field(
+        default=None,
+        max_length=SANDBOX_DETAIL_MAX_LENGTH,
+        description="The virtualenv the tests ran in: built (and how long it took) or reused",
     )
     conditions: list[Condition] = conditions_field()
     observed_generation: int | None = observed_generation_field()

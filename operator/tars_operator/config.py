@@ -95,6 +95,16 @@ class TesterIsolation(StrEnum):
     pod = "pod"
 
 
+class PackageIndexTrust(ConfigModel):
+    """The CA bundle tester pods trust when they fetch a run's test dependencies: for an
+    index mirror, or a proxy, whose certificate no public CA signed."""
+
+    config_map: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class OperatorConfig(ConfigModel):
     image: str = Field(default=f"tars-replica:{__version__}", min_length=1)
     image_pull_policy: str = Field(default="IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$")
@@ -112,6 +122,9 @@ class OperatorConfig(ConfigModel):
     run_as_user: Annotated[int, Field(ge=1)] = NON_ROOT_ID
     run_as_group: Annotated[int, Field(ge=1)] = NON_ROOT_ID
     tester_isolation: TesterIsolation = TesterIsolation.user_namespace
+    package_index_ca: PackageIndexTrust | None = Field(
+        default=None, description="None: testers trust the image's public CA bundle"
+    )
     readiness_probe: ProbeConfig = ProbeConfig()
     liveness_probe: ProbeConfig = ProbeConfig(initial_delay_seconds=10, period_seconds=20)
     roles: dict[Role, RoleDefaults] = Field(default_factory=_default_roles)
@@ -125,7 +138,7 @@ class OperatorConfig(ConfigModel):
 
 def _scalar_fields() -> dict[str, str]:
     """Environment variable name -> field name, for the fields a string can set."""
-    nested = {"readiness_probe", "liveness_probe", "roles"}
+    nested = {"readiness_probe", "liveness_probe", "roles", "package_index_ca"}
     return {
         f"{ENV_PREFIX}{name.upper()}": name
         for name in OperatorConfig.model_fields

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from tars_api.meta import API_VERSION, Condition, find_condition, set_condition, set_conditions
@@ -41,6 +42,10 @@ APP_NAME = "tars-replica"
 GENERATION_ANNOTATION = "tars.dev/replica-generation"
 SUSPENDED_ANNOTATION = "tars.dev/suspended"
 SCRATCH_VOLUME = "scratch"
+PACKAGE_INDEX_CA_VOLUME = "package-index-ca"
+PACKAGE_INDEX_CA_FILE = "/etc/tars/package-index-ca/ca.crt"
+# Where pip, Python's ssl module and requests look for the CA bundle, in that order.
+CA_BUNDLE_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # Prefixed so a volume of the spec can never be named like the scratch volume.
 USER_VOLUME_PREFIX = "vol-"
 # A Service name is a DNS-1035 label; the children carry the replica's own name.
@@ -114,6 +119,8 @@ def _environment(replica: TarsReplica, config: OperatorConfig) -> list[Manifest]
     }
     if config.ollama_host:
         values[ReplicaEnv.ollama_host] = config.ollama_host
+    if spec.role is Role.tester and config.package_index_ca is not None:
+        values.update(dict.fromkeys(CA_BUNDLE_VARIABLES, PACKAGE_INDEX_CA_FILE))
     if spec.role is Role.coordinator and spec.volumes:
         # The coordinator finds a run's volume source by the key the run names it with.
         values[ReplicaEnv.volumes] = json.dumps(
@@ -165,10 +172,10 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             "serve",
             "--role",
             spec.role.value,
-            # The pod's own address (downward API), not 0.0.0.0: pods sharing a host
-            # network namespace (the test pod runner) must not claim each other's port.
+            # Every address of the pod's own network namespace: the pod IP for Services and
+            # probes, and loopback, where `kubectl port-forward` connects.
             "--host",
-            f"$({ReplicaEnv.pod_ip})",
+            "0.0.0.0",
             "--port",
             str(config.port),
         ],
@@ -193,6 +200,15 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
     resources = _resources(replica, config)
     if resources:
         container["resources"] = resources
+    trusted = config.package_index_ca if spec.role is Role.tester else None
+    if trusted is not None:
+        container["volumeMounts"].append(
+            {
+                "name": PACKAGE_INDEX_CA_VOLUME,
+                "mountPath": str(PurePosixPath(PACKAGE_INDEX_CA_FILE).parent),
+                "readOnly": True,
+            }
+        )
     namespaced_tester = (
         spec.role is Role.tester and config.tester_isolation is TesterIsolation.user_namespace
     )
@@ -215,6 +231,18 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
             *(_volume(volume) for volume in spec.volumes),
         ],
     }
+    if trusted is not None:
+        pod["volumes"].append(
+            {
+                "name": PACKAGE_INDEX_CA_VOLUME,
+                "configMap": {
+                    "name": trusted.config_map,
+                    "items": [
+                        {"key": trusted.key, "path": PurePosixPath(PACKAGE_INDEX_CA_FILE).name}
+                    ],
+                },
+            }
+        )
     if is_coordinator:
         pod["serviceAccountName"] = config.coordinator_service_account
     if namespaced_tester:

@@ -80,7 +80,7 @@ def test_container_serves_the_role_with_probes_and_operator_defaults() -> None:
     main = container(deployment)
     assert main["image"] == CONFIG.image
     assert [main["command"][0], *main["args"]] == [
-        "tars-replica", "serve", "--role", "generator", "--host", "$(POD_IP)", "--port", "8080",
+        "tars-replica", "serve", "--role", "generator", "--host", "0.0.0.0", "--port", "8080",
     ]  # fmt: skip
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -176,12 +176,34 @@ def test_testers_get_a_user_namespace_for_bwrap_and_the_other_roles_do_not() -> 
 
 
 def test_tester_isolation_pod_keeps_the_node_defaults() -> None:
-    tester = pod_spec(
-        Role.tester, CONFIG.model_copy(update={"tester_isolation": Isolation.pod})
-    )
+    tester = pod_spec(Role.tester, CONFIG.model_copy(update={"tester_isolation": Isolation.pod}))
     assert "hostUsers" not in tester
     assert tester["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "procMount" not in tester["containers"][0]["securityContext"]
+
+
+def test_testers_alone_trust_the_package_index_ca_bundle() -> None:
+    config = OperatorConfig.model_validate(
+        {"packageIndexCa": {"configMap": "corporate-ca", "key": "bundle.pem"}}
+    )
+    tester = pod_spec(Role.tester, config)
+    assert tester["volumes"][-1] == {
+        "name": "package-index-ca",
+        "configMap": {"name": "corporate-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]},
+    }
+    main = tester["containers"][0]
+    assert main["volumeMounts"][-1] == {
+        "name": "package-index-ca",
+        "mountPath": "/etc/tars/package-index-ca",
+        "readOnly": True,
+    }
+    values = {entry["name"]: entry.get("value") for entry in main["env"]}
+    for variable in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        assert values[variable] == "/etc/tars/package-index-ca/ca.crt"
+    for role in (Role.analyzer, Role.generator, Role.coordinator):
+        other = pod_spec(role, config)
+        assert [volume["name"] for volume in other["volumes"]] == ["scratch"]
+        assert "PIP_CERT" not in {entry["name"] for entry in other["containers"][0]["env"]}
 
 
 def test_suspend_scales_the_deployment_to_zero() -> None:

@@ -51,6 +51,10 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "default": (),
     "cluster-wide": ("rbac.clusterWide=true",),
     "replicas-and-ollama": ("replicas.enabled=true", "ollama.enabled=true"),
+    "package-index": (
+        "sandbox.packageIndex.cidrs={151.101.0.0/16,2a04:4e42::/32}",
+        "sandbox.packageIndex.caConfigMap=corporate-ca",
+    ),
 }
 
 
@@ -133,6 +137,10 @@ BAD_VALUES = {
     "workers below one": (("operator.workers=0",), "workers"),
     "unknown role": (("roles.reviewer.image=x",), "reviewer"),
     "bad quantity": (("scratchSizeLimit=lots",), "scratchSizeLimit"),
+    "package index address without a prefix": (
+        ("sandbox.packageIndex.cidrs={151.101.0.1}",),
+        "cidrs",
+    ),
 }
 
 
@@ -295,6 +303,26 @@ def test_the_tester_isolation_reaches_the_operator(render: Render, tmp_path: Pat
     assert operator_config(render(), tmp_path).tester_isolation is Isolation.user_namespace
     alone = operator_config(render("sandbox.testerIsolation=pod"), tmp_path)
     assert alone.tester_isolation is Isolation.pod
+
+
+def test_testers_reach_only_dns_and_the_package_index_addresses(
+    render: Render, tmp_path: Path
+) -> None:
+    assert not find(render(), "NetworkPolicy", "tars-tester-package-index")
+    manifests = render(*PROFILES["package-index"], namespace="work")
+    deny = one(manifests, "NetworkPolicy", "tars-tester-deny-egress")
+    allow = one(manifests, "NetworkPolicy", "tars-tester-package-index")
+    assert allow["spec"]["podSelector"] == deny["spec"]["podSelector"]
+    assert allow["spec"]["policyTypes"] == ["Egress"]
+    dns, index = allow["spec"]["egress"]
+    assert dns == {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    assert index == {
+        "to": [{"ipBlock": {"cidr": "151.101.0.0/16"}}, {"ipBlock": {"cidr": "2a04:4e42::/32"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    trusted = operator_config(manifests, tmp_path).package_index_ca
+    assert trusted is not None and (trusted.config_map, trusted.key) == ("corporate-ca", "ca.crt")
+    assert operator_config(render(), tmp_path).package_index_ca is None
 
 
 def test_ollama_serves_the_replicas_and_pulls_the_model(render: Render, tmp_path: Path) -> None:

@@ -96,6 +96,11 @@ ollama_host: {{ . | quote }}
 coordinator_service_account: {{ .Values.coordinator.serviceAccountName }}
 scratch_size_limit: {{ .Values.scratchSizeLimit | quote }}
 tester_isolation: {{ .Values.sandbox.testerIsolation }}
+{{- with .Values.sandbox.packageIndex.caConfigMap }}
+package_index_ca:
+  config_map: {{ . | quote }}
+  key: {{ $.Values.sandbox.packageIndex.caKey | quote }}
+{{- end }}
 roles:
 {{- range $role := list "analyzer" "generator" "tester" "coordinator" }}
 {{- $defaults := index $.Values.roles $role }}

@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 from tars_api.names import CLI_LABELS
 from tars_api.replica import TarsReplica
-from tars_api.run import SelfCodingRun
+from tars_api.run import DEFAULT_PACKAGE_INDEX, SelfCodingRun, TestEnvironment
 from tars_api.vocabulary import EngineName, Role, SandboxMode
 
 from tarscli import cluster_ops, coordinator_access, options, output, views
@@ -134,6 +135,42 @@ def setup(
         typer.echo(line if model_ready else f"warning: {line}", err=not model_ready)
 
 
+# What each start option must be, said as the user typed it.
+_ENVIRONMENT_OPTIONS = {
+    "extras": ("--extra", "an extra's name (letters, digits, '.', '_', '-')"),
+    "setup_command": ("--setup-command", "at most 64 words of 4096 characters"),
+    "package_index": ("--package-index", "an http:// or https:// URL"),
+}
+
+
+def test_environment(
+    install: bool, extras: list[str] | None, setup_command: str | None, package_index: str | None
+) -> TestEnvironment | None:
+    """The run's testEnvironment from the start options; None when none asks for one."""
+    if not (install or extras or setup_command is not None or package_index is not None):
+        return None
+    settings: dict[str, object] = {}
+    if extras:
+        settings["extras"] = extras
+    if package_index is not None:
+        settings["package_index"] = package_index
+    if setup_command is not None:
+        try:
+            settings["setup_command"] = shlex.split(setup_command)
+        except ValueError as error:
+            raise CliError(
+                f"--setup-command {setup_command!r} cannot be parsed: {error}"
+            ) from error
+        if not settings["setup_command"]:
+            raise CliError("--setup-command must not be empty")
+    try:
+        return TestEnvironment.build_strict(**settings)
+    except ValidationError as error:
+        field = str(error.errors()[0]["loc"][0])
+        option, expected = _ENVIRONMENT_OPTIONS[field]
+        raise CliError(f"{option} must be {expected}") from None
+
+
 @app.command()
 def start(
     targets: options.TargetsOption,
@@ -191,6 +228,41 @@ def start(
         ),
     ] = None,
     test_network: options.TestNetworkOption = False,
+    install: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help="Run the tests in a virtualenv the tester makes: the project installed with "
+            "its test extras (pip install .[test] pytest), kept for runs with the same "
+            "dependency files.",
+        ),
+    ] = False,
+    test_extras: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extra",
+            metavar="NAME",
+            help="Extra to install with the project instead of 'test' (repeat; implies --install).",
+            show_default=False,
+        ),
+    ] = None,
+    setup_command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CMD",
+            help="Fill the tests' virtualenv with this command instead, run in the project "
+            "with pip in it, e.g. 'pip install -r requirements.txt pytest' (implies --install).",
+            show_default=False,
+        ),
+    ] = None,
+    package_index: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="The only package index the setup may use (implies --install).",
+            show_default=DEFAULT_PACKAGE_INDEX,
+        ),
+    ] = None,
     no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
@@ -212,6 +284,7 @@ def start(
         raise CliError(f"--test-command {test_command!r} cannot be parsed: {error}") from error
     if test_argv == []:
         raise CliError("--test-command must not be empty (leave it out to detect the test command)")
+    environment = test_environment(install, test_extras, setup_command, package_index)
     archive = build_archive(root, relative_targets)
     run = cluster_ops.upload_run(
         archive,
@@ -224,6 +297,7 @@ def start(
         sandbox=sandbox,
         test_env=env_names(test_env) or None,
         test_network=test_network or None,
+        test_environment=environment,
         learning=False if no_learning else None,
     )
     cluster = connect(kubeconfig, context, namespace)

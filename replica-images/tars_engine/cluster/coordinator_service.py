@@ -100,6 +100,7 @@ def run_options(spec: SelfCodingRunSpec) -> RunOptions:
         sandbox=spec.sandbox,
         test_env=spec.test_env,
         test_network=spec.test_network,
+        test_environment=spec.test_environment,
         learning=spec.learning,
         budget=Budget(
             max_files=spec.max_files,

@@ -50,6 +50,8 @@ class SandboxRefusedError(WorkflowError):
 
 
 def describe_failure(result: TestResult) -> str:
+    if result.environment is not None and result.environment.failed:
+        return result.environment.detail
     if result.unproven:
         return result.unproven
     if result.apply_error:
@@ -196,6 +198,7 @@ class CandidateGate:
             sandbox=options.sandbox,
             network=options.test_network,
             env_names=options.test_env,
+            environment=options.test_environment,
         )
         with self._testers.lease(self._guard.check) as tester:
             if not tester.has_snapshot(self._snapshot):

@@ -11,6 +11,7 @@ import hashlib
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+from tars_api.run import TestEnvironment
 from tars_api.vocabulary import (
     DEFAULT_MODEL,
     ENV_NAME_PATTERN,
@@ -243,6 +244,16 @@ class SandboxUse(WireModel):
     )
 
 
+class EnvironmentUse(WireModel):
+    """The virtualenv one test run used: made for it now, or found in the tester's cache."""
+
+    digest: str = Field(description="sha256 of the project's dependency files and the settings")
+    reused: bool = Field(description="made by an earlier run with the same digest")
+    seconds: float = Field(ge=0, description="how long making it took (or failing to)")
+    detail: str = Field(description="one line: what made it, or why it could not be made")
+    failed: bool = Field(default=False, description="the setup failed: no test ran")
+
+
 class TestRequest(WireModel):
     __test__ = False  # not a pytest class
 
@@ -265,6 +276,15 @@ class TestRequest(WireModel):
         default_factory=list,
         description="variables of the tester's environment passed on to the test command",
     )
+    environment: TestEnvironment | None = Field(
+        default=None, description="None: the tester's own interpreter runs the tests"
+    )
+
+    @property
+    def longest_seconds(self) -> float:
+        """How long the tester may take: the tests, and making their environment first."""
+        setup = self.environment.timeout_seconds if self.environment else 0
+        return self.timeout_seconds + setup
 
 
 class TestResult(WireModel):
@@ -288,6 +308,9 @@ class TestResult(WireModel):
         default=None, description="a candidate did not apply to the snapshot"
     )
     sandbox: SandboxUse | None = Field(default=None, description="None: no command was run")
+    environment: EnvironmentUse | None = Field(
+        default=None, description="None: the tester's own interpreter ran the tests"
+    )
     unproven: str | None = Field(
         default=None,
         description="set by the gate: the test command passed, but proves nothing, and why",

@@ -28,6 +28,7 @@ from tars_api.run import (
     RunStage,
     RunStatistics,
     SelfCodingRunStatus,
+    TestEnvironment,
 )
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, SandboxMode
 
@@ -35,6 +36,7 @@ from tars_engine.core.budget import Budget
 from tars_engine.core.models import (
     Candidate,
     DroppedRule,
+    EnvironmentUse,
     EnvName,
     ModelCheck,
     SandboxUse,
@@ -76,6 +78,9 @@ class RunOptions(StateModel):
     test_network: bool = Field(default=False, description="the tests may reach the network")
     test_env: list[EnvName] = Field(
         default_factory=list, description="variables passed on to the tests, by name"
+    )
+    test_environment: TestEnvironment | None = Field(
+        default=None, description="the virtualenv the tester makes for the tests; None: its own"
     )
     baseline_first: bool = Field(
         default=False,
@@ -145,6 +150,9 @@ class WorkflowState(StateModel):
     sandbox: SandboxUse | None = Field(
         default=None, description="how the latest test run was isolated"
     )
+    environment: EnvironmentUse | None = Field(
+        default=None, description="the virtualenv the latest test run used"
+    )
     model_check: ModelCheck | None = Field(
         default=None, description="the ollama engine's preflight of its model server"
     )
@@ -183,6 +191,9 @@ class WorkflowState(StateModel):
             progress=self.progress,
             statistics=self.statistics.model_copy(),
             sandbox=self.sandbox.detail[:SANDBOX_DETAIL_MAX_LENGTH] if self.sandbox else None,
+            test_environment=(
+                self.environment.detail[:SANDBOX_DETAIL_MAX_LENGTH] if self.environment else None
+            ),
             start_time=self.started_at.replace(microsecond=0),
             completion_time=self.completed_at.replace(microsecond=0) if self.completed_at else None,
             latest_results=[

@@ -47,6 +47,7 @@ from tars_engine.core.models import (
     Candidate,
     DropCause,
     DroppedRule,
+    EnvironmentUse,
     Finding,
     GenerateRequest,
     GenerateResult,
@@ -90,6 +91,14 @@ EXAMPLES_PER_REQUEST = 3
 def counted(count: int, noun: str) -> str:
     """`1 file`, `2 files`: the summary is read as a sentence."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _tells_more(latest: EnvironmentUse | None, known: EnvironmentUse | None) -> bool:
+    """Whether the status should show `latest`: the run's virtualenv is shown as it was first
+    made or found (later test runs reuse it), unless a setup failed or it changed."""
+    if latest is None:
+        return False
+    return known is None or latest.failed or latest.digest != known.digest
 
 
 class Workflow:
@@ -726,6 +735,8 @@ class Workflow:
         with self._journal.lock:
             self._s.statistics.test_runs += 1
             self._s.sandbox = result.sandbox or self._s.sandbox
+            if _tells_more(result.environment, self._s.environment):
+                self._s.environment = result.environment
         self._journal.commit(EventKind.tested, message=message)
 
     def _record_baseline(self, result: TestResult) -> None:

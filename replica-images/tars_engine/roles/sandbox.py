@@ -1,7 +1,8 @@
 """The sandbox a test command runs in: bubblewrap (bwrap), and the environment it gets.
 
 Inside bwrap the whole filesystem is read-only; only the run's own directory (its copy
-of the project, a private /tmp and HOME) is writable. The tester's scratch directory
+of the project, a private /tmp and HOME) is writable, and while the tests' virtualenv is
+being made, that virtualenv. The tester's scratch directory
 (every other run and every cached snapshot) and the tester's HOME are hidden under empty
 tmpfs mounts, with the interpreter the command needs bound back read-only. The command
 gets fresh namespaces (no network unless the run opts in, its own PIDs) and dies with
@@ -50,6 +51,8 @@ class SandboxPolicy(BaseModel):
     readable: tuple[Path, ...]
     """Directories under a hidden one bound back read-only: what the interpreter needs."""
     network: bool
+    writable: tuple[Path, ...] = ()
+    """Writable besides the run's directory: the virtualenv being made for the tests."""
 
 
 def _ordered(paths: Iterable[Path]) -> list[Path]:
@@ -74,7 +77,8 @@ def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str]) -> list[st
         covered = any(readable.is_relative_to(hidden) for hidden in covering)
         if covered and not any(hidden.is_relative_to(readable) for hidden in policy.hidden):
             argv += ["--ro-bind", str(readable), str(readable)]
-    argv += ["--bind", str(policy.run_dir), str(policy.run_dir)]
+    for writable in (policy.run_dir, *policy.writable):
+        argv += ["--bind", str(writable), str(writable)]
     # Last, once every mount point in them exists: what hides the directories is read-only too.
     for hidden in hiding:
         argv += ["--remount-ro", str(hidden)]

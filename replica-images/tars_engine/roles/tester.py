@@ -10,12 +10,12 @@ checked against its digest every time it is used, and old ones are pruned.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +39,7 @@ from tars_engine.core.models import (
 from tars_engine.core.role_set import SnapshotMissingError
 from tars_engine.core.settings import ReplicaSettings, private_dir
 from tars_engine.core.snapshot import SKIPPED_DIRS, archive_digest, extract_snapshot, verify_archive
+from tars_engine.roles.process_group import GroupOutcome, kill_group, run_in_group
 from tars_engine.roles.sandbox import (
     SandboxPolicy,
     allowed_environment,
@@ -47,6 +48,11 @@ from tars_engine.roles.sandbox import (
     interpreter_paths,
     sandbox_choice,
     tester_hidden_paths,
+)
+from tars_engine.roles.test_environment import (
+    EnvironmentCache,
+    PreparedEnvironment,
+    setup_variables,
 )
 
 OUTPUT_HEAD_CHARS = 3000
@@ -98,16 +104,16 @@ def detect_test_command(root: Path) -> list[str] | None:
     return None
 
 
-def resolve_command(command: list[str]) -> list[str]:
-    """Run `python`/`pytest` with this interpreter: the tester's environment is the one it has."""
+def resolve_command(command: list[str], python: str = sys.executable) -> list[str]:
+    """Run `python`/`pytest` with `python`: the run's virtualenv, or the tester's own."""
     if len(command) == 1 and " " in command[0]:
         command = shlex.split(command[0])
     if not command:
         return command
-    if command[0] in _PYTHON_NAMES:
-        return [sys.executable, *command[1:]]
+    if command[0] in _PYTHON_NAMES or command[0] == sys.executable:
+        return [python, *command[1:]]
     if command[0] == "pytest":
-        return [sys.executable, "-m", "pytest", *command[1:]]
+        return [python, "-m", "pytest", *command[1:]]
     return command
 
 
@@ -195,13 +201,6 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def apply_candidates(project: Path, candidates: list[Candidate]) -> str | None:
     """Apply each candidate in order; the first one that does not apply says why."""
     root = project.resolve()
@@ -233,6 +232,7 @@ class Tester:
         self.settings = settings or ReplicaSettings.from_env()
         self.snapshot_dir = self.settings.scratch_dir / "snapshots"
         self.runs_dir = self.settings.scratch_dir / "runs"
+        self.environments = EnvironmentCache(self.settings.scratch_dir)
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
         # Cancelled before their command started (the cancel overtook the request); bounded,
@@ -248,6 +248,7 @@ class Tester:
                 "junit-counts",
                 "process-group-timeout",
                 "sandbox",
+                "test-environments",
             ],
         )
 
@@ -320,9 +321,11 @@ class Tester:
             extract_snapshot(copy, project, self.settings.archive_limits)
             copy.unlink()
             apply_error = apply_candidates(project, request.candidates)
-            command = resolve_command(request.test_command or detect_test_command(project) or [])
+            command = request.test_command or detect_test_command(project) or []
             if apply_error is not None:
-                return TestResult(passed=False, command=command, apply_error=apply_error)
+                return TestResult(
+                    passed=False, command=resolve_command(command), apply_error=apply_error
+                )
             if not command:
                 return TestResult(
                     passed=False,
@@ -330,7 +333,15 @@ class Tester:
                     output="no test command: the project has no pytest configuration or test "
                     "files; give the run a testCommand",
                 )
-            return self._run_command(command, project, run_dir, request)
+            if request.environment is None:
+                return self._run_command(resolve_command(command), project, run_dir, request)
+            prepared = self._prepare_environment(project, run_dir, request)
+            if isinstance(prepared, TestResult):
+                return prepared
+            result = self._run_command(
+                resolve_command(command, str(prepared.python)), project, run_dir, request
+            )
+            return result.model_copy(update={"environment": prepared.use})
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -340,13 +351,73 @@ class Tester:
             if process is None:
                 self._cancelled.append(request_id)
                 return
-        _kill_group(process)
+        kill_group(process)
+
+    def _prepare_environment(
+        self, project: Path, run_dir: Path, request: TestRequest
+    ) -> PreparedEnvironment | TestResult:
+        """The run's virtualenv, or the failed result that says why there is none."""
+        assert request.environment is not None
+        spec = request.environment
+        refusal: list[SandboxUse] = []
+
+        def run_step(step: list[str], venv: Path, seconds_left: float) -> GroupOutcome:
+            argv, use = self._sandboxed(
+                step, project, run_dir, request, network=True, writable=(venv,)
+            )
+            if argv is None:
+                refusal.append(use)
+                return GroupOutcome(None, False, 0.0, use.detail)
+            return run_in_group(
+                argv,
+                cwd=project,
+                env=setup_variables(os.environ, spec, venv, run_dir),
+                log_path=run_dir / "setup.log",
+                timeout=seconds_left,
+                on_start=functools.partial(self._started, request.request_id),
+                on_end=functools.partial(self._ended, request.request_id),
+            )
+
+        prepared = self.environments.prepare(spec, project, run_step)
+        if prepared.python is not None:
+            return prepared
+        return TestResult(
+            passed=False,
+            command=prepared.step,
+            output=trim_output(prepared.output),
+            sandbox=refusal[0] if refusal else None,
+            environment=prepared.use,
+        )
+
+    def _started(self, request_id: str | None, process: subprocess.Popen[bytes]) -> None:
+        """Let a cancel reach the command; one that came before it started kills it now."""
+        if request_id is None:
+            return
+        with self._lock:
+            self._running[request_id] = process
+            cancelled = request_id in self._cancelled
+        if cancelled:
+            kill_group(process)
+
+    def _ended(self, request_id: str | None) -> None:
+        if request_id is not None:
+            with self._lock:
+                self._running.pop(request_id, None)
 
     def _sandboxed(
-        self, command: list[str], project: Path, run_dir: Path, request: TestRequest
+        self,
+        command: list[str],
+        project: Path,
+        run_dir: Path,
+        request: TestRequest,
+        *,
+        network: bool | None = None,
+        writable: tuple[Path, ...] = (),
     ) -> tuple[list[str] | None, SandboxUse]:
-        """The argv that runs `command` as the request's sandbox mode has it; None: refused."""
-        bwrap, use = sandbox_choice(request.sandbox, request.network, os.environ.get("PATH"))
+        """The argv that runs `command` as the request's sandbox mode has it; None: refused.
+        `network` and `writable` widen it for making the tests' virtualenv."""
+        network = request.network if network is None else network
+        bwrap, use = sandbox_choice(request.sandbox, network, os.environ.get("PATH"))
         if use.refused:
             return None, use
         if bwrap is None:
@@ -358,7 +429,8 @@ class Tester:
             private_tmp=run_dir / "tmp",
             hidden=tester_hidden_paths(self.settings.scratch_dir),
             readable=tuple(interpreter_paths(executable)) if executable else (),
-            network=request.network,
+            network=network,
+            writable=writable,
         )
         return bwrap_argv(bwrap, policy, command), use
 
@@ -368,56 +440,21 @@ class Tester:
         argv, sandbox = self._sandboxed(command, project, run_dir, request)
         if argv is None:
             return TestResult(passed=False, command=command, output=sandbox.detail, sandbox=sandbox)
-        timeout, request_id = request.timeout_seconds, request.request_id
         junit_path = run_dir / "junit.xml"
-        log_path = run_dir / "output.log"
-        env = _test_environment(project, run_dir, junit_path, request, command)
-        started = time.monotonic()
-        timed_out = False
-        # Output goes to a file, not a pipe: a leftover grandchild cannot hold the reader.
-        with log_path.open("wb") as log:
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=project,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return TestResult(
-                    passed=False,
-                    command=command,
-                    output=f"cannot run {argv[0]}: {exc}",
-                    sandbox=sandbox,
-                )
-            if request_id is not None:
-                with self._lock:
-                    self._running[request_id] = process
-                    cancelled = request_id in self._cancelled
-                if cancelled:
-                    _kill_group(process)
-            try:
-                returncode = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process)
-                returncode = process.wait()
-            finally:
-                # Background children the tests left behind die with the group.
-                _kill_group(process)
-                if request_id is not None:
-                    with self._lock:
-                        self._running.pop(request_id, None)
-        duration = time.monotonic() - started
-        output = log_path.read_bytes().decode("utf-8", errors="replace")
-        if timed_out:
-            output += f"\n[timed out after {timeout:g}s; the process group was killed]"
+        ran = run_in_group(
+            argv,
+            cwd=project,
+            env=_test_environment(project, run_dir, junit_path, request, command),
+            log_path=run_dir / "output.log",
+            timeout=request.timeout_seconds,
+            on_start=functools.partial(self._started, request.request_id),
+            on_end=functools.partial(self._ended, request.request_id),
+        )
+        if ran.returncode is None:
+            return TestResult(passed=False, command=command, output=ran.output, sandbox=sandbox)
         report = read_junit(junit_path)
         return TestResult(
-            passed=returncode == 0 and not timed_out,
+            passed=ran.succeeded,
             command=command,
             tests_run=report.tests if report else 0,
             failures=report.failures if report else 0,
@@ -425,8 +462,8 @@ class Tester:
             skipped=report.skipped if report else 0,
             executed=len(report.executed_ids) if report else 0,
             executed_digest=report.executed_digest if report else None,
-            duration_seconds=round(duration, 3),
-            timed_out=timed_out,
-            output=trim_output(output),
+            duration_seconds=round(ran.seconds, 3),
+            timed_out=ran.timed_out,
+            output=trim_output(ran.output),
             sandbox=sandbox,
         )

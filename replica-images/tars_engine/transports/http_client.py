@@ -166,7 +166,7 @@ class HttpTester(HttpRole):
             "POST",
             "/v1/test",
             json=request.model_dump(mode="json"),
-            timeout=request.timeout_seconds + TEST_TIMEOUT_MARGIN_SECONDS,
+            timeout=request.longest_seconds + TEST_TIMEOUT_MARGIN_SECONDS,
         )
         if response.status_code == 404:
             raise SnapshotMissingError(_reason(response))
