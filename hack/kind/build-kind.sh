@@ -11,8 +11,8 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler, etcd and pause on an empty base,
 # kube-proxy on the node's rootfs (it runs iptables). Each is tagged with the name kubeadm
 # asks for, so etcd's tag names kubeadm's etcd release, not the one this project pins.
-# CoreDNS is not built (the demo's replicas find each other by pod IP), nor are kind's
-# kindnetd and local-path provisioner: the node puts its pods on a bridge
+# CoreDNS (hack/tools/coredns) gives pods names, the package index's included. kind's
+# kindnetd and local-path provisioner are not built: the node puts its pods on a bridge
 # (hack/kind/node/etc/cni) and has a default StorageClass without a provisioner.
 #
 # The images are built with the engine of hack/build-images.sh (docker when its daemon
@@ -64,9 +64,9 @@ mkdir -p "$kind_dir"
 exec 9>"$kind_dir/.build.lock"
 flock 9
 
-binaries_stamp="$(cat "$tools_src"/{kind,kubernetes}/go.{mod,sum} | sha256sum | cut -d' ' -f1)"
+binaries_stamp="$(cat "$tools_src"/{kind,kubernetes,coredns}/go.{mod,sum} | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$kind_dir/binaries.stamp" 2>/dev/null)" != "$binaries_stamp" ||
-    ! -x "$bin_dir/kind" || ! -x "$bin_dir/kubeadm" ]]; then
+    ! -x "$bin_dir/kind" || ! -x "$bin_dir/kubeadm" || ! -x "$bin_dir/coredns" ]]; then
     started=$SECONDS
     staging="$(mktemp -d "$kind_dir/bin.XXXXXX")"
     trap 'rm -rf "$staging"' EXIT
@@ -77,11 +77,14 @@ if [[ "$(cat "$kind_dir/binaries.stamp" 2>/dev/null)" != "$binaries_stamp" ||
         "$(module_commit kubernetes k8s.io/kubernetes)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
     (cd "$tools_src/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $kubernetes_ldflags" \
         -o "$staging/" k8s.io/kubernetes/cmd/kubeadm)
+    log "building CoreDNS $(pinned_version coredns github.com/coredns/coredns) (hack/tools/coredns)"
+    (cd "$tools_src/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
+        -o "$staging/" github.com/coredns/coredns)
     rm -rf "$bin_dir"
     mv "$staging" "$bin_dir"
     trap - EXIT
     printf '%s\n' "$binaries_stamp" >"$kind_dir/binaries.stamp"
-    log "built kind and kubeadm in $((SECONDS - started))s"
+    log "built kind, kubeadm and CoreDNS in $((SECONDS - started))s"
 fi
 
 has_image() {
@@ -160,6 +163,7 @@ while read -r wanted; do
         kube-scheduler) component_image "$wanted" scratch "$node_bin/$component" "" ;;
         etcd) component_image "$wanted" scratch "$tools_bin/etcd" "" ;;
         kube-proxy) component_image "$wanted" "$rootfs_name" "$node_bin/kube-proxy" "" ;;
+        coredns) component_image "$wanted" scratch "$bin_dir/coredns" coredns ;;
         pause) ;;
         *) log "not built: $wanted (the demo does without it)" ;;
     esac
