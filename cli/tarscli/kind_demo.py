@@ -250,6 +250,9 @@ def prepare_workspace(repository: Path, workspace: KindWorkspace, console: Conso
     workspace.cluster_config.write_text(
         yaml.safe_dump(cluster_config(repository, project), sort_keys=False)
     )
+    # podman save refuses to write over the archives an earlier demo left.
+    for target in (OPERATOR_TARGET, REPLICA_TARGET):
+        workspace.archive(target).unlink(missing_ok=True)
 
 
 def chart_step(
