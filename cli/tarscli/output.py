@@ -97,7 +97,8 @@ def summary(rows: Sequence[tuple[str, str]]) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     for label, value in rows:
-        grid.add_row(label, value)
+        # Values are data (messages, paths, `pip install .[test]`), never rich markup.
+        grid.add_row(label, Text(value))
     return grid
 
 

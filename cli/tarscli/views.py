@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Self
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from tars_api.meta import Condition, find_condition
 from tars_api.replica import ReplicaConditionType, TarsReplica
@@ -352,14 +353,14 @@ class LiveView(LiveProgress):
         stage = event.stage.value
         if stage != self._stage and event.kind is not EventKind.finished:
             self._stage = stage
-            self.console.print(
-                f"[bold cyan]▸ {stage}[/]" + (f"  {event.message}" if event.message else "")
-            )
+            message = f"  {escape(event.message)}" if event.message else ""
+            self.console.print(f"[bold cyan]▸ {stage}[/]{message}")
         elif event.kind is EventKind.stage and event.message:
-            self.console.print(f"  {event.message}")
+            self.console.print(f"  {event.message}", markup=False)
         if event.kind is EventKind.tested and event.message:
             self.console.print(
-                f"  [dim]test run {event.statistics.test_runs}:[/] {event.message}", highlight=False
+                f"  [dim]test run {event.statistics.test_runs}:[/] {escape(event.message)}",
+                highlight=False,
             )
         if event.kind in (EventKind.file, EventKind.file_done) and event.path and event.message:
             self.console.print(f"  {event.path}: {event.message}", markup=False, highlight=False)

@@ -12,6 +12,7 @@ import pytest
 import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
+from rich.console import Console
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tarscli import output
@@ -103,3 +104,9 @@ def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout == f"tarscli {version('tars-selfcoding')}\n"
+
+
+def test_summary_values_are_shown_as_written_not_as_markup() -> None:
+    console = Console(width=120, record=True)
+    console.print(output.summary([("Test environment", "pip install .[test] pytest [bold]x")]))
+    assert "pip install .[test] pytest [bold]x" in console.export_text()
