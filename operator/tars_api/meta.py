@@ -33,6 +33,8 @@ CATEGORY = "tars"
 
 # RFC 1123 subdomain, the rule for names of ConfigMaps, Secrets, claims and most objects.
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A ConfigMap's or Secret's data key.
+CONFIG_MAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 # metav1.Condition's own validation, copied so the API server enforces the same shape.
 CONDITION_TYPE_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"

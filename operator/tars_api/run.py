@@ -12,6 +12,7 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_v
 
 from tars_api.meta import (
     AGE_COLUMN,
+    CONFIG_MAP_KEY_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     ApiObject,
@@ -206,7 +207,7 @@ class UploadSource(ApiModel):
     key: str = Field(
         default=DEFAULT_UPLOAD_KEY,
         max_length=253,
-        pattern=r"^[-._a-zA-Z0-9]+$",
+        pattern=CONFIG_MAP_KEY_PATTERN,
         description="binaryData key of the gzipped tar archive",
     )
 
@@ -324,8 +325,12 @@ class TestEnvironment(ApiModel):
         """How the virtualenv is made, in the words the status shows."""
         if self.setup_command:
             return f"{shlex.join(self.setup_command)} from {self.package_index}"
-        extras = f"[{','.join(self.extras)}]" if self.extras else ""
-        return f"pip install .{extras} pytest from {self.package_index}"
+        return f"pip install .{self.extras_suffix} pytest from {self.package_index}"
+
+    @property
+    def extras_suffix(self) -> str:
+        """`[test,docs]` as pip takes it after a project's path; empty without extras."""
+        return f"[{','.join(self.extras)}]" if self.extras else ""
 
 
 class SelfCodingRunSpec(ApiModel):

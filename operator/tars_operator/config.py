@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+from tars_api.meta import CONFIG_MAP_KEY_PATTERN, DNS_SUBDOMAIN_PATTERN
 from tars_api.names import COORDINATOR_SERVICE_ACCOUNT, NON_ROOT_ID, REPLICA_PORT
 from tars_api.replica import ResourceRequirements
 from tars_api.vocabulary import DEFAULT_MODEL, EngineName, Role
@@ -99,10 +100,8 @@ class PackageIndexTrust(ConfigModel):
     """The CA bundle tester pods trust when they fetch a run's test dependencies: for an
     index mirror, or a proxy, whose certificate no public CA signed."""
 
-    config_map: str = Field(
-        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-    )
-    key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    config_map: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str = Field(default="ca.crt", max_length=253, pattern=CONFIG_MAP_KEY_PATTERN)
 
 
 class OperatorConfig(ConfigModel):

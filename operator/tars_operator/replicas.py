@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from tars_api.meta import API_VERSION, Condition, find_condition, set_condition, set_conditions
@@ -43,7 +42,9 @@ GENERATION_ANNOTATION = "tars.dev/replica-generation"
 SUSPENDED_ANNOTATION = "tars.dev/suspended"
 SCRATCH_VOLUME = "scratch"
 PACKAGE_INDEX_CA_VOLUME = "package-index-ca"
-PACKAGE_INDEX_CA_FILE = "/etc/tars/package-index-ca/ca.crt"
+PACKAGE_INDEX_CA_DIR = "/etc/tars/package-index-ca"
+PACKAGE_INDEX_CA_NAME = "ca.crt"
+PACKAGE_INDEX_CA_FILE = f"{PACKAGE_INDEX_CA_DIR}/{PACKAGE_INDEX_CA_NAME}"
 # Where pip, Python's ssl module and requests look for the CA bundle, in that order.
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # Prefixed so a volume of the spec can never be named like the scratch volume.
@@ -205,7 +206,7 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
         container["volumeMounts"].append(
             {
                 "name": PACKAGE_INDEX_CA_VOLUME,
-                "mountPath": str(PurePosixPath(PACKAGE_INDEX_CA_FILE).parent),
+                "mountPath": PACKAGE_INDEX_CA_DIR,
                 "readOnly": True,
             }
         )
@@ -237,9 +238,7 @@ def _pod_spec(replica: TarsReplica, config: OperatorConfig) -> Manifest:
                 "name": PACKAGE_INDEX_CA_VOLUME,
                 "configMap": {
                     "name": trusted.config_map,
-                    "items": [
-                        {"key": trusted.key, "path": PurePosixPath(PACKAGE_INDEX_CA_FILE).name}
-                    ],
+                    "items": [{"key": trusted.key, "path": PACKAGE_INDEX_CA_NAME}],
                 },
             }
         )

@@ -121,8 +121,7 @@ def setup_steps(spec: TestEnvironment, project: Path, venv: Path) -> list[list[s
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
     if spec.setup_command:
         return [make, [*pip, "pip"], list(spec.setup_command)]
-    extras = f"[{','.join(spec.extras)}]" if spec.extras else ""
-    return [make, [*pip, f"{project}{extras}", "pytest"]]
+    return [make, [*pip, f"{project}{spec.extras_suffix}", "pytest"]]
 
 
 def setup_variables(
