@@ -283,7 +283,7 @@ class TestRequest(WireModel):
     @property
     def longest_seconds(self) -> float:
         """How long the tester may take: the tests, and making their environment first."""
-        setup = self.environment.timeout_seconds if self.environment else 0
+        setup = self.environment.setup_seconds if self.environment else 0
         return self.timeout_seconds + setup
 
 
