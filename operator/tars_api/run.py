@@ -138,6 +138,10 @@ class RunReason(enum.StrEnum):
     stopped = "Stopped"
     coordinator_lost = "CoordinatorLost"
     deadline_exceeded = "DeadlineExceeded"
+    no_ready_run_tester = "NoReadyRunTester"
+    """The run's test image has no ready tester replica of the run's own yet."""
+    run_tester_invalid = "RunTesterInvalid"
+    """The run's own tester replica cannot be made (its name, or a replica of another's)."""
 
 
 class RunConditionType(enum.StrEnum):
