@@ -147,6 +147,10 @@ OPERATOR_CAN = [
     ),
     *(Check("patch", resource, "status") for resource in (TR, SCR)),
     Check("update", TR, "finalizers"),
+    # A run with a test image gets a tester TarsReplica of its own, deleted when it ends.
+    Check("create", TR),
+    Check("delete", TR),
+    Check("update", SCR, "finalizers"),
     *(Check(verb, "deployments.apps") for verb in ("get", "list", "watch", "create", "patch")),
     *(Check(verb, "services") for verb in ("get", "list", "watch", "create", "patch")),
     *(Check(verb, "configmaps") for verb in ("get", "create", "patch")),
@@ -179,9 +183,7 @@ NEVER = [
 ]
 OPERATOR_CANNOT = [
     *NEVER,
-    Check("delete", TR),
     Check("delete", SCR),
-    Check("create", TR),
     Check("delete", "deployments.apps"),
     Check("delete", "services"),
     Check("delete", "configmaps"),
