@@ -40,6 +40,24 @@ def test_static_endpoints_from_the_environment() -> None:
     assert directory.wait_for_roles(0.01) == [Role.tester]
 
 
+def test_a_runs_own_testers_keep_their_clients_while_their_endpoints_come_and_go() -> None:
+    directory = RoleDirectory.static(
+        {role: [f"http://{role.value}:8080"] for role in (Role.analyzer, Role.generator)}
+    )
+    directory.set_run_testers({"r1": ["http://10.0.1.1:8080"]})
+    own = directory.testers_for("r1")
+    assert own.urls() == ["http://10.0.1.1:8080"]
+    assert directory.missing_roles() == [Role.tester]
+    assert directory.missing_roles("r1") == []
+    directory.set_run_testers({})
+    assert directory.wait_for_roles(0.01, "r1") == [Role.tester]
+    directory.set_run_testers({"r1": ["http://10.0.1.2:8080"]})
+    assert directory.testers_for("r1") is own and own.urls() == ["http://10.0.1.2:8080"]
+    assert directory.endpoints(Role.tester) == []
+    directory.forget_run("r1")
+    assert directory.testers_for("r1") is not own
+
+
 def test_clients_keep_their_identity_and_the_pool_hands_out_new_ones_first() -> None:
     directory = RoleDirectory.static({Role.generator: ["http://10.0.0.2:8080"]})
     first = directory.generators.ready()[0]

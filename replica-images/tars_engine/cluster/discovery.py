@@ -114,7 +114,9 @@ class RoleDirectory:
             Role.generator: self.generators,
             Role.tester: self.testers,
         }
-        # One object per run for as long as the run is known: its workflow holds it.
+        # Each run's own tester URLs as last seen, and the clients of the runs this
+        # coordinator works on: one object per run until it ends, since its workflow holds it.
+        self._run_urls: dict[str, list[str]] = {}
         self._run_testers: dict[str, RoleClients[HttpTester]] = {}
         self._changed = threading.Condition()
 
@@ -126,10 +128,9 @@ class RoleDirectory:
     def set_run_testers(self, urls_by_run: Mapping[str, Sequence[str]]) -> None:
         """Every run's own tester endpoints; a run left out has none (now)."""
         with self._changed:
-            for run in urls_by_run.keys() - self._run_testers.keys():
-                self._run_testers[run] = RoleClients(self._new_tester)
+            self._run_urls = {run: sorted(set(urls)) for run, urls in urls_by_run.items()}
             for run, clients in self._run_testers.items():
-                clients.update(sorted(set(urls_by_run.get(run, ()))))
+                clients.update(self._run_urls.get(run, []))
             self._changed.notify_all()
 
     def testers_for(self, run: str | None) -> RoleClients[HttpTester]:
@@ -137,7 +138,11 @@ class RoleDirectory:
         if run is None:
             return self.testers
         with self._changed:
-            return self._run_testers.setdefault(run, RoleClients(self._new_tester))
+            clients = self._run_testers.get(run)
+            if clients is None:
+                clients = self._run_testers[run] = RoleClients(self._new_tester)
+                clients.update(self._run_urls.get(run, []))
+            return clients
 
     def forget_run(self, run: str) -> None:
         """The run has ended: its testers' clients go (a later run of its name starts anew)."""
