@@ -207,9 +207,7 @@ class KubeClient:
         """Delete the object, its dependents in the background; False when it was gone."""
         try:
             self.request(
-                "DELETE",
-                resource.path(namespace, name),
-                body={"propagationPolicy": "Background"},
+                "DELETE", resource.path(namespace, name), query={"propagationPolicy": "Background"}
             )
         except ApiError as error:
             if error.is_not_found:
