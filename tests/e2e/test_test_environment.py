@@ -187,7 +187,7 @@ def running_pod(workspace: Workspace, kubectl: Kubectl, replica: str) -> dict[st
     return running[0] if len(running) == 1 and running[0]["status"].get("podIP") else None
 
 
-def tester_requests(workspace: Workspace, kubectl: Kubectl) -> Counter[str]:
+def requests_per_tester(workspace: Workspace, kubectl: Kubectl) -> Counter[str]:
     """Requests the coordinator pod has sent to each tester endpoint (its /metrics)."""
     coordinator = running_pod(workspace, kubectl, "coordinator")
     assert coordinator is not None, "no running coordinator pod"
@@ -205,7 +205,7 @@ def test_a_test_image_tests_its_run_alone_in_a_tester_of_its_own_gone_at_the_end
     index_workspace: Workspace, node_kubectl: Kubectl, greeter_test_image: str, tmp_path: Path
 ) -> None:
     namespace = index_workspace.namespace
-    before = tester_requests(index_workspace, node_kubectl)
+    before = requests_per_tester(index_workspace, node_kubectl)
     project = greeter(tmp_path / "greeter")
     started = index_workspace.tarscli(
         "self-code", "start", "-t", "greeter", "--test-image", greeter_test_image, cwd=project
@@ -236,7 +236,7 @@ def test_a_test_image_tests_its_run_alone_in_a_tester_of_its_own_gone_at_the_end
     patch = index_workspace.tarscli("self-code", "diff", name).stdout
     assert "-import os\n-import sys\n" in patch
 
-    after = tester_requests(index_workspace, node_kubectl)
+    after = requests_per_tester(index_workspace, node_kubectl)
     assert after[own_endpoint] > 0, after
     shared = {endpoint for endpoint in after if endpoint != own_endpoint}
     assert {endpoint: after[endpoint] for endpoint in shared} == {
