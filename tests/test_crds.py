@@ -432,6 +432,21 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
         "spec.source.git.url",
         "Required value",
     ),
+    "test image with extras": (
+        run_manifest(testEnvironment={"image": "localhost/p-tests:1", "extras": ["test"]}),
+        "spec.testEnvironment.image",
+        "excludes extras and setupCommand",
+    ),
+    "test image with a setup command": (
+        run_manifest(testEnvironment={"image": "localhost/p-tests:1", "setupCommand": ["pip"]}),
+        "spec.testEnvironment.image",
+        "excludes extras and setupCommand",
+    ),
+    "malformed test image": (
+        run_manifest(testEnvironment={"image": "p tests:1"}),
+        "spec.testEnvironment.image",
+        "should match",
+    ),
     "upload into a badly named ConfigMap": (
         run_manifest(source={"upload": {"configMap": "Not_A_Name"}}),
         "spec.source.upload.configMap",

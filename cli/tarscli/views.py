@@ -431,11 +431,14 @@ def sandbox_text(detail: str | None, mode: SandboxMode, network: bool) -> str:
 
 
 def test_environment_text(detail: str | None, environment: TestEnvironment | None) -> str:
-    """What the tests run with: the virtualenv made for them, or the tester's own Python."""
+    """What the tests run with: the virtualenv made for them, the test image, or the tester's
+    own Python."""
     if detail:
         return detail
     if environment is None:
         return "the tester's own Python (TARS and pytest only)"
+    if environment.image is not None:
+        return f"{environment.recipe} (no test has run yet)"
     return f"a virtualenv: {environment.recipe} (not made yet)"
 
 

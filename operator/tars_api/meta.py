@@ -33,6 +33,13 @@ CATEGORY = "tars"
 
 # RFC 1123 subdomain, the rule for names of ConfigMaps, Secrets, claims and most objects.
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A container image reference as the distribution spec's grammar has it: an optional
+# registry host (and port), lowercase path components, then a tag, a digest or both.
+IMAGE_REFERENCE_PATTERN = (
+    r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*"
+    r"(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
 # A ConfigMap's or Secret's data key.
 CONFIG_MAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 # metav1.Condition's own validation, copied so the API server enforces the same shape.

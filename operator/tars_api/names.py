@@ -20,7 +20,8 @@ MANAGED_BY_OPERATOR = "tars-operator"
 MANAGED_BY_CLI = "tarscli"
 # Objects the CLI creates for a user (replicas, the coordinator's account, uploads).
 CLI_LABELS: dict[str, str] = {LABEL_PART_OF: PART_OF, LABEL_MANAGED_BY: MANAGED_BY_CLI}
-# On the upload ConfigMap: the run it belongs to.
+# The run an object belongs to: on the upload ConfigMap, and on the tester TarsReplica the
+# operator makes for a run with a test image (kept out of the namespace's shared testers).
 RUN_LABEL = "tars.dev/run"
 # Set by Kubernetes on every EndpointSlice: the Service it belongs to.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -36,7 +37,9 @@ COORDINATOR_SERVICE_ACCOUNT = "tars-coordinator"
 # volumes is predictable (the kind demo gives its project copy to it).
 NON_ROOT_ID = 65532
 
-# --- a run's ConfigMaps, owned by the run -------------------------------------------------
+# --- a run's own children, owned by the run ----------------------------------------------
+# The tester TarsReplica of a run with a test image (and its Deployment and Service).
+RUN_TESTER_SUFFIX = "-tester"
 STATE_CONFIG_MAP_SUFFIX = "-state"
 REPORT_CONFIG_MAP_SUFFIX = "-report"
 # In `<run>-state`: the coordinator's address and its last checkpoint.
@@ -55,6 +58,10 @@ def state_config_map(run_name: str) -> str:
 
 def report_config_map(run_name: str) -> str:
     return run_name + REPORT_CONFIG_MAP_SUFFIX
+
+
+def run_tester(run_name: str) -> str:
+    return run_name + RUN_TESTER_SUFFIX
 
 
 class ReplicaEnv(enum.StrEnum):

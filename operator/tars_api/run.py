@@ -14,6 +14,7 @@ from tars_api.meta import (
     AGE_COLUMN,
     CONFIG_MAP_KEY_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
+    IMAGE_REFERENCE_PATTERN,
     ApiModel,
     ApiObject,
     Cel,
@@ -137,6 +138,10 @@ class RunReason(enum.StrEnum):
     stopped = "Stopped"
     coordinator_lost = "CoordinatorLost"
     deadline_exceeded = "DeadlineExceeded"
+    no_ready_run_tester = "NoReadyRunTester"
+    """The run's test image has no ready tester replica of the run's own yet."""
+    run_tester_invalid = "RunTesterInvalid"
+    """The run's own tester replica cannot be made (its name, or a replica of another's)."""
 
 
 class RunConditionType(enum.StrEnum):
@@ -287,22 +292,50 @@ _EXTRA_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
 _INDEX_URL_PATTERN = r"^https?://[^\s]+$"
 
 
+_TEST_IMAGE_EXCLUSIVE_MESSAGE = (
+    "spec.testEnvironment.image excludes extras and setupCommand: the image holds the "
+    "project's test dependencies already, nothing is installed"
+)
+
+
 class TestEnvironment(ApiModel):
-    """The virtualenv the project's tests run in, made by the tester from the package index.
+    """What the project's tests run in: a virtualenv the tester makes, or an image of the user's.
 
     Either the project is installed with its test extras (`pip install .[test]`), or the
     setup command runs in the project's copy with the new virtualenv active. The tester
     keeps the result in its scratch volume, keyed by the digest of the project's
     dependency files and these settings, so a run with the same dependencies reuses it.
+
+    With `image`, the run gets a tester replica of its own running that image, built
+    from the tars-replica image with the project's test dependencies added; its own
+    interpreter runs the tests and no virtualenv is made.
     """
 
     __test__ = False  # not a pytest class
 
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.image) || ((!has(self.extras) || size(self.extras) == 0) && "
+                "(!has(self.setupCommand) || size(self.setupCommand) == 0))",
+                message=_TEST_IMAGE_EXCLUSIVE_MESSAGE,
+                field_path=".image",
+            )
+        )
+    )
+
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=IMAGE_REFERENCE_PATTERN,
+        description="Run the tests in a tester replica of this image, made for the run: the "
+        "tars-replica image plus the project's test dependencies (no virtualenv is made)",
+    )
     extras: list[Annotated[str, Field(pattern=_EXTRA_NAME_PATTERN, max_length=64)]] = Field(
         default_factory=lambda: list(DEFAULT_TEST_EXTRAS),
         max_length=16,
         description="Extras installed with the project (pip install .[extras]); pytest is "
-        "always added",
+        "always added; none with an image",
     )
     setup_command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         default_factory=list,
@@ -320,9 +353,25 @@ class TestEnvironment(ApiModel):
         default=900, ge=30, le=7200, description="How long making the environment may take"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_extras_with_an_image(cls, data: Any) -> Any:
+        # The default extras ask for an install; an image asks for none.
+        if isinstance(data, dict) and data.get("image") and "extras" not in data:
+            return {**data, "extras": []}
+        return data
+
+    @model_validator(mode="after")
+    def _image_installs_nothing(self) -> Self:
+        if self.image is not None and (self.extras or self.setup_command):
+            raise ValueError(_TEST_IMAGE_EXCLUSIVE_MESSAGE)
+        return self
+
     @property
     def recipe(self) -> str:
-        """How the virtualenv is made, in the words the status shows."""
+        """How the environment is made, in the words the status shows."""
+        if self.image is not None:
+            return f"image {self.image}"
         if self.setup_command:
             return f"{shlex.join(self.setup_command)} from {self.package_index}"
         return f"pip install .{self.extras_suffix} pytest from {self.package_index}"
@@ -331,6 +380,11 @@ class TestEnvironment(ApiModel):
     def extras_suffix(self) -> str:
         """`[test,docs]` as pip takes it after a project's path; empty without extras."""
         return f"[{','.join(self.extras)}]" if self.extras else ""
+
+    @property
+    def setup_seconds(self) -> int:
+        """How long preparing the environment may take before the tests: none for an image."""
+        return 0 if self.image is not None else self.timeout_seconds
 
 
 class SelfCodingRunSpec(ApiModel):
@@ -381,8 +435,9 @@ class SelfCodingRunSpec(ApiModel):
     )
     test_environment: Annotated[TestEnvironment | None, _immutable("testEnvironment")] = Field(
         default=None,
-        description="Make a virtualenv with the project's dependencies for its tests; "
-        "without it the tests run with the tester's own Python (TARS and pytest only)",
+        description="Make a virtualenv with the project's dependencies for its tests, or "
+        "name an image that holds them; without it the tests run with the tester's own "
+        "Python (TARS and pytest only)",
     )
     learning: Annotated[bool, _immutable("learning")] = Field(
         default=True,
@@ -412,6 +467,11 @@ class SelfCodingRunSpec(ApiModel):
             )
         ),
     ] = Field(default=False, description="Ask the run to stop; accepted work is kept")
+
+    @property
+    def test_image(self) -> str | None:
+        """The image of the run's own tester replica; None: the namespace's testers serve it."""
+        return self.test_environment.image if self.test_environment is not None else None
 
     @field_validator("targets")
     @classmethod
@@ -508,7 +568,8 @@ class SelfCodingRunStatus(ApiModel):
     test_environment: str | None = Field(
         default=None,
         max_length=SANDBOX_DETAIL_MAX_LENGTH,
-        description="The virtualenv the tests ran in: built (and how long it took) or reused",
+        description="What the tests ran in: the virtualenv built (and how long it took) or "
+        "reused, or the test image",
     )
     conditions: list[Condition] = conditions_field()
     observed_generation: int | None = observed_generation_field()

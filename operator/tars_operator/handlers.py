@@ -5,7 +5,9 @@
   Deployment's; this is the only writer of TarsReplica status after a successful apply.
 - Deployment/Service deletion while the owner lives: the child is applied again.
 - SelfCodingRun create/update/resume, and TarsReplica events: re-evaluate runs that have
-  not started (the readiness index says which replicas of each role are ready).
+  not started (the readiness index says which replicas of each role are ready). A run
+  with a test image gets its own tester TarsReplica first (`runs.desired_run_tester`).
+- SelfCodingRun events of an ended run: its own tester, if it has one, is deleted.
 - A daemon per active SelfCodingRun: `run_driver` hands it to a coordinator and mirrors
   the coordinator's report onto its status until it ends.
 """
@@ -21,10 +23,9 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 from tars_api.meta import GROUP, VERSION, now
-from tars_api.names import LABEL_MANAGED_BY, MANAGED_BY_OPERATOR
+from tars_api.names import LABEL_MANAGED_BY, MANAGED_BY_OPERATOR, RUN_LABEL, run_tester
 from tars_api.replica import TARS_REPLICA_PLURAL, ReplicaReason, TarsReplica, TarsReplicaStatus
-from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, SelfCodingRun
-from tars_api.vocabulary import Role
+from tars_api.run import SELF_CODING_RUN_PLURAL, RunPhase, RunReason, SelfCodingRun
 from tars_engine.contract import CoordinatorApiError
 
 from tars_operator import metrics, replicas, run_driver, runs
@@ -83,11 +84,12 @@ class Runtime:
     config: OperatorConfig
     kube: KubeClient
     replica_statuses: ReplicaStatusCache = field(default_factory=ReplicaStatusCache)
-    _ready_replicas: dict[str, dict[Role, list[str]]] = field(default_factory=dict)
+    _ready_replicas: dict[str, frozenset[run_driver.IndexedReplica]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def readiness_changed(self, namespace: str, ready: dict[Role, list[str]]) -> bool:
-        """Remember the ready replicas of `namespace` by role; True when they differ from last time."""
+    def readiness_changed(self, namespace: str, replicas: list[run_driver.IndexedReplica]) -> bool:
+        """Remember the ready replicas of `namespace`; True when they differ from last time."""
+        ready = frozenset(replica for replica in replicas if replica.ready)
         with self._lock:
             changed = self._ready_replicas.get(namespace) != ready
             self._ready_replicas[namespace] = ready
@@ -258,17 +260,23 @@ def follow_service(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> No
 
 @kopf.index(*TR)
 def replica_readiness(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[str, tuple[str, str, bool]] | None:
-    """namespace -> (role, name, ready) of every TarsReplica."""
+    namespace: str | None,
+    name: str,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> dict[str, run_driver.IndexedReplica] | None:
+    """namespace -> role, name, readiness and run (if it is a run's own) of every TarsReplica."""
     if namespace is None or not spec.get("role"):
         return None
     role = str(spec.get("role"))
+    run = str(labels.get(RUN_LABEL, ""))
     try:
         parsed = TarsReplicaStatus.model_validate(dict(status))
     except ValidationError:
-        return {namespace: (role, name, False)}
-    return {namespace: (role, name, parsed.is_ready)}
+        return {namespace: run_driver.IndexedReplica(role, name, False, run)}
+    return {namespace: run_driver.IndexedReplica(role, name, parsed.is_ready, run)}
 
 
 @kopf.index(*SCR)
@@ -281,36 +289,58 @@ def waiting_runs(
     return {namespace: name}
 
 
-ReadinessIndex = kopf.Index[str, tuple[str, str, bool]]
+ReadinessIndex = kopf.Index[str, run_driver.IndexedReplica]
 
 
-def _ready_by_role(index: ReadinessIndex, namespace: str) -> dict[Role, list[str]]:
-    return run_driver.ready_roles(index.get(namespace, []))
+def _replicas(index: ReadinessIndex, namespace: str) -> list[run_driver.IndexedReplica]:
+    return list(index.get(namespace, []))
 
 
-def _evaluate_run(
-    runtime: Runtime, body: dict[str, Any], ready_by_role: dict[Role, list[str]]
-) -> bool:
-    """Write the pre-workflow status of one run; False when it already had it.
-
-    The patch carries the resourceVersion the decision was made on, so it cannot
-    overwrite a status someone else (the run's driver) wrote meanwhile.
-    """
-    run = SelfCodingRun.model_validate(body)
-    update = runs.evaluate_run(run, ready_by_role, now=now())
-    if update is None:
-        return False
-    patch = {
-        "metadata": {"resourceVersion": run.metadata.resource_version},
-        "status": update.status,
-    }
+def _patch_run_status(runtime: Runtime, run: SelfCodingRun, status: dict[str, Any]) -> None:
+    """A merge patch carrying the resourceVersion the decision was made on, so it cannot
+    overwrite a status someone else (the run's driver) wrote meanwhile."""
     runtime.kube.request(
         "PATCH",
         SELF_CODING_RUNS.path(run.metadata.namespace or "", run.name, "status"),
-        body=patch,
+        body={"metadata": {"resourceVersion": run.metadata.resource_version}, "status": status},
         content_type="application/merge-patch+json",
     )
+
+
+def _evaluate_run(
+    runtime: Runtime, body: dict[str, Any], indexed: list[run_driver.IndexedReplica]
+) -> bool:
+    """Write the pre-workflow status of one run; False when it already had it."""
+    run = SelfCodingRun.model_validate(body)
+    ready_by_role = run_driver.ready_roles(indexed, runs.own_testers(run))
+    update = runs.evaluate_run(run, ready_by_role, now=now())
+    if update is None:
+        return False
+    _patch_run_status(runtime, run, update.status)
     _post(body, update.transition)
+    return True
+
+
+def _apply_run_tester(runtime: Runtime, body: dict[str, Any]) -> bool:
+    """Apply the run's own tester, if it has a test image; False when the run cannot have one
+    (the run has failed, saying why)."""
+    run = SelfCodingRun.model_validate(body)
+    if run.is_terminal or run.spec.stop:
+        return True
+    try:
+        manifest = runs.desired_run_tester(run)
+        if manifest is None:
+            return True
+        namespace = run.metadata.namespace or ""
+        current = runtime.kube.get(TARS_REPLICAS, namespace, manifest["metadata"]["name"])
+        runs.require_own_run_tester(run, current)
+    except replicas.InvalidReplica as error:
+        message = str(error)
+        failed = run_driver.failed_status(run, RunReason.run_tester_invalid, message, now=now())
+        _patch_run_status(runtime, run, run_driver.status_document(failed))
+        _post(body, replicas.Transition("Warning", RunReason.run_tester_invalid, message))
+        return False
+    runtime.kube.apply(manifest)
     return True
 
 
@@ -328,9 +358,12 @@ def reconcile_run(
     runtime = _runtime(memo)
     with metrics.measure("SelfCodingRun") as meter:
         try:
-            meter.changed(
-                _evaluate_run(runtime, dict(body), _ready_by_role(replica_readiness, namespace))
-            )
+            if _apply_run_tester(runtime, dict(body)):
+                meter.changed(
+                    _evaluate_run(runtime, dict(body), _replicas(replica_readiness, namespace))
+                )
+            else:
+                meter.changed()
         except ApiError as error:
             # 409: the run changed since this event; kopf retries with the fresh object.
             raise _retry_or_fail(error) from error
@@ -345,7 +378,7 @@ def replica_changed(
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    ready = _ready_by_role(replica_readiness, namespace)
+    ready = _replicas(replica_readiness, namespace)
     if not runtime.readiness_changed(namespace, ready):
         return
     for name in list(waiting_runs.get(namespace, [])):
@@ -397,7 +430,7 @@ def drive_run(
     while not stopped:
         try:
             with metrics.measure("SelfCodingRun"):
-                delay = driver.step(_ready_by_role(replica_readiness, namespace))
+                delay = driver.step(_replicas(replica_readiness, namespace))
         except ApiError as error:
             log.warning("run %s/%s: %s", namespace, name, error)
             delay = run_driver.api_error_delay(error)
@@ -407,3 +440,29 @@ def drive_run(
         if delay is None:
             return
         stopped.wait(delay)
+
+
+@kopf.on.event(*SCR)  # type: ignore[arg-type]
+def run_ended(
+    namespace: str,
+    name: str,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    replica_readiness: ReadinessIndex,
+    **_: Any,
+) -> None:
+    """A finished run keeps no pod running: its own tester goes (the run still owns it, so
+    deleting the run would remove it too)."""
+    phase = status.get("phase")
+    if phase is None or not RunPhase(phase).is_terminal:
+        return
+    tester = run_tester(name)
+    if not any(
+        replica.run == name and replica.name == tester
+        for replica in _replicas(replica_readiness, namespace)
+    ):
+        return
+    with metrics.measure("SelfCodingRun") as meter:
+        if _runtime(memo).kube.delete(TARS_REPLICAS, namespace, tester):
+            meter.changed()
+            log.info("run %s/%s has ended: its tester %s deleted", namespace, name, tester)

@@ -54,7 +54,12 @@ SERVICES = Resource("", "v1", "services")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 TARS_REPLICAS = Resource(GROUP, VERSION, TARS_REPLICA_PLURAL)
 SELF_CODING_RUNS = Resource(GROUP, VERSION, SELF_CODING_RUN_PLURAL)
-_BY_KIND = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "ConfigMap": CONFIG_MAPS}
+_BY_KIND = {
+    "Deployment": DEPLOYMENTS,
+    "Service": SERVICES,
+    "ConfigMap": CONFIG_MAPS,
+    "TarsReplica": TARS_REPLICAS,
+}
 
 
 class ApiError(Exception):
@@ -197,6 +202,18 @@ class KubeClient:
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        """Delete the object, its dependents in the background; False when it was gone."""
+        try:
+            self.request(
+                "DELETE", resource.path(namespace, name), query={"propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if error.is_not_found:
+                return False
+            raise
+        return True
 
     def patch_status(
         self, resource: Resource, namespace: str, name: str, status: Manifest

@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 from tars_api.meta import Condition, set_conditions
@@ -50,7 +50,7 @@ from tars_engine.contract import (
 
 from tars_operator.kube import CONFIG_MAPS, SELF_CODING_RUNS, ApiError, KubeClient
 from tars_operator.replicas import Transition
-from tars_operator.runs import missing_roles
+from tars_operator.runs import missing_roles, own_testers
 
 POLL_SECONDS = 1.0
 WAIT_SECONDS = 2.0
@@ -316,7 +316,8 @@ class RunDriver:
 
     # --- the step ---
 
-    def step(self, ready_by_role: Mapping[Role, Iterable[str]]) -> float | None:
+    def step(self, replicas: Iterable[IndexedReplica]) -> float | None:
+        """One look at the run, given the namespace's TarsReplicas as the index has them."""
         read = self._read_run()
         if read is None:
             return None
@@ -324,6 +325,7 @@ class RunDriver:
         status = run.status or SelfCodingRunStatus()
         if status.phase is not None and status.phase.is_terminal:
             return None
+        ready_by_role = ready_roles(replicas, own_testers(run))
         self._load_state()
         if status.phase in (None, RunPhase.pending) and self.state.address is None:
             # Pending runs belong to `runs.evaluate_run` until every role is ready.
@@ -458,12 +460,31 @@ class RunDriver:
         return name
 
 
-def ready_roles(entries: Iterable[tuple[str, str, bool]]) -> dict[Role, list[str]]:
-    """role -> ready TarsReplica names, from the operator's readiness index entries."""
+class IndexedReplica(NamedTuple):
+    """A TarsReplica as the operator's readiness index keeps it."""
+
+    role: str
+    name: str
+    ready: bool
+    run: str
+    """The run it belongs to (its tars.dev/run label); empty: the namespace's shared replica."""
+
+
+def ready_roles(
+    entries: Iterable[IndexedReplica], own_testers: str | None = None
+) -> dict[Role, list[str]]:
+    """role -> ready TarsReplica names a run may use, from the readiness index entries.
+
+    Replicas of a run are never shared; with `own_testers`, the testers of that run stand
+    in for the shared testers.
+    """
     ready: dict[Role, list[str]] = {}
-    for role, name, is_ready in entries:
-        if is_ready:
-            ready.setdefault(Role(role), []).append(name)
+    for entry in entries:
+        role = Role(entry.role)
+        shared = not entry.run and (own_testers is None or role is not Role.tester)
+        own = bool(entry.run) and entry.run == own_testers and role is Role.tester
+        if entry.ready and (shared or own):
+            ready.setdefault(role, []).append(entry.name)
     return {role: sorted(names) for role, names in ready.items()}
 
 

@@ -1,8 +1,13 @@
-"""SelfCodingRun status before a coordinator takes it. Pure functions.
+"""SelfCodingRun status before a coordinator takes it, and a run's own tester. Pure functions.
 
 A run is either stopped (spec.stop) or Pending with conditions saying what it waits
 for; `run_driver` hands it to a coordinator once every role is ready. Nothing here reports a stage, progress or statistics: no work has been done, and
 the status must never claim otherwise.
+
+A run with a test image (spec.testEnvironment.image) gets a tester TarsReplica of its own,
+`<run>-tester`, of that image: owned by the run and labelled with its name, so that the
+namespace's shared testers never test the run and it never tests another. The run waits
+for it instead of a shared tester; once the run has ended it is deleted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,15 @@ from datetime import datetime
 from typing import Any
 
 from tars_api.meta import Condition, find_condition, set_conditions
+from tars_api.names import (
+    LABEL_MANAGED_BY,
+    LABEL_PART_OF,
+    MANAGED_BY_OPERATOR,
+    PART_OF,
+    RUN_LABEL,
+    run_tester,
+)
+from tars_api.replica import TarsReplica
 from tars_api.run import (
     RunConditionType,
     RunPhase,
@@ -22,7 +36,7 @@ from tars_api.run import (
 )
 from tars_api.vocabulary import WORKER_ROLES, Role
 
-from tars_operator.replicas import Transition
+from tars_operator.replicas import InvalidReplica, Manifest, Transition, child_name
 
 # Every role a run needs a ready TarsReplica of before it is handed to a coordinator.
 REQUIRED_ROLES = (Role.coordinator, *WORKER_ROLES)
@@ -55,6 +69,51 @@ def _stopped(
     )
 
 
+def own_testers(run: SelfCodingRun) -> str | None:
+    """The run whose own testers test `run` (one with a test image); None: the shared ones."""
+    return run.name if run.spec.test_image is not None else None
+
+
+def desired_run_tester(run: SelfCodingRun) -> Manifest | None:
+    """The tester TarsReplica of a run with a test image; None for any other run.
+
+    Raises InvalidReplica when the run's name cannot name it (and its Service).
+    """
+    image = run.spec.test_image
+    if image is None:
+        return None
+    labels = {RUN_LABEL: run.name, LABEL_PART_OF: PART_OF, LABEL_MANAGED_BY: MANAGED_BY_OPERATOR}
+    replica = TarsReplica.build(
+        run_tester(run.name),
+        Role.tester,
+        namespace=run.metadata.namespace,
+        labels=labels,
+        replicas=1,
+        image=image,
+    )
+    try:
+        child_name(replica)
+    except InvalidReplica as error:
+        raise InvalidReplica(
+            f"spec.testEnvironment.image needs a tester replica of the run's own, named after "
+            f"the run: {error} (name the run at most 56 such characters)"
+        ) from error
+    manifest = replica.to_k8s()
+    manifest["metadata"]["ownerReferences"] = [run.owner_reference().to_dict()]
+    return manifest
+
+
+def require_own_run_tester(run: SelfCodingRun, current: Manifest | None) -> None:
+    """Raises InvalidReplica when a TarsReplica named like the run's tester is not the run's."""
+    owners = (current or {}).get("metadata", {}).get("ownerReferences") or []
+    if current is None or any(owner.get("uid") == run.metadata.uid for owner in owners):
+        return
+    raise InvalidReplica(
+        f"TarsReplica {run_tester(run.name)} exists and is not this run's: it cannot be the "
+        "tester of the run's test image (delete it, or name the run otherwise)"
+    )
+
+
 def missing_roles(ready_by_role: Mapping[Role, Iterable[str]]) -> list[Role]:
     """The roles a run needs that have no ready TarsReplica."""
     return [role for role in REQUIRED_ROLES if not list(ready_by_role.get(role, []))]
@@ -69,13 +128,15 @@ def _pending(
     namespace = run.metadata.namespace
     generation = run.metadata.generation
     missing = missing_roles(ready_by_role)
+    image = run.spec.test_image
     if not missing:
         coordinators = ", ".join(sorted(ready_by_role[Role.coordinator]))
+        own = f" (the run's own tester {run_tester(run.name)})" if image is not None else ""
         replicas = Condition.make(
             RunConditionType.replicas_ready,
             True,
             RunReason.replicas_ready,
-            f"coordinator TarsReplica {coordinators} and every worker role are ready "
+            f"coordinator TarsReplica {coordinators} and every worker role{own} are ready "
             f"in namespace {namespace}",
             at=now,
         )
@@ -93,6 +154,15 @@ def _pending(
             others = [role for role in missing if role is not Role.coordinator]
             if others:
                 message += f"; none for {', '.join(role.value for role in others)} either"
+        elif image is not None and Role.tester in missing:
+            reason = RunReason.no_ready_run_tester
+            message = (
+                f"the run's own tester, TarsReplica {run_tester(run.name)} of image {image}, "
+                f"is not ready in namespace {namespace}"
+            )
+            workers = [role.value for role in missing if role is not Role.tester]
+            if workers:
+                message += f"; no ready TarsReplica for {', '.join(workers)}"
         else:
             reason = RunReason.no_ready_workers
             message = (

@@ -318,6 +318,27 @@ def test_start_passes_the_sandbox_options_to_the_run(
     assert "required, network allowed (no test has run yet)" in shown.stdout
 
 
+def test_start_with_a_test_image_names_it_in_the_run(
+    cli: Cli, project: Path, api_client: client.ApiClient, namespace: str
+) -> None:
+    name = start_run(cli, "-t", "src", "--test-image", "localhost/project-tests:1")
+    spec = get_object(api_client, namespace, RUNS, name)["spec"]
+    assert spec["testEnvironment"]["image"] == "localhost/project-tests:1"
+    assert spec["testEnvironment"]["extras"] == []
+    shown = cli("self-code", "status", name)
+    assert "image localhost/project-tests:1 (no test has run yet)" in shown.stdout
+
+    malformed = cli("self-code", "start", "-t", "src", "--test-image", "Project Tests")
+    assert malformed.exit_code == 1
+    assert malformed.stderr == (
+        "error: --test-image must be an image reference such as "
+        "registry.example.org/project-tests:1\n"
+    )
+    with_install = cli("self-code", "start", "-t", "src", "--test-image", "p:1", "--install")
+    assert with_install.exit_code == 1
+    assert with_install.stderr.startswith("error: --test-image cannot go with --install")
+
+
 # --- status and stop --------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from tars_api.run import (
     RunSource,
     SelfCodingRun,
     SelfCodingRunSpec,
+    TestEnvironment,
     UploadSource,
     VolumeSource,
 )
@@ -152,6 +153,25 @@ def test_volume_run_applies_commits_and_reports(
     assert results.test_runs_per_change.accepted_changes == applied
     assert f'endpoint="{workers[Role.generator]}"' in metrics
     assert "tars_coordinator_requests_total{endpoint=" in metrics
+
+
+def test_a_run_with_a_test_image_is_refused_where_the_testers_are_fixed(
+    tmp_path: Path, workers: dict[Role, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fixed endpoints are no run's own: none of them is known to run the image.
+    shop_project(tmp_path / "projects" / "shop")
+    volumes = {"hostPath:/projects": str(tmp_path / "projects")}
+    with coordinator(tmp_path / "scratch", workers, monkeypatch, volumes=volumes) as api:
+        image = TestEnvironment(image="localhost/shop-tests:1")
+        run = assignment("imaged", volume_spec(test_environment=image))
+        api.assign(run)
+        report = wait_until(api, run.uid)
+        metrics = httpx.get(f"{api.base_url}/metrics").text
+    assert report.status.phase is RunPhase.failed
+    assert report.message.startswith(
+        "spec.testEnvironment.image needs the run's own tester, found by discovery"
+    )
+    assert 'role="tester"' not in metrics
 
 
 def test_a_run_without_learning_leaves_the_coordinators_store_alone(

@@ -6,6 +6,7 @@ tests fail under the tester's own interpreter and pass in the virtualenv made fo
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -148,3 +149,24 @@ def test_the_setup_sees_only_the_index_the_run_names(tester: Tester, tmp_path: P
     result = run(tester, project, environment=spec)
     assert result.environment is not None and result.environment.failed
     assert "127.0.0.1:9" in result.output
+
+
+def test_a_test_image_runs_the_tests_with_its_own_interpreter_and_makes_nothing(
+    tester: Tester, tmp_path: Path
+) -> None:
+    # This interpreter stands for the image's: it has what these tests import (pytest only).
+    project = greeter(
+        tmp_path / "p",
+        **{
+            "greeter/__init__.py": "def greet(count):\n    return f'hello to {count:,} people'\n",
+        },
+    )
+    image = TestEnvironment(image="localhost/greeter-tests:1")
+    result = run(tester, project, environment=image, sandbox=SandboxMode.required)
+    assert result.passed, result.output
+    assert result.executed == 1
+    assert result.command[0] == sys.executable
+    assert result.environment is not None and not result.environment.failed
+    assert result.environment.digest == "localhost/greeter-tests:1"
+    assert result.environment.detail.startswith("image localhost/greeter-tests:1: its own Python")
+    assert not tester.environments.root.exists()

@@ -10,10 +10,13 @@ profile. What the sandbox probe varies on top is a `ContainerSecurity`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +30,16 @@ from tars_api.vocabulary import Role
 from tars_operator.config import OperatorConfig
 
 from tests.harness.controlplane import free_port
+from tests.harness.kubectl import REPOSITORY
 from tests.harness.tools import run_tool
 
 MANIFEST = "images.json"
+# The documented recipe of a run's test image: the replica image plus test requirements.
+TEST_IMAGE_DOCKERFILE = REPOSITORY / "examples" / "test-image" / "Dockerfile"
+TEST_IMAGE_REQUIREMENTS = "requirements.txt"
+# pip inside a build reaches the index this machine's pip uses, trusting its CA bundle.
+PIP_BUILD_SETTINGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
+MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CONTAINER_TIMEOUT_SECONDS = 300
 # A bound on a replica's start: a broken image fails the test, never hangs it.
 START_SECONDS = 120
@@ -104,6 +114,50 @@ class Engine:
             timeout=timeout,
             env={**os.environ, **environment},
         )
+
+    def image_id(self, reference: str) -> str | None:
+        found = self.call("image", "inspect", "--format", "{{.Id}}", reference, check=False)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    def build_test_image(self, name: str, requirements: str) -> str:
+        """A run's test image as examples/test-image/Dockerfile makes it, FROM the replica
+        image with `requirements` installed; tagged by the digest of all that goes into it,
+        so an unchanged one is found in the engine's storage instead of built again."""
+        replica_id = self.image_id(self.build.replica)
+        if replica_id is None:
+            raise AssertionError(f"{self.program} has no image {self.build.replica}")
+        build_args = [
+            f"{setting}={os.environ[setting]}" for setting in PIP_BUILD_SETTINGS
+            if os.environ.get(setting)
+        ]  # fmt: skip
+        digest = hashlib.sha256(
+            "\0".join(
+                [replica_id, TEST_IMAGE_DOCKERFILE.read_text(), requirements, *build_args]
+            ).encode()
+        ).hexdigest()
+        reference = f"localhost/{name}:{digest[:16]}"
+        if self.image_id(reference) is not None:
+            return reference
+        ca_bundle = Path(os.environ.get("PIP_CERT") or MACHINE_CA_BUNDLE)
+        with tempfile.TemporaryDirectory(prefix="tars-test-image-") as context:
+            (Path(context) / TEST_IMAGE_REQUIREMENTS).write_text(requirements)
+            self.call(
+                "build", *self._build_flags(), "--network", "host",
+                "--secret", f"id=ca-bundle,src={ca_bundle}",
+                "--build-arg", f"REPLICA_IMAGE={self.build.replica}",
+                *(flag for argument in build_args for flag in ("--build-arg", argument)),
+                "--file", str(TEST_IMAGE_DOCKERFILE), "--tag", reference, context,
+            )  # fmt: skip
+        return reference
+
+    def _build_flags(self) -> list[str]:
+        """What hack/build-images.sh gives podman's builds: runc and this machine's ulimits,
+        which builds do not read from containers.conf."""
+        if self.program == "docker":
+            return []
+        conf = tomllib.loads(self.build.containers_conf.read_text(encoding="utf-8"))
+        ulimits = conf.get("containers", {}).get("default_ulimits", [])
+        return ["--runtime", "runc", *(flag for limit in ulimits for flag in ("--ulimit", limit))]
 
     def security_flags(self, security: ContainerSecurity) -> list[str]:
         """The pod's security settings, and what `security` adds, as `run` flags."""

@@ -8,6 +8,7 @@ ReplicaSet and Deployment controllers carry that up to the Deployment the operat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +338,72 @@ def test_run_waits_for_a_ready_coordinator_then_stops(
     assert unstop.returncode != 0 and "spec.stop" in unstop.stderr
     kubectl("delete", "-n", namespace, "selfcodingrun/first", "--wait=true", "--timeout=60s")
     assert run(kubectl, namespace, "first") is None
+
+
+def one_pod_made_ready(kubectl: Kubectl, namespace: str, instance: str) -> Callable[[], bool]:
+    return lambda: mark_pods_ready(kubectl, namespace, instance) == 1
+
+
+def test_a_run_with_a_test_image_waits_for_its_own_tester_which_goes_when_it_ends(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl("create", "serviceaccount", "-n", namespace, "tars-coordinator")
+    for role in ("coordinator", "analyzer", "generator", "tester"):
+        apply(kubectl, namespace, replica_manifest(role, role))
+        wait_for(one_pod_made_ready(kubectl, namespace, role), f"the {role} pod")
+    imaged = run_manifest("imaged")
+    imaged["spec"]["testEnvironment"] = {"image": "localhost/project-tests:1"}
+    apply(kubectl, namespace, imaged)
+    owner = wait_for(lambda: run(kubectl, namespace, "imaged"), "the run")
+
+    tester = wait_for(lambda: replica(kubectl, namespace, "imaged-tester"), "the run's tester")
+    assert tester["metadata"]["labels"]["tars.dev/run"] == "imaged"
+    assert [(o["kind"], o["uid"]) for o in tester["metadata"]["ownerReferences"]] == [
+        ("SelfCodingRun", owner["metadata"]["uid"])
+    ]
+    assert (tester["spec"]["role"], tester["spec"]["replicas"]) == ("tester", 1)
+    assert tester["spec"]["image"] == "localhost/project-tests:1"
+    created = wait_for(lambda: deployment(kubectl, namespace, "imaged-tester"), "its Deployment")
+    assert created["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "localhost/project-tests:1"
+    )
+    # The shared tester is ready, and does not count for this run.
+    waiting = wait_until(
+        lambda: run(kubectl, namespace, "imaged"),
+        lambda current: condition(current, "ReplicasReady").get("reason") == "NoReadyRunTester",
+        "the run to wait for its own tester",
+    )
+    assert phase(waiting) == "Pending"
+    assert condition(waiting, "ReplicasReady")["message"] == (
+        "the run's own tester, TarsReplica imaged-tester of image localhost/project-tests:1, "
+        f"is not ready in namespace {namespace}"
+    )
+    wait_for(lambda: mark_pods_ready(kubectl, namespace, "imaged-tester") == 1, "its pod")
+    wait_until(
+        lambda: run(kubectl, namespace, "imaged"),
+        lambda current: condition(current, "ReplicasReady").get("status") == "True",
+        "the run to see its own tester ready",
+    )
+
+    # Ended (here stopped before any coordinator took it): the tester and its children go.
+    patch(kubectl, namespace, "selfcodingrun/imaged", {"spec": {"stop": True}})
+    wait_for(
+        lambda: (
+            replica(kubectl, namespace, "imaged-tester") is None
+            and deployment(kubectl, namespace, "imaged-tester") is None
+        ),
+        "the ended run's tester and its Deployment to go",
+    )
+    assert phase(run(kubectl, namespace, "imaged") or {}) == "Stopped"
+
+    # Deleting a run removes its tester too: the garbage collector follows the owner.
+    apply(kubectl, namespace, run_manifest("deleted") | {"spec": imaged["spec"]})
+    wait_for(lambda: replica(kubectl, namespace, "deleted-tester"), "the second run's tester")
+    kubectl("delete", "-n", namespace, "selfcodingrun/deleted", "--wait=true", "--timeout=60s")
+    wait_for(
+        lambda: replica(kubectl, namespace, "deleted-tester") is None,
+        "the deleted run's tester to be collected",
+    )
 
 
 def test_restart_after_sigkill_converges_without_duplicates(

@@ -19,6 +19,7 @@ from tars_api.run import (
 from tars_api.vocabulary import Role
 from tars_engine.cluster.run_api import RunReport
 from tars_operator.run_driver import (
+    IndexedReplica,
     Outcome,
     coordinator_urls,
     deadline_passed,
@@ -66,8 +67,28 @@ def test_only_ready_endpoints_of_the_named_port_are_coordinators() -> None:
 
 
 def test_readiness_index_entries_become_ready_names_by_role() -> None:
-    entries = [("generator", "g2", True), ("generator", "g1", True), ("tester", "t", False)]
+    entries = [
+        IndexedReplica("generator", "g2", True, ""),
+        IndexedReplica("generator", "g1", True, ""),
+        IndexedReplica("tester", "t", False, ""),
+    ]
     assert ready_roles(entries) == {Role.generator: ["g1", "g2"]}
+
+
+def test_a_runs_own_testers_stand_in_for_the_shared_ones_and_serve_no_other_run() -> None:
+    entries = [
+        IndexedReplica("generator", "generator", True, ""),
+        IndexedReplica("tester", "tester", True, ""),
+        IndexedReplica("tester", "r1-tester", True, "r1"),
+        IndexedReplica("tester", "r2-tester", False, "r2"),
+    ]
+    assert ready_roles(entries) == {Role.generator: ["generator"], Role.tester: ["tester"]}
+    assert ready_roles(entries, "r1") == {
+        Role.generator: ["generator"],
+        Role.tester: ["r1-tester"],
+    }
+    # r2's tester is not ready yet: the shared tester never stands in for it.
+    assert ready_roles(entries, "r2") == {Role.generator: ["generator"]}
 
 
 def test_a_report_is_mirrored_as_it_is_with_the_operators_conditions() -> None:

@@ -147,6 +147,10 @@ OPERATOR_CAN = [
     ),
     *(Check("patch", resource, "status") for resource in (TR, SCR)),
     Check("update", TR, "finalizers"),
+    # A run with a test image gets a tester TarsReplica of its own, deleted when it ends.
+    Check("create", TR),
+    Check("delete", TR),
+    Check("update", SCR, "finalizers"),
     *(Check(verb, "deployments.apps") for verb in ("get", "list", "watch", "create", "patch")),
     *(Check(verb, "services") for verb in ("get", "list", "watch", "create", "patch")),
     *(Check(verb, "configmaps") for verb in ("get", "create", "patch")),
@@ -179,9 +183,7 @@ NEVER = [
 ]
 OPERATOR_CANNOT = [
     *NEVER,
-    Check("delete", TR),
     Check("delete", SCR),
-    Check("create", TR),
     Check("delete", "deployments.apps"),
     Check("delete", "services"),
     Check("delete", "configmaps"),
@@ -393,6 +395,32 @@ def test_operator_works_with_exactly_the_chart_rbac(
                 log,
             )
             assert conditions
+
+            # A run with a test image: the operator creates its own tester, and deletes it
+            # once the run has ended (here stopped before it started).
+            kubectl(
+                "apply",
+                "-n",
+                namespace,
+                "-f",
+                str(REPOSITORY / "examples/runs/test-image-run.yaml"),
+            )
+            wait_for(
+                "the operator to create the run's own tester and its Deployment",
+                lambda: get_json(kubectl, namespace, "deployment/itsdangerous-tests-tester"),
+                log,
+            )
+            kubectl(
+                "patch", "-n", namespace, "selfcodingrun/itsdangerous-tests", "--type=merge",
+                "-p", '{"spec": {"stop": true}}',
+            )  # fmt: skip
+            wait_for(
+                "the operator to delete the ended run's tester",
+                lambda: (
+                    get_json(kubectl, namespace, "tarsreplica/itsdangerous-tests-tester") is None
+                ),
+                log,
+            )
             events = get_json(kubectl, namespace, "events") or {"items": []}
             assert any(
                 event["involvedObject"].get("kind") == "TarsReplica" for event in events["items"]

@@ -140,16 +140,29 @@ _ENVIRONMENT_OPTIONS = {
     "extras": ("--extra", "an extra's name (letters, digits, '.', '_', '-')"),
     "setup_command": ("--setup-command", "at most 64 words of 4096 characters"),
     "package_index": ("--package-index", "an http:// or https:// URL"),
+    "image": ("--test-image", "an image reference such as registry.example.org/project-tests:1"),
 }
 
 
 def test_environment(
-    install: bool, extras: list[str] | None, setup_command: str | None, package_index: str | None
+    install: bool,
+    extras: list[str] | None,
+    setup_command: str | None,
+    package_index: str | None,
+    test_image: str | None = None,
 ) -> TestEnvironment | None:
     """The run's testEnvironment from the start options; None when none asks for one."""
-    if not (install or extras or setup_command is not None or package_index is not None):
+    installs = install or extras or setup_command is not None or package_index is not None
+    if test_image is not None and installs:
+        raise CliError(
+            "--test-image cannot go with --install, --extra, --setup-command or "
+            "--package-index: the image holds the project's test dependencies already"
+        )
+    if not installs and test_image is None:
         return None
     settings: dict[str, object] = {}
+    if test_image is not None:
+        settings["image"] = test_image
     if extras:
         settings["extras"] = extras
     if package_index is not None:
@@ -263,6 +276,17 @@ def start(
             show_default=DEFAULT_PACKAGE_INDEX,
         ),
     ] = None,
+    test_image: Annotated[
+        str | None,
+        typer.Option(
+            "--test-image",
+            metavar="IMAGE",
+            help="Run the tests in a tester of this image, made for the run: the tars-replica "
+            "image plus the project's test dependencies; its own Python runs them, no "
+            "virtualenv is made.",
+            show_default=False,
+        ),
+    ] = None,
     no_learning: options.NoLearningOption = False,
     kubeconfig: options.KubeconfigOption = None,
     context: options.ContextOption = None,
@@ -284,7 +308,7 @@ def start(
         raise CliError(f"--test-command {test_command!r} cannot be parsed: {error}") from error
     if test_argv == []:
         raise CliError("--test-command must not be empty (leave it out to detect the test command)")
-    environment = test_environment(install, test_extras, setup_command, package_index)
+    environment = test_environment(install, test_extras, setup_command, package_index, test_image)
     archive = build_archive(root, relative_targets)
     run = cluster_ops.upload_run(
         archive,

@@ -4,7 +4,8 @@ The routes and bodies are in `tars_engine.cluster.run_api`. Each run gets a dire
 scratch dir (`runs/<uid>/`: the source's working copy and the workflow's state). The
 worker roles come from `tars_engine.cluster.discovery`: TARS_ENDPOINTS_<ROLE> when set, else the
 TarsReplicas and EndpointSlices of the run's namespace, watched, so replicas scaled mid-run
-are used at once.
+are used at once. A run with a test image is tested only by its own testers (the
+TarsReplica labelled with its name, which the operator makes), never by the shared ones.
 
 The pod. Read at start: TARS_SCRATCH_DIR (runs' working copies and state, the learning
 store), TARS_VOLUMES (`tars_engine.cluster.sources`), KUBECONFIG (else the in-cluster service
@@ -35,6 +36,7 @@ from fastapi import APIRouter, HTTPException, Response
 from kubernetes import client
 from kubernetes.config.config_exception import ConfigException
 from prometheus_client import Counter
+from tars_api.names import ReplicaEnv
 from tars_api.run import RunPhase, RunStage, SelfCodingRunSpec, SelfCodingRunStatus
 from tars_api.vocabulary import Role
 
@@ -88,6 +90,11 @@ def _preparation_failed(exc: Exception, *, stopped: bool) -> tuple[RunPhase, str
 
 
 log = logging.getLogger(__name__)
+
+
+def _own_testers(assignment: RunAssignment) -> str | None:
+    """The run whose own testers test it (a run with a test image); None: the shared ones."""
+    return assignment.name if assignment.spec.test_image is not None else None
 
 
 def run_options(spec: SelfCodingRunSpec) -> RunOptions:
@@ -339,6 +346,16 @@ class Coordinator:
     # -- one run --------------------------------------------------------
 
     def _run(self, handle: RunHandle) -> None:
+        try:
+            self._run_to_end(handle)
+        finally:
+            own_testers = _own_testers(handle.assignment)
+            with self._discovery_lock:
+                directory = self._directories.get(handle.assignment.namespace)
+            if own_testers is not None and directory is not None:
+                directory.forget_run(own_testers)
+
+    def _run_to_end(self, handle: RunHandle) -> None:
         assignment = handle.assignment
         checkpoint = assignment.checkpoint
         if checkpoint is not None and checkpoint.phase.is_terminal:
@@ -396,14 +413,24 @@ class Coordinator:
 
     def _wait_for_roles(self, handle: RunHandle) -> RoleDirectory | None:
         """The namespace's worker roles once each has a ready endpoint; None when stopped first."""
-        directory = self.directory(handle.assignment.namespace)
-        deadline = handle.started + datetime.timedelta(
-            seconds=handle.assignment.spec.deadline_seconds
-        )
-        while missing := directory.wait_for_roles(ROLES_POLL_SECONDS):
+        assignment = handle.assignment
+        own_testers = _own_testers(assignment)
+        if own_testers is not None and self._static:
+            raise WorkflowError(
+                "spec.testEnvironment.image needs the run's own tester, found by discovery; "
+                f"this coordinator has fixed endpoints ({ReplicaEnv.endpoints_prefix}<ROLE>)"
+            )
+        directory = self.directory(assignment.namespace)
+        deadline = handle.started + datetime.timedelta(seconds=assignment.spec.deadline_seconds)
+        while missing := directory.wait_for_roles(ROLES_POLL_SECONDS, own_testers):
             if handle.stop.is_set():
                 return None
-            names = ", ".join(role.value for role in missing)
+            names = ", ".join(
+                f"{role.value} (the run's own)"
+                if role is Role.tester and own_testers is not None
+                else role.value
+                for role in missing
+            )
             if now() >= deadline:
                 raise WorkflowError(f"no ready {names} replicas before the deadline")
             with handle.lock:
@@ -424,7 +451,7 @@ class Coordinator:
         roles = WorkerRoles(
             analyzers=directory.analyzers.ready,
             generators=directory.generators.ready,
-            testers=directory.testers.ready,
+            testers=directory.testers_for(_own_testers(handle.assignment)).ready,
             max_parallel=MAX_PARALLEL_PER_ROLE,
         )
         return Workflow(

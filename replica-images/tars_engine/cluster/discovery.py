@@ -7,6 +7,10 @@ as their pods are ready. Without a cluster, endpoints are given directly: as
 constructor arguments or TARS_ENDPOINTS_ANALYZER / _GENERATOR / _TESTER (comma-separated
 URLs).
 
+A TarsReplica labelled `tars.dev/run` belongs to that run alone (the operator makes a
+tester of the run's test image so): it is never part of the namespace's shared pool, and
+its tester endpoints serve only that run (`RoleDirectory.testers_for`).
+
 Each endpoint keeps one client object for its lifetime, which is what the workflow's
 role pools recognise instances by.
 """
@@ -23,7 +27,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import GROUP, VERSION
-from tars_api.names import REPLICA_PORT_NAME, SERVICE_NAME_LABEL, ReplicaEnv
+from tars_api.names import REPLICA_PORT_NAME, RUN_LABEL, SERVICE_NAME_LABEL, ReplicaEnv
 from tars_api.replica import TARS_REPLICA_PLURAL
 from tars_api.vocabulary import WORKER_ROLES, Role
 
@@ -95,17 +99,25 @@ class RoleClients(Generic[HttpRoleT]):
 
 
 class RoleDirectory:
-    """The worker roles' endpoints in one namespace (or a static list), kept current."""
+    """The worker roles' endpoints in one namespace (or a static list), kept current: the
+    shared pool, and the testers each run with a test image has of its own."""
 
     def __init__(self, observer: RequestObserver | None = None) -> None:
+        self._new_tester: Callable[[str], HttpTester] = lambda url: HttpTester(
+            url, observer=observer
+        )
         self.analyzers = RoleClients(lambda url: HttpAnalyzer(url, observer=observer))
         self.generators = RoleClients(lambda url: HttpGenerator(url, observer=observer))
-        self.testers = RoleClients(lambda url: HttpTester(url, observer=observer))
+        self.testers = RoleClients(self._new_tester)
         self._by_role: dict[Role, RoleClients[Any]] = {
             Role.analyzer: self.analyzers,
             Role.generator: self.generators,
             Role.tester: self.testers,
         }
+        # Each run's own tester URLs as last seen, and the clients of the runs this
+        # coordinator works on: one object per run until it ends, since its workflow holds it.
+        self._run_urls: dict[str, list[str]] = {}
+        self._run_testers: dict[str, RoleClients[HttpTester]] = {}
         self._changed = threading.Condition()
 
     def set_endpoints(self, role: Role, urls: Sequence[str]) -> None:
@@ -113,20 +125,50 @@ class RoleDirectory:
         with self._changed:
             self._changed.notify_all()
 
+    def set_run_testers(self, urls_by_run: Mapping[str, Sequence[str]]) -> None:
+        """Every run's own tester endpoints; a run left out has none (now)."""
+        with self._changed:
+            self._run_urls = {run: sorted(set(urls)) for run, urls in urls_by_run.items()}
+            for run, clients in self._run_testers.items():
+                clients.update(self._run_urls.get(run, []))
+            self._changed.notify_all()
+
+    def testers_for(self, run: str | None) -> RoleClients[HttpTester]:
+        """The testers of `run` alone; None: the shared pool."""
+        if run is None:
+            return self.testers
+        with self._changed:
+            clients = self._run_testers.get(run)
+            if clients is None:
+                clients = self._run_testers[run] = RoleClients(self._new_tester)
+                clients.update(self._run_urls.get(run, []))
+            return clients
+
+    def forget_run(self, run: str) -> None:
+        """The run has ended: its testers' clients go (a later run of its name starts anew)."""
+        with self._changed:
+            clients = self._run_testers.pop(run, None)
+        if clients is not None:
+            clients.close()
+
     def endpoints(self, role: Role) -> list[str]:
         return self._by_role[role].urls()
 
-    def missing_roles(self) -> list[Role]:
-        return [role for role in WORKER_ROLES if not self._by_role[role].ready()]
+    def missing_roles(self, run: str | None = None) -> list[Role]:
+        """Worker roles without an endpoint; with `run`, its own testers stand for the pool's."""
+        clients = {**self._by_role, Role.tester: self.testers_for(run)}
+        return [role for role in WORKER_ROLES if not clients[role].ready()]
 
-    def wait_for_roles(self, timeout_seconds: float) -> list[Role]:
+    def wait_for_roles(self, timeout_seconds: float, run: str | None = None) -> list[Role]:
         """Wait until every worker role has an endpoint; returns those still missing."""
         with self._changed:
-            self._changed.wait_for(lambda: not self.missing_roles(), timeout=timeout_seconds)
-        return self.missing_roles()
+            self._changed.wait_for(lambda: not self.missing_roles(run), timeout=timeout_seconds)
+        return self.missing_roles(run)
 
     def close(self) -> None:
-        for clients in self._by_role.values():
+        with self._changed:
+            run_testers, self._run_testers = list(self._run_testers.values()), {}
+        for clients in [*self._by_role.values(), *run_testers]:
             clients.close()
 
     @classmethod
@@ -168,7 +210,8 @@ class ClusterDiscovery:
         self.directory = RoleDirectory(observer)
         self._api = api
         self._lock = threading.RLock()
-        self._replica_roles: dict[str, Role] = {}  # TarsReplica (= Service) name -> role
+        # TarsReplica (= Service) name -> its role, and the run it belongs to (None: shared).
+        self._replicas: dict[str, tuple[Role, str | None]] = {}
         self._slices: dict[str, tuple[str, list[str]]] = {}  # slice name -> (service, urls)
         self._stopping = threading.Event()
         self._threads = [
@@ -248,14 +291,15 @@ class ClusterDiscovery:
     def _replica_event(self, kind: str, payload: Any, full: bool) -> None:
         with self._lock:
             if full:
-                self._replica_roles = {}
+                self._replicas = {}
             for replica in payload if full else [payload]:
-                name = replica["metadata"]["name"]
+                metadata = replica["metadata"]
                 role = _worker_role(replica.get("spec", {}).get("role"))
                 if kind == "DELETED" or role is None:
-                    self._replica_roles.pop(name, None)
+                    self._replicas.pop(metadata["name"], None)
                 else:
-                    self._replica_roles[name] = role
+                    run = (metadata.get("labels") or {}).get(RUN_LABEL)
+                    self._replicas[metadata["name"]] = (role, run)
         self._publish()
 
     def _slice_event(self, kind: str, payload: Any, full: bool) -> None:
@@ -277,12 +321,18 @@ class ClusterDiscovery:
         # Under the lock throughout: two watchers publishing at once cannot leave a stale view.
         with self._lock:
             by_role: dict[Role, list[str]] = {role: [] for role in WORKER_ROLES}
+            by_run: dict[str, list[str]] = {}
             for service, urls in self._slices.values():
-                role = self._replica_roles.get(service)
-                if role is not None:
+                role, run = self._replicas.get(service, (None, None))
+                if role is None:
+                    continue
+                if run is None:
                     by_role[role].extend(urls)
+                elif role is Role.tester:
+                    by_run.setdefault(run, []).extend(urls)
             for role, urls in by_role.items():
                 self.directory.set_endpoints(role, urls)
+            self.directory.set_run_testers(by_run)
 
 
 def _worker_role(value: object) -> Role | None:

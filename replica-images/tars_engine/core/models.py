@@ -245,9 +245,13 @@ class SandboxUse(WireModel):
 
 
 class EnvironmentUse(WireModel):
-    """The virtualenv one test run used: made for it now, or found in the tester's cache."""
+    """What one test run ran in: a virtualenv made for it now or found in the tester's cache,
+    or the test image's own interpreter."""
 
-    digest: str = Field(description="sha256 of the project's dependency files and the settings")
+    digest: str = Field(
+        description="what identifies it: the sha256 of the project's dependency files and the "
+        "settings, or the test image's reference"
+    )
     reused: bool = Field(description="made by an earlier run with the same digest")
     seconds: float = Field(ge=0, description="how long making it took (or failing to)")
     detail: str = Field(description="one line: what made it, or why it could not be made")
@@ -283,7 +287,7 @@ class TestRequest(WireModel):
     @property
     def longest_seconds(self) -> float:
         """How long the tester may take: the tests, and making their environment first."""
-        setup = self.environment.timeout_seconds if self.environment else 0
+        setup = self.environment.setup_seconds if self.environment else 0
         return self.timeout_seconds + setup
 
 

@@ -1,4 +1,5 @@
-"""The virtualenv a run's tests need, made from the package index the run names.
+"""The environment a run's tests need: a virtualenv made from the package index the run
+names, or the interpreter of the test image the run's own tester runs.
 
 Without one the tests run with the tester's own interpreter, which holds TARS and pytest
 and nothing a project depends on. With one, the tester makes a virtualenv: the project
@@ -14,6 +15,10 @@ the network (pip needs the index) and with only the run's directory and the virt
 writable. Pip sees only the index the run names: its configuration files and the tester's
 own index settings are left out. A virtualenv is complete only once its record is written
 (a tester killed half way leaves one that the next run removes and makes again).
+
+A run with a test image is tested only by a tester replica of that image (the operator
+makes one for the run, the coordinator sends it that run's tests and no other's): its own
+interpreter has what the tests import, so nothing is made.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import sys
@@ -94,6 +100,17 @@ class PreparedEnvironment:
     """The setup step that failed; empty when the virtualenv is usable."""
     output: str
     """What the failed step printed."""
+
+
+def image_environment(spec: TestEnvironment) -> PreparedEnvironment:
+    """A test image's own interpreter: the image holds what the tests need, nothing is made."""
+    image = spec.image or ""
+    detail = (
+        f"image {image}: its own Python {platform.python_version()} ({sys.executable}), "
+        "no virtualenv made"
+    )
+    use = EnvironmentUse(digest=image, reused=False, seconds=0.0, detail=detail)
+    return PreparedEnvironment(use, Path(sys.executable), [], "")
 
 
 def dependency_files(project: Path) -> list[Path]:

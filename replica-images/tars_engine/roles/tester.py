@@ -52,6 +52,7 @@ from tars_engine.roles.sandbox import (
 from tars_engine.roles.test_environment import (
     EnvironmentCache,
     PreparedEnvironment,
+    image_environment,
     setup_variables,
 )
 
@@ -359,6 +360,8 @@ class Tester:
         """The run's virtualenv, or the failed result that says why there is none."""
         assert request.environment is not None
         spec = request.environment
+        if spec.image is not None:
+            return image_environment(spec)
         refusal: list[SandboxUse] = []
 
         def run_step(step: list[str], venv: Path, seconds_left: float) -> GroupOutcome:
