@@ -89,6 +89,8 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     try:
         with node.ContainerNode(plane, node_dir, node_state) as running:
             yield running
+    except node.NodeBusyError as busy:
+        pytest.fail(str(busy), pytrace=False)
     finally:
         controlplane.down(state_dir / "control-plane")
         shutil.rmtree(node_state, ignore_errors=True)
@@ -109,9 +111,7 @@ def image_engine() -> images.Engine:
 
 @pytest.fixture(scope="session")
 def load_node_image(
-    container_node: node.ContainerNode,
-    image_engine: images.Engine,
-    tmp_path_factory: pytest.TempPathFactory,
+    container_node: node.ContainerNode, image_engine: images.Engine
 ) -> Callable[[str], str]:
     """Loads an image `make images` built into the node's runtime; returns its reference."""
     problem = image_engine.available()
@@ -119,11 +119,7 @@ def load_node_image(
         missing_component(problem)
 
     def load(reference: str) -> str:
-        if reference not in container_node.images():
-            archive = tmp_path_factory.mktemp("node-image") / "image.tar"
-            image_engine.call("save", "-o", str(archive), reference)
-            container_node.import_archive_file(archive)
-            archive.unlink()
+        container_node.load_built_image(image_engine, reference)
         return reference
 
     return load

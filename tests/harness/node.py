@@ -16,7 +16,9 @@ is made here from the node's own `pause` binary. The binaries come from `make no
 (hack/build-node.sh) through TARS_NODE_DIR; the CNI plugins are Debian's.
 
 The kubelet's cgroups (`/kubepods`) and the pods' bridge are machine-wide, so one node runs
-on a machine at a time (`NODE_LOCK`).
+on a machine at a time (`NODE_LOCK`). Its holder writes who it is into the lock: a test
+session frees the node when it ends, so others wait for it; `make dev-up` keeps it until
+`make dev-down`, so others fail at once, saying so.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +44,10 @@ from types import TracebackType
 from typing import Self
 
 from kubernetes import client, config
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tests.harness import controlplane
+from tests.harness.images import Engine
 from tests.harness.tools import stop_process
 
 BINARIES = (
@@ -65,12 +71,97 @@ BRIDGE = "tars0"
 NODE_IP = "10.244.0.1"
 # The containerd namespace the CRI plugin keeps Kubernetes' images and containers in.
 CRI_NAMESPACE = "k8s.io"
+# What the CRI makes of an image reference that names no registry (`tars-replica:0.1.0`).
+UNQUALIFIED_IMAGE_PREFIX = "docker.io/library/"
 NODE_LOCK = Path("/tmp/tars-selfcoding-node.lock")
 READY_SECONDS = 120
 
 
 class NodeError(RuntimeError):
     """The node could not be started; the message says why and where its logs are."""
+
+
+class NodeBusyError(NodeError):
+    """Another holder keeps the node until it is told to free it; the message says how."""
+
+
+class NodeHolder(BaseModel):
+    """Who holds NODE_LOCK, as its holder writes it into the lock file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    purpose: str
+    released_by: str | None = None
+    """What frees the node when its holder keeps it until told (`make dev-down`); None for a
+    holder that frees it when it ends, which others wait for."""
+
+
+def session_holder() -> NodeHolder:
+    return NodeHolder(pid=os.getpid(), purpose=f"a test session ({' '.join(sys.argv)})")
+
+
+class NodeLock:
+    """NODE_LOCK held by HOLDER (a context manager): waits for a holder that frees the node by
+    itself, and raises NodeBusyError at once for one that keeps it until told."""
+
+    def __init__(self, holder: NodeHolder, path: Path = NODE_LOCK) -> None:
+        self.holder, self.path = holder, path
+        self._descriptor: int | None = None
+
+    def __enter__(self) -> Self:
+        descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            current = _written_holder(descriptor)
+            if current is not None and current.released_by is not None:
+                os.close(descriptor)
+                raise NodeBusyError(node_busy_message(current)) from None
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, self.holder.model_dump_json().encode(), 0)
+        self._descriptor = descriptor
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def node_busy_message(holder: NodeHolder) -> str:
+    freed = holder.released_by or "it ends"
+    return f"the node is held by {holder.purpose} (pid {holder.pid}) until {freed}"
+
+
+def current_holder(path: Path = NODE_LOCK) -> NodeHolder | None:
+    """Who holds the lock at PATH now; None when nobody does (or its holder has not said yet)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _written_holder(descriptor)
+    finally:
+        os.close(descriptor)
+    return None
+
+
+def _written_holder(descriptor: int) -> NodeHolder | None:
+    written = os.pread(descriptor, 4096, 0)
+    try:
+        return NodeHolder.model_validate_json(written) if written else None
+    except ValidationError:
+        # A holder of an older checkout, which writes nothing, or one still writing.
+        return None
 
 
 def missing_build(bin_dir: Path) -> str | None:
@@ -266,10 +357,16 @@ def _kube_proxy_config(kubeconfig: Path) -> dict[str, object]:
 class ContainerNode:
     """A node named NODE_NAME in PLANE's cluster, running pods as containers (a context manager)."""
 
-    def __init__(self, plane: controlplane.ControlPlane, bin_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self,
+        plane: controlplane.ControlPlane,
+        bin_dir: Path,
+        state_dir: Path,
+        holder: NodeHolder | None = None,
+    ) -> None:
         self.plane, self.bin_dir, self.state_dir = plane, bin_dir, state_dir
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock: int | None = None
+        self._lock = NodeLock(holder or session_holder())
 
     # --- images -------------------------------------------------------------------------
 
@@ -297,6 +394,23 @@ class ContainerNode:
         """Loads an image archive file (`docker save`, `podman save`) into the node's runtime."""
         self.ctr("images", "import", "--all-platforms", str(archive))
 
+    def load_built_image(self, engine: Engine, reference: str) -> None:
+        """Loads REFERENCE, an image `make images` built, unless the runtime has it already."""
+        if reference in self.images():
+            return
+        with tempfile.TemporaryDirectory(prefix="tars-node-image-") as scratch:
+            archive = Path(scratch) / "image.tar"
+            engine.call("save", "-o", str(archive), reference)
+            self.import_archive_file(archive)
+
+    def tag_unqualified(self, reference: str) -> str:
+        """Also names REFERENCE (`localhost/tars-replica:0.1.0`) as its name without the
+        registry, which pods that name it so (the chart's defaults) get; returns that name."""
+        unqualified = UNQUALIFIED_IMAGE_PREFIX + reference.rpartition("/")[2]
+        if unqualified != reference:
+            self.ctr("images", "tag", "--force", reference, unqualified)
+        return unqualified
+
     def images(self) -> list[str]:
         return self.ctr("images", "list", "--quiet").split()
 
@@ -307,8 +421,7 @@ class ContainerNode:
     # --- lifecycle ----------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self._lock = os.open(NODE_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock.__enter__()
         self._clear_leftovers()
         try:
             self._start()
@@ -456,9 +569,7 @@ class ContainerNode:
             os.kill(pid, signal.SIGKILL)
         _unmount_below(self.state_dir)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._lock.__exit__(None, None, None)
 
     def _clear_leftovers(self) -> None:
         """Ends what a node killed before its clean-up left running (a test session killed).

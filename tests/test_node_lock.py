@@ -1,0 +1,87 @@
+"""The node lock between real processes: a holder that keeps the node until told (`make
+dev-up`) makes others fail at once, naming it; one that frees it by itself (a test session)
+is waited for. A lock file of the test's own, so the machine's node is not involved."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.harness.kubectl import REPOSITORY
+from tests.harness.node import NodeBusyError, NodeHolder, NodeLock, current_holder
+
+# Holds the lock at argv[1] as the holder in argv[2] until its stdin closes, then writes
+# argv[3] and frees the lock by exiting.
+HOLDER_PROCESS = """
+import sys
+from pathlib import Path
+from tests.harness.node import NodeHolder, NodeLock
+with NodeLock(NodeHolder.model_validate_json(sys.argv[2]), Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+    Path(sys.argv[3]).write_text("released")
+"""
+
+
+def hold(lock: Path, holder: NodeHolder, released: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_PROCESS, str(lock), holder.model_dump_json(), str(released)],
+        cwd=REPOSITORY,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "held\n"
+    return process
+
+
+def release(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0
+
+
+def test_a_node_kept_until_dev_down_fails_others_at_once_naming_its_holder(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "node.lock"
+    dev_up = NodeHolder(pid=1, purpose="`make dev-up` (/r/.dev)", released_by="`make dev-down`")
+    holder = hold(lock, dev_up, tmp_path / "released")
+    try:
+        assert current_holder(lock) == dev_up
+        with pytest.raises(NodeBusyError) as busy, NodeLock(NodeHolder(pid=2, purpose="t"), lock):
+            pytest.fail("the lock was taken while dev-up held it")
+        assert str(busy.value) == (
+            "the node is held by `make dev-up` (/r/.dev) (pid 1) until `make dev-down`"
+        )
+    finally:
+        release(holder)
+    assert current_holder(lock) is None
+
+
+def test_a_test_session_holding_the_node_is_waited_for(tmp_path: Path) -> None:
+    lock, released = tmp_path / "node.lock", tmp_path / "released"
+    session = NodeHolder(pid=1, purpose="a test session")
+    holder = hold(lock, session, released)
+    waiter = NodeHolder(pid=2, purpose="the waiting session")
+    seen: list[object] = []
+
+    def take() -> None:
+        with NodeLock(waiter, lock):
+            seen.append(released.read_text() if released.exists() else "taken while held")
+            seen.append(current_holder(lock))
+
+    taking = threading.Thread(target=take)
+    try:
+        assert current_holder(lock) == session
+        taking.start()
+    finally:
+        release(holder)
+    taking.join(timeout=60)
+    # Inside, `current_holder` opens the file anew, and that descriptor's lock conflicts
+    # with the waiter's own, so it reads the record the waiter wrote.
+    assert seen == ["released", waiter]
