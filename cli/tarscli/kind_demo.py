@@ -145,6 +145,11 @@ def provider_here() -> Provider:
     )
 
 
+def kind_environment(provider: Provider) -> dict[str, str]:
+    """What kind's commands need in their environment to run the node with PROVIDER."""
+    return {KIND_PROVIDER_ENV: provider.value} if provider is Provider.podman else {}
+
+
 def kind_steps(
     repository: Path,
     workspace: KindWorkspace,
@@ -154,7 +159,7 @@ def kind_steps(
     cluster_name: str = KIND_CLUSTER,
 ) -> list[Step]:
     """Build both images, create the kind cluster and load the images into its node."""
-    kind_env = {KIND_PROVIDER_ENV: provider.value} if provider is Provider.podman else {}
+    kind_env = kind_environment(provider)
     create = ["kind", "create", "cluster", "--name", cluster_name]
     create += ["--config", str(workspace.cluster_config)]
     if node_image is not None:

@@ -115,6 +115,11 @@ class NodeLock:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             current = _written_holder(descriptor)
+            if current is not None and current.pid == os.getpid():
+                os.close(descriptor)
+                raise NodeBusyError(
+                    f"this process holds the node already, as {current.purpose}"
+                ) from None
             if current is not None and current.released_by is not None:
                 os.close(descriptor)
                 raise NodeBusyError(node_busy_message(current)) from None
