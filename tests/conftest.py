@@ -88,7 +88,7 @@ def kind_dir() -> Path:
 def node_held() -> Iterator[None]:
     """The machine's node lock, for a test whose cluster runs beside no node (kind's)."""
     try:
-        with node.NodeLock(node.session_holder()):
+        with node.holding_node(node.session_holder()):
             yield
     except node.NodeBusyError as busy:
         pytest.fail(str(busy), pytrace=False)

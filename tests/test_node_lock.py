@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.harness.kubectl import REPOSITORY
-from tests.harness.node import NodeBusyError, NodeHolder, NodeLock, current_holder
+from tests.harness.node import NodeBusyError, NodeHolder, current_holder, holding_node
 
 # Holds the lock at argv[1] as the holder in argv[2] until its stdin closes, then writes
 # argv[3] and frees the lock by exiting.
 HOLDER_PROCESS = """
 import sys
 from pathlib import Path
-from tests.harness.node import NodeHolder, NodeLock
-with NodeLock(NodeHolder.model_validate_json(sys.argv[2]), Path(sys.argv[1])):
+from tests.harness.node import NodeHolder, holding_node
+with holding_node(NodeHolder.model_validate_json(sys.argv[2]), Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
     Path(sys.argv[3]).write_text("released")
@@ -53,7 +53,10 @@ def test_a_node_kept_until_dev_down_fails_others_at_once_naming_its_holder(
     holder = hold(lock, dev_up, tmp_path / "released")
     try:
         assert current_holder(lock) == dev_up
-        with pytest.raises(NodeBusyError) as busy, NodeLock(NodeHolder(pid=2, purpose="t"), lock):
+        with (
+            pytest.raises(NodeBusyError) as busy,
+            holding_node(NodeHolder(pid=2, purpose="t"), lock),
+        ):
             pytest.fail("the lock was taken while dev-up held it")
         assert str(busy.value) == (
             "the node is held by `make dev-up` (/r/.dev) (pid 1) until `make dev-down`"
@@ -71,7 +74,7 @@ def test_a_test_session_holding_the_node_is_waited_for(tmp_path: Path) -> None:
     seen: list[object] = []
 
     def take() -> None:
-        with NodeLock(waiter, lock):
+        with holding_node(waiter, lock):
             seen.append(released.read_text() if released.exists() else "taken while held")
             seen.append(current_holder(lock))
 

@@ -102,14 +102,14 @@ def session_holder() -> NodeHolder:
 
 
 class NodeLock:
-    """NODE_LOCK held by HOLDER (a context manager): waits for a holder that frees the node by
-    itself, and raises NodeBusyError at once for one that keeps it until told."""
+    """The lock at PATH (NODE_LOCK), taken for HOLDER: `acquire` waits for a holder that frees
+    the node by itself, and raises NodeBusyError at once for one that keeps it until told."""
 
     def __init__(self, holder: NodeHolder, path: Path = NODE_LOCK) -> None:
         self.holder, self.path = holder, path
         self._descriptor: int | None = None
 
-    def __enter__(self) -> Self:
+    def acquire(self) -> None:
         descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,17 +127,22 @@ class NodeLock:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, self.holder.model_dump_json().encode(), 0)
         self._descriptor = descriptor
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def release(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
             self._descriptor = None
+
+
+@contextmanager
+def holding_node(holder: NodeHolder, path: Path = NODE_LOCK) -> Iterator[None]:
+    """The node lock held for HOLDER meanwhile (NodeLock)."""
+    lock = NodeLock(holder, path)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def node_busy_message(holder: NodeHolder) -> str:
@@ -426,7 +431,7 @@ class ContainerNode:
     # --- lifecycle ----------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self._lock.__enter__()
+        self._lock.acquire()
         self._clear_leftovers()
         try:
             self._start()
@@ -574,7 +579,7 @@ class ContainerNode:
             os.kill(pid, signal.SIGKILL)
         _unmount_below(self.state_dir)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
-        self._lock.__exit__(None, None, None)
+        self._lock.release()
 
     def _clear_leftovers(self) -> None:
         """Ends what a node killed before its clean-up left running (a test session killed).
