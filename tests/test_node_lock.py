@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.kubectl import REPOSITORY
-from tests.harness.node import NodeBusyError, NodeHolder, current_holder, holding_node
+from tests.harness.node import NodeBusyError, NodeHolder, NodeLock, current_holder, holding_node
 
 # Holds the lock at argv[1] as the holder in argv[2] until its stdin closes, then writes
 # argv[3] and frees the lock by exiting.
@@ -88,3 +88,23 @@ def test_a_test_session_holding_the_node_is_waited_for(tmp_path: Path) -> None:
     # Inside, `current_holder` opens the file anew, and that descriptor's lock conflicts
     # with the waiter's own, so it reads the record the waiter wrote.
     assert seen == ["released", waiter]
+
+
+def test_a_holder_that_wrote_no_record_is_named_from_the_kernels_list(tmp_path: Path) -> None:
+    """An older checkout's node takes the lock and writes nothing into it."""
+    lock = tmp_path / "node.lock"
+    silent = subprocess.Popen(
+        ["flock", str(lock), "sh", "-c", "echo held; cat >/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert silent.stdout is not None and silent.stdout.readline() == "held\n"
+        found = current_holder(lock)
+        assert found is not None and found.pid == silent.pid
+        assert found.purpose == f"`flock {lock} sh -c echo held; cat >/dev/null`"
+        with pytest.raises(NodeBusyError, match=f"pid {silent.pid}"):
+            NodeLock(NodeHolder(pid=2, purpose="dev-up"), lock, wait=False).acquire()
+    finally:
+        release(silent)

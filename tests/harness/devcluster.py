@@ -132,7 +132,10 @@ def serve_node(state_dir: Path, node_dir: Path, images_dir: Path) -> None:
     node_state = Path(tempfile.mkdtemp(prefix="tars-dev-node-"))
     node_state.chmod(0o755)
     try:
-        with node.ContainerNode(plane, node_dir, node_state, holder) as running:
+        # `up` found the node free; should another have taken it since, this fails at once.
+        with node.ContainerNode(
+            plane, node_dir, node_state, holder, wait_for_node=False
+        ) as running:
             engine = images.Engine(images.load_build(images_dir))
             loaded = []
             for reference in (engine.build.operator, engine.build.replica):

@@ -103,10 +103,11 @@ def session_holder() -> NodeHolder:
 
 class NodeLock:
     """The lock at PATH (NODE_LOCK), taken for HOLDER: `acquire` waits for a holder that frees
-    the node by itself, and raises NodeBusyError at once for one that keeps it until told."""
+    the node by itself (unless not WAIT), and raises NodeBusyError at once for one that keeps
+    it until told."""
 
-    def __init__(self, holder: NodeHolder, path: Path = NODE_LOCK) -> None:
-        self.holder, self.path = holder, path
+    def __init__(self, holder: NodeHolder, path: Path = NODE_LOCK, *, wait: bool = True) -> None:
+        self.holder, self.path, self.wait = holder, path, wait
         self._descriptor: int | None = None
 
     def acquire(self) -> None:
@@ -120,9 +121,12 @@ class NodeLock:
                 raise NodeBusyError(
                     f"this process holds the node already, as {current.purpose}"
                 ) from None
-            if current is not None and current.released_by is not None:
+            if not self.wait or (current is not None and current.released_by is not None):
                 os.close(descriptor)
-                raise NodeBusyError(node_busy_message(current)) from None
+                current = current or current_holder(self.path)
+                raise NodeBusyError(
+                    node_busy_message(current) if current else "the node is held"
+                ) from None
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, self.holder.model_dump_json().encode(), 0)
@@ -151,7 +155,7 @@ def node_busy_message(holder: NodeHolder) -> str:
 
 
 def current_holder(path: Path = NODE_LOCK) -> NodeHolder | None:
-    """Who holds the lock at PATH now; None when nobody does (or its holder has not said yet)."""
+    """Who holds the lock at PATH now; None when nobody does."""
     try:
         descriptor = os.open(path, os.O_RDWR)
     except FileNotFoundError:
@@ -159,9 +163,26 @@ def current_holder(path: Path = NODE_LOCK) -> NodeHolder | None:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _written_holder(descriptor)
+        return _written_holder(descriptor) or _lock_owner(path)
     finally:
         os.close(descriptor)
+    return None
+
+
+def _lock_owner(path: Path) -> NodeHolder | None:
+    """The holder of PATH's lock as the kernel lists it (/proc/locks), for a holder that wrote
+    no record of itself (a checkout older than the records); None when it is gone."""
+    inode = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # A waiter's line reads `N: -> FLOCK ...`.
+        if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[1] == str(inode):
+            pid = int(fields[4])
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            except FileNotFoundError:
+                return None
+            return NodeHolder(pid=pid, purpose=f"`{command.decode(errors='replace')}`")
     return None
 
 
@@ -373,10 +394,12 @@ class ContainerNode:
         bin_dir: Path,
         state_dir: Path,
         holder: NodeHolder | None = None,
+        *,
+        wait_for_node: bool = True,
     ) -> None:
         self.plane, self.bin_dir, self.state_dir = plane, bin_dir, state_dir
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock = NodeLock(holder or session_holder())
+        self._lock = NodeLock(holder or session_holder(), wait=wait_for_node)
 
     # --- images -------------------------------------------------------------------------
 
