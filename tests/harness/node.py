@@ -82,7 +82,8 @@ class NodeError(RuntimeError):
 
 
 class NodeBusyError(NodeError):
-    """Another holder keeps the node until it is told to free it; the message says how."""
+    """The node is held by another, and not to be waited for: its holder keeps it until told
+    (the message says how), or the caller does not wait."""
 
 
 class NodeHolder(BaseModel):
