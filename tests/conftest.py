@@ -87,11 +87,14 @@ def kind_dir() -> Path:
 @pytest.fixture
 def node_held() -> Iterator[None]:
     """The machine's node lock, for a test whose cluster runs beside no node (kind's)."""
+    busy = None
     try:
         with node.holding_node(node.session_holder()):
             yield
-    except node.NodeBusyError as busy:
-        pytest.fail(str(busy), pytrace=False)
+    except node.NodeBusyError as error:
+        busy = str(error)
+    if busy:
+        pytest.fail(busy, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -124,14 +127,18 @@ def container_node(
     # a user namespace of their own have their root filesystems in here.
     node_state = Path(tempfile.mkdtemp(prefix="tars-node-"))
     node_state.chmod(0o755)
+    busy = None
     try:
         with node.ContainerNode(plane, node_dir, node_state) as running:
             yield running
-    except node.NodeBusyError as busy:
-        pytest.fail(str(busy), pytrace=False)
+    except node.NodeBusyError as error:
+        busy = str(error)
     finally:
         controlplane.down(state_dir / "control-plane")
         shutil.rmtree(node_state, ignore_errors=True)
+    # Outside the handler, so that the one line is all a failing test shows.
+    if busy:
+        pytest.fail(busy, pytrace=False)
 
 
 @pytest.fixture(scope="session")
