@@ -116,7 +116,7 @@ class NodeLock:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            current = _written_holder(descriptor)
+            current = _holder(descriptor)
             if current is not None and current.pid == os.getpid():
                 os.close(descriptor)
                 raise NodeBusyError(
@@ -124,7 +124,6 @@ class NodeLock:
                 ) from None
             if not self.wait or (current is not None and current.released_by is not None):
                 os.close(descriptor)
-                current = current or current_holder(self.path)
                 raise NodeBusyError(
                     node_busy_message(current) if current else "the node is held"
                 ) from None
@@ -135,6 +134,8 @@ class NodeLock:
 
     def release(self) -> None:
         if self._descriptor is not None:
+            # A holder of an older checkout writes no record, and must not seem to be this one.
+            os.ftruncate(self._descriptor, 0)
             os.close(self._descriptor)
             self._descriptor = None
 
@@ -164,21 +165,25 @@ def current_holder(path: Path = NODE_LOCK) -> NodeHolder | None:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _written_holder(descriptor) or _lock_owner(path)
+        return _holder(descriptor)
     finally:
         os.close(descriptor)
     return None
 
 
-def _lock_owner(path: Path) -> NodeHolder | None:
-    """The holder of PATH's lock as the kernel lists it (/proc/locks), for a holder that wrote
-    no record of itself (a checkout older than the records); None when it is gone."""
-    inode = os.stat(path).st_ino
+def _holder(descriptor: int) -> NodeHolder | None:
+    """The holder of the lock on DESCRIPTOR's file: its record where the kernel's list of
+    locks (/proc/locks) has the same owner, else that owner, named by its command line (a
+    holder of an older checkout writes no record); None when it is gone."""
+    written = _written_holder(descriptor)
+    inode = os.fstat(descriptor).st_ino
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
         # A waiter's line reads `N: -> FLOCK ...`.
         if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[1] == str(inode):
             pid = int(fields[4])
+            if written is not None and written.pid == pid:
+                return written
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
             except FileNotFoundError:
