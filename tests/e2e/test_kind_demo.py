@@ -262,7 +262,7 @@ def test_kind_demo_in_a_kind_cluster_of_its_own(
         # kind writes the cluster's context here, not into the user's kubeconfig.
         "KUBECONFIG": str(kubeconfig),
         "COLUMNS": "200",
-        **{f"HELM_{kind}_HOME": str(tmp_path / "helm") for kind in ("CACHE", "CONFIG", "DATA")},
+        **{f"HELM_{part}_HOME": str(tmp_path / "helm") for part in ("CACHE", "CONFIG", "DATA")},
     }
     delete = [str(kind_dir / "bin" / "kind"), "delete", "cluster", "--name", KIND_TEST_CLUSTER]
     workspace = KindWorkspace.of(REPOSITORY, KIND_TEST_CLUSTER)
