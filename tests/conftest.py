@@ -5,7 +5,8 @@ small model, and the project's images.
 Each is started once per session, and only when a test asks for one of its fixtures;
 tests that don't need it never start it. The builds come from `make tools` through
 TARS_TOOLS_DIR, from `make node` through TARS_NODE_DIR, from `make ollama` through
-TARS_OLLAMA_DIR and from `make images` through TARS_IMAGES_DIR (`make test` sets them all).
+TARS_OLLAMA_DIR and from `make images` through TARS_IMAGES_DIR (`make test` sets them all),
+kind's from `make kind` through TARS_KIND_DIR (`make test-kind`).
 Without them these tests skip, except under CI=true where they fail.
 """
 
@@ -38,14 +39,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.controlplane)
 
 
-def _build_or_skip(variable: str, problem_with: Callable[[Path], str | None], make: str) -> Path:
+def _build_or_skip(
+    variable: str,
+    problem_with: Callable[[Path], str | None],
+    make: str,
+    runner: str = "make test",
+) -> Path:
     """The directory `variable` names, once it holds what the tests need.
 
     Without it a test skips, except under CI=true, where a missing real component fails.
     """
     value = os.environ.get(variable, "")
     if not value:
-        problem = f"{variable} is not set; run the tests with `make test` (it runs `{make}`)"
+        problem = f"{variable} is not set; run the tests with `{runner}` (it runs `{make}`)"
     else:
         problem = problem_with(Path(value)) or ""
     if problem:
@@ -58,10 +64,44 @@ def _missing_tools(tools_dir: Path) -> str | None:
     return f"{tools_dir} lacks {', '.join(missing)}; run `make tools`" if missing else None
 
 
+def _missing_kind(kind_dir: Path) -> str | None:
+    if not os.access(kind_dir / "bin" / "kind", os.X_OK) or not (kind_dir / "node-image").is_file():
+        return f"{kind_dir} lacks bin/kind or node-image; run `make kind`"
+    if shutil.which("podman") is None and shutil.which("docker") is None:
+        return "kind runs its node with docker or podman, and neither is here; run `make kind`"
+    return None
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.ControlPlane]:
+def tools_dir() -> Path:
+    """The pinned control plane's binaries, kubectl and helm (`make tools`)."""
+    return _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
+
+
+@pytest.fixture(scope="session")
+def kind_dir() -> Path:
+    """kind, its node image's name and what built them (`make kind`)."""
+    return _build_or_skip("TARS_KIND_DIR", _missing_kind, "make kind", "make test-kind")
+
+
+@pytest.fixture
+def node_held() -> Iterator[None]:
+    """The machine's node lock, for a test whose cluster runs beside no node (kind's)."""
+    busy = None
+    try:
+        with node.holding_node(node.session_holder()):
+            yield
+    except node.NodeBusyError as error:
+        busy = str(error)
+    if busy:
+        pytest.fail(busy, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tools_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[controlplane.ControlPlane]:
     """A running control plane: `.kubeconfig` (admin), `.server`, `.tools_dir`, `.state_dir`."""
-    tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     state_dir = tmp_path_factory.mktemp("controlplane")
     plane = controlplane.up(state_dir, tools_dir)
     try:
@@ -71,14 +111,15 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
 
 
 @pytest.fixture(scope="session")
-def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.ContainerNode]:
+def container_node(
+    tools_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[node.ContainerNode]:
     """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
     kube-scheduler, whose API server pods reach at the `kubernetes` Service.
 
     Not the session's `control_plane`: its API server advertises loopback, which pods cannot
     reach, and its tests rely on nothing running the pods they create.
     """
-    tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
     state_dir = tmp_path_factory.mktemp("node-cluster")
     plane = controlplane.up(state_dir / "control-plane", tools_dir, advertise_address=node.NODE_IP)
@@ -86,12 +127,18 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     # a user namespace of their own have their root filesystems in here.
     node_state = Path(tempfile.mkdtemp(prefix="tars-node-"))
     node_state.chmod(0o755)
+    busy = None
     try:
         with node.ContainerNode(plane, node_dir, node_state) as running:
             yield running
+    except node.NodeBusyError as error:
+        busy = str(error)
     finally:
         controlplane.down(state_dir / "control-plane")
         shutil.rmtree(node_state, ignore_errors=True)
+    # Outside the handler, so that the one line is all a failing test shows.
+    if busy:
+        pytest.fail(busy, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +156,7 @@ def image_engine() -> images.Engine:
 
 @pytest.fixture(scope="session")
 def load_node_image(
-    container_node: node.ContainerNode,
-    image_engine: images.Engine,
-    tmp_path_factory: pytest.TempPathFactory,
+    container_node: node.ContainerNode, image_engine: images.Engine
 ) -> Callable[[str], str]:
     """Loads an image `make images` built into the node's runtime; returns its reference."""
     problem = image_engine.available()
@@ -119,11 +164,7 @@ def load_node_image(
         missing_component(problem)
 
     def load(reference: str) -> str:
-        if reference not in container_node.images():
-            archive = tmp_path_factory.mktemp("node-image") / "image.tar"
-            image_engine.call("save", "-o", str(archive), reference)
-            container_node.import_archive_file(archive)
-            archive.unlink()
+        container_node.load_built_image(image_engine, reference)
         return reference
 
     return load

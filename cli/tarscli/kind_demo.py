@@ -2,7 +2,7 @@
 
 `--kind` builds both images with hack/build-images.sh, creates a kind cluster from
 examples/kind/cluster.yaml whose node mounts a git copy of the sample project (under
-.dev/kind-demo, owned by the replicas' user) at /srv/tars/sample-project, and loads the
+.dev/kind-<cluster>, owned by the replicas' user) at /srv/tars/sample-project, and loads the
 images into it. kind runs its node with docker when a docker daemon answers, else with
 podman (kind's podman provider); `--kind-node-image` names the node image, for machines
 that cannot pull kind's own (`make kind-demo` builds one with hack/kind/build-kind.sh).
@@ -57,7 +57,9 @@ COMMAND_TIMEOUT_SECONDS = 1800
 KIND_PROVIDER_ENV = "KIND_EXPERIMENTAL_PROVIDER"
 IMAGE_ENGINE_ENV = "TARS_IMAGE_ENGINE"
 DOCKER_INFO_TIMEOUT_SECONDS = 10
-# kind bind-mounts the host's kernel modules into its node.
+# kind's docker and podman providers bind-mount the host's kernel modules into every node,
+# whatever the cluster's config says, and a container whose mount source is missing does not
+# start.
 HOST_MODULES = Path("/lib/modules")
 # podman and buildah qualify an unqualified local tag with this registry.
 PODMAN_LOCAL_REGISTRY = "localhost"
@@ -91,8 +93,9 @@ class KindWorkspace:
     root: Path
 
     @classmethod
-    def of(cls, repository: Path) -> KindWorkspace:
-        return cls(repository / ".dev" / "kind-demo")
+    def of(cls, repository: Path, cluster_name: str = KIND_CLUSTER) -> KindWorkspace:
+        """One per cluster: each mounts a copy of its own, which its runs commit into."""
+        return cls(repository / ".dev" / f"kind-{cluster_name}")
 
     @property
     def project(self) -> Path:
@@ -142,6 +145,11 @@ def provider_here() -> Provider:
     )
 
 
+def kind_environment(provider: Provider) -> dict[str, str]:
+    """What kind's commands need in their environment to run the node with PROVIDER."""
+    return {KIND_PROVIDER_ENV: provider.value} if provider is Provider.podman else {}
+
+
 def kind_steps(
     repository: Path,
     workspace: KindWorkspace,
@@ -151,7 +159,7 @@ def kind_steps(
     cluster_name: str = KIND_CLUSTER,
 ) -> list[Step]:
     """Build both images, create the kind cluster and load the images into its node."""
-    kind_env = {KIND_PROVIDER_ENV: provider.value} if provider is Provider.podman else {}
+    kind_env = kind_environment(provider)
     create = ["kind", "create", "cluster", "--name", cluster_name]
     create += ["--config", str(workspace.cluster_config)]
     if node_image is not None:
@@ -287,12 +295,18 @@ def chart_step(
     return Step(f"install the chart in namespace {namespace}", tuple(argv))
 
 
+def kind_context(cluster_name: str) -> str:
+    """The kube-context kind writes for the cluster."""
+    return f"kind-{cluster_name}"
+
+
 def demo_steps(
     repository: Path,
     *,
     kind: bool,
     provider: Provider = Provider.docker,
     node_image: str | None = None,
+    cluster_name: str = KIND_CLUSTER,
     namespace: str = DEMO_NAMESPACE,
     helm: str = "helm",
     kubeconfig: Path | None = None,
@@ -303,10 +317,14 @@ def demo_steps(
     steps = []
     if kind:
         steps = kind_steps(
-            repository, KindWorkspace.of(repository), provider, node_image=node_image
+            repository,
+            KindWorkspace.of(repository, cluster_name),
+            provider,
+            node_image=node_image,
+            cluster_name=cluster_name,
         )
         settings = [*image_settings(provider), *settings]
-        context = context or f"kind-{KIND_CLUSTER}"
+        context = context or kind_context(cluster_name)
     return [
         *steps,
         chart_step(
@@ -339,6 +357,23 @@ def coordinator_replica(namespace: str, project_path: str) -> TarsReplica:
     )
     replica.spec.volumes = [ReplicaVolume(name=PROJECT_VOLUME, host_path=project_path)]
     return replica
+
+
+def ensure_host_modules(console: Console) -> None:
+    """An empty HOST_MODULES where the kernel has none: the node loads no module, it only
+    needs the mount's source to exist."""
+    if HOST_MODULES.is_dir():
+        return
+    if os.geteuid() != 0:
+        fail(
+            f"kind mounts {HOST_MODULES} into its node and this machine has none: "
+            f"sudo mkdir -p {HOST_MODULES}, then run the demo again"
+        )
+    console.print(
+        f"creating an empty {HOST_MODULES}: this kernel has no modules directory, "
+        "and kind mounts it into its node"
+    )
+    HOST_MODULES.mkdir(parents=True)
 
 
 def _execute(step: Step, repository: Path, console: Console) -> None:
@@ -389,6 +424,7 @@ def run_demo(
     kind: bool,
     node_image: str | None,
     project_path: str,
+    cluster_name: str = KIND_CLUSTER,
     namespace: str,
     helm: str,
     kubeconfig: Path | None,
@@ -404,6 +440,7 @@ def run_demo(
         kind=kind,
         provider=provider,
         node_image=node_image,
+        cluster_name=cluster_name,
         namespace=namespace,
         helm=helm,
         kubeconfig=kubeconfig,
@@ -415,12 +452,9 @@ def run_demo(
             typer.echo(str(step))
         return
     if kind:
-        if not HOST_MODULES.is_dir():
-            fail(
-                f"kind mounts {HOST_MODULES} into its node; this machine has none: mkdir -p {HOST_MODULES}"
-            )
-        prepare_workspace(repository, KindWorkspace.of(repository), console)
-        context = context or f"kind-{KIND_CLUSTER}"
+        ensure_host_modules(console)
+        prepare_workspace(repository, KindWorkspace.of(repository, cluster_name), console)
+        context = context or kind_context(cluster_name)
     for step in steps:
         _execute(step, repository, console)
     cluster = connect(kubeconfig, context, namespace)

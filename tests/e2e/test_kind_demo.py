@@ -1,10 +1,12 @@
-"""The cluster demo: the kind commands as data, for podman and for docker, and `--cluster`
+"""The cluster demo: the kind commands as data, for podman and for docker; `--cluster`
 for real against a cluster with a real node: the chart's operator pod, the four replicas
 (containers from the images of `make images`), a volume run on a copy of the sample
-project, its diff."""
+project, its diff; and `--kind` for real (`-m kind`, `make test-kind`): a kind cluster of
+its own from the node image of `make kind`, deleted afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,26 +17,46 @@ from pathlib import Path
 import pytest
 import yaml
 from tars_api.names import NON_ROOT_ID
+from tars_api.run import RunPhase, SelfCodingRun
 from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.errors import CliError
 from tarscli.kind_demo import (
+    DEMO_NAMESPACE,
     KIND_CLUSTER,
     NODE_PROJECT_PATH,
     KindWorkspace,
     Provider,
     cluster_config,
     demo_steps,
+    kind_context,
+    kind_environment,
     pick_provider,
+    provider_here,
 )
 
 from tests.harness.e2e import SAMPLE_PROJECT
+from tests.harness.images import Engine
 from tests.harness.kubectl import REPOSITORY, Kubectl
 from tests.harness.node import ContainerNode
-from tests.harness.tools import git, git_init
+from tests.harness.tools import git, git_init, run_tool
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
 BUILD_IMAGES = REPOSITORY / "hack" / "build-images.sh"
 VALUES = yaml.safe_load((REPOSITORY / "charts" / "tars" / "values.yaml").read_text())
+# Not the demo's own cluster, which a user may have up.
+KIND_TEST_CLUSTER = "tars-kind-test"
+# Creating the cluster, loading both images and the run, each bounded by the demo itself.
+KIND_DEMO_SECONDS = 2400
+# What each replica pod's container says of itself: its uid, and whether / takes a file.
+POD_SELF_REPORT = """
+import os
+try:
+    open("/tars-probe", "w")
+    root = "writable"
+except OSError as error:
+    root = os.strerror(error.errno)
+print(os.getuid(), root)
+"""
 
 
 def test_kind_with_podman_builds_creates_saves_loads_then_installs() -> None:
@@ -222,3 +244,76 @@ def test_kind_and_cluster_exclude_each_other(flags: list[str]) -> None:
     )
     assert result.returncode != 0
     assert result.stderr.strip() == "error: --kind and --cluster exclude each other"
+
+
+@pytest.mark.kind
+@pytest.mark.timeout(KIND_DEMO_SECONDS + 300)
+def test_kind_demo_in_a_kind_cluster_of_its_own(
+    kind_dir: Path, tools_dir: Path, image_engine: Engine, node_held: None, tmp_path: Path
+) -> None:
+    """`tarscli demo self-code-demo --kind` as `make kind-demo` runs it; the run and the
+    replica pods seen through the kind cluster's kubeconfig; the cluster deleted after."""
+    kubeconfig = tmp_path / "kubeconfig"
+    environment = {
+        **os.environ,
+        **kind_environment(provider_here()),
+        "PATH": f"{kind_dir / 'bin'}:{tools_dir}:{os.environ.get('PATH', '')}",
+        "CONTAINERS_CONF": str(image_engine.build.containers_conf),
+        # kind writes the cluster's context here, not into the user's kubeconfig.
+        "KUBECONFIG": str(kubeconfig),
+        "COLUMNS": "200",
+        **{f"HELM_{part}_HOME": str(tmp_path / "helm") for part in ("CACHE", "CONFIG", "DATA")},
+    }
+    delete = [str(kind_dir / "bin" / "kind"), "delete", "cluster", "--name", KIND_TEST_CLUSTER]
+    workspace = KindWorkspace.of(REPOSITORY, KIND_TEST_CLUSTER)
+    # What a test killed before its clean-up left.
+    run_tool(delete, env=environment, timeout=300)
+    shutil.rmtree(workspace.root, ignore_errors=True)
+
+    def kubectl(*arguments: str) -> str:
+        return run_tool(
+            [str(tools_dir / "kubectl"), f"--kubeconfig={kubeconfig}",
+             f"--context={kind_context(KIND_TEST_CLUSTER)}", "-n", DEMO_NAMESPACE, *arguments],
+            timeout=120,
+        ).stdout  # fmt: skip
+
+    try:
+        result = subprocess.run(
+            [
+                str(TARSCLI), "demo", "self-code-demo", "--kind",
+                "--kind-cluster", KIND_TEST_CLUSTER,
+                "--kind-node-image", (kind_dir / "node-image").read_text().strip(),
+            ],
+            capture_output=True, text=True, env=environment, timeout=KIND_DEMO_SECONDS,
+            check=False,
+        )  # fmt: skip
+        print(result.stdout[-6000:], result.stderr[-3000:])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "--- a/ledgerly/" in result.stdout
+
+        runs = json.loads(kubectl("get", "selfcodingruns", "-o", "json"))["items"]
+        assert len(runs) == 1
+        run = SelfCodingRun.model_validate(runs[0])
+        assert run.status is not None and run.status.phase is RunPhase.succeeded
+        assert run.status.statistics.improvements_applied > 0
+        project = workspace.project
+        commits = run_tool(
+            ["git", "-c", f"safe.directory={project}", "-C", str(project), "log", "--format=%s"]
+        ).stdout.splitlines()
+        assert len(commits) == 1 + run.status.statistics.improvements_applied
+
+        pods = json.loads(kubectl("get", "pods", "-o", "json"))["items"]
+        running = [pod["metadata"]["name"] for pod in pods if pod["status"]["phase"] == "Running"]
+        # The operator and the four role replicas.
+        assert len(running) >= 5, [pod["metadata"]["name"] for pod in pods]
+        for pod in running:
+            report = kubectl("exec", pod, "--", "python", "-c", POD_SELF_REPORT)
+            assert report.strip().split(" ", 1) == [str(NON_ROOT_ID), "Read-only file system"], pod
+    finally:
+        if kubeconfig.exists():
+            print(run_tool(
+                [str(tools_dir / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "pods", "-A",
+                 "-o", "wide"], check=False, timeout=120,
+            ).stdout)  # fmt: skip
+        run_tool(delete, env=environment, timeout=300)
+        shutil.rmtree(workspace.root, ignore_errors=True)

@@ -75,12 +75,13 @@ class ControlPlane(BaseModel):
         return self.state_dir / "pki" / "ca.crt"
 
 
-def tools_dir_from_env() -> Path:
-    """The directory holding the built binaries, from TARS_TOOLS_DIR."""
-    value = os.environ.get("TARS_TOOLS_DIR", "")
+def directory_from_env(variable: str = "TARS_TOOLS_DIR", make_target: str = "tools") -> Path:
+    """The directory of a build, from VARIABLE (the built binaries: TARS_TOOLS_DIR)."""
+    value = os.environ.get(variable, "")
     if not value:
         raise DevClusterError(
-            "TARS_TOOLS_DIR is not set; run `make tools` and point it at the directory it prints"
+            f"{variable} is not set; run `make {make_target}` and point it at the directory "
+            "it prints"
         )
     return Path(value)
 
@@ -246,7 +247,9 @@ def log_file(state_dir: Path, component: str) -> Path:
     return state_dir / "logs" / f"{component}.log"
 
 
-def _start(state_dir: Path, component: str, argv: list[str]) -> int:
+def start_detached(
+    state_dir: Path, component: str, argv: list[str], cwd: Path | None = None
+) -> int:
     """Starts ARGV detached from this process (it outlives `up`) and records its pid."""
     log = log_file(state_dir, component)
     # The shell starts the command in the background and exits, so the component is not a
@@ -254,6 +257,7 @@ def _start(state_dir: Path, component: str, argv: list[str]) -> int:
     launcher = subprocess.run(
         ["/bin/sh", "-c", '"$@" >"$TARS_LOG" 2>&1 </dev/null & echo $!', "sh", *argv],
         env={**os.environ, "TARS_LOG": str(log)},
+        cwd=cwd,
         capture_output=True,
         text=True,
         start_new_session=True,
@@ -265,7 +269,7 @@ def _start(state_dir: Path, component: str, argv: list[str]) -> int:
     return pid
 
 
-def _is_running(pid: int, binary: Path) -> bool:
+def is_running(pid: int, binary: Path) -> bool:
     """Whether PID is alive and still runs BINARY (pids get reused)."""
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -281,20 +285,20 @@ def _is_running(pid: int, binary: Path) -> bool:
 
 
 def _stop(pid: int, binary: Path, grace_seconds: float) -> None:
-    if not _is_running(pid, binary):
+    if not is_running(pid, binary):
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
-        if not _is_running(pid, binary):
+        if not is_running(pid, binary):
             return
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
-    while _is_running(pid, binary):
+    while is_running(pid, binary):
         time.sleep(0.05)
 
 
-def _log_tail(log: Path, lines: int = 15) -> str:
+def log_tail(log: Path, lines: int = 15) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
@@ -333,9 +337,9 @@ def _wait_until(
         if ready():
             return
         for component, (pid, binary) in watched.items():
-            if not _is_running(pid, binary):
+            if not is_running(pid, binary):
                 log = log_file(state_dir, component)
-                tail = _log_tail(log)
+                tail = log_tail(log)
                 error = PortTakenError if "address already in use" in tail else DevClusterError
                 raise error(
                     f"{component} exited while waiting for {description}; "
@@ -359,7 +363,7 @@ def load(state_dir: Path) -> ControlPlane | None:
 
 def is_up(plane: ControlPlane) -> bool:
     return all(
-        _is_running(pid, plane.tools_dir / component) for component, pid in plane.pids.items()
+        is_running(pid, plane.tools_dir / component) for component, pid in plane.pids.items()
     )
 
 
@@ -445,7 +449,7 @@ def _launch(
 
     def start(component: str, arguments: list[str]) -> None:
         binary = tools_dir / component
-        pids[component] = _start(state_dir, component, [str(binary), *arguments])
+        pids[component] = start_detached(state_dir, component, [str(binary), *arguments])
         watched[component] = (pids[component], binary)
 
     try:
@@ -546,7 +550,7 @@ def _launch(
             state_dir=state_dir,
         )
     except BaseException:
-        _stop_recorded(state_dir)
+        stop_recorded(state_dir)
         raise
     return ControlPlane(
         state_dir=state_dir,
@@ -577,17 +581,27 @@ def _advertising(advertise_address: str | None) -> list[str]:
     ]
 
 
-def _stop_recorded(state_dir: Path, grace_seconds: float = 10) -> bool:
-    """Stops every process with a pid file in STATE_DIR; returns whether there was any."""
+def recorded_process(state_dir: Path, component: str) -> tuple[int, Path] | None:
+    """The pid and binary `start_detached` recorded for COMPONENT, if it recorded any."""
+    try:
+        pid, binary = _pid_file(state_dir, component).read_text().split(maxsplit=1)
+    except FileNotFoundError:
+        return None
+    return int(pid), Path(binary.strip())
+
+
+def stop_recorded(
+    state_dir: Path, components: Iterable[str] = COMPONENTS, grace_seconds: float = 10
+) -> bool:
+    """Stops COMPONENTS where STATE_DIR has their pid files, in order; returns whether there
+    was any."""
     stopped_any = False
-    for component in COMPONENTS:
-        pid_file = _pid_file(state_dir, component)
-        try:
-            pid, binary = pid_file.read_text().split(maxsplit=1)
-        except FileNotFoundError:
+    for component in components:
+        recorded = recorded_process(state_dir, component)
+        if recorded is None:
             continue
-        _stop(int(pid), Path(binary.strip()), grace_seconds)
-        pid_file.unlink()
+        _stop(*recorded, grace_seconds)
+        _pid_file(state_dir, component).unlink()
         stopped_any = True
     return stopped_any
 
@@ -595,7 +609,7 @@ def _stop_recorded(state_dir: Path, grace_seconds: float = 10) -> bool:
 def down(state_dir: Path) -> bool:
     """Stops what `up` started in STATE_DIR (safe to repeat); returns whether anything was."""
     state_dir = state_dir.resolve()
-    stopped_any = _stop_recorded(state_dir)
+    stopped_any = stop_recorded(state_dir)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return stopped_any
 
@@ -617,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "up":
-            plane = up(arguments.state_dir, tools_dir_from_env(), timeout_seconds=arguments.timeout)
+            plane = up(arguments.state_dir, directory_from_env(), timeout_seconds=arguments.timeout)
             print(f"control plane up at {plane.server}; export KUBECONFIG={plane.kubeconfig}")
         elif down(arguments.state_dir):
             print(f"control plane in {arguments.state_dir} stopped")

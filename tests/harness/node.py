@@ -16,7 +16,9 @@ is made here from the node's own `pause` binary. The binaries come from `make no
 (hack/build-node.sh) through TARS_NODE_DIR; the CNI plugins are Debian's.
 
 The kubelet's cgroups (`/kubepods`) and the pods' bridge are machine-wide, so one node runs
-on a machine at a time (`NODE_LOCK`).
+on a machine at a time (`NODE_LOCK`). Its holder writes who it is into the lock: a test
+session frees the node when it ends, so others wait for it; `make dev-up` keeps it until
+`make dev-down`, so others fail at once, saying so.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +44,10 @@ from types import TracebackType
 from typing import Self
 
 from kubernetes import client, config
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tests.harness import controlplane
+from tests.harness.images import Engine
 from tests.harness.tools import stop_process
 
 BINARIES = (
@@ -65,12 +71,134 @@ BRIDGE = "tars0"
 NODE_IP = "10.244.0.1"
 # The containerd namespace the CRI plugin keeps Kubernetes' images and containers in.
 CRI_NAMESPACE = "k8s.io"
+# What the CRI makes of an image reference that names no registry (`tars-replica:0.1.0`).
+UNQUALIFIED_IMAGE_PREFIX = "docker.io/library/"
 NODE_LOCK = Path("/tmp/tars-selfcoding-node.lock")
 READY_SECONDS = 120
 
 
 class NodeError(RuntimeError):
     """The node could not be started; the message says why and where its logs are."""
+
+
+class NodeBusyError(NodeError):
+    """The node is held by another, and not to be waited for: its holder keeps it until told
+    (the message says how), or the caller does not wait."""
+
+
+class NodeHolder(BaseModel):
+    """Who holds NODE_LOCK, as its holder writes it into the lock file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    purpose: str
+    released_by: str | None = None
+    """What frees the node when its holder keeps it until told (`make dev-down`); None for a
+    holder that frees it when it ends, which others wait for."""
+
+
+def session_holder() -> NodeHolder:
+    return NodeHolder(pid=os.getpid(), purpose=f"a test session ({' '.join(sys.argv)})")
+
+
+class NodeLock:
+    """The lock at PATH (NODE_LOCK), taken for HOLDER: `acquire` waits for a holder that frees
+    the node by itself (unless not WAIT), and raises NodeBusyError at once for one that keeps
+    it until told."""
+
+    def __init__(self, holder: NodeHolder, path: Path = NODE_LOCK, *, wait: bool = True) -> None:
+        self.holder, self.path, self.wait = holder, path, wait
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            current = _holder(descriptor)
+            if current is not None and current.pid == os.getpid():
+                os.close(descriptor)
+                raise NodeBusyError(
+                    f"this process holds the node already, as {current.purpose}"
+                ) from None
+            if not self.wait or (current is not None and current.released_by is not None):
+                os.close(descriptor)
+                raise NodeBusyError(
+                    node_busy_message(current) if current else "the node is held"
+                ) from None
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, self.holder.model_dump_json().encode(), 0)
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            # A holder of an older checkout writes no record, and must not seem to be this one.
+            os.ftruncate(self._descriptor, 0)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+@contextmanager
+def holding_node(holder: NodeHolder, path: Path = NODE_LOCK) -> Iterator[None]:
+    """The node lock held for HOLDER meanwhile (NodeLock)."""
+    lock = NodeLock(holder, path)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def node_busy_message(holder: NodeHolder) -> str:
+    freed = holder.released_by or "it ends"
+    return f"the node is held by {holder.purpose} (pid {holder.pid}) until {freed}"
+
+
+def current_holder(path: Path = NODE_LOCK) -> NodeHolder | None:
+    """Who holds the lock at PATH now; None when nobody does."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(descriptor)
+    finally:
+        os.close(descriptor)
+    return None
+
+
+def _holder(descriptor: int) -> NodeHolder | None:
+    """The holder of the lock on DESCRIPTOR's file: its record where the kernel's list of
+    locks (/proc/locks) has the same owner, else that owner, named by its command line (a
+    holder of an older checkout writes no record); None when it is gone."""
+    written = _written_holder(descriptor)
+    inode = os.fstat(descriptor).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # A waiter's line reads `N: -> FLOCK ...`.
+        if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[1] == str(inode):
+            pid = int(fields[4])
+            if written is not None and written.pid == pid:
+                return written
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            except FileNotFoundError:
+                return None
+            return NodeHolder(pid=pid, purpose=f"`{command.decode(errors='replace')}`")
+    return None
+
+
+def _written_holder(descriptor: int) -> NodeHolder | None:
+    written = os.pread(descriptor, 4096, 0)
+    try:
+        return NodeHolder.model_validate_json(written) if written else None
+    except ValidationError:
+        # A holder of an older checkout, which writes nothing, or one still writing.
+        return None
 
 
 def missing_build(bin_dir: Path) -> str | None:
@@ -266,10 +394,18 @@ def _kube_proxy_config(kubeconfig: Path) -> dict[str, object]:
 class ContainerNode:
     """A node named NODE_NAME in PLANE's cluster, running pods as containers (a context manager)."""
 
-    def __init__(self, plane: controlplane.ControlPlane, bin_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self,
+        plane: controlplane.ControlPlane,
+        bin_dir: Path,
+        state_dir: Path,
+        holder: NodeHolder | None = None,
+        *,
+        wait_for_node: bool = True,
+    ) -> None:
         self.plane, self.bin_dir, self.state_dir = plane, bin_dir, state_dir
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock: int | None = None
+        self._lock = NodeLock(holder or session_holder(), wait=wait_for_node)
 
     # --- images -------------------------------------------------------------------------
 
@@ -297,6 +433,23 @@ class ContainerNode:
         """Loads an image archive file (`docker save`, `podman save`) into the node's runtime."""
         self.ctr("images", "import", "--all-platforms", str(archive))
 
+    def load_built_image(self, engine: Engine, reference: str) -> None:
+        """Loads REFERENCE, an image `make images` built, unless the runtime has it already."""
+        if reference in self.images():
+            return
+        with tempfile.TemporaryDirectory(prefix="tars-node-image-") as scratch:
+            archive = Path(scratch) / "image.tar"
+            engine.call("save", "-o", str(archive), reference)
+            self.import_archive_file(archive)
+
+    def tag_unqualified(self, reference: str) -> str:
+        """Also names REFERENCE (`localhost/tars-replica:0.1.0`) as its name without the
+        registry, which pods that name it so (the chart's defaults) get; returns that name."""
+        unqualified = UNQUALIFIED_IMAGE_PREFIX + reference.rpartition("/")[2]
+        if unqualified != reference:
+            self.ctr("images", "tag", "--force", reference, unqualified)
+        return unqualified
+
     def images(self) -> list[str]:
         return self.ctr("images", "list", "--quiet").split()
 
@@ -307,8 +460,7 @@ class ContainerNode:
     # --- lifecycle ----------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self._lock = os.open(NODE_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock.acquire()
         self._clear_leftovers()
         try:
             self._start()
@@ -456,9 +608,7 @@ class ContainerNode:
             os.kill(pid, signal.SIGKILL)
         _unmount_below(self.state_dir)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._lock.release()
 
     def _clear_leftovers(self) -> None:
         """Ends what a node killed before its clean-up left running (a test session killed).

@@ -45,6 +45,14 @@ def self_code_demo(
             help="The kind node image (default: kind's own); make kind-demo builds one.",
         ),
     ] = None,
+    kind_cluster: Annotated[
+        str,
+        typer.Option(
+            "--kind-cluster",
+            metavar="NAME",
+            help="The kind cluster's name; its project copy is .dev/kind-NAME.",
+        ),
+    ] = kind_demo.KIND_CLUSTER,
     in_cluster: Annotated[
         bool,
         typer.Option(
@@ -91,6 +99,7 @@ def self_code_demo(
         kind_demo.repository_root(),
         kind=kind,
         node_image=kind_node_image,
+        cluster_name=kind_cluster,
         project_path=project_path,
         namespace=namespace or kind_demo.DEMO_NAMESPACE,
         helm=helm,
