@@ -52,16 +52,17 @@ dev-down: ## Stop what dev-up started: the node's pods and processes, then the c
 crds: install ## Regenerate crds/*.yaml from the API models
 	$(PY) -m tars_api.crdgen crds
 
-# The kind test (pytest -m kind) is left out unless KIND=1; then it runs after the others, in a
-# session of its own: it holds the machine's node lock, which their node holds until they end.
-test: install tools node ollama images ## Run the test suite against a real control plane and node, Ollama and the images (KIND=1: and test-kind)
+# The kind test (pytest -m kind) runs after the others, in a session of its own: it holds the
+# machine's node lock, which their node holds until they end. KIND=0 leaves it out.
+KIND ?= 1
+test: install tools node ollama images $(if $(filter 1,$(KIND)),kind) ## Run the test suite against a real control plane and node, Ollama and the images, then test-kind (KIND=0: without it)
 	$(VENV)/bin/lint-imports
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
 	TARS_NODE_DIR="$$(hack/build-node.sh | tail -n 1)" \
 	TARS_OLLAMA_DIR="$$(PYTHON=$(PY) hack/build-ollama.sh | tail -n 1)" \
 	TARS_IMAGES_DIR="$$(hack/build-images.sh | tail -n 1)" \
 	$(PY) -m pytest -m "not kind" $(PYTEST_ARGS)
-	$(if $(KIND),$(MAKE) --no-print-directory test-kind)
+	$(if $(filter 1,$(KIND)),$(MAKE) --no-print-directory test-kind)
 
 test-kind: install tools images kind ## The kind demo's test: tarscli demo self-code-demo --kind in a kind cluster of its own
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
