@@ -1,4 +1,4 @@
-"""The words the API's specs are written in: roles, engines and the default model.
+"""The words the API's specs are written in: roles, engines, the default model and index.
 
 They live here, at the bottom of the project, because a TarsReplica's `spec.role` and a
 SelfCodingRun's `spec.engine` are API fields; the engine and the operator import them.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 
 DEFAULT_MODEL = "llama3"
+# Where a run's test environment installs from unless its spec names another index.
+DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
 
 
 class Role(str, enum.Enum):

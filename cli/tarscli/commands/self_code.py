@@ -1,7 +1,7 @@
 """`tarscli self-code`: SelfCodingRun objects in a cluster — setup, start, status, stop, diff, apply.
 
-The group also holds the commands that run on this machine (`run`, `improve`; tarscli.app
-adds them from tarscli.commands.local), and `status` and `stop` take `--local` for them.
+The group also holds the commands that run on this machine (`run`, `improve`, added here
+from tarscli.commands.local), and `status` and `stop` take `--local` for them.
 """
 
 from __future__ import annotations
@@ -10,23 +10,21 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
-from tars_api.names import CLI_LABELS
-from tars_api.replica import TarsReplica
-from tars_api.run import DEFAULT_PACKAGE_INDEX, SelfCodingRun, TestEnvironment
-from tars_api.vocabulary import EngineName, Role, SandboxMode
+from tars_api.vocabulary import DEFAULT_PACKAGE_INDEX, EngineName, SandboxMode
 
-from tarscli import cluster_ops, coordinator_access, options, output, views
+from tarscli import options, output
 from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
-from tarscli.kube import connect
-from tarscli.local_ops import env_names
-from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
+
+if TYPE_CHECKING:
+    from tars_api.run import TestEnvironment
+
+# The modules that reach a cluster, read a project or render a run are imported inside the
+# commands that use them: importing them all took most of a short command's time.
 
 app = TarsTyper(
     help=(
@@ -88,6 +86,14 @@ def setup(
     as they are), waits until all four are Ready, and reports whether the generator's
     Ollama server has the model that runs with --engine ollama need.
     """
+    from tars_api.names import CLI_LABELS
+    from tars_api.replica import TarsReplica
+    from tars_api.vocabulary import Role
+
+    from tarscli import cluster_ops, coordinator_access
+    from tarscli.api_client import ApiError
+    from tarscli.kube import connect
+
     cluster = connect(kubeconfig, context, namespace)
     deadline = time.monotonic() + timeout
     if install_crds_flag:
@@ -114,9 +120,9 @@ def setup(
     # After the replicas: a user who may create those but not RBAC (the chart made the
     # account) gets the replicas and a warning.
     try:
-        for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+        for line in coordinator_access.ensure(cluster.api, cluster.namespace):
             typer.echo(line)
-    except ApiException as error:
+    except ApiError as error:
         if error.status != 403:
             raise
         typer.echo(
@@ -147,6 +153,9 @@ def test_environment(
     install: bool, extras: list[str] | None, setup_command: str | None, package_index: str | None
 ) -> TestEnvironment | None:
     """The run's testEnvironment from the start options; None when none asks for one."""
+    from pydantic import ValidationError
+    from tars_api.run import TestEnvironment
+
     if not (install or extras or setup_command is not None or package_index is not None):
         return None
     settings: dict[str, object] = {}
@@ -274,6 +283,11 @@ def start(
     directory). Its files (git-tracked plus untracked, not ignored) are uploaded in a
     ConfigMap that the run owns, so deleting the run removes the upload too.
     """
+    from tarscli import cluster_ops, views
+    from tarscli.kube import connect
+    from tarscli.local_ops import env_names
+    from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
+
     cwd = Path.cwd()
     root = project_root(cwd)
     relative_targets = resolve_targets(root, cwd, targets)
@@ -341,14 +355,19 @@ def status(
     if local:
         local_runs.status_local(output_format)
         return
+    from tars_api.run import SelfCodingRun
+
+    from tarscli import cluster_ops, views
+    from tarscli.kube import connect
+
     cluster = connect(kubeconfig, context, namespace)
     run = cluster_ops.resolve_run(cluster, run_name)
     if follow:
         try:
             if output_format is output.OutputFormat.table:
-                run = cluster_ops.follow_run(cluster, run.name, output.console()) or run
+                run = cluster_ops.follow_run(cluster, run.name, output.console(), run) or run
             else:
-                cluster_ops.follow_documents(cluster, run.name, output_format)
+                cluster_ops.follow_documents(cluster, run.name, output_format, run)
                 return
         except KeyboardInterrupt:
             typer.echo(
@@ -377,6 +396,9 @@ def stop(
     if local:
         local_runs.stop_local()
         return
+    from tarscli import cluster_ops, views
+    from tarscli.kube import connect
+
     cluster = connect(kubeconfig, context, namespace)
     run = cluster_ops.resolve_run(cluster, run_name)
     if run.is_terminal:
@@ -401,6 +423,9 @@ def diff(
     namespace: options.NamespaceOption = None,
 ) -> None:
     """Print the patch of a run's accepted improvements (for review or `git apply`)."""
+    from tarscli import cluster_ops
+    from tarscli.kube import connect
+
     cluster = connect(kubeconfig, context, namespace)
     patch = cluster_ops.report_patch(cluster, cluster_ops.resolve_run(cluster, run_name))
     typer.echo(patch, nl=False)
@@ -439,6 +464,10 @@ def apply(
     The patch is checked first (`git apply --check`): when any hunk does not apply,
     nothing is changed.
     """
+    from tarscli import cluster_ops
+    from tarscli.kube import connect
+    from tarscli.upload import project_root
+
     if not project.is_dir():
         fail(f"{project} is not a directory")
     # The patch's paths are relative to the project root the run was started from.
@@ -460,3 +489,8 @@ def apply(
         fail(f"git apply failed after its check passed: {applied.stderr.strip()}")
     files = sorted({line[6:] for line in patch.splitlines() if line.startswith("+++ b/")})
     typer.echo(f"selfcodingrun/{run.name}: applied to {len(files)} file(s): {', '.join(files)}")
+
+
+# After the cluster commands, so that help lists them first.
+app.command("run")(local_runs.run)
+app.command("improve")(local_runs.improve)
