@@ -16,10 +16,9 @@ import string
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from tars_api.meta import ObjectMeta
 from tars_api.names import (
     CLI_LABELS,
@@ -35,7 +34,12 @@ from tarscli import output, views
 from tarscli.api_client import APPLY_PATCH, MERGE_PATCH, ApiError, Unreachable
 from tarscli.errors import CliError, describe_failure, fail, report
 from tarscli.kube import FIELD_MANAGER, Cluster, api_path, watch_events
-from tarscli.upload import ProjectArchive
+
+if TYPE_CHECKING:
+    # Only `start` makes an archive; the module loads the engine's file selection.
+    from rich.console import Console
+
+    from tarscli.upload import ProjectArchive
 
 CREATED_AT_ANNOTATION = "tars.dev/created-at"
 _NAME_ALPHABET = string.ascii_lowercase + string.digits

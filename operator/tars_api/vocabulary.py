@@ -1,4 +1,4 @@
-"""The words the API's specs are written in: roles, engines, the default model and index.
+"""The words the API's specs are written in: roles, engines, and the defaults of a run.
 
 They live here, at the bottom of the project, because a TarsReplica's `spec.role` and a
 SelfCodingRun's `spec.engine` are API fields; the engine and the operator import them.
@@ -11,6 +11,8 @@ import enum
 DEFAULT_MODEL = "llama3"
 # Where a run's test environment installs from unless its spec names another index.
 DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
+# How long one run of a project's tests may take unless a run says otherwise.
+DEFAULT_TEST_TIMEOUT_SECONDS = 600
 
 
 class Role(str, enum.Enum):

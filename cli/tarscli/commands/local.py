@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tars_api.vocabulary import DEFAULT_MODEL, SandboxMode
-from tars_engine.core.state import DEFAULT_TEST_TIMEOUT_SECONDS
+from tars_api.vocabulary import DEFAULT_MODEL, DEFAULT_TEST_TIMEOUT_SECONDS, SandboxMode
 
 from tarscli import options, output
 from tarscli.errors import CliError
