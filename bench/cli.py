@@ -1,0 +1,359 @@
+"""How fast `tarscli` answers, against `kubectl` asking the same API server the same thing.
+
+    .venv/bin/python bench/cli.py [--runs 15] [--watch-seconds 60] [--kubeconfig FILE]
+
+Without --kubeconfig it starts its own control plane (tests.harness.controlplane) with the
+tools from TARS_TOOLS_DIR (or `hack/build-tools.sh`), installs the CRDs, and stops it
+afterwards. In a namespace of its own it creates a SelfCodingRun with a status (conditions,
+statistics, latest results) and the four role TarsReplicas, then, alternating the two
+commands of each pair for --runs rounds after one warm-up each:
+
+- `tarscli self-code status RUN` against `kubectl get scr RUN`;
+- `tarscli replica list` against `kubectl get tr`;
+- `tarscli --help` against `kubectl --help`.
+
+It prints the median wall time of each, their ratio (goal: 1.2 or less) and each command's
+peak RSS (the child's own ru_maxrss, from wait4). Then it follows the run for
+--watch-seconds with `tarscli self-code status RUN --watch` and, as the baseline, with
+`kubectl get scr RUN --watch`, changing the run's status every few seconds meanwhile, and
+prints the requests each made for selfcodingruns by verb (the API server's
+apiserver_request_total; the status changes are the PATCH requests). Last, the slowest
+imports of `python -X importtime -c "import tarscli.app"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+
+from tars_api.meta import Condition, ObjectMeta
+from tars_api.names import DEFAULT_UPLOAD_KEY, REPLICA_PORT
+from tars_api.replica import ReplicaPhase, TarsReplica, TarsReplicaStatus
+from tars_api.run import (
+    RunSource,
+    SelfCodingRun,
+    SelfCodingRunSpec,
+    SelfCodingRunStatus,
+    UploadSource,
+)
+from tars_api.vocabulary import Role
+
+from tests.harness import controlplane
+
+TARSCLI = Path(sys.executable).parent / "tarscli"
+RATIO_GOAL = 1.2
+NAMESPACE = "tars-bench-cli"
+RUN_NAME = "bench-run"
+STATUS_CHANGE_SECONDS = 5
+# apiserver_request_total{...,resource="selfcodingruns",...,verb="GET"} 12
+REQUEST_METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float
+    max_rss_kib: int
+
+
+def tools_dir() -> Path:
+    if os.environ.get("TARS_TOOLS_DIR"):
+        return Path(os.environ["TARS_TOOLS_DIR"])
+    built = subprocess.run(
+        [str(REPOSITORY / "hack" / "build-tools.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def timed(argv: list[str]) -> Timing:
+    """Wall time and peak RSS of one run of `argv`, which must succeed."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    errors = child.stderr.read().decode() if child.stderr else ""
+    if child.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({child.returncode}): {errors}")
+    # Linux reports ru_maxrss in KiB.
+    return Timing(elapsed, usage.ru_maxrss)
+
+
+def compare(ours: list[str], baseline: list[str], runs: int) -> dict[str, float]:
+    """Medians of the two commands, run alternately after one warm-up each."""
+    timed(ours)
+    timed(baseline)
+    mine: list[Timing] = []
+    theirs: list[Timing] = []
+    for _ in range(runs):
+        mine.append(timed(ours))
+        theirs.append(timed(baseline))
+    ours_seconds = statistics.median(item.seconds for item in mine)
+    baseline_seconds = statistics.median(item.seconds for item in theirs)
+    return {
+        "tarscli_seconds": round(ours_seconds, 4),
+        "kubectl_seconds": round(baseline_seconds, 4),
+        "ratio": round(ours_seconds / baseline_seconds, 2),
+        "tarscli_max_rss_mib": round(max(item.max_rss_kib for item in mine) / 1024, 1),
+        "kubectl_max_rss_mib": round(max(item.max_rss_kib for item in theirs) / 1024, 1),
+    }
+
+
+def run_status(step: int) -> dict[str, object]:
+    """A Running run's status as the operator writes it, a little further at every step."""
+    return SelfCodingRunStatus.model_validate({
+        "phase": "Running",
+        "stage": "Testing",
+        "currentFile": f"src/pkg/module_{step}.py",
+        "progress": f"{step}/40",
+        "observedGeneration": 1,
+        "startTime": "2026-01-01T00:00:00Z",
+        "statistics": {
+            "filesTotal": 40,
+            "filesProcessed": step,
+            "improvementsProposed": 2 * step,
+            "improvementsAccepted": step,
+            "testRuns": step + 1,
+        },
+        "conditions": [
+            Condition.make("ReplicasReady", True, "AllRolesReady", "every role has a ready replica").to_dict()
+        ],
+        "latestResults": [
+            {"path": f"src/pkg/module_{index}.py", "outcome": "Accepted", "attempts": 1,
+             "message": "removed an unused import"}
+            for index in range(min(step, 10))
+        ],
+    }).to_dict()  # fmt: skip
+
+
+def replica_status(replica: TarsReplica) -> dict[str, object]:
+    return TarsReplicaStatus(
+        phase=ReplicaPhase.ready,
+        replicas=1,
+        ready_replicas=1,
+        observed_generation=1,
+        endpoint=f"http://{replica.name}.{NAMESPACE}.svc:{REPLICA_PORT}",
+        conditions=[Condition.make("Ready", True, "PodsReady", "1/1 pods ready")],
+    ).to_dict()
+
+
+def create_objects(kubectl: list[str]) -> None:
+    subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+    run = SelfCodingRun(
+        metadata=ObjectMeta(name=RUN_NAME, namespace=NAMESPACE),
+        spec=SelfCodingRunSpec(
+            targets=["src"],
+            source=RunSource(
+                upload=UploadSource(config_map="bench-upload", key=DEFAULT_UPLOAD_KEY)
+            ),
+        ),
+    )
+    replicas = [TarsReplica.build(role.value, role, namespace=NAMESPACE) for role in Role]
+    documents = [run.to_k8s(), *(replica.to_k8s() for replica in replicas)]
+    subprocess.run(
+        [*kubectl, "create", "-f", "-"],
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    patch_status(kubectl, "selfcodingrun", RUN_NAME, run_status(1))
+    for replica in replicas:
+        patch_status(kubectl, "tarsreplica", replica.name, replica_status(replica))
+
+
+def patch_status(kubectl: list[str], kind: str, name: str, status: dict[str, object]) -> None:
+    subprocess.run(
+        [*kubectl, "-n", NAMESPACE, "patch", kind, name, "--subresource=status",
+         "--type=merge", "-p", json.dumps({"status": status})],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def run_requests(kubectl: list[str]) -> Counter[str]:
+    """apiserver_request_total for selfcodingruns, by verb, as the server counts them now."""
+    metrics = subprocess.run(
+        [*kubectl, "get", "--raw", "/metrics"], check=True, capture_output=True, text=True
+    ).stdout
+    counts: Counter[str] = Counter()
+    for line in metrics.splitlines():
+        match = REQUEST_METRIC.match(line)
+        if match is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if labels.get("resource") == "selfcodingruns":
+            counts[labels.get("verb", "?")] += int(float(match["value"]))
+    return counts
+
+
+def watch_requests(kubectl: list[str], argv: list[str], seconds: int) -> dict[str, int]:
+    """The selfcodingruns requests `argv` (a following command) and the status changes made
+    while it runs for `seconds`; the watch's own request is counted when it closes."""
+    before = run_requests(kubectl)
+    follower = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    step = 2
+    while time.monotonic() < deadline:
+        time.sleep(min(STATUS_CHANGE_SECONDS, max(0.0, deadline - time.monotonic())))
+        patch_status(kubectl, "selfcodingrun", RUN_NAME, run_status(step))
+        step += 1
+    follower.send_signal(signal.SIGINT)
+    follower.wait(timeout=30)
+    # The server counts a watch when it ends; give it a moment to see the connection close.
+    time.sleep(2)
+    after = run_requests(kubectl)
+    return {
+        verb: after[verb] - before[verb] for verb in sorted(after) if after[verb] > before[verb]
+    }
+
+
+def import_times(limit: int) -> tuple[float, list[tuple[float, str]]]:
+    """The total and the slowest (cumulative) imports of `import tarscli.app`, in ms."""
+    traced = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import tarscli.app"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    entries: list[tuple[float, str, int]] = []
+    for line in traced.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)", line)
+        if match:
+            entries.append((int(match[1]) / 1000, match[3], len(match[2])))
+    total = sum(cumulative for cumulative, _, depth in entries if depth == 0)
+    slowest = sorted(((cumulative, name) for cumulative, name, _ in entries), reverse=True)
+    return total, slowest[:limit]
+
+
+def bench(
+    kubeconfig: Path, kubectl_binary: Path, runs: int, watch_seconds: int
+) -> dict[str, object]:
+    kubectl = [str(kubectl_binary), f"--kubeconfig={kubeconfig}"]
+    create_objects(kubectl)
+    tarscli = [str(TARSCLI), "--kubeconfig", str(kubeconfig), "-n", NAMESPACE]
+    in_namespace = [*kubectl, "-n", NAMESPACE]
+    figures: dict[str, object] = {
+        "runs": runs,
+        "cores": os.cpu_count(),
+        "status": compare(
+            [str(TARSCLI), "self-code", "status", RUN_NAME, *tarscli[1:]],
+            [*in_namespace, "get", "scr", RUN_NAME],
+            runs,
+        ),
+        "replica_list": compare(
+            [str(TARSCLI), "replica", "list", *tarscli[1:]], [*in_namespace, "get", "tr"], runs
+        ),
+        "help": compare([str(TARSCLI), "--help"], [str(kubectl_binary), "--help"], runs),
+    }
+    if watch_seconds > 0:
+        figures["watch_seconds"] = watch_seconds
+        figures["watch_requests_tarscli"] = watch_requests(
+            kubectl, [str(TARSCLI), "self-code", "status", RUN_NAME, "--watch", *tarscli[1:]],
+            watch_seconds,
+        )  # fmt: skip
+        figures["watch_requests_kubectl"] = watch_requests(
+            kubectl, [*in_namespace, "get", "scr", RUN_NAME, "--watch"], watch_seconds
+        )
+    return figures
+
+
+def report(
+    figures: dict[str, object], import_total: float, slowest: list[tuple[float, str]]
+) -> None:
+    print(f"{figures['runs']} runs of each command, alternating; {figures['cores']} cores")
+    for key, ours, theirs in (
+        ("status", f"tarscli self-code status {RUN_NAME}", f"kubectl get scr {RUN_NAME}"),
+        ("replica_list", "tarscli replica list", "kubectl get tr"),
+        ("help", "tarscli --help", "kubectl --help"),
+    ):
+        pair = figures[key]
+        assert isinstance(pair, dict)
+        print(
+            f"{ours:34} {pair['tarscli_seconds']:.3f} s  {pair['tarscli_max_rss_mib']:5.1f} MiB   "
+            f"{theirs:24} {pair['kubectl_seconds']:.3f} s  {pair['kubectl_max_rss_mib']:5.1f} MiB   "
+            f"ratio {pair['ratio']:.2f} (goal <= {RATIO_GOAL})"
+        )
+    if "watch_seconds" in figures:
+        for tool in ("tarscli", "kubectl"):
+            requests = figures[f"watch_requests_{tool}"]
+            assert isinstance(requests, dict)
+            following = {verb: count for verb, count in requests.items() if verb != "PATCH"}
+            print(
+                f"{tool} following the run for {figures['watch_seconds']} s: "
+                f"{sum(following.values())} selfcodingruns requests {following} "
+                f"while the status changed {requests.get('PATCH', 0)} times"
+            )
+    print(f"import tarscli.app: {import_total:.1f} ms; slowest imports (cumulative ms):")
+    for cumulative, name in slowest:
+        print(f"  {cumulative:8.1f}  {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--runs", type=int, default=15, help="timed runs of each command (default 15)"
+    )
+    parser.add_argument(
+        "--watch-seconds", type=int, default=60,
+        help="how long each command follows the run (default 60; 0 skips it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kubeconfig", type=Path, help="use this cluster (CRDs installed) instead of a fresh one"
+    )
+    parser.add_argument("--imports", type=int, default=15, help="slowest imports to print")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    arguments = parser.parse_args(argv)
+    if arguments.runs < 1 or arguments.watch_seconds < 0:
+        parser.error("--runs must be at least 1 and --watch-seconds at least 0")
+    kubectl_binary = tools_dir() / "kubectl"
+    with tempfile.TemporaryDirectory(prefix="tars-bench-cli-") as state:
+        if arguments.kubeconfig is not None:
+            kubeconfig = arguments.kubeconfig
+        else:
+            plane = controlplane.up(Path(state), tools_dir())
+            kubeconfig = plane.kubeconfig
+            crds = [
+                argument
+                for crd in sorted((REPOSITORY / "crds").glob("*.yaml"))
+                for argument in ("-f", str(crd))
+            ]
+            kubectl = [str(kubectl_binary), f"--kubeconfig={kubeconfig}"]
+            subprocess.run(
+                [*kubectl, "apply", "--server-side", *crds], check=True, capture_output=True
+            )
+            subprocess.run(
+                [*kubectl, "wait", "--for=condition=Established", *crds],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        try:
+            figures = bench(kubeconfig, kubectl_binary, arguments.runs, arguments.watch_seconds)
+        finally:
+            if arguments.kubeconfig is None:
+                controlplane.down(Path(state))
+            else:
+                subprocess.run(
+                    [str(kubectl_binary), f"--kubeconfig={kubeconfig}", "delete", "namespace",
+                     NAMESPACE, "--wait=false"],
+                    check=False, capture_output=True,
+                )  # fmt: skip
+    import_total, slowest = import_times(arguments.imports)
+    if arguments.json:
+        print(json.dumps({**figures, "import_ms": round(import_total, 1)}))
+        return 0
+    report(figures, import_total, slowest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
