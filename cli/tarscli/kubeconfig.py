@@ -33,9 +33,12 @@ EXEC_INFO_VARIABLE = "KUBERNETES_EXEC_INFO"
 
 
 class KubeconfigEntry(BaseModel):
-    """A part of a kubeconfig file: kebab-case keys as kubectl writes them, others ignored."""
+    """A part of a kubeconfig file: kebab-case keys as kubectl writes them, others ignored.
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    Validators are built on first use: most commands never read an ExecCredential.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True, defer_build=True)
 
 
 class ClusterEntry(KubeconfigEntry):
