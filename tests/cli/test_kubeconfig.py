@@ -15,6 +15,8 @@ import pytest
 from tests.harness.cli import Cli, invoke
 from tests.harness.credentials import write_kubeconfig, write_private
 
+pytestmark = pytest.mark.usefixtures("tars_crds")
+
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 
 
