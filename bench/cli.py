@@ -12,13 +12,14 @@ commands of each pair for --runs rounds after one warm-up each:
 - `tarscli replica list` against `kubectl get tr`;
 - `tarscli --help` against `kubectl --help`.
 
-It prints the median wall time of each, their ratio (goal: 1.2 or less) and each command's
-peak RSS (the child's own ru_maxrss, from wait4). Then it follows the run for
+It prints the median wall time of each and their ratio (goal: 1.2 or less), the median CPU
+time (user and system) and its ratio, which load on the machine disturbs less, and each
+command's peak RSS (the child's own ru_maxrss, from wait4). Then it follows the run for
 --watch-seconds with `tarscli self-code status RUN --watch` and, as the baseline, with
 `kubectl get scr RUN --watch`, changing the run's status every few seconds meanwhile, and
 prints the requests each made for selfcodingruns by verb (the API server's
-apiserver_request_total; the status changes are the PATCH requests). Last, the slowest
-imports of `python -X importtime -c "import tarscli.app"`.
+apiserver_request_total, less what the status changes cost). Last, the slowest imports of
+`python -X importtime -c "import tarscli.app"`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ REQUEST_METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<
 @dataclass(frozen=True)
 class Timing:
     seconds: float
+    cpu_seconds: float
     max_rss_kib: int
 
 
@@ -79,7 +81,7 @@ def tools_dir() -> Path:
 
 
 def timed(argv: list[str]) -> Timing:
-    """Wall time and peak RSS of one run of `argv`, which must succeed."""
+    """Wall time, CPU time and peak RSS of one run of `argv`, which must succeed."""
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -89,7 +91,7 @@ def timed(argv: list[str]) -> Timing:
     if child.returncode != 0:
         raise RuntimeError(f"{argv} failed ({child.returncode}): {errors}")
     # Linux reports ru_maxrss in KiB.
-    return Timing(elapsed, usage.ru_maxrss)
+    return Timing(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
 
 
 def compare(ours: list[str], baseline: list[str], runs: int) -> dict[str, float]:
@@ -103,10 +105,15 @@ def compare(ours: list[str], baseline: list[str], runs: int) -> dict[str, float]
         theirs.append(timed(baseline))
     ours_seconds = statistics.median(item.seconds for item in mine)
     baseline_seconds = statistics.median(item.seconds for item in theirs)
+    ours_cpu = statistics.median(item.cpu_seconds for item in mine)
+    baseline_cpu = statistics.median(item.cpu_seconds for item in theirs)
     return {
         "tarscli_seconds": round(ours_seconds, 4),
         "kubectl_seconds": round(baseline_seconds, 4),
         "ratio": round(ours_seconds / baseline_seconds, 2),
+        "tarscli_cpu_seconds": round(ours_cpu, 4),
+        "kubectl_cpu_seconds": round(baseline_cpu, 4),
+        "cpu_ratio": round(ours_cpu / baseline_cpu, 2),
         "tarscli_max_rss_mib": round(max(item.max_rss_kib for item in mine) / 1024, 1),
         "kubectl_max_rss_mib": round(max(item.max_rss_kib for item in theirs) / 1024, 1),
     }
@@ -199,25 +206,34 @@ def run_requests(kubectl: list[str]) -> Counter[str]:
     return counts
 
 
+def change_cost(kubectl: list[str], step: int) -> Counter[str]:
+    """The selfcodingruns requests one status change makes (kubectl patch reads, then patches)."""
+    before = run_requests(kubectl)
+    patch_status(kubectl, "selfcodingrun", RUN_NAME, run_status(step))
+    return run_requests(kubectl) - before
+
+
 def watch_requests(kubectl: list[str], argv: list[str], seconds: int) -> dict[str, int]:
-    """The selfcodingruns requests `argv` (a following command) and the status changes made
-    while it runs for `seconds`; the watch's own request is counted when it closes."""
+    """The selfcodingruns requests `argv` (a following command) makes while it runs for
+    `seconds` and the run's status changes every few seconds (`changes`), less those the
+    changes make themselves. The server counts a watch when it ends."""
+    per_change = change_cost(kubectl, 1)
     before = run_requests(kubectl)
     follower = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + seconds
-    step = 2
+    changes = 0
     while time.monotonic() < deadline:
         time.sleep(min(STATUS_CHANGE_SECONDS, max(0.0, deadline - time.monotonic())))
-        patch_status(kubectl, "selfcodingrun", RUN_NAME, run_status(step))
-        step += 1
+        changes += 1
+        patch_status(kubectl, "selfcodingrun", RUN_NAME, run_status(changes + 1))
     follower.send_signal(signal.SIGINT)
     follower.wait(timeout=30)
-    # The server counts a watch when it ends; give it a moment to see the connection close.
+    # Give the server a moment to see the watch's connection close.
     time.sleep(2)
-    after = run_requests(kubectl)
-    return {
-        verb: after[verb] - before[verb] for verb in sorted(after) if after[verb] > before[verb]
-    }
+    made = run_requests(kubectl) - before
+    for verb, count in per_change.items():
+        made[verb] -= changes * count
+    return {"changes": changes, **{verb: count for verb, count in sorted(made.items()) if count}}
 
 
 def import_times(limit: int) -> tuple[float, list[tuple[float, str]]]:
@@ -272,6 +288,7 @@ def report(
     figures: dict[str, object], import_total: float, slowest: list[tuple[float, str]]
 ) -> None:
     print(f"{figures['runs']} runs of each command, alternating; {figures['cores']} cores")
+    print("median wall seconds, median CPU seconds, peak RSS; the ratios are tarscli/kubectl")
     for key, ours, theirs in (
         ("status", f"tarscli self-code status {RUN_NAME}", f"kubectl get scr {RUN_NAME}"),
         ("replica_list", "tarscli replica list", "kubectl get tr"),
@@ -279,20 +296,24 @@ def report(
     ):
         pair = figures[key]
         assert isinstance(pair, dict)
+        for tool, command in (("tarscli", ours), ("kubectl", theirs)):
+            print(
+                f"  {command:34} {pair[f'{tool}_seconds']:.3f} s  "
+                f"cpu {pair[f'{tool}_cpu_seconds']:.3f} s  {pair[f'{tool}_max_rss_mib']:5.1f} MiB"
+            )
         print(
-            f"{ours:34} {pair['tarscli_seconds']:.3f} s  {pair['tarscli_max_rss_mib']:5.1f} MiB   "
-            f"{theirs:24} {pair['kubectl_seconds']:.3f} s  {pair['kubectl_max_rss_mib']:5.1f} MiB   "
-            f"ratio {pair['ratio']:.2f} (goal <= {RATIO_GOAL})"
+            f"  {'':34} ratio {pair['ratio']:.2f} (goal <= {RATIO_GOAL}), "
+            f"CPU ratio {pair['cpu_ratio']:.2f}"
         )
     if "watch_seconds" in figures:
         for tool in ("tarscli", "kubectl"):
             requests = figures[f"watch_requests_{tool}"]
             assert isinstance(requests, dict)
-            following = {verb: count for verb, count in requests.items() if verb != "PATCH"}
+            following = {verb: count for verb, count in requests.items() if verb != "changes"}
             print(
-                f"{tool} following the run for {figures['watch_seconds']} s: "
-                f"{sum(following.values())} selfcodingruns requests {following} "
-                f"while the status changed {requests.get('PATCH', 0)} times"
+                f"{tool} following the run for {figures['watch_seconds']} s while its status "
+                f"changed {requests['changes']} times: {sum(following.values())} selfcodingruns "
+                f"requests {following}"
             )
     print(f"import tarscli.app: {import_total:.1f} ms; slowest imports (cumulative ms):")
     for cumulative, name in slowest:
