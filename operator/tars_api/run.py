@@ -29,13 +29,7 @@ from tars_api.meta import (
     reject_duplicates,
 )
 from tars_api.names import DEFAULT_UPLOAD_KEY
-from tars_api.vocabulary import (
-    DEFAULT_MODEL,
-    DEFAULT_PACKAGE_INDEX,
-    ENV_NAME_PATTERN,
-    EngineName,
-    SandboxMode,
-)
+from tars_api.vocabulary import DEFAULT_MODEL, ENV_NAME_PATTERN, EngineName, SandboxMode
 
 SELF_CODING_RUN_PLURAL = "selfcodingruns"
 MAX_TARGETS = 64
@@ -286,6 +280,7 @@ class RunSource(ApiModel):
         return self
 
 
+DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
 DEFAULT_TEST_EXTRAS = ("test",)
 # PEP 685 extra names, and an index URL pip can be pointed at.
 _EXTRA_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"

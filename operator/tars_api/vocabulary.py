@@ -9,8 +9,6 @@ from __future__ import annotations
 import enum
 
 DEFAULT_MODEL = "llama3"
-# Where a run's test environment installs from unless its spec names another index.
-DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
 # How long one run of a project's tests may take unless a run says otherwise.
 DEFAULT_TEST_TIMEOUT_SECONDS = 600
 

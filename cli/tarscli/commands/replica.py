@@ -14,7 +14,8 @@ from tars_api.names import CLI_LABELS
 from tars_api.replica import MAX_REPLICAS, TarsReplica
 from tars_api.vocabulary import EngineName, Role
 
-from tarscli import options, output
+from tarscli import options, output, views
+from tarscli.cluster_ops import create_if_absent
 from tarscli.errors import CliError
 from tarscli.help_style import TarsTyper
 from tarscli.kube import Cluster, connect
@@ -40,9 +41,6 @@ def list_replicas(
     namespace: options.NamespaceOption = None,
 ) -> None:
     """List the TarsReplicas in the namespace: role, desired and ready pods, phase, endpoint, age."""
-    # Imported in the commands that show tables: views loads the engine's event types.
-    from tarscli import views
-
     cluster = connect(kubeconfig, context, namespace)
     replicas = sorted(cluster.replicas.list(), key=lambda replica: replica.name)
     if output_format is not output.OutputFormat.table:
@@ -98,8 +96,6 @@ def create(
     namespace: options.NamespaceOption = None,
 ) -> None:
     """Create a TarsReplica: ROLE pods behind one Service."""
-    from tarscli.cluster_ops import create_if_absent
-
     cluster = connect(kubeconfig, context, namespace)
     replica = TarsReplica.build(
         name,
@@ -169,8 +165,6 @@ def status(
     namespace: options.NamespaceOption = None,
 ) -> None:
     """Show one TarsReplica: role, pods, phase, endpoint, capabilities and conditions."""
-    from tarscli import views
-
     replica = connect(kubeconfig, context, namespace).replicas.get(name)
     if output_format is output.OutputFormat.table:
         output.console().print(views.replica_details(replica))

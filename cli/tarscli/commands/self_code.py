@@ -10,21 +10,24 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from tars_api.vocabulary import DEFAULT_PACKAGE_INDEX, EngineName, SandboxMode
+from pydantic import ValidationError
+from tars_api.names import CLI_LABELS
+from tars_api.replica import TarsReplica
+from tars_api.run import DEFAULT_PACKAGE_INDEX, SelfCodingRun, TestEnvironment
+from tars_api.vocabulary import EngineName, Role, SandboxMode
 
-from tarscli import options, output
+from tarscli import cluster_ops, coordinator_access, options, output, views
+from tarscli.api_client import ApiError
 from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
+from tarscli.kube import connect
 
-if TYPE_CHECKING:
-    from tars_api.run import TestEnvironment
-
-# The modules that reach a cluster, read a project or render a run are imported inside the
-# commands that use them: importing them all took most of a short command's time.
+# `start` and `apply` import the project's upload where they run: it loads the engine's
+# file selection, which no other command needs.
 
 app = TarsTyper(
     help=(
@@ -86,14 +89,6 @@ def setup(
     as they are), waits until all four are Ready, and reports whether the generator's
     Ollama server has the model that runs with --engine ollama need.
     """
-    from tars_api.names import CLI_LABELS
-    from tars_api.replica import TarsReplica
-    from tars_api.vocabulary import Role
-
-    from tarscli import cluster_ops, coordinator_access
-    from tarscli.api_client import ApiError
-    from tarscli.kube import connect
-
     cluster = connect(kubeconfig, context, namespace)
     deadline = time.monotonic() + timeout
     if install_crds_flag:
@@ -153,9 +148,6 @@ def test_environment(
     install: bool, extras: list[str] | None, setup_command: str | None, package_index: str | None
 ) -> TestEnvironment | None:
     """The run's testEnvironment from the start options; None when none asks for one."""
-    from pydantic import ValidationError
-    from tars_api.run import TestEnvironment
-
     if not (install or extras or setup_command is not None or package_index is not None):
         return None
     settings: dict[str, object] = {}
@@ -283,8 +275,6 @@ def start(
     directory). Its files (git-tracked plus untracked, not ignored) are uploaded in a
     ConfigMap that the run owns, so deleting the run removes the upload too.
     """
-    from tarscli import cluster_ops, views
-    from tarscli.kube import connect
     from tarscli.local_ops import env_names
     from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
 
@@ -355,11 +345,6 @@ def status(
     if local:
         local_runs.status_local(output_format)
         return
-    from tars_api.run import SelfCodingRun
-
-    from tarscli import cluster_ops, views
-    from tarscli.kube import connect
-
     cluster = connect(kubeconfig, context, namespace)
     run = cluster_ops.resolve_run(cluster, run_name)
     if follow:
@@ -396,9 +381,6 @@ def stop(
     if local:
         local_runs.stop_local()
         return
-    from tarscli import cluster_ops, views
-    from tarscli.kube import connect
-
     cluster = connect(kubeconfig, context, namespace)
     run = cluster_ops.resolve_run(cluster, run_name)
     if run.is_terminal:
@@ -423,9 +405,6 @@ def diff(
     namespace: options.NamespaceOption = None,
 ) -> None:
     """Print the patch of a run's accepted improvements (for review or `git apply`)."""
-    from tarscli import cluster_ops
-    from tarscli.kube import connect
-
     cluster = connect(kubeconfig, context, namespace)
     patch = cluster_ops.report_patch(cluster, cluster_ops.resolve_run(cluster, run_name))
     typer.echo(patch, nl=False)
@@ -464,8 +443,6 @@ def apply(
     The patch is checked first (`git apply --check`): when any hunk does not apply,
     nothing is changed.
     """
-    from tarscli import cluster_ops
-    from tarscli.kube import connect
     from tarscli.upload import project_root
 
     if not project.is_dir():
