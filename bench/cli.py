@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/cli.py [--runs 15] [--watch-seconds 60] [--kubeconfig FILE]
 
-Without --kubeconfig it starts its own control plane (tests.harness.controlplane) with the
-tools from TARS_TOOLS_DIR (or `hack/build-tools.sh`), installs the CRDs, and stops it
-afterwards. In a namespace of its own it creates a SelfCodingRun with a status (conditions,
-statistics, latest results) and the four role TarsReplicas, then, alternating the two
-commands of each pair for --runs rounds after one warm-up each:
+It needs the tools `make tools` builds, named by TARS_TOOLS_DIR: kubectl, and without
+--kubeconfig the control plane it starts (tests.harness.controlplane), installs the CRDs
+in and stops afterwards. In a namespace of its own it creates a SelfCodingRun with a
+status (conditions, statistics, latest results) and the four role TarsReplicas, then,
+alternating the two commands of each pair for --runs rounds after one warm-up each:
 
 - `tarscli self-code status RUN` against `kubectl get scr RUN`;
 - `tarscli replica list` against `kubectl get tr`;
@@ -69,15 +69,6 @@ class Timing:
     seconds: float
     cpu_seconds: float
     max_rss_kib: int
-
-
-def tools_dir() -> Path:
-    if os.environ.get("TARS_TOOLS_DIR"):
-        return Path(os.environ["TARS_TOOLS_DIR"])
-    built = subprocess.run(
-        [str(REPOSITORY / "hack" / "build-tools.sh")], check=True, capture_output=True, text=True
-    )
-    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def timed(argv: list[str]) -> Timing:
@@ -337,26 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.runs < 1 or arguments.watch_seconds < 0:
         parser.error("--runs must be at least 1 and --watch-seconds at least 0")
-    kubectl_binary = tools_dir() / "kubectl"
+    try:
+        tools = controlplane.tools_dir_from_env()
+    except controlplane.DevClusterError as error:
+        raise SystemExit(f"error: {error}") from None
+    kubectl_binary = tools / "kubectl"
     with tempfile.TemporaryDirectory(prefix="tars-bench-cli-") as state:
         if arguments.kubeconfig is not None:
             kubeconfig = arguments.kubeconfig
         else:
-            plane = controlplane.up(Path(state), tools_dir())
-            kubeconfig = plane.kubeconfig
-            crds = [
-                argument
-                for crd in sorted((REPOSITORY / "crds").glob("*.yaml"))
-                for argument in ("-f", str(crd))
-            ]
+            kubeconfig = controlplane.up(Path(state), tools).kubeconfig
+            crds = ["-f", str(REPOSITORY / "crds")]
             kubectl = [str(kubectl_binary), f"--kubeconfig={kubeconfig}"]
-            subprocess.run(
-                [*kubectl, "apply", "--server-side", *crds], check=True, capture_output=True
-            )
-            subprocess.run(
-                [*kubectl, "wait", "--for=condition=Established", *crds],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            for step in (["apply", "--server-side"], ["wait", "--for=condition=Established"]):
+                subprocess.run([*kubectl, *step, *crds], check=True, capture_output=True)
         try:
             figures = bench(kubeconfig, kubectl_binary, arguments.runs, arguments.watch_seconds)
         finally:
