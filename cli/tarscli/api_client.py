@@ -157,7 +157,13 @@ class ApiClient:
         connection: http.client.HTTPConnection
         if self._scheme == "https":
             if self._tls is None:
-                self._tls = _tls_context(self.endpoint)
+                try:
+                    self._tls = _tls_context(self.endpoint)
+                except OSError as error:  # ssl.SSLError among them
+                    raise Unreachable(
+                        self.server,
+                        f"the kubeconfig's certificates cannot be used ({_reason(error)})",
+                    ) from error
             connection = _TlsConnection(
                 self._host,
                 self._port,

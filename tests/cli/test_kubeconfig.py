@@ -166,3 +166,20 @@ def test_a_context_of_another_file_naming_an_undefined_cluster(
         f'error: cannot use the kubeconfig {broken}: context "{context}" names the cluster '
         '"nowhere", which it does not define\n'
     )
+
+
+def test_certificates_that_cannot_be_used_are_one_line(kubeconfig: Path, tmp_path: Path) -> None:
+    document = json.loads(kubeconfig.read_text())
+    cluster = document["clusters"][0]["cluster"]
+    cluster["certificate-authority-data"] = base64.b64encode(b"not a certificate").decode()
+    broken = tmp_path / "broken.kubeconfig"
+    write_kubeconfig(broken, document)
+    result = invoke("replica", "list", "--kubeconfig", str(broken))
+    assert result.exit_code == 1
+    assert (
+        result.stderr.startswith(
+            f"error: cannot reach the Kubernetes API at {cluster['server']}: the kubeconfig's "
+            "certificates cannot be used ("
+        )
+        and result.stderr.count("\n") == 1
+    )
