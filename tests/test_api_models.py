@@ -7,30 +7,28 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from tars_api import (
+from tars_api.meta import (
     API_VERSION,
-    SELF_CODING_RUN_PLURAL,
-    TARS_REPLICA_PLURAL,
     Condition,
     ConditionStatus,
-    EngineName,
+    find_condition,
+    format_time,
+    set_condition,
+)
+from tars_api.replica import TARS_REPLICA_PLURAL, ReplicaPhase, TarsReplica, TarsReplicaSpec
+from tars_api.run import (
+    SELF_CODING_RUN_PLURAL,
     GitSource,
-    ReplicaPhase,
-    Role,
     RunPhase,
     RunSource,
     RunStatistics,
     SelfCodingRun,
     SelfCodingRunSpec,
     SelfCodingRunStatus,
-    TarsReplica,
-    TarsReplicaSpec,
     UploadSource,
     VolumeSource,
-    find_condition,
-    format_time,
-    set_condition,
 )
+from tars_api.vocabulary import EngineName, Role
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

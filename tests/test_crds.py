@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import pytest
 import yaml
 from pydantic import Field, ValidationError
-from tars_api import API_VERSION, ApiModel, SelfCodingRun, TarsReplica
 from tars_api.crdgen import crd_manifests, render, write_crds
+from tars_api.meta import API_VERSION, ApiModel
+from tars_api.replica import TarsReplica
+from tars_api.run import SelfCodingRun
 from tars_api.schema import SchemaError, structural_schema
 
 # The `kubectl` fixture of tests/conftest.py (not imported: several conftest modules exist).

@@ -16,14 +16,9 @@ import string
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import urllib3.exceptions
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-from rich.console import Console
-from tars_api.crdgen import crd_manifests
 from tars_api.meta import ObjectMeta
 from tars_api.names import (
     CLI_LABELS,
@@ -34,17 +29,23 @@ from tars_api.names import (
 )
 from tars_api.replica import TarsReplica
 from tars_api.run import RunSource, SelfCodingRun, SelfCodingRunSpec, UploadSource
-from tars_engine.core.models import ModelCheck, ModelCheckRequest
 
 from tarscli import output, views
+from tarscli.api_client import APPLY_PATCH, MERGE_PATCH, ApiError, Unreachable
 from tarscli.errors import CliError, describe_failure, fail, report
-from tarscli.kube import FIELD_MANAGER, REQUEST_TIMEOUT, Cluster
-from tarscli.upload import ProjectArchive
+from tarscli.kube import FIELD_MANAGER, Cluster, api_path, watch_events
+
+if TYPE_CHECKING:
+    # Only `start` makes an archive; the module loads the engine's file selection.
+    from rich.console import Console
+
+    from tarscli.upload import ProjectArchive
 
 CREATED_AT_ANNOTATION = "tars.dev/created-at"
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
+CRD_GROUP = "apiextensions.k8s.io"
 # The check loads the model and times a short answer: slower than an API request.
-MODEL_CHECK_TIMEOUT = (10, 300)
+MODEL_CHECK_TIMEOUT = (10.0, 300.0)
 ENDPOINTS_WAIT_SECONDS = 30
 # A run's name is also a label value (63 characters at most) and part of its children's names.
 _NAME_PREFIX_LENGTH = 40
@@ -54,15 +55,19 @@ _NAME_PREFIX_LENGTH = 40
 
 def install_crds(cluster: Cluster, deadline: float) -> None:
     """Server-side apply the CRDs generated from the API models, then wait until Established."""
+    # Imported here: generating the CRDs takes the schema machinery no other command needs.
+    from tars_api.crdgen import crd_manifests
+
     manifests = crd_manifests()
     for manifest in manifests:
-        cluster.extensions.patch_custom_resource_definition(
-            manifest["metadata"]["name"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-            _request_timeout=REQUEST_TIMEOUT,
+        cluster.api.request(
+            "PATCH",
+            api_path(
+                "customresourcedefinitions", name=manifest["metadata"]["name"], group=CRD_GROUP
+            ),
+            params={"fieldManager": FIELD_MANAGER, "force": True},
+            body=manifest,
+            content_type=APPLY_PATCH,
         )
         typer.echo(f"customresourcedefinition/{manifest['metadata']['name']} applied")
     for manifest in manifests:
@@ -77,17 +82,16 @@ def _is_established(crd: dict[str, Any]) -> bool:
 
 
 def _wait_established(cluster: Cluster, name: str, deadline: float) -> None:
-    watcher = watch.Watch()
-    try:
-        for event in watcher.stream(
-            cluster.extensions.list_custom_resource_definition,
-            field_selector=f"metadata.name={name}",
-            timeout_seconds=max(1, round(deadline - time.monotonic())),
-        ):
-            if _is_established(event["raw_object"]):
-                return
-    finally:
-        watcher.stop()
+    # Without a resourceVersion the watch starts with the CRD as it is now.
+    for _, crd in watch_events(
+        cluster.api,
+        api_path("customresourcedefinitions", group=CRD_GROUP),
+        {"fieldSelector": f"metadata.name={name}"},
+        None,
+        max(1, round(deadline - time.monotonic())),
+    ):
+        if _is_established(crd):
+            return
     raise CliError(f"customresourcedefinition/{name} was not Established in time")
 
 
@@ -95,7 +99,7 @@ def create_if_absent(cluster: Cluster, replica: TarsReplica) -> TarsReplica | No
     """The replica as created, or None when one of its name exists already (left as it is)."""
     try:
         return cluster.replicas.create(replica)
-    except ApiException as error:
+    except ApiError as error:
         if error.status != 409:
             raise
         return None
@@ -134,6 +138,9 @@ def wait_for_replicas(
 def model_report(cluster: Cluster, generator: TarsReplica, model: str | None) -> tuple[bool, str]:
     """Whether the generator's Ollama server has `model` (None: the generator's own), as
     the line `setup` prints. The generator answers through the API server's service proxy."""
+    # Imported here: only `setup` asks a replica anything.
+    from tars_engine.core.models import ModelCheck, ModelCheckRequest
+
     endpoints_deadline = time.monotonic() + ENDPOINTS_WAIT_SECONDS
     while True:
         try:
@@ -147,12 +154,12 @@ def model_report(cluster: Cluster, generator: TarsReplica, model: str | None) ->
                 timeout=MODEL_CHECK_TIMEOUT,
             )
             break
-        except ApiException as error:
+        except ApiError as error:
             # A pod is Ready a moment before its Service's endpoints list it.
             if error.status != 503 or time.monotonic() > endpoints_deadline:
                 return False, _model_check_failure(generator, error)
             time.sleep(0.5)
-        except urllib3.exceptions.HTTPError as error:
+        except Unreachable as error:
             return False, _model_check_failure(generator, error)
     if check.problem:
         return False, (
@@ -208,10 +215,8 @@ def upload_run(archive: ProjectArchive, targets: list[str], **spec: Any) -> Self
 def _delete_quietly(cluster: Cluster, config_map: str) -> None:
     """Best-effort cleanup on a failed start; the original failure is what the user needs to see."""
     try:
-        cluster.core.delete_namespaced_config_map(
-            config_map, cluster.namespace, _request_timeout=REQUEST_TIMEOUT
-        )
-    except ApiException as error:
+        cluster.api.request("DELETE", api_path("configmaps", cluster.namespace, config_map))
+    except ApiError as error:
         report(f"could not delete configmap/{config_map} after the failed start: {error.reason}")
 
 
@@ -232,14 +237,17 @@ def create_with_upload(
     """
     upload = upload_of(run)
     config_map = upload.config_map
-    cluster.core.create_namespaced_config_map(
-        cluster.namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name=config_map, labels=dict(CLI_LABELS)),
-            binary_data={upload.key: base64.b64encode(archive.data).decode("ascii")},
-        ),
-        field_manager=FIELD_MANAGER,
-        _request_timeout=REQUEST_TIMEOUT,
+    config_maps = api_path("configmaps", cluster.namespace)
+    cluster.api.request(
+        "POST",
+        config_maps,
+        params={"fieldManager": FIELD_MANAGER},
+        body={
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": config_map, "labels": dict(CLI_LABELS)},
+            "binaryData": {upload.key: base64.b64encode(archive.data).decode("ascii")},
+        },
     )
     try:
         created = cluster.runs.create(run)
@@ -247,18 +255,17 @@ def create_with_upload(
         _delete_quietly(cluster, config_map)
         raise
     try:
-        cluster.core.patch_namespaced_config_map(
-            config_map,
-            cluster.namespace,
-            {
+        cluster.api.request(
+            "PATCH",
+            f"{config_maps}/{config_map}",
+            params={"fieldManager": FIELD_MANAGER},
+            body={
                 "metadata": {
                     "ownerReferences": [created.owner_reference(controller=False).to_dict()],
                     "labels": {RUN_LABEL: created.name},
                 }
             },
-            field_manager=FIELD_MANAGER,
-            _content_type="application/merge-patch+json",
-            _request_timeout=REQUEST_TIMEOUT,
+            content_type=MERGE_PATCH,
         )
     except BaseException:
         cluster.runs.delete(created.name)
@@ -290,11 +297,16 @@ def resolve_run(cluster: Cluster, name: str | None) -> SelfCodingRun:
     return cluster.runs.get(name) if name is not None else latest_run(cluster)
 
 
-def follow_run(cluster: Cluster, name: str, console: Console) -> SelfCodingRun | None:
-    """Follow a run with a progress bar and a line per phase or stage change."""
+def follow_run(
+    cluster: Cluster, name: str, console: Console, current: SelfCodingRun | None = None
+) -> SelfCodingRun | None:
+    """Follow a run with a progress bar and a line per phase or stage change.
+
+    `current`, the run as just read, spares the watch a list of its own.
+    """
     last: SelfCodingRun | None = None
     with views.RunProgress(console, name) as progress:
-        for event, run in cluster.runs.watch(name=name):
+        for event, run in cluster.runs.watch(name=name, current=current):
             if event == "DELETED":
                 raise CliError(f'SelfCodingRun "{name}" was deleted while being watched')
             last = run
@@ -304,9 +316,14 @@ def follow_run(cluster: Cluster, name: str, console: Console) -> SelfCodingRun |
     return last
 
 
-def follow_documents(cluster: Cluster, name: str, output_format: output.OutputFormat) -> None:
+def follow_documents(
+    cluster: Cluster,
+    name: str,
+    output_format: output.OutputFormat,
+    current: SelfCodingRun | None = None,
+) -> None:
     """Print every new version of the run until it ends, as kubectl get -w -o json does."""
-    for event, run in cluster.runs.watch(name=name):
+    for event, run in cluster.runs.watch(name=name, current=current):
         if event == "DELETED":
             raise CliError(f'SelfCodingRun "{name}" was deleted while being watched')
         output.print_document(output.document(run, SelfCodingRun), output_format)
@@ -323,11 +340,11 @@ def report_patch(cluster: Cluster, run: SelfCodingRun) -> str:
             fail(f"selfcodingrun/{run.name} ({state}) has no report ConfigMap")
         fail(f"selfcodingrun/{run.name} has not ended yet ({state}); its patch comes at the end")
     try:
-        config_map = cluster.core.read_namespaced_config_map(
-            status.report_config_map, cluster.namespace, _request_timeout=REQUEST_TIMEOUT
+        config_map = cluster.api.request(
+            "GET", api_path("configmaps", cluster.namespace, status.report_config_map)
         )
-    except ApiException as error:
+    except ApiError as error:
         if error.status == 404:
             fail(f"configmap/{status.report_config_map} of selfcodingrun/{run.name} is gone")
         raise
-    return str((config_map.data or {}).get(PATCH_KEY, ""))
+    return str((config_map.get("data") or {}).get(PATCH_KEY, ""))

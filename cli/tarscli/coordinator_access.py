@@ -7,15 +7,16 @@ the two differ, so a namespace prepared by the CLI grants what an installed char
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict
 from tars_api.names import CLI_LABELS, COORDINATOR_SERVICE_ACCOUNT
 
+from tarscli.api_client import ApiClient, ApiError
+from tarscli.kube import api_path
+
 COORDINATOR_ACCOUNT = COORDINATOR_SERVICE_ACCOUNT
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 class PolicyRule(BaseModel):
@@ -54,17 +55,17 @@ def manifests(namespace: str) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "apiVersion": f"{RBAC_GROUP}/v1",
             "kind": "Role",
             "metadata": metadata,
             "rules": [rule.to_k8s() for rule in COORDINATOR_RULES],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "apiVersion": f"{RBAC_GROUP}/v1",
             "kind": "RoleBinding",
             "metadata": metadata,
             "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
+                "apiGroup": RBAC_GROUP,
                 "kind": "Role",
                 "name": COORDINATOR_ACCOUNT,
             },
@@ -75,25 +76,24 @@ def manifests(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
-def ensure(api_client: client.ApiClient, namespace: str) -> list[str]:
+def _collection(kind: str, namespace: str) -> str:
+    if kind == "ServiceAccount":
+        return api_path("serviceaccounts", namespace)
+    return api_path(f"{kind.lower()}s", namespace, group=RBAC_GROUP)
+
+
+def ensure(api: ApiClient, namespace: str) -> list[str]:
     """Create what is absent; existing objects (a chart's, say) are left as they are.
 
     Returns one line per object: created or already present.
     """
-    core = client.CoreV1Api(api_client)
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    create: dict[str, Callable[..., object]] = {
-        "ServiceAccount": core.create_namespaced_service_account,
-        "Role": rbac.create_namespaced_role,
-        "RoleBinding": rbac.create_namespaced_role_binding,
-    }
     lines = []
     for manifest in manifests(namespace):
         kind = manifest["kind"]
         try:
-            create[kind](namespace, manifest)
+            api.request("POST", _collection(kind, namespace), body=manifest)
             lines.append(f"{kind.lower()}/{COORDINATOR_ACCOUNT} created")
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:
                 raise
             lines.append(f"{kind.lower()}/{COORDINATOR_ACCOUNT} already exists (left unchanged)")

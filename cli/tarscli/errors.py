@@ -1,26 +1,24 @@
 """One way to fail: a single `error: ...` line on stderr and a non-zero exit.
 
-Commands raise `CliError` for failures the user can act on. Failures of the
-Kubernetes client that reach the top (an API error, an unreachable server, a bad
-kubeconfig) are turned into the same one-line form by `TarsGroup`, the root
+Commands raise `CliError` for failures the user can act on. Failures of the API
+client that reach the top (an API error, an unreachable server, an object the API
+models refuse) are turned into the same one-line form by `TarsGroup`, the root
 command class, so a user mistake never shows a traceback. Anything else is a bug
 and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import pydantic
 import typer
-import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from typer import _click
 
 from tarscli.help_style import HelpGroup
+
+if TYPE_CHECKING:
+    from tarscli.api_client import ApiError
 
 EXIT_FAILURE = 1
 
@@ -48,26 +46,15 @@ def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
-def api_status(error: ApiException) -> dict[str, Any]:
-    """The `Status` object the API server sent with an error, or {} when the body is not one."""
-    try:
-        body = json.loads(error.body or "")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) and body.get("kind") == "Status" else {}
-
-
-def api_message(error: ApiException) -> str:
+def api_message(error: ApiError) -> str:
     """The API server's own words for an error, falling back to the HTTP status line."""
-    status = api_status(error)
-    message = str(status.get("message") or "").strip()
+    message = str(error.status_object.get("message") or "").strip()
     if message:
         return message
-    body = (error.body or "").strip() if isinstance(error.body, str) else ""
-    return body or f"{error.status} {error.reason}"
+    return error.body.strip() or f"{error.status} {error.reason}"
 
 
-def _describe_api_error(error: ApiException) -> str:
+def _describe_api_error(error: ApiError) -> str:
     message = api_message(error)
     match error.status:
         case 401:
@@ -87,36 +74,19 @@ def _describe_api_error(error: ApiException) -> str:
             return f"the Kubernetes API answered {error.status} {error.reason}: {message}"
 
 
-def _server_url(pool: Any) -> str:
-    if pool is None:
-        return "the configured server"
-    return f"{pool.scheme}://{pool.host}:{pool.port}"
-
-
-def _connection_reason(reason: BaseException | None) -> str:
-    text = one_line(str(reason)) if reason is not None else "no answer"
-    # urllib3 prefixes the OS error with the connection object's repr; keep the OS's words.
-    for marker in ("Failed to establish a new connection: ", "Failed to resolve "):
-        if marker in text:
-            return text.split(marker, 1)[1].rstrip(")")
-    return text
-
-
 def describe_failure(error: BaseException) -> str | None:
     """The one-line message for a known failure, or None when `error` is a bug."""
     if isinstance(error, CliError):
         return error.message
-    if isinstance(error, ApiException):
+    # Imported here, not above: a command that failed before reaching the API never loads them.
+    import pydantic
+
+    from tarscli.api_client import ApiError, Unreachable
+
+    if isinstance(error, ApiError):
         return _describe_api_error(error)
-    if isinstance(error, urllib3.exceptions.HTTPError):
-        # After its retries urllib3 raises MaxRetryError; the failure itself is its reason.
-        reason = error.reason if isinstance(error, urllib3.exceptions.MaxRetryError) else error
-        return (
-            f"cannot reach the Kubernetes API at {_server_url(getattr(error, 'pool', None))}: "
-            f"{_connection_reason(reason)}"
-        )
-    if isinstance(error, ConfigException):
-        return f"invalid kubeconfig: {error}"
+    if isinstance(error, Unreachable):
+        return f"cannot reach the Kubernetes API at {error.server}: {error.reason}"
     if isinstance(error, pydantic.ValidationError):
         problems = "; ".join(
             f"{'.'.join(str(part) for part in problem['loc']) or error.title}: {problem['msg']}"

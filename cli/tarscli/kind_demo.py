@@ -394,7 +394,7 @@ def _execute(step: Step, repository: Path, console: Console) -> None:
 def _prepare_replicas(
     cluster: Cluster, project_path: str, console: Console, timeout_seconds: int
 ) -> None:
-    for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+    for line in coordinator_access.ensure(cluster.api, cluster.namespace):
         console.print(line)
     wanted = [coordinator_replica(cluster.namespace, project_path)] + [
         TarsReplica.build(role.value, role, namespace=cluster.namespace, labels=CLI_LABELS)

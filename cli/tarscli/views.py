@@ -28,12 +28,12 @@ from tars_api.run import (
 )
 from tars_api.vocabulary import EngineName, SandboxMode
 from tars_engine.core.events import EventKind, WorkflowEvent
-from tars_engine.core.state import WorkflowState
 
 from tarscli import output
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+    from tars_engine.core.state import WorkflowState
 
 OPERATOR_DEFAULT = "(the operator's default)"
 NO_STATUS = "no status yet: is the operator running?"

@@ -54,7 +54,9 @@ class ApiModel(BaseModel):
     """Base of every API type: snake_case in Python, camelCase on the wire.
 
     Unknown fields are ignored rather than refused: objects read from a cluster whose
-    CRD is newer than this code must still parse (the API server prunes the rest).
+    CRD is newer than this code must still parse (the API server prunes the rest). A
+    model's validator is built when first used, not on import: a command that reads one
+    kind does not pay for the others.
     """
 
     model_config = ConfigDict(
@@ -62,6 +64,7 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         validate_default=True,
+        defer_build=True,
     )
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The words the API's specs are written in: roles, engines and the default model.
+"""The words the API's specs are written in: roles, engines, and the defaults of a run.
 
 They live here, at the bottom of the project, because a TarsReplica's `spec.role` and a
 SelfCodingRun's `spec.engine` are API fields; the engine and the operator import them.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 
 DEFAULT_MODEL = "llama3"
+# How long one run of a project's tests may take unless a run says otherwise.
+DEFAULT_TEST_TIMEOUT_SECONDS = 600
 
 
 class Role(str, enum.Enum):

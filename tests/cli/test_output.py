@@ -9,13 +9,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import urllib3
 import yaml
-from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from tars_api.replica import TarsReplica
 from tars_api.vocabulary import Role
 from tarscli import output
+from tarscli.api_client import ApiClient, ApiError, Endpoint, Unreachable
 from tarscli.cluster_ops import name_prefix
 from tarscli.errors import CliError, describe_failure, one_line
 
@@ -57,15 +56,13 @@ def test_api_errors_become_one_line_with_the_servers_words() -> None:
         "message": 'SelfCodingRun.tars.dev "x" is invalid: spec.targets[0]:\n Invalid value: "/abs"',
         "reason": "Invalid",
     }
-    error = ApiException(status=422, reason="Unprocessable Entity")
-    error.body = json.dumps(status)
+    error = ApiError(422, "Unprocessable Entity", json.dumps(status))
     message = describe_failure(error)
     assert message is not None and "\n" not in one_line(message)
     assert (
         message.startswith("the API server refused the object: ") and "spec.targets[0]" in message
     )
-    plain = ApiException(status=404, reason="Not Found")
-    plain.body = "404 page not found"
+    plain = ApiError(404, "Not Found", "404 page not found")
     assert describe_failure(plain) == "not found: 404 page not found"
 
 
@@ -73,9 +70,9 @@ def test_connection_failures_name_the_server() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, retries=urllib3.Retry(0))
-    with pytest.raises(urllib3.exceptions.MaxRetryError) as raised:
-        pool.request("GET", "/version")
+    client = ApiClient(Endpoint(server=f"http://127.0.0.1:{port}", namespace=None))
+    with pytest.raises(Unreachable) as raised:
+        client.request("GET", "/version")
     assert describe_failure(raised.value) == (
         f"cannot reach the Kubernetes API at http://127.0.0.1:{port}: [Errno 111] Connection refused"
     )

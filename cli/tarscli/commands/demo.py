@@ -14,7 +14,6 @@ from tars_api.vocabulary import DEFAULT_MODEL
 from tarscli import kind_demo, options, output
 from tarscli.errors import fail
 from tarscli.help_style import TarsTyper
-from tarscli.local_ops import sample_demo
 
 app = TarsTyper(
     help="Self-contained demonstrations of the self-coding workflow.",
@@ -91,6 +90,9 @@ def self_code_demo(
     """Improve the sample project: on this machine (default), in kind (--kind) or in the
     current cluster (--cluster)."""
     if not (kind or in_cluster):
+        # Imported here: the engine it runs is the largest import of the CLI.
+        from tarscli.local_ops import sample_demo
+
         sample_demo(output.console(), keep=keep, engine=engine, model=model)
         return
     if kind and in_cluster:

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from tars_api.run import RunPhase
-from tars_api.vocabulary import DEFAULT_MODEL, SandboxMode
-from tars_engine.core.budget import Budget
-from tars_engine.core.state import DEFAULT_TEST_TIMEOUT_SECONDS, WorkflowState
-from tars_engine.core.validation import is_test_file
+from tars_api.vocabulary import DEFAULT_MODEL, DEFAULT_TEST_TIMEOUT_SECONDS, SandboxMode
 
-from tarscli import options, output, views
+from tarscli import options, output
 from tarscli.errors import CliError
-from tarscli.local_ops import execute, local_project_root, run_options, saved_run
-from tarscli.upload import require_python_files, resolve_targets
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from tars_engine.core.state import WorkflowState
+
+# The engine's modules are imported inside the commands that run it: a cluster command of
+# the same group would otherwise load the whole workflow.
 
 EXIT_STOPPED = 130
 
 
 def finish(state: WorkflowState, console: Console) -> None:
     """Show the outcome; a run that did not succeed exits non-zero with its reason on one line."""
+    from tars_api.run import RunPhase
+
+    from tarscli import views
+
     views.render_state(state, console)
     if state.phase is RunPhase.stopped:
         console.print(f"Stopped: {state.message}. Run the same command again to resume.")
@@ -73,6 +77,11 @@ def run(
     State lives in PROJECT/.tars/ (workflow-state.json); a stopped run resumes when
     the same command runs again.
     """
+    from tars_engine.core.budget import Budget
+
+    from tarscli.local_ops import execute, local_project_root, run_options
+    from tarscli.upload import require_python_files, resolve_targets
+
     cwd = Path.cwd()
     root = local_project_root(cwd, targets)
     relative = resolve_targets(root, cwd, targets)
@@ -105,6 +114,12 @@ def improve(
     no_learning: options.NoLearningOption = False,
 ) -> None:
     """Improve one file with the same pipeline: analyze, generate, prove with the tests, apply."""
+    from tars_api.run import RunPhase
+    from tars_engine.core.validation import is_test_file
+
+    from tarscli import views
+    from tarscli.local_ops import execute, local_project_root, run_options
+
     cwd = Path.cwd()
     location = (file if file.is_absolute() else cwd / file).resolve()
     if not location.is_file():
@@ -131,6 +146,9 @@ def improve(
 
 def status_local(output_format: output.OutputFormat, project: Path | None = None) -> None:
     """Show the local run's persisted state (PROJECT/.tars/workflow-state.json)."""
+    from tarscli import views
+    from tarscli.local_ops import saved_run
+
     root, store, state = saved_run(project)
     if state is None:
         raise CliError(
@@ -144,6 +162,10 @@ def status_local(output_format: output.OutputFormat, project: Path | None = None
 
 def stop_local(project: Path | None = None) -> None:
     """Ask the local run of this project to stop after its current step (a stop file)."""
+    from tars_api.run import RunPhase
+
+    from tarscli.local_ops import saved_run
+
     root, store, state = saved_run(project)
     if state is None or state.phase not in (RunPhase.pending, RunPhase.running):
         raise CliError(f"no local run is going on in {root}")

@@ -1,7 +1,7 @@
 """`tarscli self-code`: SelfCodingRun objects in a cluster — setup, start, status, stop, diff, apply.
 
-The group also holds the commands that run on this machine (`run`, `improve`; tarscli.app
-adds them from tarscli.commands.local), and `status` and `stop` take `--local` for them.
+The group also holds the commands that run on this machine (`run`, `improve`, added here
+from tarscli.commands.local), and `status` and `stop` take `--local` for them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from tars_api.names import CLI_LABELS
 from tars_api.replica import TarsReplica
@@ -21,12 +20,14 @@ from tars_api.run import DEFAULT_PACKAGE_INDEX, SelfCodingRun, TestEnvironment
 from tars_api.vocabulary import EngineName, Role, SandboxMode
 
 from tarscli import cluster_ops, coordinator_access, options, output, views
+from tarscli.api_client import ApiError
 from tarscli.commands import local as local_runs
 from tarscli.errors import CliError, fail
 from tarscli.help_style import TarsTyper
 from tarscli.kube import connect
-from tarscli.local_ops import env_names
-from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
+
+# `start` and `apply` import the project's upload where they run: it loads the engine's
+# file selection, which no other command needs.
 
 app = TarsTyper(
     help=(
@@ -114,9 +115,9 @@ def setup(
     # After the replicas: a user who may create those but not RBAC (the chart made the
     # account) gets the replicas and a warning.
     try:
-        for line in coordinator_access.ensure(cluster.api_client, cluster.namespace):
+        for line in coordinator_access.ensure(cluster.api, cluster.namespace):
             typer.echo(line)
-    except ApiException as error:
+    except ApiError as error:
         if error.status != 403:
             raise
         typer.echo(
@@ -298,6 +299,9 @@ def start(
     directory). Its files (git-tracked plus untracked, not ignored) are uploaded in a
     ConfigMap that the run owns, so deleting the run removes the upload too.
     """
+    from tarscli.local_ops import env_names
+    from tarscli.upload import build_archive, project_root, require_python_files, resolve_targets
+
     cwd = Path.cwd()
     root = project_root(cwd)
     relative_targets = resolve_targets(root, cwd, targets)
@@ -370,9 +374,9 @@ def status(
     if follow:
         try:
             if output_format is output.OutputFormat.table:
-                run = cluster_ops.follow_run(cluster, run.name, output.console()) or run
+                run = cluster_ops.follow_run(cluster, run.name, output.console(), run) or run
             else:
-                cluster_ops.follow_documents(cluster, run.name, output_format)
+                cluster_ops.follow_documents(cluster, run.name, output_format, run)
                 return
         except KeyboardInterrupt:
             typer.echo(
@@ -463,6 +467,8 @@ def apply(
     The patch is checked first (`git apply --check`): when any hunk does not apply,
     nothing is changed.
     """
+    from tarscli.upload import project_root
+
     if not project.is_dir():
         fail(f"{project} is not a directory")
     # The patch's paths are relative to the project root the run was started from.
@@ -484,3 +490,8 @@ def apply(
         fail(f"git apply failed after its check passed: {applied.stderr.strip()}")
     files = sorted({line[6:] for line in patch.splitlines() if line.startswith("+++ b/")})
     typer.echo(f"selfcodingrun/{run.name}: applied to {len(files)} file(s): {', '.join(files)}")
+
+
+# After the cluster commands, so that help lists them first.
+app.command("run")(local_runs.run)
+app.command("improve")(local_runs.improve)

@@ -30,7 +30,12 @@ from tars_api.run import (
     SelfCodingRunStatus,
     TestEnvironment,
 )
-from tars_api.vocabulary import DEFAULT_MODEL, EngineName, SandboxMode
+from tars_api.vocabulary import (
+    DEFAULT_MODEL,
+    DEFAULT_TEST_TIMEOUT_SECONDS,
+    EngineName,
+    SandboxMode,
+)
 
 from tars_engine.core.budget import Budget
 from tars_engine.core.models import (
@@ -48,7 +53,6 @@ STATE_FILENAME = "workflow-state.json"
 STOP_FILENAME = "stop"
 LOCK_FILENAME = "lock"
 STATE_VERSION = 1
-DEFAULT_TEST_TIMEOUT_SECONDS = 600
 
 
 class StateModel(BaseModel):
