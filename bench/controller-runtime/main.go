@@ -19,12 +19,12 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 )
@@ -93,20 +93,20 @@ func (r *reconciler) Reconcile(ctx context.Context, request ctrl.Request) (ctrl.
 }
 
 func main() {
-	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file")
 	namespace := flag.String("namespace", "", "namespace to watch")
 	childrenFile := flag.String("children", "", "JSON: replica name -> deployment, service, status")
 	workers := flag.Int("workers", 16, "concurrent reconciles")
 	metricsAddress := flag.String("metrics-bind-address", "", "address of /metrics")
 	probeAddress := flag.String("health-probe-bind-address", "", "address of /readyz")
 	flag.Parse()
-	if err := run(*kubeconfig, *namespace, *childrenFile, *workers, *metricsAddress, *probeAddress); err != nil {
+	ctrl.SetLogger(zap.New())
+	if err := run(*namespace, *childrenFile, *workers, *metricsAddress, *probeAddress); err != nil {
 		fmt.Fprintf(os.Stderr, "controller-runtime-bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, namespace, childrenFile string, workers int, metricsAddress, probeAddress string) error {
+func run(namespace, childrenFile string, workers int, metricsAddress, probeAddress string) error {
 	data, err := os.ReadFile(childrenFile)
 	if err != nil {
 		return err
@@ -115,7 +115,8 @@ func run(kubeconfig, namespace, childrenFile string, workers int, metricsAddress
 	if err := json.Unmarshal(data, &wanted); err != nil {
 		return fmt.Errorf("%s: %w", childrenFile, err)
 	}
-	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	// controller-runtime's own --kubeconfig flag.
+	config, err := ctrl.GetConfig()
 	if err != nil {
 		return err
 	}
