@@ -25,7 +25,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, images, node, ollama
+from tests.harness import controlplane, images, network_policy, node, ollama
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import missing_component, run_tool
 
@@ -73,13 +73,17 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
 @pytest.fixture(scope="session")
 def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.ContainerNode]:
     """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
-    kube-scheduler, whose API server pods reach at the `kubernetes` Service.
+    kube-scheduler, whose API server pods reach at the `kubernetes` Service, and kube-router's
+    network policy controller, which enforces the pods' NetworkPolicies.
 
     Not the session's `control_plane`: its API server advertises loopback, which pods cannot
     reach, and its tests rely on nothing running the pods they create.
     """
     tools_dir = _build_or_skip("TARS_TOOLS_DIR", _missing_tools, "make tools")
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
+    kube_router_dir = _build_or_skip(
+        "TARS_KUBE_ROUTER_DIR", network_policy.missing_build, "make kube-router"
+    )
     state_dir = tmp_path_factory.mktemp("node-cluster")
     plane = controlplane.up(state_dir / "control-plane", tools_dir, advertise_address=node.NODE_IP)
     # Not under pytest's own directory, which only root may enter: the node's pods with
@@ -87,7 +91,10 @@ def container_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Co
     node_state = Path(tempfile.mkdtemp(prefix="tars-node-"))
     node_state.chmod(0o755)
     try:
-        with node.ContainerNode(plane, node_dir, node_state) as running:
+        with (
+            node.ContainerNode(plane, node_dir, node_state) as running,
+            network_policy.PolicyController(running, kube_router_dir),
+        ):
             yield running
     finally:
         controlplane.down(state_dir / "control-plane")
