@@ -43,6 +43,8 @@ INPUT_CHAIN = "KUBE-ROUTER-INPUT"
 CHAIN_PREFIXES = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
 IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-")
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+# What kube-router runs, and this module's clean-up.
+REQUIRED_COMMANDS = ("ipset", "iptables", "iptables-save", "iptables-restore")
 
 
 class PolicyControllerError(RuntimeError):
@@ -53,7 +55,7 @@ def missing_build(bin_dir: Path) -> str | None:
     """Why BIN_DIR cannot enforce the node's policies, or None when it can."""
     if not os.access(bin_dir / BINARY, os.X_OK):
         return f"{bin_dir} lacks {BINARY}; run `make kube-router`"
-    for command in ("ipset", "iptables-save", "iptables-restore"):
+    for command in REQUIRED_COMMANDS:
         if shutil.which(command, path=SEARCH_PATH) is None:
             return f"{command} is not installed; run `make kube-router`"
     return None
@@ -214,15 +216,5 @@ def _sbin(command: str) -> str:
 
 
 def _chain_exists(chain: str) -> bool:
-    listed = subprocess.run(
-        [
-            shutil.which("iptables", path=SEARCH_PATH) or "iptables",
-            "--wait",
-            "--list",
-            chain,
-            "--numeric",
-        ],
-        capture_output=True,
-        check=False,
-    )
+    listed = run_tool([_sbin("iptables"), "--wait", "--list", chain, "--numeric"], check=False)
     return listed.returncode == 0
