@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Built binaries live outside the repository so that a fresh clone reuses them.
 export TARS_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tars-selfcoding
 
-.PHONY: help install bubblewrap tools node ollama images kind dev-up dev-down crds test test-kind demo kind-demo
+.PHONY: help install bubblewrap tools node kube-router ollama images kind dev-up dev-down crds test test-kind demo kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manage
 
 node: ## Build the dev node that runs pods as containers (kubelet, kube-scheduler, containerd, runc)
 	@hack/build-node.sh
+
+kube-router: ## Build kube-router, whose network policy controller enforces NetworkPolicy on the dev node
+	@hack/build-kube-router.sh
 
 ollama: install ## Build the pinned Ollama server and prepare the small test model (tars-gemma3-270m)
 	@PYTHON=$(PY) hack/build-ollama.sh
@@ -55,10 +58,11 @@ crds: install ## Regenerate crds/*.yaml from the API models
 # The kind test (pytest -m kind) runs after the others, in a session of its own: it holds the
 # machine's node lock, which their node holds until they end. KIND=0 leaves it out.
 KIND ?= 1
-test: install tools node ollama images $(if $(filter 1,$(KIND)),kind) ## Run the test suite against a real control plane and node, Ollama and the images, then test-kind (KIND=0: without it)
+test: install tools node kube-router ollama images $(if $(filter 1,$(KIND)),kind) ## Run the test suite against a real control plane and node, Ollama and the images, then test-kind (KIND=0: without it)
 	$(VENV)/bin/lint-imports
 	TARS_TOOLS_DIR="$$(hack/build-tools.sh | tail -n 1)" \
 	TARS_NODE_DIR="$$(hack/build-node.sh | tail -n 1)" \
+	TARS_KUBE_ROUTER_DIR="$$(hack/build-kube-router.sh | tail -n 1)" \
 	TARS_OLLAMA_DIR="$$(PYTHON=$(PY) hack/build-ollama.sh | tail -n 1)" \
 	TARS_IMAGES_DIR="$$(hack/build-images.sh | tail -n 1)" \
 	$(PY) -m pytest -m "not kind" $(PYTEST_ARGS)

@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness import controlplane, images, node, ollama
+from tests.harness import controlplane, images, network_policy, node, ollama
 from tests.harness.kubectl import REPOSITORY, SETTLE_SECONDS, Kubectl
 from tests.harness.tools import missing_component, run_tool
 
@@ -115,12 +115,16 @@ def container_node(
     tools_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[node.ContainerNode]:
     """A cluster of its own with a real node (kubelet, kube-proxy, containerd, runc) and
-    kube-scheduler, whose API server pods reach at the `kubernetes` Service.
+    kube-scheduler, whose API server pods reach at the `kubernetes` Service, and kube-router's
+    network policy controller, which enforces the pods' NetworkPolicies.
 
     Not the session's `control_plane`: its API server advertises loopback, which pods cannot
     reach, and its tests rely on nothing running the pods they create.
     """
     node_dir = _build_or_skip("TARS_NODE_DIR", node.missing_build, "make node")
+    kube_router_dir = _build_or_skip(
+        "TARS_KUBE_ROUTER_DIR", network_policy.missing_build, "make kube-router"
+    )
     state_dir = tmp_path_factory.mktemp("node-cluster")
     plane = controlplane.up(state_dir / "control-plane", tools_dir, advertise_address=node.NODE_IP)
     # Not under pytest's own directory, which only root may enter: the node's pods with
@@ -129,7 +133,10 @@ def container_node(
     node_state.chmod(0o755)
     busy = None
     try:
-        with node.ContainerNode(plane, node_dir, node_state) as running:
+        with (
+            node.ContainerNode(plane, node_dir, node_state) as running,
+            network_policy.PolicyController(running, kube_router_dir),
+        ):
             yield running
     except node.NodeBusyError as error:
         busy = str(error)

@@ -25,7 +25,7 @@ from tests.harness.operator_process import OperatorProcess, wait_for
 from tests.harness.tools import git_init
 
 
-def _create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
+def create_namespace(kubectl: Callable[..., Any], prefix: str) -> str:
     name = f"{prefix}-{secrets.token_hex(3)}"
     kubectl("create", "namespace", name)
     wait_for(
@@ -52,7 +52,7 @@ def operated_namespace(
     operator_environment: Mapping[str, str] | None = None,
 ) -> Iterator[Workspace]:
     """A fresh namespace with an operator watching it; both gone afterwards."""
-    namespace = _create_namespace(kubectl, prefix)
+    namespace = create_namespace(kubectl, prefix)
     operator = OperatorProcess(kubeconfig, namespace, log_dir, operator_environment)
     operator.start()
     try:
