@@ -11,9 +11,9 @@ the failure is known to lie in the second half, which is split without testing
 it again. Where the failing run's output names the files of some candidates (a
 traceback through them, an import that broke), those go last and the split falls
 just before them: when the rest passes, they are known to fail without a test. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. With `baseline_first` the baseline is tested before
-anything else, alongside the first batch when there are two or more testers;
-otherwise after the first batch.
+everything accepted before it. The baseline is tested when the run starts it
+(`start_baseline`: the workflow does so at once with `baseline_first`, else alongside
+the first batch when there are two or more testers), otherwise after the first batch.
 
 A file's rules are bisected the same way (`next_rule_groups`): when the static
 engine's change to a file fails its tests, its rules are split in halves, each
@@ -184,8 +184,9 @@ class CandidateGate:
         self._baseline: concurrent.futures.Future[TestResult] | None = None
 
     def start_baseline(self, executor: concurrent.futures.Executor) -> None:
-        """With `baseline_first`, test the untouched project alongside what comes next."""
-        if self._baseline_result is None and self._options.baseline_first:
+        """Test the untouched project alongside what comes next, unless that is under way
+        or known."""
+        if self._baseline_result is None and self._baseline is None:
             self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
 
     def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:

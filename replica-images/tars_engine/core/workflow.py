@@ -269,7 +269,8 @@ class Workflow:
         if self._s.options.engine is EngineName.ollama:
             self._check_model()
         gate = self._open_gate(guard)
-        gate.start_baseline(executor)
+        if self._s.options.baseline_first:
+            gate.start_baseline(executor)
         self._journal.enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
@@ -278,6 +279,10 @@ class Workflow:
             for record in self._s.files:
                 if record.outcome is None and not self._actionable(record.path):
                     self._finish(record, "nothing left to improve")
+        if self._testers.parallelism > 1 and any(r.outcome is None for r in self._s.files):
+            # A tester to spare: the untouched project is tested while the first batch is
+            # made and tested, rather than after it, in a run's wall time.
+            gate.start_baseline(executor)
         while True:
             pending = [r for r in self._s.files if r.outcome is None]
             if not pending:
