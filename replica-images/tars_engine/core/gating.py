@@ -18,20 +18,26 @@ the first batch when there are two or more testers), otherwise after the first b
 A file's rules are bisected the same way (`next_rule_groups`): when the static
 engine's change to a file fails its tests, its rules are split in halves, each
 half a candidate of its own, tested in the next batch on top of what passed; a
-half that passes is accepted, and the rules left at the end are the culprits.
+half that passes is accepted, and the rules left at the end are the culprits. Where
+the failing run's tracebacks pass through the changed file, the rules with a finding
+in the same top-level definition as those lines (`suspect_rules`) go last, the split
+just before them: when the others pass, the suspects are known to fail without a test.
 """
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
+import re
 import shlex
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from tars_engine.core import python_ast
 from tars_engine.core.budget import BudgetGuard, call_until_stop
 from tars_engine.core.events import one_line
-from tars_engine.core.models import Candidate, SnapshotRef, TestRequest, TestResult
+from tars_engine.core.models import Candidate, Finding, SnapshotRef, TestRequest, TestResult
 from tars_engine.core.role_pool import RolePool
 from tars_engine.core.role_set import SnapshotMissingError, TesterRole
 from tars_engine.core.snapshot import archive_digest
@@ -96,19 +102,29 @@ def judged(result: TestResult, baseline: TestResult | None) -> TestResult:
     return result.model_copy(update={"passed": False, "unproven": reason})
 
 
-def _after_failure(rules: list[str], rest: list[RuleGroup]) -> tuple[list[RuleGroup], list[str]]:
+def _after_failure(
+    rules: list[str], rest: list[RuleGroup], suspects: Collection[str] = ()
+) -> tuple[list[RuleGroup], list[str]]:
     # What followed the failed group no longer follows a pass.
     if rest and rest[0].fails_after_a_pass:
         rest = [rest[0].model_copy(update={"fails_after_a_pass": False}), *rest[1:]]
     if len(rules) <= 1:
         return rest, list(rules)
-    half = len(rules) // 2
+    named = [rule for rule in rules if rule in suspects]
+    if named and len(named) < len(rules):
+        rules = [rule for rule in rules if rule not in suspects] + named
+        half = len(rules) - len(named)
+    else:
+        half = len(rules) // 2
     halves = [RuleGroup(rules=rules[:half]), RuleGroup(rules=rules[half:], fails_after_a_pass=True)]
     return [*halves, *rest], []
 
 
 def next_rule_groups(
-    groups: list[RuleGroup], passed: bool | None, rules: list[str]
+    groups: list[RuleGroup],
+    passed: bool | None,
+    rules: list[str],
+    suspects: Collection[str] = (),
 ) -> tuple[list[RuleGroup], list[str]]:
     """The rule groups left to try once the first of `groups` was tried, and the rules
     found to fail the tests.
@@ -117,10 +133,12 @@ def next_rule_groups(
     (None: no change was made of it). As in the candidates' bisection, a failed group
     is split and its first half tried next; when a first half passes, its other half
     is known to fail, so it is split (or, one rule, found out) without a test of its own.
+    The `suspects` among a failed group's rules (`suspect_rules`) make its second half
+    when there are others.
     """
     rest = list(groups[1:])
     if passed is False:
-        return _after_failure(rules, rest)
+        return _after_failure(rules, rest, suspects)
     if passed is True and rest and rest[0].fails_after_a_pass:
         known = rest.pop(0)
         return _after_failure(known.rules or [], rest)
@@ -141,6 +159,49 @@ def suspects_last(group: list[Candidate], result: TestResult) -> tuple[list[Cand
         return group, len(group) // 2
     others = [candidate for candidate in group if candidate not in named]
     return [*others, *named], len(others)
+
+
+def failing_lines(path: str, output: str) -> set[int]:
+    """The lines of `path` that the tracebacks in a test run's `output` pass through, as
+    Python (`File ".../path", line 12`) and pytest (`.../path:12: in f`) print them."""
+    pattern = re.compile(rf'(?<![\w.-]){re.escape(path)}(?:", line |:)(\d+)')
+    return {int(match.group(1)) for match in pattern.finditer(output)}
+
+
+def _top_level_definitions(content: str, lines: Iterable[int]) -> set[str]:
+    """The names of the top-level classes and functions holding `lines` ("" for a line
+    outside them); empty when `content` does not parse."""
+    try:
+        tree = python_ast.parse(content)
+    except (SyntaxError, ValueError):
+        return set()
+    spans = [
+        (node.lineno, node.end_lineno or node.lineno, node.name)
+        for node in tree.body
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    return {
+        next((name for first, last, name in spans if first <= line <= last), "") for line in lines
+    }
+
+
+def suspect_rules(
+    candidate: Candidate, before: str, after: str, findings: list[Finding], result: TestResult
+) -> set[str]:
+    """The rules of `candidate`, the change of `before` into `after`, that the failing
+    `result` points at: those with a finding (in `before`) inside a top-level definition
+    that its tracebacks pass through (in `after`). The definitions are matched by name,
+    which survives the lines a fix moves."""
+    failing = _top_level_definitions(after, failing_lines(candidate.path, result.output))
+    if not failing:
+        return set()
+    rules = set(candidate.rules)
+    located = [finding for finding in findings if finding.rule in rules]
+    return {
+        finding.rule
+        for finding in located
+        if _top_level_definitions(before, [finding.location.line]) & failing
+    }
 
 
 @dataclass(frozen=True)
