@@ -266,7 +266,7 @@ def measure(
             f"round {round_number + 1}: workflow {engine_seconds:.3f} s, raw tools "
             f"{ruff_seconds + test_seconds:.3f} s, ratio {ratios[-1]:.2f}"
         )
-    per_accepted = test_runs / accepted if accepted else float("inf")
+    per_accepted = f"{test_runs / accepted:8.2f}" if accepted else "     n/a"
     print(f"project:                      {source} (targets: {', '.join(targets)})")
     print(f"medians over {repeat} alternating rounds:")
     print(f"static run (workflow):        {statistics.median(engine_times):8.3f} s")
@@ -280,7 +280,7 @@ def measure(
     )
     print(f"accepted changes:             {accepted:8d}")
     print(f"test runs:                    {test_runs:8d}")
-    print(f"test runs per accepted:       {per_accepted:8.2f}   (goal <= {RUNS_PER_ACCEPTED_GOAL})")
+    print(f"test runs per accepted:       {per_accepted}   (goal <= {RUNS_PER_ACCEPTED_GOAL})")
 
 
 if __name__ == "__main__":
