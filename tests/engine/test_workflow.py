@@ -19,16 +19,7 @@ from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
 from tars_engine.core.gating import next_rule_groups, suspect_rules, suspects_last
 from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import (
-    Candidate,
-    DropCause,
-    Finding,
-    FindingKind,
-    FindingSource,
-    Location,
-    Severity,
-    TestResult,
-)
+from tars_engine.core.models import Candidate, DropCause, TestResult
 from tars_engine.core.role_pool import WorkerRoles
 from tars_engine.core.role_set import RoleSet
 from tars_engine.core.settings import ReplicaSettings
@@ -47,6 +38,7 @@ from tests.harness.workflow import (
     learning,
     load_state,
     project_tests_pass,
+    ruff_finding,
     run_workflow,
     sample_project,
     shop_project,
@@ -618,17 +610,7 @@ def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) 
     assert tests.returncode == 1, tests.stdout + tests.stderr
     failed = TestResult(passed=False, command=["pytest"], output=tests.stdout)
 
-    def finding(rule: str, line: int) -> Finding:
-        return Finding(
-            kind=FindingKind.style,
-            severity=Severity.low,
-            source=FindingSource.ruff,
-            rule=rule,
-            message=rule,
-            location=Location(line=line),
-        )
-
-    findings = [finding("F401", 1), finding("RUF023", 5), finding("UP032", 15)]
+    findings = [ruff_finding("F401", 1), ruff_finding("RUF023", 5), ruff_finding("UP032", 15)]
     candidate = Candidate(
         id="c",
         path="pkg/header.py",
