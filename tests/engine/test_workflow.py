@@ -565,7 +565,8 @@ def test_a_rule_bisection_step_splits_a_failure_and_infers_the_other_half() -> N
 
 def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) -> None:
     """pytest's own output of a failure inside the changed file names the rules whose
-    findings share its top-level definition; they make the second half of the split."""
+    findings share the top-level definition of its deepest frame there (not of every
+    frame in the file); they make the second half of the split."""
     before = textwrap.dedent(
         """\
         import os
@@ -582,6 +583,7 @@ def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) 
 
 
         def label(name):
+            Header.fields()
             return "{}".format(name)
         """
     )
@@ -595,8 +597,8 @@ def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) 
         {
             "pkg/__init__.py": "",
             "pkg/header.py": after,
-            "tests/test_header.py": "from pkg.header import Header\n\n\n"
-            "def test_fields():\n    assert Header.fields()\n",
+            "tests/test_header.py": "from pkg.header import label\n\n\n"
+            "def test_label():\n    assert label('x')\n",
         },
     )
     tests = subprocess.run(
@@ -610,7 +612,7 @@ def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) 
     assert tests.returncode == 1, tests.stdout + tests.stderr
     failed = TestResult(passed=False, command=["pytest"], output=tests.stdout)
 
-    findings = [ruff_finding("F401", 1), ruff_finding("RUF023", 5), ruff_finding("UP032", 15)]
+    findings = [ruff_finding("F401", 1), ruff_finding("RUF023", 5), ruff_finding("UP032", 16)]
     candidate = Candidate(
         id="c",
         path="pkg/header.py",

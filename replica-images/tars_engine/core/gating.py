@@ -20,8 +20,9 @@ engine's change to a file fails its tests, its rules are split in halves, each
 half a candidate of its own, tested in the next batch on top of what passed; a
 half that passes is accepted, and the rules left at the end are the culprits. Where
 the failing run's tracebacks pass through the changed file, the rules with a finding
-in the same top-level definition as those lines (`suspect_rules`) go last, the split
-just before them: when the others pass, the suspects are known to fail without a test.
+in the top-level definition of their deepest frame there (`suspect_rules`) go last, the
+split just before them: when the others pass, the suspects are known to fail without a
+test.
 """
 
 from __future__ import annotations
@@ -161,11 +162,34 @@ def suspects_last(group: list[Candidate], result: TestResult) -> tuple[list[Cand
     return [*others, *named], len(others)
 
 
+# How tracebacks end: pytest's `E   ValueError: ...` lines, after which its long form
+# names the deepest frame (`pkg/mod.py:12: ValueError`), or Python's own last line.
+_PYTEST_ERROR = re.compile(r"E\s")
+_PYTEST_LAST_FRAME = re.compile(r"\S+:\d+: (?!in\b)\w")
+_PYTHON_ERROR = re.compile(r"\w[\w.]*(?:Error|Exception|Exit)\b")
+
+
 def failing_lines(path: str, output: str) -> set[int]:
-    """The lines of `path` that the tracebacks in a test run's `output` pass through, as
-    Python (`File ".../path", line 12`) and pytest (`.../path:12: in f`) print them."""
-    pattern = re.compile(rf'(?<![\w.-]){re.escape(path)}(?:", line |:)(\d+)')
-    return {int(match.group(1)) for match in pattern.finditer(output)}
+    """The lines of `path` where the tracebacks in a test run's `output` leave it for the
+    last time before their error, as Python (`File ".../path", line 12`) and pytest
+    (`.../path:12: in f`) print them: the deepest frame in the file, nearest the cause."""
+    frame = re.compile(rf'(?<![\w.-]){re.escape(path)}(?:", line |:)(\d+)')
+    lines: set[int] = set()
+    deepest: int | None = None
+    after_error = False
+    for text in output.splitlines():
+        if _PYTEST_ERROR.match(text) or (after_error and not text.strip()):
+            after_error = True
+            continue
+        located = frame.search(text)
+        ended = after_error or _PYTHON_ERROR.match(text) is not None
+        if located is not None and (not after_error or _PYTEST_LAST_FRAME.match(text)):
+            deepest = int(located.group(1))
+        if ended:
+            if deepest is not None:
+                lines.add(deepest)
+            deepest, after_error = None, False
+    return lines
 
 
 def _top_level_definitions(content: str, lines: Iterable[int]) -> set[str]:
@@ -189,9 +213,9 @@ def suspect_rules(
     candidate: Candidate, before: str, after: str, findings: list[Finding], result: TestResult
 ) -> set[str]:
     """The rules of `candidate`, the change of `before` into `after`, that the failing
-    `result` points at: those with a finding (in `before`) inside a top-level definition
-    that its tracebacks pass through (in `after`). The definitions are matched by name,
-    which survives the lines a fix moves."""
+    `result` points at: those with a finding (in `before`) inside the top-level definition
+    of a traceback's deepest frame in the file (in `after`). The definitions are matched
+    by name, which survives the lines a fix moves."""
     failing = _top_level_definitions(after, failing_lines(candidate.path, result.output))
     if not failing:
         return set()
