@@ -17,7 +17,7 @@ from tars_api.names import REPLICA_PORT, ReplicaEnv
 from tars_api.vocabulary import EngineName, Role
 
 from tars_engine.cluster import coordinator_service
-from tars_engine.core.settings import ConfigurationError, ReplicaSettings
+from tars_engine.core.settings import ENGINE_VERSION, ConfigurationError, ReplicaSettings
 from tars_engine.transports.server import WORKER_SERVICES, RoleService, role_app
 
 SERVICES: dict[Role, Callable[[ReplicaSettings], RoleService]] = {
@@ -35,8 +35,21 @@ def create_app(role: Role, settings: ReplicaSettings | None = None) -> FastAPI:
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="A TARS role replica.")
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"tars-replica {ENGINE_VERSION}")
+        raise typer.Exit()
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """A TARS role replica (analyzer, generator, tester or coordinator)."""
 
 

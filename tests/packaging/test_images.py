@@ -61,6 +61,11 @@ def test_replica_entrypoint_answers_help(image_engine: Engine) -> None:
     assert "serve" in result.stdout, result.stdout
 
 
+def test_replica_entrypoint_answers_version(image_engine: Engine) -> None:
+    result = image_engine.run(image_engine.build.replica, "--version")
+    assert result.stdout.strip() == f"tars-replica {image_engine.build.version}"
+
+
 @pytest.mark.parametrize("image", IMAGES)
 def test_tarscli_answers_help(image_engine: Engine, image: str) -> None:
     result = image_engine.run(image_of(image_engine, image), "--help", entrypoint="tarscli")
