@@ -3,7 +3,8 @@
 # kube-scheduler and kube-proxy (the Kubernetes release of hack/tools/kubernetes),
 # containerd with its runc shim and ctr (hack/tools/containerd), runc (hack/tools/runc) and
 # the pause binary of the pod sandbox (hack/node/pause.c), into a cache outside the
-# repository.
+# repository; and crictl (hack/tools/cri-tools), which lists the node's pods and containers
+# as the kubelet sees them, for whoever looks at a running node.
 #
 # Debian's packages give the rest, installed with apt-get as root when missing:
 # containernetworking-plugins (the pods' bridge network, /usr/lib/cni), and libseccomp-dev
@@ -27,14 +28,18 @@ source "$repository/hack/lib/go-builds.sh"
 kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
 containerd_version="$(pinned_version containerd github.com/containerd/containerd/v2)"
 runc_version="$(pinned_version runc github.com/opencontainers/runc)"
+cri_tools_version="$(pinned_version cri-tools sigs.k8s.io/cri-tools)"
 
 node_dir="$cache_root/node-$kubernetes_version"
 bin_dir="$node_dir/bin"
 binaries=(kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr runc pause)
+binaries+=(crictl)
 stamp="$(
     printf 'kubernetes %s\ncontainerd %s\nrunc %s\n' \
         "$kubernetes_version" "$containerd_version" "$runc_version"
-    cat "$tools_src"/{kubernetes,containerd,runc}/go.{mod,sum} "$repository/hack/node/pause.c" |
+    printf 'cri-tools %s\n' "$cri_tools_version"
+    cat "$tools_src"/{kubernetes,containerd,runc}/go.{mod,sum} "$repository/hack/node/pause.c" \
+        "$tools_src"/cri-tools/go.{mod,sum} |
         sha256sum | cut -d' ' -f1
 )"
 
@@ -103,6 +108,9 @@ CGO_ENABLED=0 build containerd -tags "no_btrfs no_devmapper no_zfs" -ldflags "$c
     github.com/containerd/containerd/v2/cmd/ctr
 CGO_ENABLED=1 build runc -tags seccomp -ldflags "$runc_ldflags" -o "$staging/runc" \
     github.com/opencontainers/runc
+CGO_ENABLED=0 build cri-tools \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${cri_tools_version#v}" \
+    -o "$staging/" sigs.k8s.io/cri-tools/cmd/crictl
 log "building pause (hack/node/pause.c)"
 gcc -O2 -static -o "$staging/pause" "$repository/hack/node/pause.c"
 wait %1
