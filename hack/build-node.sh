@@ -12,7 +12,8 @@
 #
 # Progress goes to stderr; the last line on stdout is the directory holding the binaries,
 # so callers can use `hack/build-node.sh | tail -n 1`. A second run with nothing changed
-# does nothing.
+# does nothing. crictl has a stamp of its own, so that a checkout that builds the node
+# without crictl finds the node up to date and leaves crictl in place.
 set -euo pipefail
 
 repository="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,18 +29,14 @@ source "$repository/hack/lib/go-builds.sh"
 kubernetes_version="$(pinned_version kubernetes k8s.io/kubernetes)"
 containerd_version="$(pinned_version containerd github.com/containerd/containerd/v2)"
 runc_version="$(pinned_version runc github.com/opencontainers/runc)"
-cri_tools_version="$(pinned_version cri-tools sigs.k8s.io/cri-tools)"
 
 node_dir="$cache_root/node-$kubernetes_version"
 bin_dir="$node_dir/bin"
 binaries=(kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr runc pause)
-binaries+=(crictl)
 stamp="$(
     printf 'kubernetes %s\ncontainerd %s\nrunc %s\n' \
         "$kubernetes_version" "$containerd_version" "$runc_version"
-    printf 'cri-tools %s\n' "$cri_tools_version"
-    cat "$tools_src"/{kubernetes,containerd,runc}/go.{mod,sum} "$repository/hack/node/pause.c" \
-        "$tools_src"/cri-tools/go.{mod,sum} |
+    cat "$tools_src"/{kubernetes,containerd,runc}/go.{mod,sum} "$repository/hack/node/pause.c" |
         sha256sum | cut -d' ' -f1
 )"
 
@@ -59,14 +56,38 @@ up_to_date() {
     [[ -z "$(missing_packages)" ]]
 }
 
+cri_tools_version="$(pinned_version cri-tools sigs.k8s.io/cri-tools)"
+crictl_stamp="$(
+    printf 'cri-tools %s\n' "$cri_tools_version"
+    cat "$tools_src"/cri-tools/go.{mod,sum} | sha256sum | cut -d' ' -f1
+)"
+
+crictl_up_to_date() {
+    [[ -f "$node_dir/crictl.stamp" && "$(cat "$node_dir/crictl.stamp")" == "$crictl_stamp" ]] &&
+        [[ -x "$bin_dir/crictl" ]]
+}
+
+# Into the node's directory as it is: only a rebuild of the node replaces that directory.
+build_crictl() {
+    local started=$SECONDS
+    log "building with hack/tools/cri-tools"
+    (cd "$tools_src/cri-tools" && CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${cri_tools_version#v}" \
+        -o "$bin_dir/crictl.build" sigs.k8s.io/cri-tools/cmd/crictl)
+    mv "$bin_dir/crictl.build" "$bin_dir/crictl"
+    printf '%s\n' "$crictl_stamp" >"$node_dir/crictl.stamp"
+    log "built crictl $cri_tools_version in $((SECONDS - started))s"
+}
+
 mkdir -p "$cache_root"
-if up_to_date; then
+if up_to_date && crictl_up_to_date; then
     printf '%s\n' "$bin_dir"
     exit 0
 fi
 exec 9>"$cache_root/.node-build.lock"
 flock 9
 if up_to_date; then
+    crictl_up_to_date || build_crictl
     printf '%s\n' "$bin_dir"
     exit 0
 fi
@@ -108,9 +129,6 @@ CGO_ENABLED=0 build containerd -tags "no_btrfs no_devmapper no_zfs" -ldflags "$c
     github.com/containerd/containerd/v2/cmd/ctr
 CGO_ENABLED=1 build runc -tags seccomp -ldflags "$runc_ldflags" -o "$staging/runc" \
     github.com/opencontainers/runc
-CGO_ENABLED=0 build cri-tools \
-    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${cri_tools_version#v}" \
-    -o "$staging/" sigs.k8s.io/cri-tools/cmd/crictl
 log "building pause (hack/node/pause.c)"
 gcc -O2 -static -o "$staging/pause" "$repository/hack/node/pause.c"
 wait %1
@@ -121,4 +139,5 @@ mv "$staging" "$bin_dir"
 trap - EXIT
 printf '%s\n' "$stamp" >"$node_dir/stamp"
 log "built ${binaries[*]} in $((SECONDS - started))s"
+build_crictl
 printf '%s\n' "$bin_dir"
