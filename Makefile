@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 tools: ## Build the pinned control plane (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)
 	@hack/build-tools.sh
 
-node: ## Build the dev node that runs pods as containers (kubelet, kube-scheduler, containerd, runc)
+node: ## Build the dev node that runs pods as containers (kubelet, kube-scheduler, containerd, runc, crictl)
 	@hack/build-node.sh
 
 kube-router: ## Build kube-router, whose network policy controller enforces NetworkPolicy on the dev node

@@ -3,7 +3,8 @@
 # kube-scheduler and kube-proxy (the Kubernetes release of hack/tools/kubernetes),
 # containerd with its runc shim and ctr (hack/tools/containerd), runc (hack/tools/runc) and
 # the pause binary of the pod sandbox (hack/node/pause.c), into a cache outside the
-# repository.
+# repository; and crictl (hack/tools/cri-tools), which lists the node's pods and containers
+# as the kubelet sees them, for whoever looks at a running node.
 #
 # Debian's packages give the rest, installed with apt-get as root when missing:
 # containernetworking-plugins (the pods' bridge network, /usr/lib/cni), and libseccomp-dev
@@ -11,7 +12,8 @@
 #
 # Progress goes to stderr; the last line on stdout is the directory holding the binaries,
 # so callers can use `hack/build-node.sh | tail -n 1`. A second run with nothing changed
-# does nothing.
+# does nothing. crictl has a stamp of its own, so that a checkout that builds the node
+# without crictl finds the node up to date and leaves crictl in place.
 set -euo pipefail
 
 repository="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,14 +56,38 @@ up_to_date() {
     [[ -z "$(missing_packages)" ]]
 }
 
+cri_tools_version="$(pinned_version cri-tools sigs.k8s.io/cri-tools)"
+crictl_stamp="$(
+    printf 'cri-tools %s\n' "$cri_tools_version"
+    cat "$tools_src"/cri-tools/go.{mod,sum} | sha256sum | cut -d' ' -f1
+)"
+
+crictl_up_to_date() {
+    [[ -f "$node_dir/crictl.stamp" && "$(cat "$node_dir/crictl.stamp")" == "$crictl_stamp" ]] &&
+        [[ -x "$bin_dir/crictl" ]]
+}
+
+# Into the node's directory as it is: only a rebuild of the node replaces that directory.
+build_crictl() {
+    local started=$SECONDS
+    log "building with hack/tools/cri-tools"
+    (cd "$tools_src/cri-tools" && CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${cri_tools_version#v}" \
+        -o "$bin_dir/crictl.build" sigs.k8s.io/cri-tools/cmd/crictl)
+    mv "$bin_dir/crictl.build" "$bin_dir/crictl"
+    printf '%s\n' "$crictl_stamp" >"$node_dir/crictl.stamp"
+    log "built crictl $cri_tools_version in $((SECONDS - started))s"
+}
+
 mkdir -p "$cache_root"
-if up_to_date; then
+if up_to_date && crictl_up_to_date; then
     printf '%s\n' "$bin_dir"
     exit 0
 fi
 exec 9>"$cache_root/.node-build.lock"
 flock 9
 if up_to_date; then
+    crictl_up_to_date || build_crictl
     printf '%s\n' "$bin_dir"
     exit 0
 fi
@@ -113,4 +139,5 @@ mv "$staging" "$bin_dir"
 trap - EXIT
 printf '%s\n' "$stamp" >"$node_dir/stamp"
 log "built ${binaries[*]} in $((SECONDS - started))s"
+build_crictl
 printf '%s\n' "$bin_dir"

@@ -76,6 +76,22 @@ def container_id(pod: dict[str, Any]) -> str:
     return identifier
 
 
+def test_crictl_lists_each_role_container_by_pod_and_name(
+    workspace: Workspace, container_node: ContainerNode, node_kubectl: Kubectl
+) -> None:
+    listed = json.loads(container_node.crictl("ps", "--output=json"))["containers"]
+    running = {
+        (container["labels"]["io.kubernetes.pod.name"], container["metadata"]["name"])
+        for container in listed
+        if container["labels"]["io.kubernetes.pod.namespace"] == workspace.namespace
+        and container["state"] == "CONTAINER_RUNNING"
+    }
+    for role in Role:
+        pod = role_pod(node_kubectl, workspace.namespace, role)
+        (container,) = pod["spec"]["containers"]
+        assert (pod["metadata"]["name"], container["name"]) in running, (role, running)
+
+
 @pytest.mark.parametrize("role", list(Role))
 def test_each_role_runs_as_a_confined_container(
     workspace: Workspace, container_node: ContainerNode, node_kubectl: Kubectl, role: Role

@@ -10,6 +10,8 @@ pods reach the API server at the `kubernetes` Service, then a detached process o
 the machine's node lock all that time: tests that need the node fail at once, saying that
 `make dev-down` frees it. The images go in under the names `make images` gave them and under
 the chart's own (`tars-replica:<version>`), so the chart installs with its defaults.
+`up` also prints the crictl command that lists the node's containers
+(`node.crictl_command`).
 `down` stops the node (its pods first, while the API server still answers), then the control
 plane. The builds come from TARS_TOOLS_DIR, TARS_NODE_DIR and TARS_IMAGES_DIR.
 """
@@ -173,16 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "up":
+            node_dir = controlplane.directory_from_env("TARS_NODE_DIR", "node")
             plane, running = up(
                 arguments.state_dir,
                 controlplane.directory_from_env(),
-                controlplane.directory_from_env("TARS_NODE_DIR", "node"),
+                node_dir,
                 controlplane.directory_from_env("TARS_IMAGES_DIR", "images"),
             )
             print(
                 f"control plane up at {plane.server} with node {node.NODE_NAME} "
                 f"(images: {', '.join(running.images)}); export KUBECONFIG={plane.kubeconfig}"
             )
+            print(f"the node's containers: {' '.join(node.crictl_command(node_dir))} ps")
         elif arguments.command == NODE_COMPONENT:
             if arguments.node_dir is None or arguments.images_dir is None:
                 parser.error("node needs --node-dir and --images-dir")

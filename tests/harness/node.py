@@ -59,6 +59,7 @@ BINARIES = (
     "ctr",
     "runc",
     "pause",
+    "crictl",
 )
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -74,6 +75,9 @@ CRI_NAMESPACE = "k8s.io"
 # What the CRI makes of an image reference that names no registry (`tars-replica:0.1.0`).
 UNQUALIFIED_IMAGE_PREFIX = "docker.io/library/"
 NODE_LOCK = Path("/tmp/tars-selfcoding-node.lock")
+# crictl's config for the node that runs now, at a place that does not change with the node's
+# state directory, so that anyone can list its containers meanwhile (`crictl_command`).
+CRICTL_CONFIG = Path("/tmp/tars-selfcoding-node.crictl.yaml")
 READY_SECONDS = 120
 
 
@@ -216,6 +220,11 @@ def missing_build(bin_dir: Path) -> str | None:
     return None
 
 
+def crictl_command(bin_dir: Path) -> list[str]:
+    """crictl from BIN_DIR, talking to the node that runs now (CRICTL_CONFIG)."""
+    return [str(bin_dir / "crictl"), f"--config={CRICTL_CONFIG}"]
+
+
 def oci_archive(reference: str, files: dict[str, tuple[bytes, int]], image_config: dict) -> bytes:
     """An OCI image layout as a tar: one uncompressed layer holding FILES (name: data, mode)."""
     layer_buffer = io.BytesIO()
@@ -303,6 +312,11 @@ state = '{state}'
   bin_dirs = ['{CNI_PLUGIN_DIR}']
   conf_dir = '{state_dir / "cni"}'
 """
+
+
+def _crictl_config(state_dir: Path) -> dict[str, object]:
+    endpoint = f"unix://{state_dir / 'containerd.sock'}"
+    return {"runtime-endpoint": endpoint, "image-endpoint": endpoint, "timeout": 10}
 
 
 def _cni_config(state_dir: Path) -> dict[str, object]:
@@ -410,20 +424,9 @@ class ContainerNode:
     # --- images -------------------------------------------------------------------------
 
     def ctr(self, *arguments: str, input: bytes | None = None) -> str:
-        result = subprocess.run(
-            [
-                str(self.bin_dir / "ctr"),
-                f"--address={self.state_dir / 'containerd.sock'}",
-                f"--namespace={CRI_NAMESPACE}",
-                *arguments,
-            ],
-            input=input,
-            capture_output=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise NodeError(f"ctr {' '.join(arguments)}: {result.stderr.decode(errors='replace')}")
-        return result.stdout.decode()
+        address = f"--address={self.state_dir / 'containerd.sock'}"
+        ctr = [str(self.bin_dir / "ctr"), address, f"--namespace={CRI_NAMESPACE}"]
+        return _output("ctr", ctr, arguments, input)
 
     def import_archive(self, archive: bytes) -> None:
         """Loads an image archive (OCI layout or docker-archive) into the node's runtime."""
@@ -456,6 +459,10 @@ class ContainerNode:
     def containers(self) -> list[str]:
         """The runtime's own list of its containers, pod sandboxes included."""
         return self.ctr("containers", "list", "--quiet").split()
+
+    def crictl(self, *arguments: str) -> str:
+        """crictl's output for ARGUMENTS, as a user gets it with `crictl_command`."""
+        return _output("crictl", crictl_command(self.bin_dir), arguments)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -521,6 +528,8 @@ class ContainerNode:
             [str(self.bin_dir / "containerd"), f"--config={self.state_dir / 'containerd.toml'}"],
         )
         self._wait("containerd", lambda: (self.state_dir / "containerd.sock").is_socket())
+        # JSON is YAML, which crictl reads.
+        CRICTL_CONFIG.write_text(json.dumps(_crictl_config(self.state_dir)))
         pause = (self.bin_dir / "pause").read_bytes()
         self.import_archive(
             oci_archive(
@@ -608,6 +617,7 @@ class ContainerNode:
             os.kill(pid, signal.SIGKILL)
         _unmount_below(self.state_dir)
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+        CRICTL_CONFIG.unlink(missing_ok=True)
         self._lock.release()
 
     def _clear_leftovers(self) -> None:
@@ -648,6 +658,16 @@ class ContainerNode:
         process = self._processes.pop(component, None)
         if process is not None:
             stop_process(process, grace_seconds=20)
+
+
+def _output(
+    tool: str, command: list[str], arguments: tuple[str, ...], input: bytes | None = None
+) -> str:
+    """What COMMAND (TOOL's program and options) with ARGUMENTS prints; NodeError if it fails."""
+    result = subprocess.run([*command, *arguments], input=input, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise NodeError(f"{tool} {' '.join(arguments)}: {result.stderr.decode(errors='replace')}")
+    return result.stdout.decode()
 
 
 @contextmanager
