@@ -1,7 +1,8 @@
 """The cluster demo: the kind commands as data, for podman and for docker; `--cluster`
 for real against a cluster with a real node: the chart's operator pod, the four replicas
 (containers from the images of `make images`), a volume run on a copy of the sample
-project, its diff; and `--kind` for real (`-m kind`, `make test-kind`): a kind cluster of
+project, its diff, then the operator's RBAC asked from inside its pod and the tester's
+confinement seen from inside its own; and `--kind` for real (`-m kind`, `make test-kind`): a kind cluster of
 its own from the node image of `make kind`, deleted afterwards."""
 
 from __future__ import annotations
