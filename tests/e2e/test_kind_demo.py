@@ -45,7 +45,12 @@ from tests.harness.e2e import SAMPLE_PROJECT
 from tests.harness.images import Engine
 from tests.harness.kubectl import REPOSITORY, Kubectl
 from tests.harness.node import ContainerNode
-from tests.harness.rbac_matrix import OPERATOR_CAN, OPERATOR_CANNOT, OPERATOR_CONFINED
+from tests.harness.rbac_matrix import (
+    OPERATOR_CAN,
+    OPERATOR_CANNOT,
+    OPERATOR_CONFINED,
+    mismatches,
+)
 from tests.harness.tools import git, git_init, run_tool
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
@@ -65,9 +70,9 @@ except OSError as error:
     root = os.strerror(error.errno)
 print(os.getuid(), root)
 """
+TOKEN = IN_CLUSTER_ACCOUNT / "token"
 # SelfSubjectAccessReviews, posted with the pod's own token and CA (the directory in argv):
 # the resourceAttributes of each on stdin, whether each is allowed on stdout, as JSON.
-TOKEN = IN_CLUSTER_ACCOUNT / "token"
 SELF_ACCESS_REVIEWS = """
 import json, os, ssl, sys, urllib.request
 account = sys.argv[1]
@@ -299,6 +304,7 @@ def test_the_chart_pods_hold_their_rights_from_inside(
     assert cluster_demo.result.returncode == 0, cluster_demo.result.stderr[-3000:]
     operator = running_pod(node_kubectl, namespace, f"{LABEL_NAME}={RELEASE}-operator")
     checks = [*OPERATOR_CAN, *OPERATOR_CANNOT, *OPERATOR_CONFINED]
+    # The release's RBAC is namespaced: `default` stands for any namespace but its own.
     reviews = [check.resource_attributes(namespace, "default") for check in checks]
     answered = node_kubectl(
         "exec", "-i", operator, "-n", namespace, "--",
@@ -306,8 +312,7 @@ def test_the_chart_pods_hold_their_rights_from_inside(
         input=json.dumps(reviews),
     )  # fmt: skip
     allowed = dict(zip(checks, json.loads(answered.stdout), strict=True))
-    wrong = [f"cannot {check}" for check in OPERATOR_CAN if not allowed[check]]
-    wrong += [f"CAN {check}" for check in OPERATOR_CANNOT + OPERATOR_CONFINED if allowed[check]]
+    wrong = mismatches(allowed.__getitem__, OPERATOR_CAN, OPERATOR_CANNOT + OPERATOR_CONFINED)
     assert not wrong, "the operator's pod:\n  " + "\n  ".join(wrong)
 
     tester = running_pod(node_kubectl, namespace, f"{LABEL_INSTANCE}={Role.tester.value}")

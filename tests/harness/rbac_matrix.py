@@ -6,6 +6,7 @@ inside the operator's pod with its own token (tests/e2e/test_kind_demo.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,3 +132,11 @@ WORKER_CANNOT = [
     Check("list", "endpointslices.discovery.k8s.io"),
     Check("create", "events"),
 ]
+
+
+def mismatches(
+    answer: Callable[[Check], bool], allowed: list[Check], denied: list[Check]
+) -> list[str]:
+    """Each allowed check the answer refuses, each denied one it grants."""
+    wrong = [f"cannot {check}" for check in allowed if not answer(check)]
+    return wrong + [f"CAN {check}" for check in denied if answer(check)]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from tests.harness.rbac_matrix import (
     OPERATOR_CONFINED,
     WORKER_CANNOT,
     Check,
+    mismatches,
 )
 from tests.harness.tools import stop_process
 
@@ -134,8 +136,7 @@ def with_git_credentials(
 def assert_matrix(
     kubectl: Kubectl, installed: Installed, account: str, allowed: list[Check], denied: list[Check]
 ) -> None:
-    wrong = [f"cannot {check}" for check in allowed if not can(kubectl, installed, account, check)]
-    wrong += [f"CAN {check}" for check in denied if can(kubectl, installed, account, check)]
+    wrong = mismatches(partial(can, kubectl, installed, account), allowed, denied)
     assert not wrong, f"{account}:\n  " + "\n  ".join(wrong)
 
 
