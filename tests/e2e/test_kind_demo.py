@@ -1,29 +1,35 @@
 """The cluster demo: the kind commands as data, for podman and for docker; `--cluster`
 for real against a cluster with a real node: the chart's operator pod, the four replicas
 (containers from the images of `make images`), a volume run on a copy of the sample
-project, its diff; and `--kind` for real (`-m kind`, `make test-kind`): a kind cluster of
+project, its diff, then the operator's RBAC asked from inside its pod and the tester's
+confinement seen from inside its own; and `--kind` for real (`-m kind`, `make test-kind`): a kind cluster of
 its own from the node image of `make kind`, deleted afterwards."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from tars_api.names import NON_ROOT_ID
+from tars_api.names import LABEL_INSTANCE, LABEL_NAME, NON_ROOT_ID
 from tars_api.run import RunPhase, SelfCodingRun
+from tars_api.vocabulary import Role
 from tars_engine.core.settings import ENGINE_VERSION
 from tarscli.errors import CliError
 from tarscli.kind_demo import (
     DEMO_NAMESPACE,
     KIND_CLUSTER,
     NODE_PROJECT_PATH,
+    RELEASE,
     KindWorkspace,
     Provider,
     cluster_config,
@@ -33,11 +39,18 @@ from tarscli.kind_demo import (
     pick_provider,
     provider_here,
 )
+from tarscli.kubeconfig import IN_CLUSTER_ACCOUNT
 
 from tests.harness.e2e import SAMPLE_PROJECT
 from tests.harness.images import Engine
 from tests.harness.kubectl import REPOSITORY, Kubectl
 from tests.harness.node import ContainerNode
+from tests.harness.rbac_matrix import (
+    OPERATOR_CAN,
+    OPERATOR_CANNOT,
+    OPERATOR_CONFINED,
+    mismatches,
+)
 from tests.harness.tools import git, git_init, run_tool
 
 TARSCLI = Path(sys.executable).parent / "tarscli"
@@ -56,6 +69,26 @@ try:
 except OSError as error:
     root = os.strerror(error.errno)
 print(os.getuid(), root)
+"""
+TOKEN = IN_CLUSTER_ACCOUNT / "token"
+# SelfSubjectAccessReviews, posted with the pod's own token and CA (the directory in argv):
+# the resourceAttributes of each on stdin, whether each is allowed on stdout, as JSON.
+SELF_ACCESS_REVIEWS = """
+import json, os, ssl, sys, urllib.request
+account = sys.argv[1]
+token = open(os.path.join(account, "token")).read().strip()
+context = ssl.create_default_context(cafile=os.path.join(account, "ca.crt"))
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+url = f"https://{host}:{port}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+answers = []
+for attributes in json.load(sys.stdin):
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": attributes}}
+    request = urllib.request.Request(url, data=json.dumps(review).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=context) as response:
+        answers.append(json.load(response)["status"]["allowed"])
+print(json.dumps(answers))
 """
 
 
@@ -140,16 +173,27 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
             os.lchown(path, uid, gid)
 
 
-def test_cluster_demo_on_the_local_control_plane(
+@dataclass(frozen=True)
+class ClusterDemo:
+    """`tarscli demo self-code-demo --cluster` as it ended; its pods still run."""
+
+    result: subprocess.CompletedProcess[str]
+    project: Path
+    namespace: str
+
+
+@pytest.fixture(scope="module")
+def cluster_demo(
     container_node: ContainerNode,
     node_kubectl: Kubectl,
     node_crds: list[str],
     operator_image: str,
     replica_image: str,
-    tmp_path: Path,
-) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ClusterDemo]:
     """The chart's operator and the replicas as containers on the node; the coordinator
     commits in the project's directory on the node, as the replicas' user."""
+    helm_home = tmp_path_factory.mktemp("helm")
     # Not under pytest's own directory, which only root may enter.
     node_directory = Path(tempfile.mkdtemp(prefix="tars-demo-project-"))
     node_directory.chmod(0o755)
@@ -195,27 +239,14 @@ def test_cluster_demo_on_the_local_control_plane(
             env={
                 **os.environ,
                 "COLUMNS": "200",
-                "HELM_CACHE_HOME": str(tmp_path / "helm"),
-                "HELM_CONFIG_HOME": str(tmp_path / "helm"),
-                "HELM_DATA_HOME": str(tmp_path / "helm"),
+                "HELM_CACHE_HOME": str(helm_home),
+                "HELM_CONFIG_HOME": str(helm_home),
+                "HELM_DATA_HOME": str(helm_home),
             },
         )
         # git refuses a repository its user does not own: the project is root's again.
         chown_tree(project, os.geteuid(), os.getegid())
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Succeeded" in result.stdout, result.stdout
-        assert "--- a/ledgerly/" in result.stdout
-        commits = git(project, "log", "--format=%s").splitlines()
-        assert len(commits) > 1, "auto-apply commits improvements in place"
-        tests = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert tests.returncode == 0, tests.stdout
+        yield ClusterDemo(result, project, namespace)
     finally:
         pods = node_kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
         print(pods.stdout)
@@ -225,13 +256,77 @@ def test_cluster_demo_on_the_local_control_plane(
                 "-n",
                 namespace,
                 "-l",
-                f"app.kubernetes.io/instance={role}",
+                f"{LABEL_INSTANCE}={role}",
                 "--previous",
                 check=False,
             )
             print(role, logs.stdout[-3000:], logs.stderr[-500:])
         node_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         shutil.rmtree(node_directory)
+
+
+def test_cluster_demo_on_the_local_control_plane(cluster_demo: ClusterDemo) -> None:
+    result, project = cluster_demo.result, cluster_demo.project
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Succeeded" in result.stdout, result.stdout
+    assert "--- a/ledgerly/" in result.stdout
+    commits = git(project, "log", "--format=%s").splitlines()
+    assert len(commits) > 1, "auto-apply commits improvements in place"
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert tests.returncode == 0, tests.stdout
+
+
+def running_pod(kubectl: Kubectl, namespace: str, selector: str) -> str:
+    pods = json.loads(
+        kubectl(
+            "get", "pods", "-n", namespace, "-l", selector,
+            "--field-selector=status.phase=Running", "-o", "json",
+        ).stdout
+    )["items"]  # fmt: skip
+    assert len(pods) == 1, [pod["metadata"]["name"] for pod in pods]
+    return str(pods[0]["metadata"]["name"])
+
+
+def test_the_chart_pods_hold_their_rights_from_inside(
+    cluster_demo: ClusterDemo, node_kubectl: Kubectl
+) -> None:
+    """The operator's pod asks the API server, with its own mounted token, what it may do:
+    the matrix tests/packaging/test_rbac.py asks from outside. The tester's pod has no token,
+    a read-only root and the non-root user."""
+    namespace = cluster_demo.namespace
+    assert cluster_demo.result.returncode == 0, cluster_demo.result.stderr[-3000:]
+    operator = running_pod(node_kubectl, namespace, f"{LABEL_NAME}={RELEASE}-operator")
+    checks = [*OPERATOR_CAN, *OPERATOR_CANNOT, *OPERATOR_CONFINED]
+    # The release's RBAC is namespaced: `default` stands for any namespace but its own.
+    reviews = [check.resource_attributes(namespace, "default") for check in checks]
+    answered = node_kubectl(
+        "exec", "-i", operator, "-n", namespace, "--",
+        "python", "-c", SELF_ACCESS_REVIEWS, str(IN_CLUSTER_ACCOUNT),
+        input=json.dumps(reviews),
+    )  # fmt: skip
+    allowed = dict(zip(checks, json.loads(answered.stdout), strict=True))
+    wrong = mismatches(allowed.__getitem__, OPERATOR_CAN, OPERATOR_CANNOT + OPERATOR_CONFINED)
+    assert not wrong, "the operator's pod:\n  " + "\n  ".join(wrong)
+
+    tester = running_pod(node_kubectl, namespace, f"{LABEL_INSTANCE}={Role.tester.value}")
+
+    def in_tester(*command: str) -> subprocess.CompletedProcess[str]:
+        return node_kubectl("exec", tester, "-n", namespace, "--", *command, check=False)
+
+    token = in_tester("python", "-c", f"import os; print(os.path.exists({str(TOKEN)!r}))")
+    assert token.stdout.strip() == "False", token.stdout + token.stderr
+    report = in_tester("python", "-c", POD_SELF_REPORT)
+    assert report.stdout.strip().split(" ", 1) == [
+        str(NON_ROOT_ID),
+        os.strerror(errno.EROFS),
+    ], report.stdout + report.stderr
 
 
 @pytest.mark.parametrize("flags", [["--kind", "--cluster"]])

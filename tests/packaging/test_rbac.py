@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,24 @@ import yaml
 from tests.harness import controlplane
 from tests.harness.chart import REPOSITORY, Manifest, Render, find, one
 from tests.harness.credentials import kubeconfig_document, write_kubeconfig
+from tests.harness.rbac_matrix import (
+    COORDINATOR_CAN,
+    COORDINATOR_CANNOT,
+    GIT_SECRET,
+    OPERATOR_CAN,
+    OPERATOR_CANNOT,
+    OPERATOR_CONFINED,
+    WORKER_CANNOT,
+    Check,
+    mismatches,
+)
 from tests.harness.tools import stop_process
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 SETTLE_SECONDS = 120
-GIT_SECRET = "git-credentials"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One `kubectl auth can-i`: VERB RESOURCE[/NAME] [--subresource] in a namespace or cluster-wide."""
-
-    verb: str
-    resource: str
-    subresource: str | None = None
-    where: str = "home"  # home | other | cluster
-
-    def __str__(self) -> str:
-        sub = f"/{self.subresource}" if self.subresource else ""
-        return f"{self.verb} {self.resource}{sub} ({self.where})"
 
 
 @dataclass(frozen=True)
@@ -136,103 +133,10 @@ def with_git_credentials(
         yield installed
 
 
-TR, SCR = "tarsreplicas.tars.dev", "selfcodingruns.tars.dev"
-CRDS = "customresourcedefinitions.apiextensions.k8s.io"
-
-OPERATOR_CAN = [
-    *(
-        Check(verb, resource)
-        for verb in ("get", "list", "watch", "patch")
-        for resource in (TR, SCR)
-    ),
-    *(Check("patch", resource, "status") for resource in (TR, SCR)),
-    Check("update", TR, "finalizers"),
-    # A run with a test image gets a tester TarsReplica of its own, deleted when it ends.
-    Check("create", TR),
-    Check("delete", TR),
-    Check("update", SCR, "finalizers"),
-    *(Check(verb, "deployments.apps") for verb in ("get", "list", "watch", "create", "patch")),
-    *(Check(verb, "services") for verb in ("get", "list", "watch", "create", "patch")),
-    *(Check(verb, "configmaps") for verb in ("get", "create", "patch")),
-    Check("create", "events"),
-    Check("create", "events.events.k8s.io"),
-    # Coordinator pod addresses: the operator hands runs to a pod, not to the Service name.
-    Check("list", "endpointslices.discovery.k8s.io"),
-    Check("list", CRDS, where="cluster"),
-    Check("watch", CRDS, where="cluster"),
-    Check("list", "namespaces", where="cluster"),
-]
-NEVER = [
-    Check("get", "secrets"),
-    Check("list", "secrets"),
-    Check("get", "secrets", where="other"),
-    Check("list", "secrets", where="cluster"),
-    Check("delete", CRDS, where="cluster"),
-    Check("create", CRDS, where="cluster"),
-    Check("patch", CRDS, where="cluster"),
-    Check("create", "pods"),
-    Check("create", "pods", "exec"),
-    Check("create", "pods", "attach"),
-    Check("create", "pods", "portforward"),
-    Check("delete", "namespaces", where="cluster"),
-    Check("create", "rolebindings.rbac.authorization.k8s.io"),
-    Check("create", "clusterrolebindings.rbac.authorization.k8s.io", where="cluster"),
-    Check("escalate", "roles.rbac.authorization.k8s.io"),
-    Check("impersonate", "serviceaccounts"),
-    Check("create", "serviceaccounts", "token"),
-]
-OPERATOR_CANNOT = [
-    *NEVER,
-    Check("delete", SCR),
-    Check("delete", "deployments.apps"),
-    Check("delete", "services"),
-    Check("delete", "configmaps"),
-    Check("list", "configmaps"),
-    Check("update", "nodes", where="cluster"),
-]
-OPERATOR_CONFINED = [
-    Check("list", TR, where="other"),
-    Check("patch", SCR, "status", where="other"),
-    Check("create", "deployments.apps", where="other"),
-    Check("get", "configmaps", where="other"),
-]
-COORDINATOR_CAN = [
-    *(Check(verb, TR) for verb in ("get", "list", "watch")),
-    *(Check(verb, "endpointslices.discovery.k8s.io") for verb in ("get", "list", "watch")),
-    Check("get", "configmaps"),
-]
-COORDINATOR_CANNOT = [
-    *NEVER,
-    Check("patch", TR),
-    Check("patch", TR, "status"),
-    Check("get", SCR),
-    Check("patch", SCR),
-    Check("patch", SCR, "status"),
-    Check("delete", SCR),
-    Check("create", SCR),
-    Check("list", "configmaps"),
-    Check("create", "configmaps"),
-    Check("create", "events"),
-    Check("create", "deployments.apps"),
-    Check("list", TR, where="other"),
-    Check("get", "configmaps", where="other"),
-    Check("list", CRDS, where="cluster"),
-]
-WORKER_CANNOT = [
-    *NEVER,
-    Check("get", TR),
-    Check("list", SCR),
-    Check("get", "configmaps"),
-    Check("list", "endpointslices.discovery.k8s.io"),
-    Check("create", "events"),
-]
-
-
 def assert_matrix(
     kubectl: Kubectl, installed: Installed, account: str, allowed: list[Check], denied: list[Check]
 ) -> None:
-    wrong = [f"cannot {check}" for check in allowed if not can(kubectl, installed, account, check)]
-    wrong += [f"CAN {check}" for check in denied if can(kubectl, installed, account, check)]
+    wrong = mismatches(partial(can, kubectl, installed, account), allowed, denied)
     assert not wrong, f"{account}:\n  " + "\n  ".join(wrong)
 
 
