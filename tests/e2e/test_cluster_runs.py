@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from kubernetes.utils import parse_quantity
 from tars_api.vocabulary import Role
 from tars_operator.config import OperatorConfig
 
-from tests.harness.e2e import Workspace
+from tests.harness.e2e import Workspace, project_tests
 from tests.harness.kubectl import Kubectl
 from tests.harness.node import ContainerNode
 from tests.harness.operator_process import get_json, http_get, wait_until
@@ -47,17 +46,6 @@ def started_run(workspace: Workspace, project: Path, *extra: str) -> str:
     )
     # stdout is the run's name alone (the rest goes to stderr), for scripts.
     return started.stdout.strip()
-
-
-def sample_tests_pass(project: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
 
 
 def role_pod(kubectl: Kubectl, namespace: str, role: Role) -> dict[str, Any]:
@@ -142,7 +130,7 @@ def test_start_watch_diff_apply(
     assert "applied to" in applied.stdout
     changed = git(sample_project, "diff", "--name-only").split()
     assert changed and all(path.startswith("ledgerly/") for path in changed), changed
-    after = sample_tests_pass(sample_project)
+    after = project_tests(sample_project)
     assert after.returncode == 0, after.stdout + after.stderr
 
     again = workspace.tarscli("self-code", "apply", name, cwd=sample_project, check=False)
@@ -201,7 +189,7 @@ def assert_applied_once(workspace: Workspace, project: Path, name: str) -> None:
     headers = [line for line in patch.splitlines() if line.startswith("+++ b/")]
     assert headers and len(headers) == len(set(headers)), headers
     workspace.tarscli("self-code", "apply", name, cwd=project)
-    after = sample_tests_pass(project)
+    after = project_tests(project)
     assert after.returncode == 0, after.stdout + after.stderr
 
 

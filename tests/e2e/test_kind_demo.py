@@ -41,7 +41,7 @@ from tarscli.kind_demo import (
 )
 from tarscli.kubeconfig import IN_CLUSTER_ACCOUNT
 
-from tests.harness.e2e import SAMPLE_PROJECT
+from tests.harness.e2e import SAMPLE_PROJECT, project_tests
 from tests.harness.images import Engine
 from tests.harness.kubectl import REPOSITORY, Kubectl
 from tests.harness.node import ContainerNode
@@ -272,14 +272,7 @@ def test_cluster_demo_on_the_local_control_plane(cluster_demo: ClusterDemo) -> N
     assert "--- a/ledgerly/" in result.stdout
     commits = git(project, "log", "--format=%s").splitlines()
     assert len(commits) > 1, "auto-apply commits improvements in place"
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    tests = project_tests(project)
     assert tests.returncode == 0, tests.stdout
 
 

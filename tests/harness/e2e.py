@@ -21,6 +21,18 @@ COMMAND_TIMEOUT_SECONDS = 300
 SETUP_TIMEOUT_SECONDS = "180"
 
 
+def project_tests(project: Path) -> subprocess.CompletedProcess[str]:
+    """The project's own tests, run with this interpreter (the sample project needs no more)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+
+
 @dataclass
 class Workspace:
     """A namespace with an operator watching it, and `tarscli` bound to both."""
