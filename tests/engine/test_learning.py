@@ -16,8 +16,12 @@ from tars_engine.core.learning import (
     user_learning_store,
 )
 from tars_engine.core.models import (
+    Finding,
     FindingKind,
+    FindingSource,
     GenerateRequest,
+    Location,
+    Severity,
     SourceFile,
 )
 from tars_engine.core.state import RunOptions
@@ -27,13 +31,7 @@ from tars_engine.transports.embedded import local_workflow
 
 from tests.harness.ollama import TEST_MODEL, OllamaServer
 from tests.harness.projects import tree_hashes
-from tests.harness.workflow import (
-    isolated_roles,
-    learning,
-    ruff_finding,
-    run_workflow,
-    shop_project,
-)
+from tests.harness.workflow import isolated_roles, learning, run_workflow, shop_project
 
 __all__ = ["isolated_roles", "learning"]
 
@@ -56,6 +54,19 @@ def outcome(
     )
 
 
+def finding(rule: str) -> Finding:
+    return Finding(
+        kind=FindingKind.style,
+        severity=Severity.low,
+        source=FindingSource.ruff,
+        rule=rule,
+        message=rule,
+        location=Location(line=1),
+        fix_available=True,
+        fix_safe=True,
+    )
+
+
 def test_track_records_and_boosts(learning: LearningStore) -> None:
     learning.record(outcome("a.py", ["F401", "UP032"], accepted=True, diff="-a\n+b\n"))
     learning.record(outcome("b.py", ["F401"], accepted=False, diff="-c\n+d\n"))
@@ -70,9 +81,9 @@ def test_track_records_and_boosts(learning: LearningStore) -> None:
     assert (files["a.py"].accepted, files["a.py"].total) == (1, 1)
     assert (files["b.py"].accepted, files["b.py"].total) == (0, 2)
     assert learning.file_records("/elsewhere") == {}
-    assert learning.priority_boost([ruff_finding("UP032")], rules, files["a.py"]) > 0
-    assert learning.priority_boost([ruff_finding("F401")], rules, files["b.py"]) < 0
-    assert learning.priority_boost([ruff_finding("E999")], rules) == 0
+    assert learning.priority_boost([finding("UP032")], rules, files["a.py"]) > 0
+    assert learning.priority_boost([finding("F401")], rules, files["b.py"]) < 0
+    assert learning.priority_boost([finding("E999")], rules) == 0
     assert learning.rule_records(EngineName.ollama) == {}
 
 
@@ -110,7 +121,7 @@ def test_learned_examples_reach_the_models_prompt(tmp_path: Path, learning: Lear
         attempt=2,
         feedback="the tests failed: test_total",
     )
-    [task] = plan_tasks(content, [ruff_finding("D103")])
+    [task] = plan_tasks(content, [finding("D103")])
     prompt = task_prompt(request.file.path, content, task, request)
     assert examples[0].diff.strip().splitlines()[-1] in prompt
     assert "Your previous answer was refused: the tests failed: test_total" in prompt

@@ -15,14 +15,7 @@ import pytest
 from tars_api.run import RunPhase
 from tars_engine.core.diffs import keep_file_conventions
 from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import (
-    AnalyzeRequest,
-    Finding,
-    GenerateRequest,
-    LintContext,
-    ProjectFile,
-    SourceFile,
-)
+from tars_engine.core.models import AnalyzeRequest, Finding, GenerateRequest, SourceFile
 from tars_engine.core.ruff_config import (
     RuleChoice,
     capped_target_version,
@@ -365,19 +358,3 @@ def test_a_run_changes_only_the_bytes_its_improvements_ask_for(
     assert skipped["pkg/alias.py"].reason is SkipReason.symlink
     assert "pkg/legacy.py" in skipped["pkg/alias.py"].detail
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
-
-
-def test_a_lint_contexts_copy_serves_later_calls_and_the_oldest_unused_go() -> None:
-    laid_out = ruff_tool._LaidOutProjects(kept=1)
-    first = LintContext(configs=[ProjectFile(path="pyproject.toml", content=pyproject(">=3.9"))])
-    second = LintContext(layout=["pkg/__init__.py"])
-    with laid_out.scratch(first) as scratch:
-        assert (scratch / "project" / "pyproject.toml").read_text() == pyproject(">=3.9")
-        with laid_out.scratch(first) as again:
-            assert again == scratch
-        with laid_out.scratch(second) as other:
-            assert (other / "project" / "pkg" / "__init__.py").is_file()
-        # Beyond the bound, but in use: it stays until its call is done.
-        assert scratch.is_dir()
-    assert not scratch.exists()
-    assert other.is_dir()

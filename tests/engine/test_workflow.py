@@ -17,7 +17,7 @@ from tars_api.run import FileOutcome, RunPhase, RunStage
 from tars_api.vocabulary import EngineName, Role
 from tars_engine.core.applying import committed_candidates
 from tars_engine.core.events import EventKind, WorkflowEvent
-from tars_engine.core.gating import next_rule_groups, suspect_rules, suspects_last
+from tars_engine.core.gating import next_rule_groups, suspects_last
 from tars_engine.core.learning import LearningStore
 from tars_engine.core.models import Candidate, DropCause, TestResult
 from tars_engine.core.role_pool import WorkerRoles
@@ -38,7 +38,6 @@ from tests.harness.workflow import (
     learning,
     load_state,
     project_tests_pass,
-    ruff_finding,
     run_workflow,
     sample_project,
     shop_project,
@@ -561,79 +560,6 @@ def test_a_rule_bisection_step_splits_a_failure_and_infers_the_other_half() -> N
     assert found == [] and [(g.rules, g.fails_after_a_pass) for g in rest] == [
         (["UP031", "UP032"], False)
     ]
-
-
-def test_the_rules_a_failing_traceback_points_at_are_tried_last(tmp_path: Path) -> None:
-    """pytest's own output of a failure inside the changed file names the rules whose
-    findings share the top-level definition of its deepest frame there (not of every
-    frame in the file); they make the second half of the split."""
-    before = textwrap.dedent(
-        """\
-        import os
-
-
-        class Header:
-            __slots__ = ["version", "count"]
-
-            @classmethod
-            def fields(cls):
-                if cls.__slots__[0] != "version":
-                    raise ValueError("version must come first")
-                return cls.__slots__
-
-
-        def label(name):
-            Header.fields()
-            return "{}".format(name)
-        """
-    )
-    after = (
-        before.replace("import os\n", "")
-        .replace('["version", "count"]', '["count", "version"]')
-        .replace('"{}".format(name)', 'f"{name}"')
-    )
-    write_tree(
-        tmp_path,
-        {
-            "pkg/__init__.py": "",
-            "pkg/header.py": after,
-            "tests/test_header.py": "from pkg.header import label\n\n\n"
-            "def test_label():\n    assert label('x')\n",
-        },
-    )
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert tests.returncode == 1, tests.stdout + tests.stderr
-    failed = TestResult(passed=False, command=["pytest"], output=tests.stdout)
-
-    findings = [ruff_finding("F401", 1), ruff_finding("RUF023", 5), ruff_finding("UP032", 16)]
-    candidate = Candidate(
-        id="c",
-        path="pkg/header.py",
-        base_sha256="0",
-        diff="d",
-        rationale="r",
-        engine=EngineName.static,
-        rules=["F401", "RUF023", "UP032"],
-    )
-    suspects = suspect_rules(candidate, before, after, findings, failed)
-    assert suspects == {"RUF023"}
-    split, found = next_rule_groups([RuleGroup()], False, candidate.rules, suspects)
-    assert found == [] and [(g.rules, g.fails_after_a_pass) for g in split] == [
-        (["F401", "UP032"], False),
-        (["RUF023"], True),
-    ]
-    # The others pass: the suspect is the culprit, found without a test of its own.
-    assert next_rule_groups(split, True, ["F401", "UP032"]) == ([], ["RUF023"])
-    # Output that names no line of the file leaves the split in the middle.
-    silent = failed.model_copy(update={"output": "1 failed"})
-    assert suspect_rules(candidate, before, after, findings, silent) == set()
 
 
 def test_a_failing_batch_is_split_before_the_files_its_output_names() -> None:

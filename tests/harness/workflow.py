@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from tars_engine.core.events import EventCallback
 from tars_engine.core.learning import LearningStore
-from tars_engine.core.models import Finding, FindingKind, FindingSource, Location, Severity
 from tars_engine.core.state import RunOptions, StateStore, WorkflowState
 from tars_engine.transports.embedded import local_workflow
 
@@ -183,17 +182,3 @@ def isolated_roles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TARS_SCRATCH_DIR", str(tmp_path / "scratch"))
     monkeypatch.setenv("TARS_LEARNING_DB", str(tmp_path / "learning" / "user.sqlite3"))
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
-
-
-def ruff_finding(rule: str, line: int = 1) -> Finding:
-    """A finding of ruff's with a safe fix, as the analyzer reports one, at `line`."""
-    return Finding(
-        kind=FindingKind.style,
-        severity=Severity.low,
-        source=FindingSource.ruff,
-        rule=rule,
-        message=rule,
-        location=Location(line=line),
-        fix_available=True,
-        fix_safe=True,
-    )

@@ -11,34 +11,27 @@ the failure is known to lie in the second half, which is split without testing
 it again. Where the failing run's output names the files of some candidates (a
 traceback through them, an import that broke), those go last and the split falls
 just before them: when the rest passes, they are known to fail without a test. Every accepted candidate has therefore passed the tests together with
-everything accepted before it. The baseline is tested when the run starts it
-(`start_baseline`: the workflow does so at once with `baseline_first`, else alongside
-the first batch when there are two or more testers), otherwise after the first batch.
+everything accepted before it. With `baseline_first` the baseline is tested before
+anything else, alongside the first batch when there are two or more testers;
+otherwise after the first batch.
 
 A file's rules are bisected the same way (`next_rule_groups`): when the static
 engine's change to a file fails its tests, its rules are split in halves, each
 half a candidate of its own, tested in the next batch on top of what passed; a
-half that passes is accepted, and the rules left at the end are the culprits. Where
-the failing run's tracebacks pass through the changed file, the rules with a finding
-in the top-level definition of their deepest frame there (`suspect_rules`) go last, the
-split just before them: when the others pass, the suspects are known to fail without a
-test.
+half that passes is accepted, and the rules left at the end are the culprits.
 """
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
-import re
 import shlex
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from tars_engine.core import python_ast
 from tars_engine.core.budget import BudgetGuard, call_until_stop
 from tars_engine.core.events import one_line
-from tars_engine.core.models import Candidate, Finding, SnapshotRef, TestRequest, TestResult
+from tars_engine.core.models import Candidate, SnapshotRef, TestRequest, TestResult
 from tars_engine.core.role_pool import RolePool
 from tars_engine.core.role_set import SnapshotMissingError, TesterRole
 from tars_engine.core.snapshot import archive_digest
@@ -103,29 +96,19 @@ def judged(result: TestResult, baseline: TestResult | None) -> TestResult:
     return result.model_copy(update={"passed": False, "unproven": reason})
 
 
-def _after_failure(
-    rules: list[str], rest: list[RuleGroup], suspects: Collection[str] = ()
-) -> tuple[list[RuleGroup], list[str]]:
+def _after_failure(rules: list[str], rest: list[RuleGroup]) -> tuple[list[RuleGroup], list[str]]:
     # What followed the failed group no longer follows a pass.
     if rest and rest[0].fails_after_a_pass:
         rest = [rest[0].model_copy(update={"fails_after_a_pass": False}), *rest[1:]]
     if len(rules) <= 1:
         return rest, list(rules)
-    named = [rule for rule in rules if rule in suspects]
-    if named and len(named) < len(rules):
-        rules = [rule for rule in rules if rule not in suspects] + named
-        half = len(rules) - len(named)
-    else:
-        half = len(rules) // 2
+    half = len(rules) // 2
     halves = [RuleGroup(rules=rules[:half]), RuleGroup(rules=rules[half:], fails_after_a_pass=True)]
     return [*halves, *rest], []
 
 
 def next_rule_groups(
-    groups: list[RuleGroup],
-    passed: bool | None,
-    rules: list[str],
-    suspects: Collection[str] = (),
+    groups: list[RuleGroup], passed: bool | None, rules: list[str]
 ) -> tuple[list[RuleGroup], list[str]]:
     """The rule groups left to try once the first of `groups` was tried, and the rules
     found to fail the tests.
@@ -134,12 +117,10 @@ def next_rule_groups(
     (None: no change was made of it). As in the candidates' bisection, a failed group
     is split and its first half tried next; when a first half passes, its other half
     is known to fail, so it is split (or, one rule, found out) without a test of its own.
-    The `suspects` among a failed group's rules (`suspect_rules`) make its second half
-    when there are others.
     """
     rest = list(groups[1:])
     if passed is False:
-        return _after_failure(rules, rest, suspects)
+        return _after_failure(rules, rest)
     if passed is True and rest and rest[0].fails_after_a_pass:
         known = rest.pop(0)
         return _after_failure(known.rules or [], rest)
@@ -160,72 +141,6 @@ def suspects_last(group: list[Candidate], result: TestResult) -> tuple[list[Cand
         return group, len(group) // 2
     others = [candidate for candidate in group if candidate not in named]
     return [*others, *named], len(others)
-
-
-# How tracebacks end: pytest's `E   ValueError: ...` lines, after which its long form
-# names the deepest frame (`pkg/mod.py:12: ValueError`), or Python's own last line.
-_PYTEST_ERROR = re.compile(r"E\s")
-_PYTEST_LAST_FRAME = re.compile(r"\S+:\d+: (?!in\b)\w")
-_PYTHON_ERROR = re.compile(r"\w[\w.]*(?:Error|Exception|Exit)\b")
-
-
-def failing_lines(path: str, output: str) -> set[int]:
-    """The lines of `path` where the tracebacks in a test run's `output` leave it for the
-    last time before their error, as Python (`File ".../path", line 12`) and pytest
-    (`.../path:12: in f`) print them: the deepest frame in the file, nearest the cause."""
-    frame = re.compile(rf'(?<![\w.-]){re.escape(path)}(?:", line |:)(\d+)')
-    lines: set[int] = set()
-    deepest: int | None = None
-    after_error = False
-    for text in output.splitlines():
-        if _PYTEST_ERROR.match(text) or (after_error and not text.strip()):
-            after_error = True
-            continue
-        located = frame.search(text)
-        ended = after_error or _PYTHON_ERROR.match(text) is not None
-        if located is not None and (not after_error or _PYTEST_LAST_FRAME.match(text)):
-            deepest = int(located.group(1))
-        if ended:
-            if deepest is not None:
-                lines.add(deepest)
-            deepest, after_error = None, False
-    return lines
-
-
-def _top_level_definitions(content: str, lines: Iterable[int]) -> set[str]:
-    """The names of the top-level classes and functions holding `lines` ("" for a line
-    outside them); empty when `content` does not parse."""
-    try:
-        tree = python_ast.parse(content)
-    except (SyntaxError, ValueError):
-        return set()
-    spans = [
-        (node.lineno, node.end_lineno or node.lineno, node.name)
-        for node in tree.body
-        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-    ]
-    return {
-        next((name for first, last, name in spans if first <= line <= last), "") for line in lines
-    }
-
-
-def suspect_rules(
-    candidate: Candidate, before: str, after: str, findings: list[Finding], result: TestResult
-) -> set[str]:
-    """The rules of `candidate`, the change of `before` into `after`, that the failing
-    `result` points at: those with a finding (in `before`) inside the top-level definition
-    of a traceback's deepest frame in the file (in `after`). The definitions are matched
-    by name, which survives the lines a fix moves."""
-    failing = _top_level_definitions(after, failing_lines(candidate.path, result.output))
-    if not failing:
-        return set()
-    rules = set(candidate.rules)
-    located = [finding for finding in findings if finding.rule in rules]
-    return {
-        finding.rule
-        for finding in located
-        if _top_level_definitions(before, [finding.location.line]) & failing
-    }
 
 
 @dataclass(frozen=True)
@@ -269,9 +184,8 @@ class CandidateGate:
         self._baseline: concurrent.futures.Future[TestResult] | None = None
 
     def start_baseline(self, executor: concurrent.futures.Executor) -> None:
-        """Test the untouched project alongside what comes next, unless that is under way
-        or known."""
-        if self._baseline_result is None and self._baseline is None:
+        """With `baseline_first`, test the untouched project alongside what comes next."""
+        if self._baseline_result is None and self._options.baseline_first:
             self._baseline = executor.submit(self._run_tests, [], BASELINE_LABEL)
 
     def _run_tests(self, candidates: list[Candidate], label: str) -> TestResult:

@@ -88,9 +88,8 @@ class RunOptions(StateModel):
     )
     baseline_first: bool = Field(
         default=False,
-        description="test the untouched project first, alongside analysis; otherwise "
-        "alongside the first batch when there are two testers or more, else after it "
-        "(every run tests it once: a pass proves only its tests)",
+        description="test the untouched project first, alongside generation; otherwise "
+        "after the first batch (every run tests it once: a pass proves only its tests)",
     )
 
 

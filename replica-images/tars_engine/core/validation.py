@@ -10,7 +10,6 @@ the tests say.
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import io
 import posixpath
@@ -137,33 +136,22 @@ def candidate_rejection(candidate: Candidate, source: SourceFile, targets: list[
         return problem
     if candidate.base_sha256 != source.sha256:
         return "candidate was made for different content than the file has"
-    return _diff_rejection(candidate.path, candidate.diff, source.content)
-
-
-# The generator checks its candidate, and the coordinator checks it again whatever the
-# generator did: in one process, the second check is the first one's answer.
-_DIFF_REJECTIONS_CACHE_SIZE = 256
-
-
-@functools.lru_cache(maxsize=_DIFF_REJECTIONS_CACHE_SIZE)
-def _diff_rejection(path: str, diff: str, content: str) -> str | None:
-    """Why the change `diff` makes of `content`, the file at `path`, is unacceptable, or None."""
     try:
-        touched = diff_paths(diff)
-        if touched - {path}:
-            return f"diff edits another file: {', '.join(sorted(touched - {path}))}"
-        updated = apply_unified_diff(content, diff, path)
+        touched = diff_paths(candidate.diff)
+        if touched - {candidate.path}:
+            return f"diff edits another file: {', '.join(sorted(touched - {candidate.path}))}"
+        updated = apply_unified_diff(source.content, candidate.diff, candidate.path)
     except PatchError as exc:
         return f"diff is not usable: {exc}"
-    if updated == content:
+    if updated == source.content:
         return "no-op change"
     problem = syntax_problem(updated)
     if problem:
         return f"changed file does not parse ({problem})"
-    if only_whitespace_changed(content, updated):
+    if only_whitespace_changed(source.content, updated):
         return "changes only whitespace"
-    if syntax_problem(content) is None:
-        dropped = defined_names(python_ast.parse(content)) - defined_names(
+    if syntax_problem(source.content) is None:
+        dropped = defined_names(python_ast.parse(source.content)) - defined_names(
             python_ast.parse(updated)
         )
         if dropped:

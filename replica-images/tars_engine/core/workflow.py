@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 
 from tars_api.run import FileOutcome, RunPhase, RunStage
@@ -36,15 +36,9 @@ from tars_api.vocabulary import EngineName
 
 from tars_engine.core import applying, crash_points
 from tars_engine.core.budget import BudgetGuard, StopRequested, call_until_stop
-from tars_engine.core.diffs import PatchError, apply_unified_diff
+from tars_engine.core.diffs import apply_unified_diff
 from tars_engine.core.events import EventCallback, EventKind, one_line
-from tars_engine.core.gating import (
-    CandidateGate,
-    GateHooks,
-    describe_failure,
-    next_rule_groups,
-    suspect_rules,
-)
+from tars_engine.core.gating import CandidateGate, GateHooks, describe_failure, next_rule_groups
 from tars_engine.core.journal import RunJournal
 from tars_engine.core.learning import LearningStore, Outcome
 from tars_engine.core.models import (
@@ -275,8 +269,7 @@ class Workflow:
         if self._s.options.engine is EngineName.ollama:
             self._check_model()
         gate = self._open_gate(guard)
-        if self._s.options.baseline_first:
-            gate.start_baseline(executor)
+        gate.start_baseline(executor)
         self._journal.enter(RunStage.analyzing)
         self._reports = self._analyze(candidates_paths)
         if not resumed:
@@ -285,10 +278,6 @@ class Workflow:
             for record in self._s.files:
                 if record.outcome is None and not self._actionable(record.path):
                     self._finish(record, "nothing left to improve")
-        if self._testers.parallelism > 1 and any(r.outcome is None for r in self._s.files):
-            # A tester to spare: the untouched project is tested while the first batch is
-            # made and tested, rather than after it, in a run's wall time.
-            gate.start_baseline(executor)
         while True:
             pending = [r for r in self._s.files if r.outcome is None]
             if not pending:
@@ -613,22 +602,15 @@ class Workflow:
         )
         self._journal.finish_file(record, outcome, reason)
 
-    def _rules_tried(
-        self,
-        record: FileRecord,
-        candidate: Candidate,
-        failure: str | None,
-        suspects: Collection[str] = (),
-    ) -> None:
+    def _rules_tried(self, record: FileRecord, candidate: Candidate, failure: str | None) -> None:
         """The next rule groups of `record` once `candidate` (of its first group) passed its
-        tests (`failure` None) or failed them (`suspects`: the rules its failure points at);
-        the culprits found are left out, and learned."""
+        tests (`failure` None) or failed them; the culprits found are left out, and learned."""
         group = record.rule_groups[0].rules if record.rule_groups else None
         asked = set(group) if group is not None else set(self._level_rules(record))
         fixed = [rule for rule in candidate.rules if rule in asked]
         with self._journal.lock:
             record.rule_groups, culprits = next_rule_groups(
-                record.rule_groups, failure is None, fixed, suspects
+                record.rule_groups, failure is None, fixed
             )
             if failure is None:
                 # A rule left out for its follow-ups, now fixed with them, is in the change.
@@ -822,18 +804,6 @@ class Workflow:
             )
             record.commit = commit
 
-    def _suspects(self, candidate: Candidate, result: TestResult) -> set[str]:
-        """The rules of `candidate` its failing `result` points at (`gating.suspect_rules`)."""
-        report = self._reports.get(candidate.path)
-        if report is None:
-            return set()
-        try:
-            before = self._content(candidate.path)
-            after = apply_unified_diff(before, candidate.diff, candidate.path)
-        except (OSError, UnicodeDecodeError, PatchError):
-            return set()
-        return suspect_rules(candidate, before, after, report.findings, result)
-
     def _reject(self, candidate: Candidate, result: TestResult) -> None:
         record = self._s.file(candidate.path)
         reason = describe_failure(result)
@@ -851,7 +821,7 @@ class Workflow:
             self._failed_diffs.setdefault(candidate.path, {})[candidate.diff] = reason
             record.candidate_id = None
         if self._static:
-            self._rules_tried(record, candidate, reason, self._suspects(candidate, result))
+            self._rules_tried(record, candidate, reason)
             going_on = "; trying its rules apart" if self._work_left(record) else ""
             self._settle(record, reason + going_on, changed=False)
             return

@@ -16,7 +16,6 @@ codemods as they do for ruff's own findings.
 from __future__ import annotations
 
 import ast
-import functools
 import io
 import itertools
 import re
@@ -289,10 +288,6 @@ def _character_column(line: str, byte_column: int) -> int:
     return len(line.encode("utf-8", "surrogatepass")[:byte_column].decode("utf-8", "replace"))
 
 
-# The analyzer, then the generator before and after ruff's fixes, ask of the same contents.
-_CANDIDATE_SITES_CACHE_SIZE = 256
-
-
 def candidate_sites(path: str, content: str) -> list[Site]:
     """Where a codemod's annotation is certain in `content`, before the project's say.
 
@@ -300,18 +295,13 @@ def candidate_sites(path: str, content: str) -> list[Site]:
     end in a lone carriage return (where `ast` and `tokenize` would count lines apart),
     has no sites.
     """
-    return list(_certain_sites(path, content))
-
-
-@functools.lru_cache(maxsize=_CANDIDATE_SITES_CACHE_SIZE)
-def _certain_sites(path: str, content: str) -> tuple[Site, ...]:
     text = content.removeprefix(python_ast.BYTE_ORDER_MARK)
     if path.endswith(STUB_SUFFIX) or is_test_file(path) or "\r" in text.replace("\r\n", ""):
-        return ()
+        return []
     try:
         tree = python_ast.parse(text)
     except (SyntaxError, ValueError):
-        return ()
+        return []
     bound = _bound_names(tree)
     certain = [
         (node, rule)
@@ -320,11 +310,11 @@ def _certain_sites(path: str, content: str) -> tuple[Site, ...]:
         and (rule := _certain_annotation(node, bound)) is not None
     ]
     if not certain:
-        return ()
+        return []
     try:
         signatures = _signatures(text)
     except (SyntaxError, tokenize.TokenError):
-        return ()
+        return []
     lines = text.split("\n")
     sites = []
     for node, rule in certain:
@@ -341,7 +331,7 @@ def _certain_sites(path: str, content: str) -> tuple[Site, ...]:
                 offset=signature.end_of_parameters,
             )
         )
-    return tuple(sorted(sites, key=lambda site: site.offset))
+    return sorted(sites, key=lambda site: site.offset)
 
 
 def project_checks(choice: RuleChoice, annotation_rule: str) -> bool:

@@ -11,7 +11,6 @@ a byte order mark come back as they went in.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -20,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from tars_engine.core.models import LintContext, SourceFile
+from tars_engine.core.models import SourceFile
 from tars_engine.core.ruff_config import (
     RuleChoice,
     capped_target_version,
@@ -129,74 +127,31 @@ def _inside(copy: Path, path: str) -> Path:
     return copy / clean
 
 
-def _lay_out(lint: LintContext, copy: Path) -> None:
-    """What ruff reads of the project, under `copy`."""
-    for config in lint.configs:
+def _lay_out(source: SourceFile, copy: Path) -> Path:
+    """What ruff reads of the project, under `copy`; returns where the file stands in it."""
+    for config in source.lint.configs:
         target = _inside(copy, config.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(config.content.encode("utf-8"))
-    for entry in lint.layout:
+    for entry in source.lint.layout:
         target = _inside(copy, entry)
         if entry.endswith("/"):
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
-
-
-class _LaidOutProjects:
-    """Scratch copies of what ruff reads of a project, one per lint context, kept for the
-    next calls: ruff took twice as long on a file in a copy laid out anew for it. The
-    oldest beyond `kept` are removed once no call uses them."""
-
-    def __init__(self, kept: int) -> None:
-        self._kept = kept
-        self._lock = threading.Lock()
-        self._scratches: OrderedDict[str, tempfile.TemporaryDirectory[str]] = OrderedDict()
-        self._users: Counter[str] = Counter()
-
-    @contextlib.contextmanager
-    def scratch(self, lint: LintContext) -> Iterator[Path]:
-        """A scratch directory holding the project's copy, as `project`, for one call."""
-        key = hashlib.sha256(lint.model_dump_json().encode("utf-8", "surrogatepass")).hexdigest()
-        with self._lock:
-            scratch = self._scratches.get(key)
-            if scratch is None:
-                scratch = tempfile.TemporaryDirectory(prefix="tars-ruff-")
-                try:
-                    _lay_out(lint, Path(scratch.name, "project"))
-                except BaseException:
-                    scratch.cleanup()
-                    raise
-                self._scratches[key] = scratch
-            self._scratches.move_to_end(key)
-            self._users[key] += 1
-        try:
-            yield Path(scratch.name)
-        finally:
-            with self._lock:
-                self._users[key] -= 1
-                self._remove_unused()
-
-    def _remove_unused(self) -> None:
-        for key in list(self._scratches)[: -self._kept]:
-            if not self._users[key]:
-                self._scratches.pop(key).cleanup()
-                del self._users[key]
-
-
-_LAID_OUT_PROJECTS_KEPT = 32
-_laid_out = _LaidOutProjects(_LAID_OUT_PROJECTS_KEPT)
+    file = _inside(copy, source.path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return file
 
 
 def _run_ruff(source: SourceFile, arguments: list[str]) -> tuple[bytes, bytes]:
     # The scratch directory is also ruff's XDG_CONFIG_HOME: a user's own ruff.toml would
     # make a local run judge differently from a replica. No cache: ruff writes nothing.
     try:
-        with _laid_out.scratch(source.lint) as scratch:
-            copy = scratch / "project"
-            file = _inside(copy, source.path)
-            file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tars-ruff-") as scratch:
+            copy = Path(scratch, "project")
+            file = _lay_out(source, copy)
             completed = subprocess.run(
                 [
                     ruff_binary(),
@@ -213,7 +168,7 @@ def _run_ruff(source: SourceFile, arguments: list[str]) -> tuple[bytes, bytes]:
                 capture_output=True,
                 timeout=RUFF_TIMEOUT_SECONDS,
                 cwd=copy,
-                env={**os.environ, "XDG_CONFIG_HOME": str(scratch)},
+                env={**os.environ, "XDG_CONFIG_HOME": scratch},
                 check=False,
             )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -224,8 +179,7 @@ def _run_ruff(source: SourceFile, arguments: list[str]) -> tuple[bytes, bytes]:
     return completed.stdout, completed.stderr
 
 
-# The generator checks the content the analyzer just checked, with the same rules or with
-# the codemods' alone; in-process they share this.
+# The generator checks the content the analyzer just checked; in-process they share this.
 _CHECK_CACHE_SIZE = 512
 _check_cache: OrderedDict[str, tuple[RuffDiagnostic, ...]] = OrderedDict()
 _check_cache_lock = threading.Lock()
@@ -256,15 +210,12 @@ def _diagnostics(json_text: bytes) -> list[RuffDiagnostic]:
     return diagnostics
 
 
-def _cache_key(source: SourceFile, selected: list[str] | None) -> str:
-    text = source.model_dump_json() + ("" if selected is None else "\n" + ",".join(selected))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+def _cache_key(source: SourceFile) -> str:
+    return hashlib.sha256(source.model_dump_json().encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _remember(
-    source: SourceFile, selected: list[str] | None, diagnostics: list[RuffDiagnostic]
-) -> None:
-    key = _cache_key(source, selected)
+def _remember(source: SourceFile, diagnostics: list[RuffDiagnostic]) -> None:
+    key = _cache_key(source)
     with _check_cache_lock:
         _check_cache[key] = tuple(diagnostics)
         _check_cache.move_to_end(key)
@@ -272,20 +223,20 @@ def _remember(
             _check_cache.popitem(last=False)
 
 
-def _remembered(source: SourceFile, selected: list[str] | None) -> list[RuffDiagnostic] | None:
+def _remembered(source: SourceFile) -> list[RuffDiagnostic] | None:
     with _check_cache_lock:
-        cached = _check_cache.get(_cache_key(source, selected))
+        cached = _check_cache.get(_cache_key(source))
     return None if cached is None else list(cached)
 
 
 def check(source: SourceFile) -> list[RuffDiagnostic]:
     """Diagnostics of the project's rules (and the engine's) for one file's content."""
-    cached = _remembered(source, None)
+    cached = _remembered(source)
     if cached is not None:
         return cached
     stdout, _ = _run_ruff(source, ["--output-format", "json"])
     diagnostics = _diagnostics(stdout)
-    _remember(source, None, diagnostics)
+    _remember(source, diagnostics)
     return diagnostics
 
 
@@ -295,17 +246,12 @@ def check_selected(source: SourceFile, rules: list[str]) -> list[RuffDiagnostic]
     Selected on the command line, `rules` override the project's `ignore`: the caller
     weighs that. Per-file ignores, exclusions and noqa comments hold as in any check.
     """
-    cached = _remembered(source, rules)
-    if cached is not None:
-        return cached
     stdout, _ = _run_ruff(source, ["--select", ",".join(rules), "--output-format", "json"])
-    diagnostics = [
+    return [
         diagnostic
         for diagnostic in _diagnostics(stdout)
         if any(diagnostic.code.startswith(rule) for rule in rules)
     ]
-    _remember(source, rules, diagnostics)
-    return diagnostics
 
 
 def fix(source: SourceFile, rules: list[str], *, unsafe: bool) -> tuple[str, list[RuffDiagnostic]]:
