@@ -2,10 +2,11 @@
 
 The commands make a few plain REST calls on JSON documents, so they need neither the
 `kubernetes` package's generated models nor its urllib3 pool, whose imports took most of
-a command's time. `ApiClient.request` sends one request on a kept-alive connection;
-`ApiClient.stream` reads a watch (`?watch=1`), one JSON event a line, on a connection of
-its own. A non-2xx answer raises `ApiError` with the server's Status; a server that cannot
-be reached raises `Unreachable`.
+a command's time. `ApiClient.request` sends one JSON request on a kept-alive connection,
+`ApiClient.send` one whose body or answer may be anything (a replica's, through the
+service proxy); `ApiClient.stream` reads a watch (`?watch=1`), one JSON event a line, on a
+connection of its own. A non-2xx answer raises `ApiError` with the server's Status; a
+server that cannot be reached raises `Unreachable`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ class Endpoint:
     tls_server_name: str | None = None
     client_certificate: ClientCertificate | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer as the server sent it."""
+
+    status: int
+    reason: str
+    content_type: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
 class ApiError(Exception):
@@ -207,12 +222,29 @@ class ApiClient:
     ) -> Any:
         """`method path?params` with `body` as JSON; the decoded answer, or ApiError."""
         payload = None if body is None else json.dumps(body).encode()
+        answer = self.send(
+            method, path, params=params, payload=payload, content_type=content_type, timeout=timeout
+        )
+        text = answer.text
+        return json.loads(text) if text else None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        payload: bytes | None = None,
+        content_type: str = JSON,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> Answer:
+        """`method path?params` with `payload` as it is; the 2xx answer undecoded, or ApiError."""
         headers = self._headers(content_type if payload is not None else None)
         target = self._target(path, params)
         while True:
             reused = self._connection is not None
             try:
-                status, reason, data = self._exchange(method, target, payload, headers, timeout)
+                answer = self._exchange(method, target, payload, headers, timeout)
                 break
             except _STALE_CONNECTION as error:
                 # The server may close a kept-alive connection between two requests: the
@@ -220,10 +252,9 @@ class ApiClient:
                 self.close()
                 if not reused:
                     raise Unreachable(self.server, _reason(error)) from error
-        text = data.decode("utf-8", errors="replace")
-        if not 200 <= status <= 299:
-            raise ApiError(status, reason, text)
-        return json.loads(text) if text else None
+        if not 200 <= answer.status <= 299:
+            raise ApiError(answer.status, answer.reason, answer.text)
+        return answer
 
     def _exchange(
         self,
@@ -232,7 +263,7 @@ class ApiClient:
         payload: bytes | None,
         headers: dict[str, str],
         timeout: tuple[float, float],
-    ) -> tuple[int, str, bytes]:
+    ) -> Answer:
         if self._connection is None:
             self._connection = self._open(timeout)
         connection = self._connection
@@ -249,7 +280,12 @@ class ApiClient:
             raise Unreachable(self.server, _reason(error)) from error
         if response.will_close:
             self.close()
-        return response.status, response.reason, data
+        return Answer(
+            status=response.status,
+            reason=response.reason,
+            content_type=response.getheader("Content-Type", ""),
+            body=data,
+        )
 
     def stream(
         self,

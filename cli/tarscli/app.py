@@ -5,7 +5,8 @@ Groups (each a module of tarscli.commands):
   `status`, `stop`, `diff`, `apply` (commands.self_code). On this machine: `run`,
   `improve`, `status --local` and `stop --local` (commands.local, which
   commands.self_code adds to its group).
-- `replica`: the TarsReplica objects that serve the four roles (commands.replica).
+- `replica`: the TarsReplica objects that serve the four roles, and requests to their
+  APIs (commands.replica).
 - `demo`: demonstrations, on this machine, in kind or in a cluster (commands.demo).
 """
 

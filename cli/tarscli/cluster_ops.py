@@ -24,7 +24,6 @@ from tars_api.names import (
     CLI_LABELS,
     DEFAULT_UPLOAD_KEY,
     PATCH_KEY,
-    REPLICA_PORT_NAME,
     RUN_LABEL,
 )
 from tars_api.replica import TarsReplica
@@ -144,10 +143,8 @@ def model_report(cluster: Cluster, generator: TarsReplica, model: str | None) ->
     endpoints_deadline = time.monotonic() + ENDPOINTS_WAIT_SECONDS
     while True:
         try:
-            # The operator names a replica's Service after the replica.
-            check = cluster.call_service(
-                f"{generator.name}:{REPLICA_PORT_NAME}",
-                "POST",
+            check = cluster.call_replica(
+                generator,
                 "/v1/model-check",
                 ModelCheckRequest(model=model),
                 ModelCheck,

@@ -19,11 +19,12 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import pydantic
 from tars_api.meta import GROUP, VERSION, ApiObject
+from tars_api.names import REPLICA_PORT_NAME
 from tars_api.replica import TarsReplica
 from tars_api.run import SelfCodingRun
 
 from tarscli import kubeconfig
-from tarscli.api_client import JSON, MERGE_PATCH, REQUEST_TIMEOUT, ApiClient, ApiError
+from tarscli.api_client import JSON, MERGE_PATCH, REQUEST_TIMEOUT, Answer, ApiClient, ApiError
 from tarscli.errors import CliError
 
 DEFAULT_NAMESPACE = "default"
@@ -125,25 +126,37 @@ class Cluster:
         if missing:
             raise CliError(crds_missing_message(missing))
 
-    def call_service(
+    def send_to_replica(
         self,
-        service: str,
+        replica: TarsReplica,
         method: str,
+        path: str,
+        *,
+        payload: bytes | None = None,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> Answer:
+        """`method path` on the replica's own API through the API server's service proxy:
+        from outside the cluster, with the user's credentials and RBAC (`get` or `create`
+        on `services/proxy`). The operator names a replica's Service after it. A non-2xx
+        answer, the replica's or the proxy's, raises ApiError."""
+        service = api_path("services", self.namespace, f"{replica.name}:{REPLICA_PORT_NAME}")
+        return self.api.send(
+            method, f"{service}/proxy/{path.lstrip('/')}", payload=payload, timeout=timeout
+        )
+
+    def call_replica(
+        self,
+        replica: TarsReplica,
         path: str,
         body: pydantic.BaseModel,
         answer: type[ModelT],
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> ModelT:
-        """`method path` on the namespace's Service `service` (`NAME:PORT_NAME` for a named
-        port) through the API server's service proxy: from outside the cluster, with the user's credentials and RBAC
-        (`create` on `services/proxy`). An error answer raises ApiError."""
-        answered = self.api.request(
-            method,
-            f"{api_path('services', self.namespace, service)}/proxy/{path.lstrip('/')}",
-            body=body.model_dump(mode="json"),
-            timeout=timeout,
+        """POST `body` to `path` of the replica's API (`send_to_replica`); its typed answer."""
+        answered = self.send_to_replica(
+            replica, "POST", path, payload=body.model_dump_json().encode(), timeout=timeout
         )
-        return answer.model_validate(answered)
+        return answer.model_validate_json(answered.body)
 
 
 def connect(kubeconfig_path: Path | None, context: str | None, namespace: str | None) -> Cluster:

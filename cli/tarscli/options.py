@@ -19,7 +19,7 @@ import typer
 from pydantic import BaseModel, ConfigDict
 from tars_api.vocabulary import EngineName, SandboxMode
 
-from tarscli.output import OutputFormat
+from tarscli.output import DocumentFormat, OutputFormat
 
 CLUSTER_PANEL = "Cluster"
 
@@ -78,6 +78,16 @@ OutputOption = Annotated[
         "-o",
         metavar=choices(OutputFormat),
         help="Output format: table (for people), json or yaml (the whole object, for tools).",
+        case_sensitive=False,
+    ),
+]
+DocumentOption = Annotated[
+    DocumentFormat,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar=choices(DocumentFormat),
+        help="Output format: json or yaml.",
         case_sensitive=False,
     ),
 ]

@@ -25,6 +25,13 @@ class OutputFormat(enum.StrEnum):
     yaml = "yaml"
 
 
+class DocumentFormat(enum.StrEnum):
+    """For what has no table: a replica's answer, an OpenAPI document."""
+
+    json = "json"
+    yaml = "yaml"
+
+
 def console(*, stderr: bool = False) -> Console:
     """A console on the current stdout/stderr (CliRunner swaps them), wide when not a terminal."""
     probe = Console(stderr=stderr)
@@ -49,11 +56,11 @@ def document(objects: ApiObject | Sequence[ApiObject], kind: type[ApiObject]) ->
     }
 
 
-def print_document(data: dict[str, Any], output: OutputFormat) -> None:
+def print_document(data: Any, output: OutputFormat | DocumentFormat) -> None:
     """Print `data` as JSON or YAML, unstyled so it can be piped."""
-    if output is OutputFormat.json:
+    if output == OutputFormat.json:
         typer.echo(json.dumps(data, indent=2))
-    elif output is OutputFormat.yaml:
+    elif output == OutputFormat.yaml:
         typer.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n"))
     else:
         raise ValueError(f"{output} is not a document format")

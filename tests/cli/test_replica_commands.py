@@ -10,6 +10,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tars_api.meta import Condition
+from tars_api.names import REPLICA_PORT, REPLICA_PORT_NAME
 
 from tests.harness.cli import Cli, get_object, invoke, patch_status
 
@@ -163,3 +164,74 @@ def test_namespace_defaults_to_the_contexts(
     assert created.exit_code == 0, created.output
     assert get_object(api_client, namespace, PLURAL, "an")["spec"]["role"] == "analyzer"
     assert "an" in invoke("replica", "list", "--kubeconfig", str(path)).stdout
+
+
+def _ready_status(pods: int = 1) -> dict[str, object]:
+    return {
+        "phase": "Ready",
+        "readyReplicas": pods,
+        "conditions": [
+            Condition.make("Ready", True, "AllReplicasReady", f"{pods}/{pods} pods ready").to_dict()
+        ],
+    }
+
+
+def test_send_names_what_is_missing_before_any_replica_answers(
+    cli: Cli, api_client: client.ApiClient, namespace: str
+) -> None:
+    """Every refusal here comes from the real API server; the replicas' own answers (a path
+    they do not serve, an answer that is not JSON) are in tests/e2e/test_cluster_runs.py."""
+    missing = cli("replica", "send", "nosuch", "/info")
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == (
+        f'error: TarsReplica "nosuch" not found in namespace "{namespace}"'
+    )
+    no_role = cli("replica", "send", "analyzer", "/info")
+    assert no_role.exit_code == 1
+    assert no_role.stderr.strip() == (
+        f'error: no TarsReplica serves role analyzer in namespace "{namespace}"; '
+        'create them with "tarscli self-code setup"'
+    )
+
+    assert cli("replica", "create", "lint", "--role", "analyzer").exit_code == 0
+    not_ready = cli("replica", "send", "analyzer", "/info")
+    assert not_ready.exit_code == 1
+    assert not_ready.stderr.startswith(
+        'error: the analyzer replica "lint" has no ready pod to answer: '
+    ), not_ready.stderr
+
+    patch_status(api_client, namespace, PLURAL, "lint", _ready_status())
+    # A Service without a selector has no endpoints: the proxy answers 503.
+    client.CoreV1Api(api_client).create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="lint"),
+            spec=client.V1ServiceSpec(
+                ports=[client.V1ServicePort(name=REPLICA_PORT_NAME, port=REPLICA_PORT)]
+            ),
+        ),
+    )
+    no_endpoints = cli("replica", "send", "analyzer", "/info")
+    assert no_endpoints.exit_code == 1
+    assert no_endpoints.stderr.strip() == (
+        'error: the analyzer replica "lint" has no ready pod to answer (no ready endpoint behind its Service)'
+    )
+
+    assert cli("replica", "create", "lint-2", "--role", "analyzer").exit_code == 0
+    patch_status(api_client, namespace, PLURAL, "lint-2", _ready_status())
+    ambiguous = cli("replica", "api", "analyzer")
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr.strip() == (
+        "error: 2 TarsReplicas serve role analyzer (lint, lint-2): name one of them"
+    )
+
+
+def test_send_refuses_data_that_is_not_json(cli: Cli, tmp_path: Path) -> None:
+    inline = cli("replica", "send", "analyzer", "/v1/analyze", "--data", "{file:")
+    assert inline.exit_code == 1
+    assert inline.stderr.startswith("error: --data is not JSON: "), inline.stderr
+    absent = tmp_path / "absent.json"
+    from_file = cli("replica", "send", "analyzer", "/v1/analyze", "--data", f"@{absent}")
+    assert from_file.exit_code == 1
+    assert from_file.stderr.startswith(f"error: cannot read --data @{absent}: "), from_file.stderr
+    assert len(from_file.stderr.splitlines()) == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.utils import parse_quantity
 from tars_api.vocabulary import Role
 from tars_operator.config import OperatorConfig
@@ -104,6 +105,44 @@ def test_each_role_runs_as_a_confined_container(
     # Whichever of the two the node mounts (cgroup v1 here, v2 elsewhere) holds the limit.
     enforced = in_pod("cat", *MEMORY_LIMIT_FILES).stdout.split()
     assert enforced == [str(memory_limit)], enforced
+
+
+def test_replica_send_and_api_reach_the_running_replicas(workspace: Workspace) -> None:
+    """Through the API server's service proxy, with the test's credentials, as a user would."""
+    info = json.loads(workspace.tarscli("replica", "send", "analyzer", "/info").stdout)
+    assert info["role"] == "analyzer", info
+    request = {
+        "file": {"path": "shop/cart.py", "content": "import os\n\n\ndef total():\n    return 1\n"}
+    }
+    analyzed = workspace.tarscli(
+        "replica", "send", "analyzer", "/v1/analyze", "--data", json.dumps(request), "-o", "yaml"
+    )
+    report = yaml.safe_load(analyzed.stdout)
+    assert report["path"] == "shop/cart.py"
+    assert "F401" in {finding["rule"] for finding in report["findings"]}, report
+
+    document = json.loads(workspace.tarscli("replica", "api", "generator").stdout)
+    assert {"/info", "/v1/generate", "/v1/model-check"} <= set(document["paths"])
+
+    def refused(*args: str) -> str:
+        answer = workspace.tarscli("replica", "send", *args, check=False)
+        assert answer.returncode == 1 and not answer.stdout, answer
+        (line,) = answer.stderr.splitlines()
+        return line
+
+    assert refused("tester", "/v1/nothing") == (
+        'error: the tester replica "tester" does not serve /v1/nothing; '
+        '"tarscli replica api tester" shows what it serves'
+    )
+    assert refused("analyzer", "/v1/analyze") == (
+        'error: the analyzer replica "analyzer" serves /v1/analyze only with POST, not GET'
+    )
+    assert refused("analyzer", "/metrics").startswith(
+        'error: the analyzer replica "analyzer" answered GET /metrics with text/plain'
+    )
+    assert refused("analyzer", "/v1/analyze", "--data", "{}").startswith(
+        'error: the analyzer replica "analyzer" answered 422 Unprocessable'
+    )
 
 
 def test_start_watch_diff_apply(

@@ -1,12 +1,16 @@
 """`tarscli replica`: the TarsReplica objects that serve the four roles — list, create,
-start, stop, remove, status.
+start, stop, remove, status — and their own APIs: send, api.
 
-Each command is one read or write of the objects through tarscli.kube; the tables come
-from tarscli.views.
+Each object command is one read or write of the objects through tarscli.kube; the tables
+come from tarscli.views. `send` and `api` ask a replica itself (tarscli.replica_api).
 """
 
 from __future__ import annotations
 
+import enum
+import json
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +18,7 @@ from tars_api.names import CLI_LABELS
 from tars_api.replica import MAX_REPLICAS, TarsReplica
 from tars_api.vocabulary import EngineName, Role
 
-from tarscli import options, output, views
+from tarscli import options, output, replica_api, views
 from tarscli.cluster_ops import create_if_absent
 from tarscli.errors import CliError
 from tarscli.help_style import TarsTyper
@@ -22,8 +26,8 @@ from tarscli.kube import Cluster, connect
 
 app = TarsTyper(
     help=(
-        "Manage role replicas (TarsReplica objects): list, create, start, stop, remove, status. "
-        "The operator turns each into a Deployment and a Service."
+        "Manage role replicas (TarsReplica objects): list, create, start, stop, remove, status; "
+        "send requests to their APIs. The operator turns each into a Deployment and a Service."
     ),
     no_args_is_help=True,
 )
@@ -170,3 +174,104 @@ def status(
         output.console().print(views.replica_details(replica))
     else:
         output.print_document(output.document(replica, TarsReplica), output_format)
+
+
+class Method(enum.StrEnum):
+    GET = "GET"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+    HEAD = "HEAD"
+
+
+TargetArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME|ROLE",
+        help="A TarsReplica's name, or a role: the namespace's one replica serving it.",
+        show_default=False,
+    ),
+]
+
+
+def _payload(data: str | None) -> bytes | None:
+    """--data as the JSON to send: inline, @FILE, or @- for stdin."""
+    if data is None:
+        return None
+    if data.startswith("@"):
+        source = data[1:]
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError(f"cannot read --data {data}: {error}") from None
+    else:
+        text = data
+    try:
+        return json.dumps(json.loads(text)).encode()
+    except ValueError as error:
+        raise CliError(f"--data is not JSON: {error}") from None
+
+
+@app.command("send")
+def send(
+    target: TargetArgument,
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH", help="The path on the replica, e.g. /info.", show_default=False
+        ),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            metavar="JSON|@FILE",
+            help="The request's JSON body, inline or read from FILE (@- reads stdin).",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[
+        Method | None,
+        typer.Option(
+            "--method",
+            "-X",
+            metavar=options.choices(Method),
+            help="HTTP method (default: POST with --data, else GET).",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, options.seconds("--timeout", help="Seconds to wait for the answer.")
+    ] = 300,
+    output_format: options.DocumentOption = output.DocumentFormat.json,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Send a request to a replica's API through the API server and print its JSON answer."""
+    payload = _payload(data)
+    verb = method or (Method.POST if payload is not None else Method.GET)
+    cluster = connect(kubeconfig, context, namespace)
+    replica = replica_api.find_replica(cluster, target)
+    answer = replica_api.send(cluster, replica, verb.value, path, payload, timeout)
+    if answer is None:
+        typer.echo(f"{verb.value} {path}: answered without a body", err=True)
+    else:
+        output.print_document(answer, output_format)
+
+
+@app.command("api")
+def api(
+    target: TargetArgument,
+    output_format: options.DocumentOption = output.DocumentFormat.json,
+    kubeconfig: options.KubeconfigOption = None,
+    context: options.ContextOption = None,
+    namespace: options.NamespaceOption = None,
+) -> None:
+    """Print a replica's OpenAPI document: every path its role serves, with its types."""
+    cluster = connect(kubeconfig, context, namespace)
+    replica = replica_api.find_replica(cluster, target)
+    output.print_document(replica_api.openapi(cluster, replica), output_format)
